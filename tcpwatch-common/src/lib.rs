@@ -1,0 +1,360 @@
+//! Plain data shared by the eBPF programs and user space: the transition
+//! event, the probe configuration user space fills in before load, the layout
+//! of the per-CPU statistics array, and the TCP state numbers and names.
+//!
+//! One source of truth: nothing else in tcpwatch re-declares these. The crate
+//! is `no_std`; the `user` feature adds `aya::Pod` impls for user space.
+#![no_std]
+
+pub mod state;
+
+pub use state::TcpState;
+
+/// Bumped whenever the layout of [`TransitionEvent`], [`ProbeConfig`],
+/// [`SockInfo`] or the statistics array changes. The eBPF object carries it in
+/// its configuration; user space refuses to run an object of another version.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// `sk_protocol` values the programs report (everything else is ignored).
+pub const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_MPTCP: u16 = 262;
+
+/// Address families as the kernel reports them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// [`TransitionEvent::flags`]: the owner fields are meaningful. Without it
+/// the owner is unknown (never the softirq's interrupted task).
+pub const FLAG_OWNER_KNOWN: u16 = 1 << 0;
+/// [`TransitionEvent::flags`]: `delta_ns` is the time spent in `oldstate`.
+/// Without it the previous transition was not seen (socket older than the
+/// probe, or its per-socket entry was evicted).
+pub const FLAG_DELTA_KNOWN: u16 = 1 << 1;
+/// [`TransitionEvent::flags`]: delivered by the catcher program because the
+/// kernel skipped the main program for this transition (recursion guard).
+pub const FLAG_CAUGHT: u16 = 1 << 2;
+
+/// One TCP state transition, as written into the ring buffer.
+///
+/// Addresses are in network byte order, IPv4 in the first 4 bytes; ports in
+/// host byte order. `ts_ns` is `CLOCK_MONOTONIC` (`bpf_ktime_get_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransitionEvent {
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    /// Time spent in `oldstate`, valid when `FLAG_DELTA_KNOWN` is set.
+    pub delta_ns: u64,
+    /// Inode number of the socket's network namespace, 0 if unreadable.
+    pub netns: u32,
+    /// Owner thread id and process id, valid with `FLAG_OWNER_KNOWN`.
+    pub pid: u32,
+    pub tgid: u32,
+    pub oldstate: u8,
+    pub newstate: u8,
+    pub family: u16,
+    pub protocol: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub flags: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 96);
+const _: () = assert!(core::mem::align_of::<TransitionEvent>() == 8);
+
+/// Per-socket state the programs keep between transitions (keyed by skaddr,
+/// removed at `-> CLOSE` because the address is reused), and per listener
+/// (keyed by [`listener_key`]) so accepted children inherit the owner.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockInfo {
+    /// Monotonic time of the last transition seen, 0 if none.
+    pub last_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: [u8; 16],
+    /// `FLAG_OWNER_KNOWN` or 0.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 40);
+
+/// Key of the listener-owner map: network namespace and local port.
+pub const fn listener_key(netns: u32, port: u16) -> u64 {
+    ((netns as u64) << 16) | port as u64
+}
+
+/// Which hook the loaded program reads its arguments from.
+pub const HOOK_BTF: u32 = 1;
+pub const HOOK_CLASSIC: u32 = 2;
+
+/// Bytes of `struct sock` (its leading `struct sock_common`) the BTF program
+/// copies in one read; every `sk_*` offset below must fit in it.
+pub const SOCK_COMMON_READ: usize = 128;
+/// Bytes of the classic tracepoint record the fallback program copies.
+pub const TP_RECORD_READ: usize = 72;
+
+/// Configuration user space writes into the program's read-only data before
+/// load: offsets come from the running kernel (BTF, or the tracepoint's
+/// format file), never from headers compiled in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    pub layout_version: u32,
+    /// `HOOK_BTF` or `HOOK_CLASSIC`; 0 means "not configured": programs do nothing.
+    pub hook: u32,
+    /// Only transitions in this network namespace are counted and emitted (0: all).
+    pub filter_netns: u32,
+    /// 1 when `sk_net`/`net_ns_inum` are valid.
+    pub netns_readable: u32,
+    // Offsets in `struct sock` (within `SOCK_COMMON_READ`), for HOOK_BTF.
+    pub sk_family: u16,
+    pub _pad1: u16,
+    pub sk_dport: u16,
+    pub sk_rcv_saddr: u16,
+    pub sk_daddr: u16,
+    pub sk_v6_rcv_saddr: u16,
+    pub sk_v6_daddr: u16,
+    pub sk_net: u16,
+    /// Offset of the u16 `sk_protocol` in `struct sock` (outside sock_common).
+    pub sk_protocol: u32,
+    /// Offset of `ns.inum` in `struct net`.
+    pub net_ns_inum: u32,
+    /// Offset of the big-endian `inet_sport` in `struct inet_sock`: the local
+    /// port survives there after `skc_num` is cleared when the port is
+    /// released (just before `-> CLOSE`), as the classic tracepoint reads it.
+    pub inet_sport: u32,
+    pub _pad0: u32,
+    // Offsets in the classic tracepoint record (within `TP_RECORD_READ`), for HOOK_CLASSIC.
+    pub tp_skaddr: u16,
+    pub tp_oldstate: u16,
+    pub tp_newstate: u16,
+    pub tp_sport: u16,
+    pub tp_dport: u16,
+    pub tp_family: u16,
+    pub tp_protocol: u16,
+    pub tp_saddr: u16,
+    pub tp_daddr: u16,
+    pub tp_saddr_v6: u16,
+    pub tp_daddr_v6: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 72);
+
+impl ProbeConfig {
+    /// The configuration compiled into the object: inert until user space
+    /// overrides it.
+    pub const UNSET: ProbeConfig = ProbeConfig {
+        layout_version: LAYOUT_VERSION,
+        hook: 0,
+        filter_netns: 0,
+        netns_readable: 0,
+        sk_family: 0,
+        _pad1: 0,
+        sk_dport: 0,
+        sk_rcv_saddr: 0,
+        sk_daddr: 0,
+        sk_v6_rcv_saddr: 0,
+        sk_v6_daddr: 0,
+        sk_net: 0,
+        sk_protocol: 0,
+        net_ns_inum: 0,
+        inet_sport: 0,
+        _pad0: 0,
+        tp_skaddr: 0,
+        tp_oldstate: 0,
+        tp_newstate: 0,
+        tp_sport: 0,
+        tp_dport: 0,
+        tp_family: 0,
+        tp_protocol: 0,
+        tp_saddr: 0,
+        tp_daddr: 0,
+        tp_saddr_v6: 0,
+        tp_daddr_v6: 0,
+        _pad: 0,
+    };
+}
+
+/// Programs that write statistics. Each has its own slots, because the
+/// catcher runs nested inside the main program on the same CPU and a shared
+/// per-CPU slot would lose increments (read-modify-write interrupted).
+pub const PROG_MAIN: u32 = 0;
+pub const PROG_CATCHER: u32 = 1;
+pub const NUM_PROGS: u32 = 2;
+
+/// Transition counters: one slot per (old, new) pair of states 0..16.
+pub const STATE_SLOTS: u32 = 16;
+pub const TRANSITION_SLOTS: u32 = STATE_SLOTS * STATE_SLOTS;
+
+/// Per-program event counters that are not transitions.
+pub mod stat {
+    /// Events emitted into the ring buffer.
+    pub const EMITTED: u32 = 0;
+    /// `bpf_ringbuf_reserve` failed: the event is counted, not delivered.
+    pub const RINGBUF_FULL: u32 = 1;
+    /// A kernel read (`bpf_probe_read_kernel`) failed; the transition is still
+    /// counted but its event lacks fields.
+    pub const READ_FAILED: u32 = 2;
+    /// The per-socket or listener map could not be updated (full, busy).
+    pub const MAP_UPDATE_FAILED: u32 = 3;
+    /// Catcher only: transitions it handled because the main program had not
+    /// (before the netns filter; compare with the main program's
+    /// `recursion_misses`).
+    pub const CAUGHT: u32 = 4;
+    /// Transitions of sockets that are neither TCP nor MPTCP (ignored).
+    pub const OTHER_PROTOCOL: u32 = 5;
+    /// Transitions outside the netns filter (ignored).
+    pub const FILTERED: u32 = 6;
+    /// Transitions whose state numbers are >= STATE_SLOTS (counted here only).
+    pub const BAD_STATE: u32 = 7;
+    pub const COUNT: u32 = 8;
+}
+
+/// Slots per program in the statistics array.
+pub const PROG_SLOTS: u32 = TRANSITION_SLOTS + stat::COUNT;
+/// Length of the per-CPU statistics array.
+pub const STATS_LEN: u32 = NUM_PROGS * PROG_SLOTS;
+
+/// Index of the counter of `old -> new` for `prog`, or `None` for states
+/// outside 0..STATE_SLOTS.
+#[inline(always)]
+pub const fn transition_index(prog: u32, old: u8, new: u8) -> Option<u32> {
+    if old as u32 >= STATE_SLOTS || new as u32 >= STATE_SLOTS {
+        return None;
+    }
+    Some(prog * PROG_SLOTS + old as u32 * STATE_SLOTS + new as u32)
+}
+
+/// Index of statistic `which` (a `stat::*` constant) for `prog`.
+#[inline(always)]
+pub const fn stat_index(prog: u32, which: u32) -> u32 {
+    prog * PROG_SLOTS + TRANSITION_SLOTS + which
+}
+
+/// Number of identities the main program remembers per CPU for the catcher.
+pub const RECENT_SLOTS: usize = 8;
+
+/// Per-CPU memory of the transitions the main program handled, so the
+/// catcher (a second program on the same hook) handles exactly those the
+/// kernel skipped the main program for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Recent {
+    pub ids: [u64; RECENT_SLOTS],
+    pub next: u64,
+}
+
+/// Identity of one transition: the socket address's low 48 bits (kernel
+/// addresses all share their top 16) with the two states in the top bytes.
+#[inline(always)]
+pub const fn transition_id(skaddr: u64, old: u8, new: u8) -> u64 {
+    (skaddr & 0x0000_ffff_ffff_ffff) | ((old as u64) << 56) | ((new as u64) << 48)
+}
+
+/// Transitions that only ever run in the owning task's process context with
+/// the socket locked (connect, listen, close, shutdown), so `current` is the
+/// owner. Every other transition can run in softirq, where `current` is
+/// whoever was interrupted, and never sets the owner.
+#[inline(always)]
+pub const fn owner_runs_transition(old: u8, new: u8) -> bool {
+    use state::*;
+    matches!(
+        (old, new),
+        (TCP_CLOSE, TCP_SYN_SENT)
+            | (TCP_CLOSE, TCP_LISTEN)
+            | (TCP_LISTEN, TCP_CLOSE)
+            | (TCP_ESTABLISHED, TCP_FIN_WAIT1)
+            | (TCP_SYN_RECV, TCP_FIN_WAIT1)
+            | (TCP_CLOSE_WAIT, TCP_LAST_ACK)
+    )
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] plain integers and byte arrays with
+    // explicit padding fields, so every bit pattern is a valid value and
+    // there are no implicit padding bytes (asserted by the size checks above).
+    unsafe impl aya::Pod for super::TransitionEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProbeConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Recent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::offset_of;
+
+    #[test]
+    fn event_layout_is_stable() {
+        assert_eq!(
+            LAYOUT_VERSION, 1,
+            "layout changed: bump LAYOUT_VERSION and these offsets"
+        );
+        assert_eq!(core::mem::size_of::<TransitionEvent>(), 96);
+        assert_eq!(offset_of!(TransitionEvent, ts_ns), 0);
+        assert_eq!(offset_of!(TransitionEvent, skaddr), 8);
+        assert_eq!(offset_of!(TransitionEvent, delta_ns), 16);
+        assert_eq!(offset_of!(TransitionEvent, netns), 24);
+        assert_eq!(offset_of!(TransitionEvent, pid), 28);
+        assert_eq!(offset_of!(TransitionEvent, tgid), 32);
+        assert_eq!(offset_of!(TransitionEvent, oldstate), 36);
+        assert_eq!(offset_of!(TransitionEvent, newstate), 37);
+        assert_eq!(offset_of!(TransitionEvent, family), 38);
+        assert_eq!(offset_of!(TransitionEvent, protocol), 40);
+        assert_eq!(offset_of!(TransitionEvent, sport), 42);
+        assert_eq!(offset_of!(TransitionEvent, dport), 44);
+        assert_eq!(offset_of!(TransitionEvent, flags), 46);
+        assert_eq!(offset_of!(TransitionEvent, saddr), 48);
+        assert_eq!(offset_of!(TransitionEvent, daddr), 64);
+        assert_eq!(offset_of!(TransitionEvent, comm), 80);
+    }
+
+    #[test]
+    fn config_and_sockinfo_layout_is_stable() {
+        assert_eq!(core::mem::size_of::<ProbeConfig>(), 72);
+        assert_eq!(offset_of!(ProbeConfig, sk_protocol), 32);
+        assert_eq!(offset_of!(ProbeConfig, inet_sport), 40);
+        assert_eq!(offset_of!(ProbeConfig, tp_skaddr), 48);
+        assert_eq!(core::mem::size_of::<SockInfo>(), 40);
+        assert_eq!(offset_of!(SockInfo, comm), 16);
+        assert_eq!(ProbeConfig::UNSET.layout_version, LAYOUT_VERSION);
+    }
+
+    #[test]
+    fn stats_indices_do_not_overlap() {
+        let last_main = transition_index(PROG_MAIN, 15, 15).unwrap();
+        assert!(last_main < stat_index(PROG_MAIN, 0));
+        assert!(
+            stat_index(PROG_MAIN, stat::COUNT - 1) < transition_index(PROG_CATCHER, 0, 0).unwrap()
+        );
+        assert_eq!(stat_index(PROG_CATCHER, stat::COUNT - 1), STATS_LEN - 1);
+        assert_eq!(transition_index(PROG_MAIN, 16, 1), None);
+    }
+
+    #[test]
+    fn transition_ids_differ_by_state_and_socket() {
+        let sk = 0xffff_8880_1234_5678;
+        assert_ne!(transition_id(sk, 1, 4), transition_id(sk, 4, 5));
+        assert_ne!(transition_id(sk, 1, 4), transition_id(sk + 8, 1, 4));
+        assert_ne!(transition_id(sk, 1, 4), 0);
+    }
+
+    #[test]
+    fn only_syscall_transitions_name_the_owner() {
+        use state::*;
+        assert!(owner_runs_transition(TCP_CLOSE, TCP_SYN_SENT));
+        assert!(!owner_runs_transition(TCP_SYN_SENT, TCP_ESTABLISHED));
+        assert!(!owner_runs_transition(TCP_LISTEN, TCP_SYN_RECV));
+        assert!(!owner_runs_transition(TCP_ESTABLISHED, TCP_CLOSE));
+    }
+}

@@ -1,0 +1,479 @@
+//! tcpwatch's kernel side: one handler for every TCP state transition,
+//! reached from three entry points.
+//!
+//! - `tcpwatch_main` (tp_btf `inet_sock_set_state`): the normal path.
+//! - `tcpwatch_catch` (the same hook, attached second): the kernel skips a
+//!   program that would nest inside itself on one CPU (counted in its
+//!   `recursion_misses`); the catcher handles exactly the transitions the
+//!   main program did not, found through a small per-CPU memory of identities.
+//! - `tcpwatch_classic` (classic tracepoint): the fallback where BTF is missing.
+//!
+//! Offsets into kernel structures come from user space (BTF or the
+//! tracepoint's format file) through `CONFIG`; nothing here hard-codes them.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel_buf, generated::bpf_probe_read_kernel,
+    },
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use tcpwatch_common::{
+    AF_INET6, FLAG_CAUGHT, FLAG_DELTA_KNOWN, FLAG_OWNER_KNOWN, HOOK_BTF, HOOK_CLASSIC,
+    IPPROTO_MPTCP, IPPROTO_TCP, PROG_CATCHER, PROG_MAIN, ProbeConfig, RECENT_SLOTS, Recent,
+    SOCK_COMMON_READ, STATS_LEN, SockInfo, TP_RECORD_READ, TransitionEvent, listener_key,
+    owner_runs_transition, stat, stat_index, state::*, transition_id, transition_index,
+};
+
+/// Filled in by user space before load (read-only data).
+#[unsafe(no_mangle)]
+static CONFIG: ProbeConfig = ProbeConfig::UNSET;
+
+/// Transition events for user space. Size is set by the loader.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Per-CPU counters: every transition per (old, new), plus event statistics
+/// (layout in tcpwatch_common).
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+/// Per-socket owner and last-transition time, keyed by skaddr. LRU so that
+/// sockets we never see close cannot fill it; an evicted socket reports an
+/// unknown owner, never a wrong one. Size is set by the loader.
+#[map]
+static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(131_072, 0);
+
+/// Owner of each listening socket by (netns, port): accepted children are
+/// created in softirq and inherit it.
+#[map]
+static LISTENERS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The main program's recent transition identities, for the catcher.
+#[map]
+static RECENT: PerCpuArray<Recent> = PerCpuArray::with_max_entries(1, 0);
+
+/// One transition, read from whichever hook fired.
+struct Transition {
+    skaddr: u64,
+    oldstate: u8,
+    newstate: u8,
+    family: u16,
+    protocol: u16,
+    sport: u16,
+    dport: u16,
+    netns: u32,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
+#[inline(always)]
+fn config() -> ProbeConfig {
+    // SAFETY: CONFIG is a plain-data static; the volatile read keeps the
+    // compiler from folding the compiled-in default, since user space
+    // rewrites it before load.
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(p) = STATS.get_ptr_mut(index) {
+        // SAFETY: the pointer is this CPU's slot of a per-CPU array. Each
+        // program has its own slots and a program never nests inside itself
+        // on one CPU (the kernel skips it instead), so nothing interrupts
+        // this read-modify-write with a write to the same slot.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Reads `N` bytes at `off` of `buf`, or `None` when out of bounds (offsets
+/// come from user space and are checked there too; this keeps the verifier
+/// and a bad configuration both harmless).
+#[inline(always)]
+fn bytes_at<const N: usize>(buf: &[u8], off: usize) -> Option<[u8; N]> {
+    let src = buf.get(off..off.checked_add(N)?)?;
+    let mut out = [0u8; N];
+    out.copy_from_slice(src);
+    Some(out)
+}
+
+#[inline(always)]
+fn u16_at(buf: &[u8], off: u16) -> Option<u16> {
+    bytes_at::<2>(buf, off as usize).map(u16::from_ne_bytes)
+}
+
+/// Network namespace inode of a socket, 0 when it cannot be read.
+#[inline(always)]
+fn netns_of(cfg: &ProbeConfig, prog: u32, net: u64) -> u32 {
+    if cfg.netns_readable == 0 || net == 0 {
+        return 0;
+    }
+    let mut inum: u32 = 0;
+    // SAFETY: bpf_probe_read_kernel checks the source address itself and
+    // writes at most 4 bytes into `inum`.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            (&mut inum as *mut u32).cast(),
+            4,
+            (net + cfg.net_ns_inum as u64) as *const _,
+        )
+    };
+    if ret != 0 {
+        bump(stat_index(prog, stat::READ_FAILED));
+        return 0;
+    }
+    inum
+}
+
+#[inline(always)]
+fn read_sk_net(cfg: &ProbeConfig, prog: u32, sk: u64) -> u32 {
+    if cfg.netns_readable == 0 {
+        return 0;
+    }
+    let mut net: u64 = 0;
+    // SAFETY: as in netns_of: a checked kernel read of 8 bytes into `net`.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            (&mut net as *mut u64).cast(),
+            8,
+            (sk + cfg.sk_net as u64) as *const _,
+        )
+    };
+    if ret != 0 {
+        bump(stat_index(prog, stat::READ_FAILED));
+        return 0;
+    }
+    netns_of(cfg, prog, net)
+}
+
+/// The tp_btf arguments `(struct sock *sk, int oldstate, int newstate)` as
+/// plain numbers. Loaded directly, `sk` would be a trusted BTF pointer on
+/// which the verifier forbids the arithmetic of `transition_id`; one copy of
+/// the argument array makes all three scalars.
+#[inline(always)]
+fn btf_args(ctx: &BtfTracePointContext) -> Option<(u64, u8, u8)> {
+    let mut args = [0u64; 3];
+    // SAFETY: the tp_btf context is an array of (at least) three u64
+    // arguments; the helper copies 24 bytes of it into `args`.
+    let ret =
+        unsafe { bpf_probe_read_kernel(args.as_mut_ptr().cast(), 24, ctx.as_ptr() as *const _) };
+    (ret == 0).then_some((args[0], args[1] as u8, args[2] as u8))
+}
+
+/// Reads a transition of socket `sk`: one copy of the leading `struct
+/// sock_common`, one read of `sk_protocol`, one of the namespace inode.
+#[inline(always)]
+fn read_btf(
+    (sk, oldstate, newstate): (u64, u8, u8),
+    cfg: &ProbeConfig,
+    prog: u32,
+) -> Option<Transition> {
+    let mut sc = [0u8; SOCK_COMMON_READ];
+    // SAFETY: a checked kernel read into a stack buffer of exactly its length.
+    if unsafe { bpf_probe_read_kernel_buf(sk as *const u8, &mut sc) }.is_err() {
+        bump(stat_index(prog, stat::READ_FAILED));
+        return None;
+    }
+    let mut protocol: u16 = 0;
+    // SAFETY: a checked kernel read of 2 bytes into `protocol`.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            (&mut protocol as *mut u16).cast(),
+            2,
+            (sk + cfg.sk_protocol as u64) as *const _,
+        )
+    };
+    if ret != 0 {
+        bump(stat_index(prog, stat::READ_FAILED));
+    }
+    let mut sport_be: u16 = 0;
+    // SAFETY: a checked kernel read of 2 bytes into `sport_be`.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            (&mut sport_be as *mut u16).cast(),
+            2,
+            (sk + cfg.inet_sport as u64) as *const _,
+        )
+    };
+    if ret != 0 {
+        bump(stat_index(prog, stat::READ_FAILED));
+    }
+    let family = u16_at(&sc, cfg.sk_family)?;
+    let mut t = Transition {
+        skaddr: sk,
+        oldstate,
+        newstate,
+        family,
+        protocol,
+        sport: u16::from_be(sport_be),
+        dport: u16::from_be(u16_at(&sc, cfg.sk_dport)?),
+        netns: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    if family == AF_INET6 {
+        t.saddr = bytes_at::<16>(&sc, cfg.sk_v6_rcv_saddr as usize)?;
+        t.daddr = bytes_at::<16>(&sc, cfg.sk_v6_daddr as usize)?;
+    } else {
+        t.saddr[..4].copy_from_slice(&bytes_at::<4>(&sc, cfg.sk_rcv_saddr as usize)?);
+        t.daddr[..4].copy_from_slice(&bytes_at::<4>(&sc, cfg.sk_daddr as usize)?);
+    }
+    if cfg.netns_readable != 0 {
+        let net = u64::from_ne_bytes(bytes_at::<8>(&sc, cfg.sk_net as usize)?);
+        t.netns = netns_of(cfg, prog, net);
+    }
+    Some(t)
+}
+
+/// Reads a transition from the classic tracepoint record, at the offsets user
+/// space took from the tracepoint's format file.
+#[inline(always)]
+fn read_classic(ctx: &TracePointContext, cfg: &ProbeConfig) -> Option<Transition> {
+    let mut rec = [0u8; TP_RECORD_READ];
+    // SAFETY: a checked kernel read of the record into a stack buffer of
+    // exactly its length.
+    if unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut rec) }.is_err() {
+        bump(stat_index(PROG_MAIN, stat::READ_FAILED));
+        return None;
+    }
+    let skaddr = u64::from_ne_bytes(bytes_at::<8>(&rec, cfg.tp_skaddr as usize)?);
+    let family = u16_at(&rec, cfg.tp_family)?;
+    let mut t = Transition {
+        skaddr,
+        oldstate: i32::from_ne_bytes(bytes_at::<4>(&rec, cfg.tp_oldstate as usize)?) as u8,
+        newstate: i32::from_ne_bytes(bytes_at::<4>(&rec, cfg.tp_newstate as usize)?) as u8,
+        family,
+        protocol: u16_at(&rec, cfg.tp_protocol)?,
+        sport: u16_at(&rec, cfg.tp_sport)?,
+        dport: u16_at(&rec, cfg.tp_dport)?,
+        netns: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    if family == AF_INET6 {
+        t.saddr = bytes_at::<16>(&rec, cfg.tp_saddr_v6 as usize)?;
+        t.daddr = bytes_at::<16>(&rec, cfg.tp_daddr_v6 as usize)?;
+    } else {
+        t.saddr[..4].copy_from_slice(&bytes_at::<4>(&rec, cfg.tp_saddr as usize)?);
+        t.daddr[..4].copy_from_slice(&bytes_at::<4>(&rec, cfg.tp_daddr as usize)?);
+    }
+    t.netns = read_sk_net(cfg, PROG_MAIN, skaddr);
+    Some(t)
+}
+
+#[inline(always)]
+fn current_owner() -> SockInfo {
+    let id = bpf_get_current_pid_tgid();
+    SockInfo {
+        last_ns: 0,
+        pid: id as u32,
+        tgid: (id >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        flags: FLAG_OWNER_KNOWN as u32,
+        _pad: 0,
+    }
+}
+
+/// Counts one transition, keeps per-socket owner and timing, and emits the
+/// event. Never fails: whatever cannot be done is counted in `STATS`.
+#[inline(always)]
+fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
+    if t.protocol != IPPROTO_TCP && t.protocol != IPPROTO_MPTCP {
+        bump(stat_index(prog, stat::OTHER_PROTOCOL));
+        return;
+    }
+    if cfg.filter_netns != 0 && t.netns != cfg.filter_netns {
+        bump(stat_index(prog, stat::FILTERED));
+        return;
+    }
+    match transition_index(prog, t.oldstate, t.newstate) {
+        Some(i) => bump(i),
+        None => bump(stat_index(prog, stat::BAD_STATE)),
+    }
+
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let by_owner = owner_runs_transition(t.oldstate, t.newstate);
+    let mut flags = extra_flags;
+    let mut delta_ns = 0;
+    let info = match SOCKS.get_ptr_mut(&t.skaddr) {
+        Some(p) => {
+            // SAFETY: a pointer to this socket's map value, valid for this
+            // program run; a concurrent transition of the same socket on
+            // another CPU may race on these plain fields, which at worst
+            // gives a stale time or owner for that one event.
+            let e = unsafe { &mut *p };
+            if e.last_ns != 0 && now >= e.last_ns {
+                delta_ns = now - e.last_ns;
+                flags |= FLAG_DELTA_KNOWN;
+            }
+            if by_owner {
+                let cur = current_owner();
+                e.pid = cur.pid;
+                e.tgid = cur.tgid;
+                e.comm = cur.comm;
+                e.flags = cur.flags;
+            }
+            e.last_ns = now;
+            *e
+        }
+        None => {
+            let mut info = if by_owner {
+                current_owner()
+            } else if t.oldstate == TCP_LISTEN && t.newstate == TCP_SYN_RECV {
+                // SAFETY: the value is copied out at once.
+                match unsafe { LISTENERS.get(&listener_key(t.netns, t.sport)) } {
+                    Some(l) => *l,
+                    None => SockInfo {
+                        last_ns: 0,
+                        pid: 0,
+                        tgid: 0,
+                        comm: [0; 16],
+                        flags: 0,
+                        _pad: 0,
+                    },
+                }
+            } else {
+                SockInfo {
+                    last_ns: 0,
+                    pid: 0,
+                    tgid: 0,
+                    comm: [0; 16],
+                    flags: 0,
+                    _pad: 0,
+                }
+            };
+            info.last_ns = now;
+            if t.newstate != TCP_CLOSE && SOCKS.insert(&t.skaddr, &info, 0).is_err() {
+                bump(stat_index(prog, stat::MAP_UPDATE_FAILED));
+            }
+            info
+        }
+    };
+    if t.newstate == TCP_CLOSE {
+        // The socket address is reused once freed: forget it now. A missing
+        // entry (never seen, or evicted) is not an error.
+        let _ = SOCKS.remove(&t.skaddr);
+    }
+    if t.newstate == TCP_LISTEN {
+        if LISTENERS
+            .insert(&listener_key(t.netns, t.sport), &info, 0)
+            .is_err()
+        {
+            bump(stat_index(prog, stat::MAP_UPDATE_FAILED));
+        }
+    } else if t.oldstate == TCP_LISTEN && t.newstate == TCP_CLOSE {
+        let _ = LISTENERS.remove(&listener_key(t.netns, t.sport));
+    }
+
+    let owner_known = info.flags as u16 & FLAG_OWNER_KNOWN;
+    match EVENTS.reserve::<TransitionEvent>(0) {
+        Some(mut entry) => {
+            entry.write(TransitionEvent {
+                ts_ns: now,
+                skaddr: t.skaddr,
+                delta_ns,
+                netns: t.netns,
+                pid: info.pid,
+                tgid: info.tgid,
+                oldstate: t.oldstate,
+                newstate: t.newstate,
+                family: t.family,
+                protocol: t.protocol,
+                sport: t.sport,
+                dport: t.dport,
+                flags: flags | owner_known,
+                saddr: t.saddr,
+                daddr: t.daddr,
+                comm: info.comm,
+            });
+            entry.submit(0);
+            bump(stat_index(prog, stat::EMITTED));
+        }
+        None => bump(stat_index(prog, stat::RINGBUF_FULL)),
+    }
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
+    let cfg = config();
+    if cfg.hook != HOOK_BTF {
+        return 0;
+    }
+    let Some(args) = btf_args(&ctx) else {
+        bump(stat_index(PROG_MAIN, stat::READ_FAILED));
+        return 0;
+    };
+    let id = transition_id(args.0, args.1, args.2);
+    if let Some(r) = RECENT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; only the catcher touches it too, and a
+        // torn update there at worst makes the catcher handle a transition
+        // twice (seen as caught > recursion_misses, reported by user space).
+        unsafe {
+            let r = &mut *r;
+            r.ids[(r.next as usize) % RECENT_SLOTS] = id;
+            r.next = r.next.wrapping_add(1);
+        }
+    }
+    if let Some(t) = read_btf(args, &cfg, PROG_MAIN) {
+        handle(PROG_MAIN, &t, &cfg, 0);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tcpwatch_catch(ctx: BtfTracePointContext) -> i32 {
+    let cfg = config();
+    if cfg.hook != HOOK_BTF {
+        return 0;
+    }
+    let Some(args) = btf_args(&ctx) else {
+        bump(stat_index(PROG_CATCHER, stat::READ_FAILED));
+        return 0;
+    };
+    let id = transition_id(args.0, args.1, args.2);
+    if let Some(r) = RECENT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, see tcpwatch_main.
+        let r = unsafe { &mut *r };
+        for slot in r.ids.iter_mut() {
+            if *slot == id {
+                // The main program handled it: the normal case.
+                *slot = 0;
+                return 0;
+            }
+        }
+    }
+    bump(stat_index(PROG_CATCHER, stat::CAUGHT));
+    if let Some(t) = read_btf(args, &cfg, PROG_CATCHER) {
+        handle(PROG_CATCHER, &t, &cfg, FLAG_CAUGHT);
+    }
+    0
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn tcpwatch_classic(ctx: TracePointContext) -> u32 {
+    let cfg = config();
+    if cfg.hook != HOOK_CLASSIC {
+        return 0;
+    }
+    if let Some(t) = read_classic(&ctx, &cfg) {
+        handle(PROG_MAIN, &t, &cfg, 0);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// GPL-compatible: bpf_probe_read_kernel and tp_btf programs need it.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

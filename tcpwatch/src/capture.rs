@@ -1,0 +1,248 @@
+//! The event source: drains the ring buffer from tokio in batches and reads
+//! the lossless counters. The only module that touches BPF maps; everything
+//! else sees [`Transition`]s and [`KernelCounters`].
+use std::{io, os::fd::AsFd, time::Duration};
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use tokio::io::unix::AsyncFd;
+
+use tcpwatch_common::{PROG_MAIN, STATS_LEN, TransitionEvent};
+
+use crate::{
+    loader::{self, Hook, LoadError, LoadOptions, Loaded},
+    model::{KernelCounters, ProgCounters, Slot, Transition, stats_slot},
+};
+
+pub struct Capture {
+    loaded: Loaded,
+    ring: AsyncFd<RingBuf<MapData>>,
+    stats: PerCpuArray<MapData, u64>,
+    /// Records of an unexpected size (an object built from other sources).
+    malformed: u64,
+    delivered: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("the eBPF object lacks map {0}")]
+    MissingMap(&'static str),
+    #[error("map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    #[error("watching the ring buffer: {0}")]
+    Io(#[from] io::Error),
+    #[error("reading program info of {0}: {1}")]
+    ProgInfo(&'static str, io::Error),
+}
+
+impl Capture {
+    /// Loads, attaches and starts capturing. Needs a tokio runtime.
+    pub fn start(opts: &LoadOptions) -> Result<Capture, CaptureError> {
+        let mut loaded = loader::load(opts)?;
+        let ring = loaded
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(CaptureError::MissingMap("EVENTS"))?;
+        let ring = RingBuf::try_from(ring).map_err(|e| CaptureError::Map("EVENTS", e))?;
+        let stats = loaded
+            .ebpf
+            .take_map("STATS")
+            .ok_or(CaptureError::MissingMap("STATS"))?;
+        let stats = PerCpuArray::try_from(stats).map_err(|e| CaptureError::Map("STATS", e))?;
+        // SAFETY: RingBuf owns its map fd and returns that same fd from
+        // as_raw_fd for as long as it lives; the AsyncFd owns the RingBuf.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        Ok(Capture {
+            loaded,
+            ring,
+            stats,
+            malformed: 0,
+            delivered: 0,
+        })
+    }
+
+    pub fn hook(&self) -> Hook {
+        self.loaded.hook
+    }
+
+    /// Waits until events are available, then appends up to `max` of them.
+    pub async fn next_batch(&mut self, out: &mut Vec<Transition>, max: usize) -> io::Result<()> {
+        loop {
+            let mut guard = self.ring.readable_mut().await?;
+            let n = drain(guard.get_inner_mut(), out, max, &mut self.malformed);
+            self.delivered += n as u64;
+            if n == max {
+                // More may be left: stay ready so the next call reads on.
+                guard.retain_ready();
+                return Ok(());
+            }
+            guard.clear_ready();
+            if n > 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Appends whatever is in the ring buffer now, without waiting.
+    pub fn drain_now(&mut self, out: &mut Vec<Transition>) -> usize {
+        let n = drain(self.ring.get_mut(), out, usize::MAX, &mut self.malformed);
+        self.delivered += n as u64;
+        n
+    }
+
+    /// Events read from the ring buffer so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Ring-buffer records that were not events of our layout.
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+
+    /// Detaches the programs, then reads what was left in the ring buffer,
+    /// so that afterwards `delivered` is final and comparable with the
+    /// kernel's `emitted` counter.
+    pub async fn stop(&mut self, out: &mut Vec<Transition>) -> Result<(), CaptureError> {
+        self.loaded.detach()?;
+        // An event reserved just before detaching may still be committed by
+        // the CPU that reserved it; give it a moment.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.drain_now(out);
+        Ok(())
+    }
+
+    /// Reads the per-CPU counters and the programs' kernel statistics.
+    pub fn counters(&self) -> Result<KernelCounters, CaptureError> {
+        let mut main = ProgCounters::new();
+        let mut catcher = ProgCounters::new();
+        for index in 0..STATS_LEN {
+            let values = self
+                .stats
+                .get(&index, 0)
+                .map_err(|e| CaptureError::Map("STATS", e))?;
+            let sum: u64 = values.iter().sum();
+            let Some((prog, slot)) = stats_slot(index) else {
+                continue;
+            };
+            let p = if prog == PROG_MAIN {
+                &mut main
+            } else {
+                &mut catcher
+            };
+            match slot {
+                Slot::Transition(old, new) => {
+                    p.transitions[old as usize * 16 + new as usize] = sum;
+                }
+                Slot::Stat(which) => p.stats[which as usize] = sum,
+            }
+        }
+        let names = loader::program_names(self.loaded.hook);
+        let fill = |name: &'static str, p: &mut ProgCounters| -> Result<(), CaptureError> {
+            let info = prog_info(&self.loaded, name)?;
+            p.recursion_misses = info.recursion_misses;
+            p.run_cnt = info.run_cnt;
+            p.run_time_ns = info.run_time_ns;
+            Ok(())
+        };
+        fill(names[0], &mut main)?;
+        let catcher = match names.get(1) {
+            Some(&name) => {
+                fill(name, &mut catcher)?;
+                Some(catcher)
+            }
+            None => None,
+        };
+        Ok(KernelCounters { main, catcher })
+    }
+}
+
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    out: &mut Vec<Transition>,
+    max: usize,
+    malformed: &mut u64,
+) -> usize {
+    let mut n = 0;
+    while n < max {
+        let Some(item) = ring.next() else { break };
+        if item.len() != size_of::<TransitionEvent>() {
+            *malformed += 1;
+            continue;
+        }
+        // SAFETY: the record is exactly one TransitionEvent (checked above),
+        // written by the eBPF program from the same shared definition; every
+        // bit pattern is valid for its plain integer fields; read_unaligned
+        // makes no alignment assumption.
+        let raw: TransitionEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        out.push(Transition::from_raw(&raw));
+        n += 1;
+    }
+    n
+}
+
+/// The part of `struct bpf_prog_info` we read, via BPF_OBJ_GET_INFO_BY_FD
+/// (aya's ProgramInfo does not expose `recursion_misses`).
+struct ProgInfo {
+    run_time_ns: u64,
+    run_cnt: u64,
+    recursion_misses: u64,
+}
+
+fn prog_info(loaded: &Loaded, name: &'static str) -> Result<ProgInfo, CaptureError> {
+    use std::os::fd::AsRawFd;
+    let prog = loaded
+        .ebpf
+        .program(name)
+        .ok_or_else(|| CaptureError::ProgInfo(name, io::Error::other("no such program")))?;
+    let fd = prog
+        .fd()
+        .map_err(|e| CaptureError::ProgInfo(name, io::Error::other(e)))?;
+    let raw_fd = fd.as_fd().as_raw_fd();
+    // SAFETY: bpf_prog_info is plain data; all-zero is its documented
+    // initial state for BPF_OBJ_GET_INFO_BY_FD.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // The `info` member of union bpf_attr (stable UAPI), padded to the size
+    // of the union so the kernel's check of trailing bytes passes.
+    let mut attr = [0u8; 128];
+    let head = InfoAttr {
+        bpf_fd: raw_fd as u32,
+        info_len: size_of::<aya_obj::generated::bpf_prog_info>() as u32,
+        info: &mut info as *mut _ as u64,
+    };
+    // SAFETY: InfoAttr is 16 bytes of plain data copied into the front of a
+    // zeroed 128-byte buffer.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (&head as *const InfoAttr).cast::<u8>(),
+            attr.as_mut_ptr(),
+            size_of::<InfoAttr>(),
+        )
+    };
+    // SAFETY: the attr buffer and the info struct it points to outlive the
+    // call; the kernel writes at most info_len bytes into `info`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            attr.as_mut_ptr(),
+            attr.len() as libc::c_long,
+        )
+    };
+    if rc != 0 {
+        return Err(CaptureError::ProgInfo(name, io::Error::last_os_error()));
+    }
+    Ok(ProgInfo {
+        run_time_ns: info.run_time_ns,
+        run_cnt: info.run_cnt,
+        recursion_misses: info.recursion_misses,
+    })
+}

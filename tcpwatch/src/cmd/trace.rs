@@ -1,0 +1,239 @@
+//! `tcpwatch trace`: every transition, as text columns or JSON lines, and at
+//! the end the accounting of what was delivered, dropped and skipped.
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+use tcpwatch::{
+    capture::Capture,
+    model::{Accounting, Transition},
+    netns,
+    output::{Output, OutputStats},
+    view::trace::{Clock, Filter, HEADER, json_line, text_line},
+};
+use tcpwatch_common::TcpState;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::ProbeArgs;
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// JSON lines, one object per transition (stable field names).
+    #[arg(long)]
+    json: bool,
+    /// Only transitions with this local or remote port (repeatable, or comma-separated).
+    #[arg(short, long, value_delimiter = ',')]
+    port: Vec<u16>,
+    /// Only this local port (as tcpstates -L).
+    #[arg(short = 'L', long, value_delimiter = ',')]
+    lport: Vec<u16>,
+    /// Only this remote port (as tcpstates -D).
+    #[arg(short = 'D', long, value_delimiter = ',')]
+    dport: Vec<u16>,
+    /// Only sockets owned by this process id.
+    #[arg(long, value_delimiter = ',')]
+    pid: Vec<u32>,
+    /// Only transitions into or out of this state (ss or kernel names: close-wait, TCP_SYN_SENT).
+    #[arg(long, value_delimiter = ',', value_parser = parse_state)]
+    state: Vec<TcpState>,
+    /// Only IPv4 sockets.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    ipv4: bool,
+    /// Only IPv6 sockets (v4-mapped peers on v6 sockets included).
+    #[arg(short = '6', long = "ipv6")]
+    ipv6: bool,
+    /// Only this network namespace: inode number, /run/netns/NAME, NAME or /proc/PID/ns/net.
+    /// Filtered in the kernel, so the counters cover only it too.
+    #[arg(long)]
+    netns: Option<String>,
+    /// Stop after this many transitions are shown.
+    #[arg(short = 'c', long)]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(short = 'd', long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+fn parse_state(s: &str) -> Result<TcpState, String> {
+    TcpState::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = TcpState::ALL.iter().map(|s| s.name()).collect();
+        format!("unknown TCP state `{s}`; one of {}", names.join(", "))
+    })
+}
+
+/// Events read from the ring buffer per wake-up, at most.
+const BATCH: usize = 4096;
+
+pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    let netns = args.netns.as_deref().map(netns::resolve).transpose()?;
+    let filter = Filter {
+        ports: args.port.clone(),
+        local_ports: args.lport.clone(),
+        remote_ports: args.dport.clone(),
+        pids: args.pid.clone(),
+        states: args.state.clone(),
+        ip_version: match (args.ipv4, args.ipv6) {
+            (true, _) => Some(4),
+            (_, true) => Some(6),
+            _ => None,
+        },
+        netns,
+    };
+    if let Some(d) = args.duration
+        && !(d.is_finite() && d > 0.0)
+    {
+        anyhow::bail!("--duration must be a positive number of seconds");
+    }
+
+    let mut capture =
+        Capture::start(&args.probe.load_options(netns)).context("cannot start tracing")?;
+    let clock = Clock::now();
+    eprintln!(
+        "tcpwatch: tracing TCP state transitions via {}; Ctrl-C to stop",
+        capture.hook()
+    );
+    let mut out: Output<Transition> = if args.json {
+        Output::stdout(None, move |t| json_line(t, &clock))
+    } else {
+        Output::stdout(Some(HEADER.into()), move |t| text_line(t, &clock))
+    };
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = tokio::time::sleep(Duration::from_secs_f64(args.duration.unwrap_or(1e9)));
+    tokio::pin!(deadline);
+
+    let mut shown = Shown::new(args.count);
+    let mut batch = Vec::with_capacity(BATCH);
+    while !shown.done() {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut deadline => break,
+            r = capture.next_batch(&mut batch, BATCH) => {
+                r.context("reading the ring buffer")?;
+                if !out.send(shown.take(&filter, &mut batch)) {
+                    break; // stdout closed
+                }
+            }
+        }
+    }
+    // Whatever arrived before the probe was detached is delivered (and, past
+    // --count, counted as not shown).
+    capture.stop(&mut batch).await?;
+    let late = shown.take(&filter, &mut batch);
+    out.send(late);
+    let counters = capture.counters()?;
+    let accounting = counters.summary();
+    let output = out.finish();
+    report(
+        &accounting,
+        capture.delivered(),
+        capture.malformed(),
+        &shown,
+        &output,
+    );
+    Ok(if accounting.lossless() && output.closed.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        // Still a completed run; exit 0 unless events were lost in the kernel.
+        if accounting.unrecovered > 0 {
+            ExitCode::from(3)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+/// Applies the filter and `--count`, remembering how many were filtered out.
+struct Shown {
+    limit: Option<u64>,
+    shown: u64,
+    filtered: u64,
+    over_count: u64,
+}
+
+impl Shown {
+    fn new(limit: Option<u64>) -> Self {
+        Shown {
+            limit,
+            shown: 0,
+            filtered: 0,
+            over_count: 0,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.limit.is_some_and(|l| self.shown >= l)
+    }
+
+    fn take(&mut self, filter: &Filter, batch: &mut Vec<Transition>) -> Vec<Transition> {
+        let mut keep = Vec::with_capacity(batch.len());
+        for t in batch.drain(..) {
+            if !filter.matches(&t) {
+                self.filtered += 1;
+            } else if self.done() {
+                self.over_count += 1;
+            } else {
+                self.shown += 1;
+                keep.push(t);
+            }
+        }
+        keep
+    }
+}
+
+fn report(a: &Accounting, delivered: u64, malformed: u64, shown: &Shown, out: &OutputStats) {
+    eprintln!(
+        "tcpwatch: {} transitions counted in the kernel: {} delivered, {} dropped (ring buffer full)",
+        a.counted, delivered, a.ringbuf_full
+    );
+    eprintln!(
+        "tcpwatch: {} written, {} dropped because output was slow, {} filtered out, {} past --count",
+        out.written, out.dropped, shown.filtered, shown.over_count
+    );
+    if a.has_catcher {
+        eprintln!(
+            "tcpwatch: the kernel skipped the main program {} times (nested runs); the catcher handled {}; {} lost",
+            a.kernel_skipped, a.caught, a.unrecovered
+        );
+    } else {
+        eprintln!(
+            "tcpwatch: the kernel skipped the program {} times (nested runs): those transitions are lost and unknown",
+            a.kernel_skipped
+        );
+    }
+    if a.double_counted > 0 {
+        eprintln!(
+            "tcpwatch: {} transitions may have been counted twice",
+            a.double_counted
+        );
+    }
+    if a.read_failed + a.map_update_failed + malformed > 0 {
+        eprintln!(
+            "tcpwatch: {} kernel reads failed, {} owner-map updates failed, {} malformed records",
+            a.read_failed, a.map_update_failed, malformed
+        );
+    }
+    if let Some(e) = &out.closed {
+        eprintln!("tcpwatch: output closed early: {e}");
+    }
+    // One machine-readable line for scripts and tests.
+    eprintln!(
+        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} written={} output_dropped={} filtered={} kernel_skipped={} caught={} unrecovered={} double_counted={} malformed={}",
+        a.counted,
+        a.emitted,
+        delivered,
+        a.ringbuf_full,
+        out.written,
+        out.dropped,
+        shown.filtered,
+        a.kernel_skipped,
+        a.caught,
+        a.unrecovered,
+        a.double_counted,
+        malformed
+    );
+}

@@ -1,0 +1,328 @@
+//! Where the running kernel keeps the fields the probes read: `struct sock`
+//! offsets from BTF (for the tp_btf hook) and the classic tracepoint record
+//! from its format file. The result is a [`ProbeConfig`] for the loader; a
+//! layout the programs cannot read is refused here with the reason.
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use tcpwatch_common::{HOOK_BTF, HOOK_CLASSIC, ProbeConfig, SOCK_COMMON_READ, TP_RECORD_READ};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("reading BTF from {path}: {source}")]
+    Btf { path: String, source: btf_rs::Error },
+    #[error("kernel BTF has no {0}")]
+    Missing(String),
+    #[error(
+        "kernel BTF: {what} is at offset {offset} size {size}, outside what the probe reads ({limit} bytes)"
+    )]
+    OutOfRange {
+        what: String,
+        offset: usize,
+        size: usize,
+        limit: usize,
+    },
+    #[error("kernel BTF: {what} has size {found}, expected {expected}")]
+    Size {
+        what: String,
+        found: usize,
+        expected: usize,
+    },
+    #[error("tracepoint format: field `{field}` {problem}")]
+    Format { field: String, problem: String },
+}
+
+/// Byte offset and size of a (possibly nested, possibly inside anonymous
+/// unions) member of a named struct.
+fn member(btf: &Btf, strukt: &str, path: &[&str]) -> Result<(usize, usize), LayoutError> {
+    let what = || format!("struct {strukt}.{}", path.join("."));
+    let mut ty = btf
+        .resolve_types_by_name(strukt)
+        .map_err(|_| LayoutError::Missing(format!("struct {strukt}")))?
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(_)))
+        .ok_or_else(|| LayoutError::Missing(format!("struct {strukt}")))?;
+    let mut offset = 0usize;
+    for name in path {
+        let (off, next) =
+            find_member(btf, &ty, name).ok_or_else(|| LayoutError::Missing(what()))?;
+        offset += off;
+        ty = next;
+    }
+    let size =
+        type_size(btf, &ty).ok_or_else(|| LayoutError::Missing(format!("size of {}", what())))?;
+    Ok((offset, size))
+}
+
+/// Finds `name` among the members of a struct or union, descending into
+/// anonymous members (sock_common keeps most fields in anonymous unions).
+fn find_member(btf: &Btf, ty: &Type, name: &str) -> Option<(usize, Type)> {
+    let (Type::Struct(s) | Type::Union(s)) = ty else {
+        return None;
+    };
+    for m in &s.members {
+        if m.bitfield_size().is_some_and(|b| b != 0) {
+            continue;
+        }
+        let off = (m.bit_offset() / 8) as usize;
+        let mname = btf.resolve_name(m).unwrap_or_default();
+        let mty = strip(btf, btf.resolve_chained_type(m).ok()?)?;
+        if mname == name {
+            return Some((off, mty));
+        }
+        if mname.is_empty()
+            && let Some((inner, t)) = find_member(btf, &mty, name)
+        {
+            return Some((off + inner, t));
+        }
+    }
+    None
+}
+
+/// Follows typedefs and qualifiers to the underlying type.
+fn strip(btf: &Btf, mut ty: Type) -> Option<Type> {
+    for _ in 0..16 {
+        match &ty {
+            Type::Typedef(t) => ty = btf.resolve_chained_type(t).ok()?,
+            Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => {
+                ty = btf.resolve_chained_type(t).ok()?
+            }
+            Type::TypeTag(t) => ty = btf.resolve_chained_type(t).ok()?,
+            _ => return Some(ty),
+        }
+    }
+    None
+}
+
+fn type_size(btf: &Btf, ty: &Type) -> Option<usize> {
+    match strip(btf, ty.clone())? {
+        Type::Int(i) => Some(i.size()),
+        Type::Struct(s) | Type::Union(s) => Some(s.size()),
+        Type::Enum(e) => Some(e.size()),
+        Type::Ptr(_) => Some(8),
+        Type::Array(a) => {
+            let elem = strip(btf, btf.resolve_chained_type(&a).ok()?)?;
+            Some(a.len() * type_size(btf, &elem)?)
+        }
+        _ => None,
+    }
+}
+
+fn expect_size(what: &str, found: usize, expected: usize) -> Result<(), LayoutError> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(LayoutError::Size {
+            what: what.into(),
+            found,
+            expected,
+        })
+    }
+}
+
+/// A `sock_common` field the BTF program copies out of its one read.
+fn sock_common_field(btf: &Btf, name: &str, size: usize) -> Result<u16, LayoutError> {
+    let (off, found) = member(btf, "sock", &["__sk_common", name])?;
+    expect_size(&format!("struct sock.{name}"), found, size)?;
+    if off + size > SOCK_COMMON_READ {
+        return Err(LayoutError::OutOfRange {
+            what: format!("struct sock.{name}"),
+            offset: off,
+            size,
+            limit: SOCK_COMMON_READ,
+        });
+    }
+    Ok(off as u16)
+}
+
+/// Offsets of `struct sock` for the tp_btf program, from the kernel's BTF.
+/// The namespace fields are optional: without them events carry netns 0.
+pub fn btf_config(btf_path: &Path) -> Result<ProbeConfig, LayoutError> {
+    let btf = Btf::from_file(btf_path).map_err(|source| LayoutError::Btf {
+        path: btf_path.display().to_string(),
+        source,
+    })?;
+    // The BTF-typed hook exists only if the kernel declares its typedef.
+    btf.resolve_ids_by_name("btf_trace_inet_sock_set_state")
+        .ok()
+        .filter(|ids| !ids.is_empty())
+        .ok_or_else(|| {
+            LayoutError::Missing(
+                "btf_trace_inet_sock_set_state (tracepoint sock:inet_sock_set_state)".into(),
+            )
+        })?;
+
+    let mut cfg = ProbeConfig::UNSET;
+    cfg.hook = HOOK_BTF;
+    cfg.sk_family = sock_common_field(&btf, "skc_family", 2)?;
+    cfg.sk_dport = sock_common_field(&btf, "skc_dport", 2)?;
+    cfg.sk_rcv_saddr = sock_common_field(&btf, "skc_rcv_saddr", 4)?;
+    cfg.sk_daddr = sock_common_field(&btf, "skc_daddr", 4)?;
+    cfg.sk_v6_rcv_saddr = sock_common_field(&btf, "skc_v6_rcv_saddr", 16)?;
+    cfg.sk_v6_daddr = sock_common_field(&btf, "skc_v6_daddr", 16)?;
+    let (proto_off, proto_size) = member(&btf, "sock", &["sk_protocol"])?;
+    expect_size("struct sock.sk_protocol", proto_size, 2)?;
+    cfg.sk_protocol = proto_off as u32;
+    let (sport_off, sport_size) = member(&btf, "inet_sock", &["inet_sport"])?;
+    expect_size("struct inet_sock.inet_sport", sport_size, 2)?;
+    cfg.inet_sport = sport_off as u32;
+    netns_fields(&btf, &mut cfg);
+    Ok(cfg)
+}
+
+/// `sk->__sk_common.skc_net.net->ns.inum`; left unreadable if any link is
+/// missing (e.g. a kernel built without network namespaces).
+fn netns_fields(btf: &Btf, cfg: &mut ProbeConfig) {
+    let net = sock_common_field(btf, "skc_net", 8);
+    let inum = member(btf, "net", &["ns", "inum"]);
+    if let (Ok(net), Ok((inum, 4))) = (net, inum) {
+        cfg.sk_net = net;
+        cfg.net_ns_inum = inum as u32;
+        cfg.netns_readable = 1;
+    }
+}
+
+/// Adds the namespace offsets to a classic-hook configuration when BTF is
+/// there to give them.
+pub fn add_netns_from_btf(btf_path: &Path, cfg: &mut ProbeConfig) {
+    if let Ok(btf) = Btf::from_file(btf_path) {
+        netns_fields(&btf, cfg);
+    }
+}
+
+/// One `field:` line of a tracepoint format file.
+#[derive(Debug, PartialEq)]
+struct FormatField {
+    name: String,
+    offset: usize,
+    size: usize,
+}
+
+fn parse_format(text: &str) -> Vec<FormatField> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let decl = line.strip_prefix("field:")?.split(';').next()?;
+            let name = decl.split_whitespace().last()?;
+            let name = name.split('[').next()?.to_owned();
+            let num = |key: &str| {
+                line.split(';')
+                    .find_map(|p| p.trim().strip_prefix(key))
+                    .and_then(|v| v.trim().parse().ok())
+            };
+            Some(FormatField {
+                name,
+                offset: num("offset:")?,
+                size: num("size:")?,
+            })
+        })
+        .collect()
+}
+
+/// Offsets of the classic tracepoint record, from the text of
+/// `events/sock/inet_sock_set_state/format`. Refuses any field that is
+/// missing, of another size, or beyond what the program copies.
+pub fn classic_config(format: &str) -> Result<ProbeConfig, LayoutError> {
+    let fields = parse_format(format);
+    let get = |name: &str, size: usize| -> Result<u16, LayoutError> {
+        let f = fields
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| LayoutError::Format {
+                field: name.into(),
+                problem: "is missing".into(),
+            })?;
+        if f.size != size {
+            return Err(LayoutError::Format {
+                field: name.into(),
+                problem: format!("has size {}, expected {size}", f.size),
+            });
+        }
+        if f.offset + f.size > TP_RECORD_READ {
+            return Err(LayoutError::Format {
+                field: name.into(),
+                problem: format!(
+                    "ends at byte {}, beyond the {TP_RECORD_READ} bytes the probe reads",
+                    f.offset + f.size
+                ),
+            });
+        }
+        Ok(f.offset as u16)
+    };
+    let mut cfg = ProbeConfig::UNSET;
+    cfg.hook = HOOK_CLASSIC;
+    cfg.tp_skaddr = get("skaddr", 8)?;
+    cfg.tp_oldstate = get("oldstate", 4)?;
+    cfg.tp_newstate = get("newstate", 4)?;
+    cfg.tp_sport = get("sport", 2)?;
+    cfg.tp_dport = get("dport", 2)?;
+    cfg.tp_family = get("family", 2)?;
+    cfg.tp_protocol = get("protocol", 2)?;
+    cfg.tp_saddr = get("saddr", 4)?;
+    cfg.tp_daddr = get("daddr", 4)?;
+    cfg.tp_saddr_v6 = get("saddr_v6", 16)?;
+    cfg.tp_daddr_v6 = get("daddr_v6", 16)?;
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORMAT_6_18: &str = include_str!("../tests/data/inet_sock_set_state.format");
+
+    #[test]
+    fn classic_format_of_6_18_parses() {
+        let cfg = classic_config(FORMAT_6_18).unwrap();
+        assert_eq!(
+            (
+                cfg.tp_skaddr,
+                cfg.tp_oldstate,
+                cfg.tp_newstate,
+                cfg.tp_sport,
+                cfg.tp_dport
+            ),
+            (8, 16, 20, 24, 26)
+        );
+        assert_eq!(
+            (cfg.tp_family, cfg.tp_protocol, cfg.tp_saddr, cfg.tp_daddr),
+            (28, 30, 32, 36)
+        );
+        assert_eq!((cfg.tp_saddr_v6, cfg.tp_daddr_v6), (40, 56));
+        assert_eq!(cfg.hook, HOOK_CLASSIC);
+    }
+
+    #[test]
+    fn classic_format_with_a_changed_field_is_refused() {
+        let changed = FORMAT_6_18.replace(
+            "__u16 sport;\toffset:24;\tsize:2;",
+            "__u32 sport;\toffset:24;\tsize:4;",
+        );
+        assert_ne!(changed, FORMAT_6_18);
+        let err = classic_config(&changed).unwrap_err().to_string();
+        assert!(err.contains("`sport` has size 4, expected 2"), "{err}");
+
+        let missing = FORMAT_6_18.replace("daddr_v6", "dst_v6");
+        let err = classic_config(&missing).unwrap_err().to_string();
+        assert!(err.contains("`daddr_v6` is missing"), "{err}");
+    }
+
+    #[test]
+    fn btf_of_the_running_kernel_gives_sock_offsets() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            eprintln!("SKIP: no {} on this machine", path.display());
+            return;
+        }
+        let cfg = btf_config(path).unwrap();
+        // struct sock_common starts with the address pair; family and the
+        // ports follow. Exact values vary by kernel; the order does not.
+        assert_eq!(cfg.sk_daddr, 0);
+        assert_eq!(cfg.sk_rcv_saddr, 4);
+        assert!(cfg.sk_dport > cfg.sk_rcv_saddr);
+        assert!(cfg.sk_family > cfg.sk_dport);
+        assert!(cfg.sk_protocol as usize > SOCK_COMMON_READ);
+        assert!(cfg.inet_sport > cfg.sk_protocol);
+        assert_eq!(cfg.netns_readable, 1);
+    }
+}

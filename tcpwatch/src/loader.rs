@@ -1,0 +1,348 @@
+//! Loads and attaches the eBPF programs, and turns every way that can fail
+//! into one sentence a user can act on. The only module that chooses a hook;
+//! [`crate::capture`] takes the loaded object from here.
+use std::{
+    fmt, fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    programs::{
+        BtfTracePoint, ProgramError, TracePoint, tp_btf::BtfTracePointLinkId,
+        trace_point::TracePointLinkId,
+    },
+};
+use tcpwatch_common::{HOOK_BTF, LAYOUT_VERSION, ProbeConfig};
+
+use crate::layout;
+
+/// The eBPF object built by build.rs from tcpwatch-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpwatch"));
+
+pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+const TP_FORMAT: &str = "events/sock/inet_sock_set_state/format";
+
+/// Which kernel hook to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookChoice {
+    /// BTF-typed tracepoint where the kernel has BTF, else the classic one.
+    Auto,
+    /// tp_btf/inet_sock_set_state with a catcher for recursion skips.
+    Btf,
+    /// The classic tracepoint sock:inet_sock_set_state (needs tracefs).
+    Classic,
+}
+
+/// What the loader was asked for.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub hook: HookChoice,
+    /// Only this network namespace (inode number), filtered in the kernel.
+    pub netns: Option<u32>,
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    pub ring_bytes: u32,
+    /// Capacity of the per-socket owner map.
+    pub max_sockets: u32,
+    /// Show the verifier's log when a program is rejected.
+    pub verbose: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            hook: HookChoice::Auto,
+            netns: None,
+            ring_bytes: 4 << 20,
+            max_sockets: 131_072,
+            verbose: false,
+        }
+    }
+}
+
+/// The hook actually in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Btf,
+    Classic,
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Hook::Btf => "tp_btf/inet_sock_set_state (+ catcher)",
+            Hook::Classic => "tracepoint/sock/inet_sock_set_state",
+        })
+    }
+}
+
+/// Why loading failed. Each variant's message is meant to be shown as is.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "tcpwatch needs CAP_BPF and CAP_PERFMON (or root) to load its eBPF programs: \
+         run it as root (sudo tcpwatch ...) or grant them (setcap cap_bpf,cap_perfmon+ep $(which tcpwatch))"
+    )]
+    NotPermitted,
+    #[error(
+        "tracefs is not mounted at {TRACEFS} and mounting it failed ({0}): \
+         mount it with `mount -t tracefs nodev {TRACEFS}`"
+    )]
+    NoTracefs(io::Error),
+    #[error(
+        "the kernel has no tracepoint sock:inet_sock_set_state ({0} is missing): \
+         tcpwatch needs Linux >= 4.16 built with CONFIG_TRACEPOINTS"
+    )]
+    NoTracepoint(PathBuf),
+    #[error(
+        "the kernel's BTF cannot be used ({0}); run with --hook classic, or --hook auto to fall back"
+    )]
+    Btf(layout::LayoutError),
+    #[error("unexpected layout of tracepoint sock:inet_sock_set_state, refusing to guess: {0}")]
+    Format(layout::LayoutError),
+    #[error("the kernel rejected program {program}: {summary}{log}")]
+    Verifier {
+        program: &'static str,
+        summary: String,
+        log: String,
+    },
+    #[error("{what}: {source}")]
+    Other {
+        what: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl LoadError {
+    fn other(what: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        LoadError::Other {
+            what: what.into(),
+            source: Box::new(e),
+        }
+    }
+
+    /// Process exit code for this failure (documented in the README).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LoadError::NotPermitted => 77,
+            _ => 69,
+        }
+    }
+}
+
+/// Loaded and attached programs; dropping it detaches them.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub hook: Hook,
+    pub config: ProbeConfig,
+    links: Links,
+}
+
+enum Links {
+    Btf(Vec<(&'static str, BtfTracePointLinkId)>),
+    Classic(Option<TracePointLinkId>),
+}
+
+/// Names of the programs in use, main program first.
+pub fn program_names(hook: Hook) -> &'static [&'static str] {
+    match hook {
+        Hook::Btf => &["tcpwatch_main", "tcpwatch_catch"],
+        Hook::Classic => &["tcpwatch_classic"],
+    }
+}
+
+impl Loaded {
+    /// Detaches the programs (main first, so the catcher still sees what
+    /// arrives in between) but keeps them loaded, so their counters and
+    /// statistics can still be read for the final accounting.
+    pub fn detach(&mut self) -> Result<(), LoadError> {
+        match &mut self.links {
+            Links::Btf(links) => {
+                for (name, id) in links.drain(..) {
+                    let prog: &mut BtfTracePoint = program(&mut self.ebpf, name)?;
+                    prog.detach(id)
+                        .map_err(|e| LoadError::other(format!("detaching {name}"), e))?;
+                }
+            }
+            Links::Classic(link) => {
+                if let Some(id) = link.take() {
+                    let prog: &mut TracePoint = program(&mut self.ebpf, "tcpwatch_classic")?;
+                    prog.detach(id)
+                        .map_err(|e| LoadError::other("detaching tcpwatch_classic", e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Whether the effective capabilities allow loading tracing programs.
+fn permitted() -> bool {
+    let Ok(status) = fs::read_to_string("/proc/self/status") else {
+        // SAFETY: geteuid has no preconditions.
+        return unsafe { libc::geteuid() } == 0;
+    };
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+/// Makes sure tracefs is mounted (mounting it if we may) and returns its path.
+fn ensure_tracefs() -> Result<PathBuf, LoadError> {
+    for base in [TRACEFS, "/sys/kernel/debug/tracing"] {
+        if Path::new(base).join("events").is_dir() {
+            return Ok(PathBuf::from(base));
+        }
+    }
+    let target = std::ffi::CString::new(TRACEFS).expect("no NUL in a constant");
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(LoadError::NoTracefs(io::Error::last_os_error()));
+    }
+    tracing::info!("mounted tracefs at {TRACEFS}");
+    Ok(PathBuf::from(TRACEFS))
+}
+
+fn classic_config() -> Result<ProbeConfig, LoadError> {
+    let tracefs = ensure_tracefs()?;
+    let format_path = tracefs.join(TP_FORMAT);
+    let format =
+        fs::read_to_string(&format_path).map_err(|_| LoadError::NoTracepoint(format_path))?;
+    let mut cfg = layout::classic_config(&format).map_err(LoadError::Format)?;
+    layout::add_netns_from_btf(Path::new(BTF_PATH), &mut cfg);
+    Ok(cfg)
+}
+
+/// Chooses the hook, computes its configuration from the running kernel,
+/// loads the object and attaches. Every failure is a [`LoadError`].
+pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    if !permitted() {
+        return Err(LoadError::NotPermitted);
+    }
+    let (hook, mut config) = match opts.hook {
+        HookChoice::Btf => (
+            Hook::Btf,
+            layout::btf_config(Path::new(BTF_PATH)).map_err(LoadError::Btf)?,
+        ),
+        HookChoice::Classic => (Hook::Classic, classic_config()?),
+        HookChoice::Auto => match layout::btf_config(Path::new(BTF_PATH)) {
+            Ok(cfg) => (Hook::Btf, cfg),
+            Err(e) => {
+                tracing::warn!(
+                    "BTF hook unavailable ({e}); falling back to the classic tracepoint"
+                );
+                (Hook::Classic, classic_config()?)
+            }
+        },
+    };
+    config.filter_netns = opts.netns.unwrap_or(0);
+    debug_assert_eq!(config.layout_version, LAYOUT_VERSION);
+
+    let ring_bytes = opts.ring_bytes.max(4096).next_power_of_two();
+    let mut ebpf = EbpfLoader::new()
+        .override_global("CONFIG", &config, true)
+        .map_max_entries("EVENTS", ring_bytes)
+        .map_max_entries("SOCKS", opts.max_sockets.max(1024))
+        .load(OBJECT)
+        .map_err(|e| match e {
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EPERM) =>
+            {
+                LoadError::NotPermitted
+            }
+            e => LoadError::other("loading the eBPF object", e),
+        })?;
+
+    let links = match hook {
+        Hook::Btf => {
+            let btf = Btf::from_sys_fs().map_err(|e| LoadError::other("reading kernel BTF", e))?;
+            // Main first: the kernel runs a hook's programs in attach order,
+            // and the catcher must run after the program whose skips it catches.
+            let mut links = Vec::new();
+            for &name in program_names(Hook::Btf) {
+                let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
+                prog.load("inet_sock_set_state", &btf)
+                    .map_err(|e| rejected(name, e, opts.verbose))?;
+                let id = prog
+                    .attach()
+                    .map_err(|e| LoadError::other(format!("attaching {name}"), e))?;
+                links.push((name, id));
+            }
+            Links::Btf(links)
+        }
+        Hook::Classic => {
+            ensure_tracefs()?;
+            let prog: &mut TracePoint = program(&mut ebpf, "tcpwatch_classic")?;
+            prog.load()
+                .map_err(|e| rejected("tcpwatch_classic", e, opts.verbose))?;
+            let id = prog
+                .attach("sock", "inet_sock_set_state")
+                .map_err(|e| LoadError::other("attaching tcpwatch_classic", e))?;
+            Links::Classic(Some(id))
+        }
+    };
+    debug_assert!(hook != Hook::Btf || config.hook == HOOK_BTF);
+    Ok(Loaded {
+        ebpf,
+        hook,
+        config,
+        links,
+    })
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| LoadError::other("finding program", io::Error::other(name)))?
+        .try_into()
+        .map_err(|e| LoadError::other(format!("program {name} has an unexpected type"), e))
+}
+
+/// A verifier rejection: the error, plus the end of the verifier's log when
+/// asked for (`-v`), since that is where the reason is.
+fn rejected(program: &'static str, e: ProgramError, verbose: bool) -> LoadError {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            if io_error.raw_os_error() == Some(libc::EPERM) {
+                return LoadError::NotPermitted;
+            }
+            let text = verifier_log.to_string();
+            let log = if verbose {
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(20)..];
+                format!("\nlast lines of the verifier log:\n{}", tail.join("\n"))
+            } else {
+                " (run with -v to see the verifier's log)".into()
+            };
+            LoadError::Verifier {
+                program,
+                summary: io_error.to_string(),
+                log,
+            }
+        }
+        e => LoadError::other(format!("loading {program}"), e),
+    }
+}

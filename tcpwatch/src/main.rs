@@ -1,0 +1,100 @@
+//! The tcpwatch command line: parses, wires edges to the core, prints.
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tcpwatch::loader::{HookChoice, LoadOptions};
+
+mod cmd;
+
+const EXAMPLES: &str = "\
+Examples:
+  tcpwatch trace                      every TCP state transition, live
+  tcpwatch trace --port 443           only connections with local or remote port 443
+  tcpwatch trace --state close-wait   transitions into or out of CLOSE-WAIT
+  tcpwatch trace --json --duration 60 > t.jsonl
+                                      one minute as JSON lines
+  tcpwatch trace --netns /run/netns/blue --count 100
+
+Exit codes: 0 done, 1 error, 2 bad usage, 69 kernel cannot run the probe,
+77 not permitted (needs root or CAP_BPF+CAP_PERFMON).";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tcpwatch",
+    version,
+    about = "TCP state transitions from the kernel, counted without loss and attributed to their owners",
+    after_help = EXAMPLES
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print every TCP state transition as it happens (a better tcpstates).
+    Trace(cmd::trace::TraceArgs),
+}
+
+/// Options of every command that loads the probe.
+#[derive(Args, Debug, Clone)]
+pub struct ProbeArgs {
+    /// Kernel hook: tp_btf with a recursion catcher, or the classic tracepoint.
+    #[arg(long, value_enum, default_value = "auto")]
+    hook: HookChoice,
+    /// Ring buffer size in KiB (rounded up to a power of two).
+    #[arg(long, default_value_t = 4096, value_name = "KIB")]
+    ring_kib: u32,
+    /// Show the verifier's log when the kernel rejects a program, and debug logs.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+impl ProbeArgs {
+    pub fn load_options(&self, netns: Option<u32>) -> LoadOptions {
+        LoadOptions {
+            hook: self.hook,
+            netns,
+            ring_bytes: self.ring_kib.saturating_mul(1024),
+            verbose: self.verbose,
+            ..LoadOptions::default()
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let verbose = match &cli.command {
+        Command::Trace(a) => a.probe.verbose,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TCPWATCH_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if verbose { "debug" } else { "warn" })
+            }),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tcpwatch: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Trace(args) => cmd::trace::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tcpwatch: {e:#}");
+            ExitCode::from(cmd::exit_code(&e))
+        }
+    }
+}

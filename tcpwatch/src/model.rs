@@ -1,0 +1,362 @@
+//! Typed transitions and the kernel-side accounting, as the rest of
+//! tcpwatch sees them. Pure: built from the raw shared layouts, no I/O.
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use tcpwatch_common::{
+    AF_INET6, FLAG_CAUGHT, FLAG_DELTA_KNOWN, FLAG_OWNER_KNOWN, IPPROTO_MPTCP, NUM_PROGS,
+    PROG_SLOTS, STATE_SLOTS, TRANSITION_SLOTS, TcpState, TransitionEvent, stat,
+};
+
+/// A state as reported: known to tcpwatch, or a number it does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum State {
+    Known(TcpState),
+    Unknown(u8),
+}
+
+impl State {
+    pub fn from_raw(v: u8) -> State {
+        TcpState::from_u8(v).map_or(State::Unknown(v), State::Known)
+    }
+
+    pub fn raw(self) -> u8 {
+        match self {
+            State::Known(s) => s as u8,
+            State::Unknown(v) => v,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            State::Known(s) => f.pad(s.name()),
+            State::Unknown(v) => f.pad(&format!("STATE-{v}")),
+        }
+    }
+}
+
+/// The process a socket belongs to, as captured in its owner's own context.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id that made the owning call.
+    pub tid: u32,
+    pub comm: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Mptcp,
+}
+
+/// One TCP state transition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    /// Network namespace inode, `None` when the kernel did not let us read it.
+    pub netns: Option<u32>,
+    pub owner: Option<Owner>,
+    pub old: State,
+    pub new: State,
+    pub protocol: Protocol,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Time spent in `old`, when the previous transition was seen.
+    pub in_old: Option<Duration>,
+    /// Delivered by the catcher program (the kernel skipped the main one).
+    pub caught: bool,
+}
+
+fn comm_string(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+impl Transition {
+    pub fn from_raw(e: &TransitionEvent) -> Transition {
+        let (saddr, daddr): (IpAddr, IpAddr) = if e.family == AF_INET6 {
+            (
+                Ipv6Addr::from(e.saddr).into(),
+                Ipv6Addr::from(e.daddr).into(),
+            )
+        } else {
+            let v4 = |a: &[u8; 16]| Ipv4Addr::new(a[0], a[1], a[2], a[3]).into();
+            (v4(&e.saddr), v4(&e.daddr))
+        };
+        Transition {
+            ts_ns: e.ts_ns,
+            skaddr: e.skaddr,
+            netns: (e.netns != 0).then_some(e.netns),
+            owner: (e.flags & FLAG_OWNER_KNOWN != 0).then(|| Owner {
+                pid: e.tgid,
+                tid: e.pid,
+                comm: comm_string(&e.comm),
+            }),
+            old: State::from_raw(e.oldstate),
+            new: State::from_raw(e.newstate),
+            protocol: if e.protocol == IPPROTO_MPTCP {
+                Protocol::Mptcp
+            } else {
+                Protocol::Tcp
+            },
+            local: SocketAddr::new(saddr, e.sport),
+            remote: SocketAddr::new(daddr, e.dport),
+            in_old: (e.flags & FLAG_DELTA_KNOWN != 0).then(|| Duration::from_nanos(e.delta_ns)),
+            caught: e.flags & FLAG_CAUGHT != 0,
+        }
+    }
+
+    /// 4 or 6, by the socket's family (a v4-mapped peer on a v6 socket is 6).
+    pub fn ip_version(&self) -> u8 {
+        if self.local.is_ipv6() { 6 } else { 4 }
+    }
+}
+
+/// Statistics of one program, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProgCounters {
+    /// Transitions counted, by (old, new).
+    pub transitions: Vec<u64>,
+    /// `stat::*` counters.
+    pub stats: Vec<u64>,
+    /// Runs the kernel skipped (`recursion_misses` of the program).
+    pub recursion_misses: u64,
+    /// Runs and run time (non-zero only while `kernel.bpf_stats_enabled`).
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+}
+
+impl ProgCounters {
+    pub fn new() -> Self {
+        ProgCounters {
+            transitions: vec![0; (STATE_SLOTS * STATE_SLOTS) as usize],
+            stats: vec![0; stat::COUNT as usize],
+            ..Default::default()
+        }
+    }
+
+    pub fn stat(&self, which: u32) -> u64 {
+        self.stats[which as usize]
+    }
+}
+
+/// Everything the kernel side counted. Main program first; the catcher
+/// exists only on the BTF hook.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub main: ProgCounters,
+    pub catcher: Option<ProgCounters>,
+}
+
+/// Which program and which counter a per-CPU stats array index holds: the
+/// inverse of `transition_index` / `stat_index` (checked by a test).
+pub fn stats_slot(index: u32) -> Option<(u32, Slot)> {
+    let prog = index / PROG_SLOTS;
+    if prog >= NUM_PROGS {
+        return None;
+    }
+    let rem = index % PROG_SLOTS;
+    Some(if rem < TRANSITION_SLOTS {
+        (
+            prog,
+            Slot::Transition((rem / STATE_SLOTS) as u8, (rem % STATE_SLOTS) as u8),
+        )
+    } else {
+        (prog, Slot::Stat(rem - TRANSITION_SLOTS))
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    Transition(u8, u8),
+    Stat(u32),
+}
+
+impl KernelCounters {
+    fn progs(&self) -> impl Iterator<Item = &ProgCounters> {
+        std::iter::once(&self.main).chain(self.catcher.as_ref())
+    }
+
+    /// Transitions counted for `old -> new` by both programs.
+    pub fn transition(&self, old: u8, new: u8) -> u64 {
+        let i = (old as u32 * STATE_SLOTS + new as u32) as usize;
+        self.progs().map(|p| p.transitions[i]).sum()
+    }
+
+    /// Non-zero transition counters, as ((old, new), count).
+    pub fn transitions(&self) -> Vec<((State, State), u64)> {
+        let mut out = Vec::new();
+        for old in 0..STATE_SLOTS as u8 {
+            for new in 0..STATE_SLOTS as u8 {
+                let n = self.transition(old, new);
+                if n > 0 {
+                    out.push(((State::from_raw(old), State::from_raw(new)), n));
+                }
+            }
+        }
+        out
+    }
+
+    fn stat(&self, which: u32) -> u64 {
+        self.progs().map(|p| p.stat(which)).sum()
+    }
+
+    pub fn summary(&self) -> Accounting {
+        let counted: u64 = self
+            .progs()
+            .map(|p| p.transitions.iter().sum::<u64>())
+            .sum();
+        let caught = self.catcher.as_ref().map_or(0, |c| c.stat(stat::CAUGHT));
+        let skipped = self.main.recursion_misses;
+        Accounting {
+            counted: counted + self.stat(stat::BAD_STATE),
+            emitted: self.stat(stat::EMITTED),
+            ringbuf_full: self.stat(stat::RINGBUF_FULL),
+            read_failed: self.stat(stat::READ_FAILED),
+            map_update_failed: self.stat(stat::MAP_UPDATE_FAILED),
+            kernel_skipped: skipped,
+            caught,
+            // Skips the catcher did not make up for: transitions counted
+            // nowhere, whatever their namespace or state.
+            unrecovered: skipped.saturating_sub(caught),
+            // More caught than skipped: some transition was handled twice.
+            double_counted: caught.saturating_sub(skipped),
+            has_catcher: self.catcher.is_some(),
+        }
+    }
+}
+
+/// The reconciliation printed at exit and exported as self-metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Accounting {
+    /// Transitions counted in the kernel (in scope of the filters).
+    pub counted: u64,
+    /// Of those, written into the ring buffer.
+    pub emitted: u64,
+    /// Of those, lost because the ring buffer was full.
+    pub ringbuf_full: u64,
+    pub read_failed: u64,
+    pub map_update_failed: u64,
+    /// Runs of the main program the kernel skipped (all namespaces).
+    pub kernel_skipped: u64,
+    /// Of those, handled by the catcher (all namespaces).
+    pub caught: u64,
+    /// Skipped and not caught: counted nowhere.
+    pub unrecovered: u64,
+    pub double_counted: u64,
+    pub has_catcher: bool,
+}
+
+impl Accounting {
+    /// Whether every transition was counted exactly once.
+    pub fn lossless(&self) -> bool {
+        self.unrecovered == 0 && self.double_counted == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tcpwatch_common::{AF_INET, IPPROTO_TCP, state::*};
+
+    fn raw() -> TransitionEvent {
+        TransitionEvent {
+            ts_ns: 5,
+            skaddr: 0xffff_8880_0000_1000,
+            delta_ns: 1_500_000,
+            netns: 4026531840,
+            pid: 101,
+            tgid: 100,
+            oldstate: TCP_SYN_SENT,
+            newstate: TCP_ESTABLISHED,
+            family: AF_INET,
+            protocol: IPPROTO_TCP,
+            sport: 40000,
+            dport: 80,
+            flags: FLAG_OWNER_KNOWN | FLAG_DELTA_KNOWN,
+            saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [127, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    #[test]
+    fn raw_event_becomes_typed_transition() {
+        let t = Transition::from_raw(&raw());
+        assert_eq!(t.local, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(t.remote, "127.0.0.2:80".parse().unwrap());
+        assert_eq!(t.old, State::Known(TcpState::SynSent));
+        assert_eq!(t.new.to_string(), "ESTABLISHED");
+        assert_eq!(t.owner.as_ref().unwrap().pid, 100);
+        assert_eq!(t.owner.as_ref().unwrap().comm, "curl");
+        assert_eq!(t.in_old, Some(Duration::from_micros(1500)));
+        assert_eq!(t.ip_version(), 4);
+    }
+
+    #[test]
+    fn unknown_owner_and_time_stay_unknown() {
+        let mut e = raw();
+        e.flags = 0;
+        e.family = AF_INET6;
+        e.saddr = Ipv6Addr::LOCALHOST.octets();
+        e.oldstate = 42;
+        let t = Transition::from_raw(&e);
+        assert_eq!(t.owner, None);
+        assert_eq!(t.in_old, None);
+        assert_eq!(t.ip_version(), 6);
+        assert_eq!(t.old.to_string(), "STATE-42");
+    }
+
+    #[test]
+    fn accounting_reconciles_skips_with_catches() {
+        let mut k = KernelCounters {
+            main: ProgCounters::new(),
+            catcher: Some(ProgCounters::new()),
+        };
+        k.main.transitions[(TCP_CLOSE as u32 * STATE_SLOTS + TCP_SYN_SENT as u32) as usize] = 10;
+        k.catcher.as_mut().unwrap().transitions
+            [(TCP_CLOSE as u32 * STATE_SLOTS + TCP_SYN_SENT as u32) as usize] = 2;
+        k.main.stats[stat::EMITTED as usize] = 9;
+        k.main.stats[stat::RINGBUF_FULL as usize] = 1;
+        k.catcher.as_mut().unwrap().stats[stat::EMITTED as usize] = 2;
+        k.main.recursion_misses = 3;
+        k.catcher.as_mut().unwrap().stats[stat::CAUGHT as usize] = 3;
+        let a = k.summary();
+        assert_eq!(a.counted, 12);
+        assert_eq!(a.emitted + a.ringbuf_full, a.counted);
+        assert_eq!(k.transition(TCP_CLOSE, TCP_SYN_SENT), 12);
+        assert!(a.lossless());
+        k.main.recursion_misses = 5;
+        assert_eq!(k.summary().unrecovered, 2);
+        assert!(!k.summary().lossless());
+    }
+
+    #[test]
+    fn stats_slot_inverts_the_shared_index_functions() {
+        use tcpwatch_common::{PROG_CATCHER, PROG_MAIN, STATS_LEN, stat_index, transition_index};
+        for prog in [PROG_MAIN, PROG_CATCHER] {
+            for old in 0..16u8 {
+                for new in 0..16u8 {
+                    let i = transition_index(prog, old, new).unwrap();
+                    assert_eq!(stats_slot(i), Some((prog, Slot::Transition(old, new))));
+                }
+            }
+            for which in 0..stat::COUNT {
+                assert_eq!(
+                    stats_slot(stat_index(prog, which)),
+                    Some((prog, Slot::Stat(which)))
+                );
+            }
+        }
+        assert_eq!(stats_slot(STATS_LEN), None);
+    }
+}

@@ -1,0 +1,2 @@
+//! What tcpwatch shows, as pure functions of the model.
+pub mod trace;

@@ -1,0 +1,348 @@
+//! What `tcpwatch trace` shows: the filter, the text columns a `tcpstates`
+//! user reads, and the JSON-lines object. Pure functions of a transition.
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use tcpwatch_common::TcpState;
+
+use crate::model::{Protocol, Transition};
+
+/// Which transitions to show. Every set field must match.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Local or remote port.
+    pub ports: Vec<u16>,
+    pub local_ports: Vec<u16>,
+    pub remote_ports: Vec<u16>,
+    /// Owner process id.
+    pub pids: Vec<u32>,
+    /// Old or new state.
+    pub states: Vec<TcpState>,
+    /// 4 or 6.
+    pub ip_version: Option<u8>,
+    pub netns: Option<u32>,
+}
+
+impl Filter {
+    pub fn matches(&self, t: &Transition) -> bool {
+        let any = |list: &[u16], p: u16| list.is_empty() || list.contains(&p);
+        let (lport, rport) = (t.local.port(), t.remote.port());
+        (self.ports.is_empty() || self.ports.contains(&lport) || self.ports.contains(&rport))
+            && any(&self.local_ports, lport)
+            && any(&self.remote_ports, rport)
+            && (self.pids.is_empty()
+                || t.owner.as_ref().is_some_and(|o| self.pids.contains(&o.pid)))
+            && (self.states.is_empty()
+                || self
+                    .states
+                    .iter()
+                    .any(|s| t.old.raw() == *s as u8 || t.new.raw() == *s as u8))
+            && self.ip_version.is_none_or(|v| v == t.ip_version())
+            && self.netns.is_none_or(|n| t.netns == Some(n))
+    }
+}
+
+/// Converts event timestamps (CLOCK_MONOTONIC) to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Realtime minus monotonic, in ns, at start.
+    pub offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        let read = |id| {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: ts is a valid timespec to write into.
+            unsafe { libc::clock_gettime(id, &mut ts) };
+            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+        };
+        Clock {
+            offset_ns: read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC),
+        }
+    }
+
+    /// Unix time in ns of a monotonic timestamp.
+    pub fn unix_ns(&self, ts_ns: u64) -> i128 {
+        ts_ns as i128 + self.offset_ns
+    }
+}
+
+/// `HH:MM:SS.ffffff` in UTC.
+fn time_of_day(unix_ns: i128) -> String {
+    let secs = unix_ns.div_euclid(1_000_000_000);
+    let micros = unix_ns.rem_euclid(1_000_000_000) / 1000;
+    let day = secs.rem_euclid(86_400);
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        day / 3600,
+        day / 60 % 60,
+        day % 60,
+        micros
+    )
+}
+
+/// RFC 3339 UTC with microseconds, from days-since-epoch arithmetic (no tz
+/// database needed for UTC).
+fn rfc3339(unix_ns: i128) -> String {
+    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
+    let micros = unix_ns.rem_euclid(1_000_000_000) / 1000;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    )
+}
+
+pub const HEADER: &str = "TIME(UTC)       SKADDR             PID     COMM             LADDR                                   LPORT RADDR                                   RPORT OLDSTATE       -> NEWSTATE       MS";
+
+/// One line of text output, without the newline.
+pub fn text_line(t: &Transition, clock: &Clock) -> String {
+    let mut s = String::with_capacity(200);
+    let (pid, comm) = match &t.owner {
+        Some(o) => (o.pid.to_string(), o.comm.as_str()),
+        None => ("-".to_string(), "?"),
+    };
+    let ms = match t.in_old {
+        Some(d) => format!("{:.3}", d.as_secs_f64() * 1000.0),
+        None => "-".into(),
+    };
+    let _ = write!(
+        s,
+        "{} {:<18} {:<7} {:<16} {:<39} {:<5} {:<39} {:<5} {:<14} -> {:<14} {}",
+        time_of_day(clock.unix_ns(t.ts_ns)),
+        format!("{:#x}", t.skaddr),
+        pid,
+        comm,
+        t.local.ip(),
+        t.local.port(),
+        t.remote.ip(),
+        t.remote.port(),
+        t.old,
+        t.new,
+        ms
+    );
+    if t.protocol == Protocol::Mptcp {
+        s.push_str(" mptcp");
+    }
+    s
+}
+
+/// The JSON-lines object. Field names are stable (documented in README).
+#[derive(Serialize)]
+pub struct JsonEvent<'a> {
+    pub time: String,
+    pub ts_ns: u64,
+    pub skaddr: String,
+    pub netns: Option<u32>,
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub comm: Option<&'a str>,
+    pub family: u8,
+    pub protocol: &'static str,
+    pub laddr: String,
+    pub lport: u16,
+    pub raddr: String,
+    pub rport: u16,
+    pub oldstate: String,
+    pub newstate: String,
+    pub ms: Option<f64>,
+    pub caught: bool,
+}
+
+pub fn json_line(t: &Transition, clock: &Clock) -> String {
+    let ev = JsonEvent {
+        time: rfc3339(clock.unix_ns(t.ts_ns)),
+        ts_ns: t.ts_ns,
+        skaddr: format!("{:#x}", t.skaddr),
+        netns: t.netns,
+        pid: t.owner.as_ref().map(|o| o.pid),
+        tid: t.owner.as_ref().map(|o| o.tid),
+        comm: t.owner.as_ref().map(|o| o.comm.as_str()),
+        family: t.ip_version(),
+        protocol: match t.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Mptcp => "mptcp",
+        },
+        laddr: t.local.ip().to_string(),
+        lport: t.local.port(),
+        raddr: t.remote.ip().to_string(),
+        rport: t.remote.port(),
+        oldstate: t.old.to_string(),
+        newstate: t.new.to_string(),
+        ms: t.in_old.map(|d| d.as_secs_f64() * 1000.0),
+        caught: t.caught,
+    };
+    serde_json::to_string(&ev).expect("a struct of strings and numbers serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Owner, State};
+    use std::time::Duration;
+
+    fn sample() -> Transition {
+        Transition {
+            ts_ns: 1_000_000_000,
+            skaddr: 0xffff_8880_0abc_d000,
+            netns: Some(4026531840),
+            owner: Some(Owner {
+                pid: 4242,
+                tid: 4243,
+                comm: "nginx".into(),
+            }),
+            old: State::Known(TcpState::SynSent),
+            new: State::Known(TcpState::Established),
+            protocol: Protocol::Tcp,
+            local: "127.0.0.1:51000".parse().unwrap(),
+            remote: "127.0.0.1:8080".parse().unwrap(),
+            in_old: Some(Duration::from_micros(1250)),
+            caught: false,
+        }
+    }
+
+    // 2026-11-25T06:00:00Z is 1795586400 s after the epoch.
+    const CLOCK: Clock = Clock {
+        offset_ns: 1_795_586_399_000_000_000,
+    };
+
+    #[test]
+    fn text_line_has_tcpstates_columns() {
+        let line = text_line(&sample(), &CLOCK);
+        assert!(
+            line.starts_with("06:00:00.000000 0xffff88800abcd000"),
+            "{line}"
+        );
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            [
+                "06:00:00.000000",
+                "0xffff88800abcd000",
+                "4242",
+                "nginx",
+                "127.0.0.1",
+                "51000",
+                "127.0.0.1",
+                "8080",
+                "SYN-SENT",
+                "->",
+                "ESTABLISHED",
+                "1.250"
+            ]
+        );
+        assert_eq!(HEADER.split_whitespace().count(), cols.len());
+    }
+
+    #[test]
+    fn unknown_owner_is_shown_as_unknown() {
+        let mut t = sample();
+        t.owner = None;
+        t.in_old = None;
+        let line = text_line(&t, &CLOCK);
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((cols[2], cols[3], cols[11]), ("-", "?", "-"));
+        let json: serde_json::Value = serde_json::from_str(&json_line(&t, &CLOCK)).unwrap();
+        assert!(json["pid"].is_null() && json["comm"].is_null() && json["ms"].is_null());
+    }
+
+    #[test]
+    fn json_line_has_stable_fields() {
+        let json: serde_json::Value = serde_json::from_str(&json_line(&sample(), &CLOCK)).unwrap();
+        assert_eq!(json["time"], "2026-11-25T06:00:00.000000Z");
+        assert_eq!(json["pid"], 4242);
+        assert_eq!(json["tid"], 4243);
+        assert_eq!(json["comm"], "nginx");
+        assert_eq!(json["family"], 4);
+        assert_eq!(json["lport"], 51000);
+        assert_eq!(json["rport"], 8080);
+        assert_eq!(json["oldstate"], "SYN-SENT");
+        assert_eq!(json["newstate"], "ESTABLISHED");
+        assert_eq!(json["ms"], 1.25);
+        assert_eq!(json["netns"], 4026531840u32);
+        assert_eq!(json["caught"], false);
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 17);
+    }
+
+    #[test]
+    fn filter_matches_on_every_field() {
+        let t = sample();
+        assert!(Filter::default().matches(&t));
+        let f = |f: Filter| f.matches(&t);
+        assert!(f(Filter {
+            ports: vec![8080],
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            ports: vec![51000],
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            ports: vec![22],
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            remote_ports: vec![8080],
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            local_ports: vec![8080],
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            pids: vec![4242],
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            pids: vec![1],
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            states: vec![TcpState::SynSent],
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            states: vec![TcpState::CloseWait],
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            ip_version: Some(4),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            ip_version: Some(6),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            netns: Some(1),
+            ..Default::default()
+        }));
+    }
+
+    #[test]
+    fn civil_dates_are_right() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
+    }
+}
