@@ -128,7 +128,10 @@ pub struct ProbeConfig {
     /// port survives there after `skc_num` is cleared when the port is
     /// released (just before `-> CLOSE`), as the classic tracepoint reads it.
     pub inet_sport: u32,
-    pub _pad0: u32,
+    /// Events are submitted without waking user space (a wakeup is an IPI,
+    /// a VM exit on virtual machines: microseconds per event), except once
+    /// when the unread data crosses this many bytes. User space also polls.
+    pub wakeup_bytes: u32,
     // Offsets in the classic tracepoint record (within `TP_RECORD_READ`), for HOOK_CLASSIC.
     pub tp_skaddr: u16,
     pub tp_oldstate: u16,
@@ -165,7 +168,7 @@ impl ProbeConfig {
         sk_protocol: 0,
         net_ns_inum: 0,
         inet_sport: 0,
-        _pad0: 0,
+        wakeup_bytes: 0,
         tp_skaddr: 0,
         tp_oldstate: 0,
         tp_newstate: 0,

@@ -13,6 +13,7 @@
 #![no_std]
 #![no_main]
 
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::{
     EbpfContext,
     helpers::{
@@ -29,6 +30,9 @@ use tcpwatch_common::{
     SOCK_COMMON_READ, STATS_LEN, SockInfo, TP_RECORD_READ, TransitionEvent, listener_key,
     owner_runs_transition, stat, stat_index, state::*, transition_id, transition_index,
 };
+
+/// Bytes one event takes in the ring buffer: the record and its 8-byte header.
+const RECORD_BYTES: u64 = size_of::<TransitionEvent>() as u64 + 8;
 
 /// Filled in by user space before load (read-only data).
 #[unsafe(no_mangle)]
@@ -392,7 +396,18 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
                 daddr: t.daddr,
                 comm: info.comm,
             });
-            entry.submit(0);
+            // Wake user space once, when the unread backlog (this record
+            // included, it is reserved) crosses the mark; never per event,
+            // since user space also drains on a timer.
+            let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+            let size = RECORD_BYTES;
+            let mark = cfg.wakeup_bytes as u64;
+            let flags = if avail >= mark && avail < mark + size {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(flags as u64);
             bump(stat_index(prog, stat::EMITTED));
         }
         None => bump(stat_index(prog, stat::RINGBUF_FULL)),

@@ -3,15 +3,21 @@
 //! else sees [`Transition`]s and [`KernelCounters`].
 use std::{io, os::fd::AsFd, time::Duration};
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use tokio::io::unix::AsyncFd;
 
-use tcpwatch_common::{PROG_MAIN, STATS_LEN, TransitionEvent};
+use tcpwatch_common::{
+    FLAG_OWNER_KNOWN, PROG_MAIN, STATS_LEN, SockInfo, TransitionEvent, listener_key,
+};
 
 use crate::{
     loader::{self, Hook, LoadError, LoadOptions, Loaded},
-    model::{KernelCounters, ProgCounters, Slot, Transition, stats_slot},
+    model::{KernelCounters, Owner, ProgCounters, Slot, Transition, stats_slot},
+    owners,
 };
+
+/// How often the ring buffer is read when the kernel has not woken us.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 pub struct Capture {
     loaded: Loaded,
@@ -54,13 +60,60 @@ impl Capture {
         // as_raw_fd for as long as it lives; the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(io::Error::from)?;
-        Ok(Capture {
+        let mut capture = Capture {
             loaded,
             ring,
             stats,
             malformed: 0,
             delivered: 0,
-        })
+        };
+        // After attaching, so a listener opened meanwhile is seen by the
+        // probe itself; the probe's own entries win (seeding never replaces).
+        match owners::listeners() {
+            Ok(found) => {
+                let netns = crate::netns::current().unwrap_or(0);
+                capture.seed_listeners(netns, &found)?;
+            }
+            Err(e) => tracing::warn!("owners of existing listeners unknown: {e}"),
+        }
+        Ok(capture)
+    }
+
+    /// Tells the probe who owns listeners that predate it, so connections
+    /// they accept are attributed.
+    pub fn seed_listeners(
+        &mut self,
+        netns: u32,
+        found: &[(u16, Owner)],
+    ) -> Result<(), CaptureError> {
+        let map = self
+            .loaded
+            .ebpf
+            .map_mut("LISTENERS")
+            .ok_or(CaptureError::MissingMap("LISTENERS"))?;
+        let mut map: BpfHashMap<_, u64, SockInfo> =
+            BpfHashMap::try_from(map).map_err(|e| CaptureError::Map("LISTENERS", e))?;
+        for (port, owner) in found {
+            let mut comm = [0u8; 16];
+            let n = owner.comm.len().min(15);
+            comm[..n].copy_from_slice(&owner.comm.as_bytes()[..n]);
+            let info = SockInfo {
+                last_ns: 0,
+                pid: owner.tid,
+                tgid: owner.pid,
+                comm,
+                flags: FLAG_OWNER_KNOWN as u32,
+                _pad: 0,
+            };
+            // BPF_NOEXIST: an entry the probe made is fresher than ours.
+            match map.insert(&listener_key(netns, *port), &info, 1) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(CaptureError::Map("LISTENERS", e)),
+            }
+        }
+        Ok(())
     }
 
     pub fn hook(&self) -> Hook {
@@ -68,9 +121,24 @@ impl Capture {
     }
 
     /// Waits until events are available, then appends up to `max` of them.
+    ///
+    /// The kernel wakes us only when the backlog crosses a mark, so this
+    /// also looks every [`POLL_INTERVAL`]: that bounds the latency of a
+    /// trickle of events.
     pub async fn next_batch(&mut self, out: &mut Vec<Transition>, max: usize) -> io::Result<()> {
         loop {
-            let mut guard = self.ring.readable_mut().await?;
+            let ready = tokio::time::timeout(POLL_INTERVAL, self.ring.readable_mut()).await;
+            let mut guard = match ready {
+                Ok(guard) => guard?,
+                Err(_elapsed) => {
+                    let n = drain(self.ring.get_mut(), out, max, &mut self.malformed);
+                    self.delivered += n as u64;
+                    if n > 0 {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
             let n = drain(guard.get_inner_mut(), out, max, &mut self.malformed);
             self.delivered += n as u64;
             if n == max {

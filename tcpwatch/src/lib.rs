@@ -10,4 +10,5 @@ pub mod loader;
 pub mod model;
 pub mod netns;
 pub mod output;
+pub mod owners;
 pub mod view;

@@ -254,9 +254,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         },
     };
     config.filter_netns = opts.netns.unwrap_or(0);
+    let ring_bytes = opts.ring_bytes.max(4096).next_power_of_two();
+    // Wake the reader at a quarter full: early enough that a burst does not
+    // overflow before it runs, rare enough to cost nothing per event.
+    config.wakeup_bytes = ring_bytes / 4;
     debug_assert_eq!(config.layout_version, LAYOUT_VERSION);
 
-    let ring_bytes = opts.ring_bytes.max(4096).next_power_of_two();
     let mut ebpf = EbpfLoader::new()
         .override_global("CONFIG", &config, true)
         .map_max_entries("EVENTS", ring_bytes)

@@ -223,6 +223,8 @@ impl KernelCounters {
             ringbuf_full: self.stat(stat::RINGBUF_FULL),
             read_failed: self.stat(stat::READ_FAILED),
             map_update_failed: self.stat(stat::MAP_UPDATE_FAILED),
+            filtered: self.stat(stat::FILTERED),
+            other_protocol: self.stat(stat::OTHER_PROTOCOL),
             kernel_skipped: skipped,
             caught,
             // Skips the catcher did not make up for: transitions counted
@@ -246,6 +248,10 @@ pub struct Accounting {
     pub ringbuf_full: u64,
     pub read_failed: u64,
     pub map_update_failed: u64,
+    /// Transitions outside the namespace filter (not counted above).
+    pub filtered: u64,
+    /// Transitions of other protocols on the same tracepoint (SCTP).
+    pub other_protocol: u64,
     /// Runs of the main program the kernel skipped (all namespaces).
     pub kernel_skipped: u64,
     /// Of those, handled by the catcher (all namespaces).

@@ -1,1 +1,153 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | test | run`.
+//!
+//! Everything a fresh machine needs beyond rustup is installed from here
+//! (system packages) or from tcpwatch/build.rs (bpf-linker), so the README's
+//! two commands are all a user or CI types.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the system tools the tests use and build everything once.
+    Setup,
+    /// Set up, then run every test (unit, kernel and CLI) as root.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build tcpwatch (release) and run it with the given arguments.
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Commands the tests run, and the Debian package that has each.
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("setpriv", "util-linux"),
+    ("nft", "nftables"),
+];
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.task {
+        Task::Setup => setup(),
+        Task::Test { args } => {
+            setup()?;
+            if !is_root() {
+                eprintln!(
+                    "xtask: WARNING: not root: the kernel tests will be SKIPPED (and fail if CI is set). \
+                     Run as root to test the eBPF side."
+                );
+            }
+            cargo(&["test", "--workspace"], &args)
+        }
+        Task::Run { args } => {
+            cargo(&["build", "--release", "--package", "tcpwatch"], &[])?;
+            let bin = workspace_root().join("target/release/tcpwatch");
+            let status = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
+            if !status.success() {
+                std::process::exit(status.code().unwrap_or(1));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn have(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(cmd).is_file()))
+        || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(cmd).is_file())
+}
+
+fn setup() -> anyhow::Result<()> {
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|&(_, pkg)| pkg)
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!(
+                "missing packages {} and not root to install them: apt-get install {}",
+                missing.join(" "),
+                missing.join(" ")
+            );
+        }
+        eprintln!("xtask: installing {}", missing.join(" "));
+        sh("apt-get", &["update", "-qq"])?;
+        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        args.extend(&missing);
+        sh("apt-get", &args)?;
+    }
+    // Builds bpf-linker on first use (tcpwatch/build.rs) and the eBPF object.
+    cargo(&["build", "--workspace", "--all-targets"], &[])
+}
+
+fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(cmd)
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .with_context(|| format!("running {cmd}"))?;
+    if !status.success() {
+        bail!("{cmd} {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str], extra: &[String]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root()).args(args);
+    if !extra.is_empty() {
+        cmd.arg("--").args(extra);
+    }
+    let status = cmd.status().context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}

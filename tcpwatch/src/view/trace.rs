@@ -110,7 +110,9 @@ fn rfc3339(unix_ns: i128) -> String {
     )
 }
 
-pub const HEADER: &str = "TIME(UTC)       SKADDR             PID     COMM             LADDR                                   LPORT RADDR                                   RPORT OLDSTATE       -> NEWSTATE       MS";
+/// Column header of the text output. Address columns are 15 wide, as in
+/// tcpstates; a longer (IPv6) address widens its own line only.
+pub const HEADER: &str = "TIME(UTC)       SKADDR             PID     COMM             LADDR           LPORT RADDR           RPORT OLDSTATE       -> NEWSTATE       MS";
 
 /// One line of text output, without the newline.
 pub fn text_line(t: &Transition, clock: &Clock) -> String {
@@ -125,7 +127,7 @@ pub fn text_line(t: &Transition, clock: &Clock) -> String {
     };
     let _ = write!(
         s,
-        "{} {:<18} {:<7} {:<16} {:<39} {:<5} {:<39} {:<5} {:<14} -> {:<14} {}",
+        "{} {:<18} {:<7} {:<16} {:<15} {:<5} {:<15} {:<5} {:<14} -> {:<14} {}",
         time_of_day(clock.unix_ns(t.ts_ns)),
         format!("{:#x}", t.skaddr),
         pid,

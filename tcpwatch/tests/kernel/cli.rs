@@ -1,0 +1,155 @@
+//! The `tcpwatch` binary as a user runs it.
+use std::{
+    io::Read,
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::common::bpf_available;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcpwatch");
+
+/// Parses the `tcpwatch-accounting:` line of stderr into (key, value) pairs.
+fn accounting(stderr: &str) -> std::collections::HashMap<String, u64> {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("tcpwatch-accounting: "))
+        .unwrap_or_else(|| panic!("no accounting line in:\n{stderr}"));
+    line.split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_owned(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn trace_json_prints_one_object_per_transition_and_accounts_at_exit() {
+    if !bpf_available("trace_json_prints_one_object_per_transition_and_accounts_at_exit") {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut child = Command::new(BIN)
+        .args([
+            "trace",
+            "--json",
+            "--port",
+            &port.to_string(),
+            "--count",
+            "11",
+            "--duration",
+            "20",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the probe is attached (it says so on stderr).
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("Ctrl-C") {
+        assert_eq!(
+            stderr.read(&mut byte).unwrap(),
+            1,
+            "tcpwatch exited early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.push(byte[0]);
+    }
+    // The listener already exists: its CLOSE->LISTEN is not seen, so one
+    // connection plus the listener's close make 11.
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    drop(client);
+    drop(server);
+    drop(listener);
+    let start = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "--count did not stop it"
+    );
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let stderr = String::from_utf8_lossy(&seen).into_owned() + &rest;
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 11, "{stdout}");
+    let me = std::process::id();
+    for l in &lines {
+        assert_eq!(l["pid"], me, "{l}");
+        assert_eq!(l["laddr"], "127.0.0.1");
+        assert!(l["lport"] == port || l["rport"] == port, "{l}");
+    }
+    assert_eq!(lines[0]["oldstate"], "CLOSE");
+    assert_eq!(lines[0]["newstate"], "SYN-SENT");
+    let a = accounting(&stderr);
+    assert_eq!(a["written"], 11);
+    assert_eq!(a["emitted"], a["delivered"], "{stderr}");
+    assert_eq!(
+        a["counted"],
+        a["emitted"] + a["ringbuf_dropped"],
+        "{stderr}"
+    );
+    assert_eq!(a["unrecovered"], 0);
+}
+
+#[test]
+fn unprivileged_user_gets_a_clear_error_and_exit_77() {
+    // Needs root to switch to nobody; as a normal user the check is direct.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    // The build directory may not be readable by nobody: run a copy.
+    let dir = std::env::temp_dir().join(format!("tcpwatch-nobody-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("tcpwatch");
+    std::fs::copy(BIN, &bin).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = if root {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    let out = cmd.args(["trace", "--count", "1"]).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(
+        stderr.contains("needs CAP_BPF and CAP_PERFMON (or root)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one sentence, no backtrace: {stderr}"
+    );
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_reason() {
+    let out = Command::new(BIN)
+        .args(["trace", "--state", "bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown TCP state `bogus`"));
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("tcpwatch 0."));
+}

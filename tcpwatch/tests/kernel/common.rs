@@ -1,0 +1,151 @@
+//! Helpers for the root tests: run a workload while the real probe captures,
+//! and make network namespaces that vanish with their thread.
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::MetadataExt,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use tcpwatch::{
+    capture::Capture,
+    loader::LoadOptions,
+    model::{KernelCounters, State, Transition},
+};
+use tcpwatch_common::TcpState;
+
+/// Whether this test may load BPF programs. In CI (CI set) a missing
+/// privilege is a failure; elsewhere the test is skipped, loudly.
+pub fn bpf_available(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{test}: CI is set but the tests do not run as root; BPF tests must run for real in CI"
+        );
+    }
+    eprintln!(
+        "\n!!!!!!!!\n!!! SKIPPED {test}: not root, so no BPF. Run the suite as root (README) to test the kernel side.\n!!!!!!!!\n"
+    );
+    false
+}
+
+/// What a capture saw while a workload ran.
+pub struct Captured<R> {
+    pub result: R,
+    pub events: Vec<Transition>,
+    pub counters: KernelCounters,
+    pub delivered: u64,
+}
+
+/// Starts the probe, runs `work` on a thread, keeps draining until it is
+/// done and `settle` has passed, then detaches and reads the counters.
+pub fn capture_during<R: Send + 'static>(
+    opts: LoadOptions,
+    settle: Duration,
+    work: impl FnOnce() -> R + Send + 'static,
+) -> Captured<R> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut cap = Capture::start(&opts).expect("loading the probe");
+        let mut events = Vec::new();
+        let worker = std::thread::spawn(work);
+        let mut done_at: Option<Instant> = None;
+        loop {
+            if done_at.is_none() && worker.is_finished() {
+                done_at = Some(Instant::now());
+            }
+            if done_at.is_some_and(|t| t.elapsed() >= settle) {
+                break;
+            }
+            let _ =
+                tokio::time::timeout(Duration::from_millis(20), cap.next_batch(&mut events, 8192))
+                    .await;
+        }
+        cap.stop(&mut events).await.unwrap();
+        let counters = cap.counters().unwrap();
+        Captured {
+            result: worker.join().unwrap(),
+            events,
+            counters,
+            delivered: cap.delivered(),
+        }
+    })
+}
+
+pub fn st(s: TcpState) -> State {
+    State::Known(s)
+}
+
+/// Transitions grouped by socket, each in kernel order.
+pub fn by_socket(events: &[Transition]) -> BTreeMap<u64, Vec<&Transition>> {
+    let mut map: BTreeMap<u64, Vec<&Transition>> = BTreeMap::new();
+    for e in events {
+        map.entry(e.skaddr).or_default().push(e);
+    }
+    for v in map.values_mut() {
+        v.sort_by_key(|e| e.ts_ns);
+    }
+    map
+}
+
+pub fn states(seq: &[&Transition]) -> Vec<(State, State)> {
+    seq.iter().map(|e| (e.old, e.new)).collect()
+}
+
+/// Transitions that involve `port` locally or remotely.
+pub fn on_port(events: &[Transition], port: u16) -> Vec<Transition> {
+    events
+        .iter()
+        .filter(|e| e.local.port() == port || e.remote.port() == port)
+        .cloned()
+        .collect()
+}
+
+/// Moves the calling thread into a new network namespace with `lo` up and
+/// returns its inode. The namespace disappears when the thread ends.
+pub fn enter_new_netns() -> u32 {
+    // SAFETY: unshare(CLONE_NEWNET) affects only the calling thread's
+    // namespace membership (threads have their own nsproxy for this).
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
+    // A child forked from this thread inherits its namespace.
+    let st = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip link set lo up");
+    thread_netns()
+}
+
+pub fn thread_netns() -> u32 {
+    std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino() as u32
+}
+
+/// A thread that enters a fresh netns, reports its inode, then runs `f`.
+/// The capture should filter on the inode, so start it before `f` begins:
+/// `f` waits on the returned barrier.
+pub fn netns_thread<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> (u32, std::sync::mpsc::Sender<()>, std::thread::JoinHandle<R>) {
+    let (ino_tx, ino_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let h = std::thread::spawn(move || {
+        ino_tx.send(enter_new_netns()).unwrap();
+        go_rx.recv().unwrap();
+        f()
+    });
+    (ino_rx.recv().unwrap(), go_tx, h)
+}

@@ -1,0 +1,395 @@
+//! One connection at a time on loopback: exactly the transitions the kernel
+//! makes, per socket and in order, with the right addresses and owners.
+use std::{
+    io::{ErrorKind, Read},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    time::Duration,
+};
+
+use tcpwatch::{loader::LoadOptions, model::Transition};
+use tcpwatch_common::TcpState::{self, *};
+
+use crate::common::{bpf_available, by_socket, capture_during, on_port, st, states};
+
+const CLIENT_CLOSES_FIRST: [(TcpState, TcpState); 5] = [
+    (Close, SynSent),
+    (SynSent, Established),
+    (Established, FinWait1),
+    (FinWait1, FinWait2),
+    (FinWait2, Close),
+];
+const SERVER_PASSIVE_CLOSE: [(TcpState, TcpState); 5] = [
+    (Listen, SynRecv),
+    (SynRecv, Established),
+    (Established, CloseWait),
+    (CloseWait, LastAck),
+    (LastAck, Close),
+];
+const LISTENER: [(TcpState, TcpState); 2] = [(Close, Listen), (Listen, Close)];
+
+fn expect(seq: &[(TcpState, TcpState)]) -> Vec<(tcpwatch::model::State, tcpwatch::model::State)> {
+    seq.iter().map(|&(a, b)| (st(a), st(b))).collect()
+}
+
+/// Listens on `bind`, connects to `connect_ip`, accepts on another thread,
+/// closes the client first, then the server side. Returns the listener port.
+fn one_connection(bind: &str, connect_ip: IpAddr, linger_rst: bool) -> u16 {
+    let listener = TcpListener::bind(bind).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        // Wait for the client's FIN (or RST), then close our side.
+        let mut buf = [0u8; 16];
+        let _ = conn.read(&mut buf);
+        drop(conn);
+        drop(listener);
+    });
+    let client = TcpStream::connect(SocketAddr::new(connect_ip, port)).unwrap();
+    if linger_rst {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket fd and a linger struct of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                client.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                size_of::<libc::linger>() as u32,
+            )
+        };
+        assert_eq!(rc, 0);
+    }
+    drop(client);
+    acceptor.join().unwrap();
+    port
+}
+
+/// Checks the three sockets of one connection: client, accepted child and
+/// listener, each with its exact transitions, owner and addresses.
+fn assert_connection(
+    events: &[Transition],
+    port: u16,
+    ip: IpAddr,
+    client: &[(TcpState, TcpState)],
+    server: &[(TcpState, TcpState)],
+) {
+    let mine = on_port(events, port);
+    let socks = by_socket(&mine);
+    let dump = || {
+        mine.iter()
+            .map(|e| {
+                format!(
+                    "{:#x} {} -> {} {} {}",
+                    e.skaddr, e.old, e.new, e.local, e.remote
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        socks.len(),
+        3,
+        "expected client, child and listener:\n{}",
+        dump()
+    );
+    let find = |first: TcpState, second: TcpState| {
+        socks
+            .values()
+            .find(|seq| seq[0].old == st(first) && seq[0].new == st(second))
+            .unwrap_or_else(|| panic!("no socket starting {first:?}->{second:?}:\n{}", dump()))
+    };
+    let c = find(Close, SynSent);
+    let s = find(Listen, SynRecv);
+    let l = find(Close, Listen);
+    assert_eq!(states(c), expect(client), "client:\n{}", dump());
+    assert_eq!(states(s), expect(server), "server child:\n{}", dump());
+    assert_eq!(states(l), expect(&LISTENER), "listener:\n{}", dump());
+    assert_eq!(mine.len(), client.len() + server.len() + 2);
+
+    let me = std::process::id();
+    for e in &mine {
+        let owner = e
+            .owner
+            .as_ref()
+            .unwrap_or_else(|| panic!("no owner: {e:?}"));
+        assert_eq!(owner.pid, me, "owner of {} -> {}", e.old, e.new);
+        assert_eq!(e.local.ip(), ip);
+        assert!(
+            e.in_old.is_some() || e.old == st(Close) || e.old == st(Listen),
+            "{e:?}"
+        );
+        assert!(!e.caught || e.owner.is_some());
+        assert!(e.netns.is_some(), "netns missing: {e:?}");
+    }
+    // The client's local port is known from SYN-SENT on and it talks to `port`.
+    let client_port = c[1].local.port();
+    assert_ne!(client_port, 0);
+    for e in c.iter() {
+        assert_eq!(e.remote, SocketAddr::new(ip, port));
+    }
+    for e in s.iter() {
+        assert_eq!(e.local.port(), port);
+        assert_eq!(e.remote, SocketAddr::new(ip, client_port));
+    }
+}
+
+fn run(bind: &'static str, connect_ip: IpAddr, rst: bool) -> (u16, Vec<Transition>) {
+    let cap = capture_during(
+        LoadOptions::default(),
+        Duration::from_millis(300),
+        move || one_connection(bind, connect_ip, rst),
+    );
+    (cap.result, cap.events)
+}
+
+#[test]
+fn ipv4_connection_gives_ten_transitions_in_order() {
+    if !bpf_available("ipv4_connection_gives_ten_transitions_in_order") {
+        return;
+    }
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let (port, events) = run("127.0.0.1:0", ip, false);
+    assert_connection(
+        &events,
+        port,
+        ip,
+        &CLIENT_CLOSES_FIRST,
+        &SERVER_PASSIVE_CLOSE,
+    );
+}
+
+#[test]
+fn ipv6_connection_gives_ten_transitions_in_order() {
+    if !bpf_available("ipv6_connection_gives_ten_transitions_in_order") {
+        return;
+    }
+    let ip: IpAddr = "::1".parse().unwrap();
+    let (port, events) = run("[::1]:0", ip, false);
+    assert_connection(
+        &events,
+        port,
+        ip,
+        &CLIENT_CLOSES_FIRST,
+        &SERVER_PASSIVE_CLOSE,
+    );
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.local.port() == port)
+            .all(|e| e.ip_version() == 6)
+    );
+}
+
+#[test]
+fn v4_mapped_connection_on_v6_socket_reports_mapped_addresses() {
+    if !bpf_available("v4_mapped_connection_on_v6_socket_reports_mapped_addresses") {
+        return;
+    }
+    let ip: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+    let (port, events) = run("[::]:0", ip, false);
+    let mine = on_port(&events, port);
+    // The listener is bound to ::, so check it apart and the rest as usual.
+    let listener: Vec<&Transition> = mine
+        .iter()
+        .filter(|e| e.local.ip().is_unspecified())
+        .collect();
+    assert_eq!(listener.len(), 2, "{mine:#?}");
+    let rest: Vec<Transition> = mine
+        .iter()
+        .filter(|e| !e.local.ip().is_unspecified())
+        .cloned()
+        .collect();
+    assert_eq!(rest.len(), 10, "{mine:#?}");
+    for e in &rest {
+        assert_eq!(e.ip_version(), 6);
+        assert_eq!(e.remote.ip(), ip, "{e:?}");
+    }
+}
+
+#[test]
+fn linger_zero_close_resets_in_six_transitions() {
+    if !bpf_available("linger_zero_close_resets_in_six_transitions") {
+        return;
+    }
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let (port, events) = run("127.0.0.1:0", ip, true);
+    assert_connection(
+        &events,
+        port,
+        ip,
+        &[
+            (Close, SynSent),
+            (SynSent, Established),
+            (Established, Close),
+        ],
+        &[
+            (Listen, SynRecv),
+            (SynRecv, Established),
+            (Established, Close),
+        ],
+    );
+}
+
+#[test]
+fn connect_to_closed_port_is_syn_sent_then_close() {
+    if !bpf_available("connect_to_closed_port_is_syn_sent_then_close") {
+        return;
+    }
+    let cap = capture_during(LoadOptions::default(), Duration::from_millis(300), || {
+        // A port that was free a moment ago and has no listener now.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+        port
+    });
+    let mine = on_port(&cap.events, cap.result);
+    let got: Vec<_> = mine.iter().map(|e| (e.old, e.new)).collect();
+    // The listener that found us a free port, then the refused connect.
+    let want = [
+        (Close, Listen),
+        (Listen, Close),
+        (Close, SynSent),
+        (SynSent, Close),
+    ];
+    assert_eq!(got, expect(&want), "{mine:#?}");
+    // The refusal arrives in softirq: the owner still comes from connect().
+    for e in &mine {
+        assert_eq!(e.owner.as_ref().map(|o| o.pid), Some(std::process::id()));
+    }
+}
+
+#[test]
+fn classic_tracepoint_fallback_sees_the_same_connection() {
+    if !bpf_available("classic_tracepoint_fallback_sees_the_same_connection") {
+        return;
+    }
+    let opts = LoadOptions {
+        hook: tcpwatch::loader::HookChoice::Classic,
+        ..LoadOptions::default()
+    };
+    let cap = capture_during(opts, Duration::from_millis(300), || {
+        one_connection("127.0.0.1:0", "127.0.0.1".parse().unwrap(), false)
+    });
+    assert_connection(
+        &cap.events,
+        cap.result,
+        "127.0.0.1".parse().unwrap(),
+        &CLIENT_CLOSES_FIRST,
+        &SERVER_PASSIVE_CLOSE,
+    );
+    assert!(cap.counters.catcher.is_none());
+}
+
+/// Runs `nft` in the calling thread's network namespace.
+fn nft(args: &[&str]) {
+    let out = std::process::Command::new("nft")
+        .args(args)
+        .output()
+        .expect("running nft");
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn simultaneous_close_goes_through_closing_on_both_sides() {
+    if !bpf_available("simultaneous_close_goes_through_closing_on_both_sides") {
+        return;
+    }
+    if std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nft missing in CI: cargo xtask setup installs nftables"
+        );
+        eprintln!(
+            "\n!!! SKIPPED simultaneous close: no `nft` (apt-get install nftables, or cargo xtask setup)\n"
+        );
+        return;
+    }
+    // Both FINs are held back by an output rule, so both sides are in
+    // FIN-WAIT-1 when the rule goes and the retransmitted FINs cross.
+    let (ino, go, worker) = crate::common::netns_thread(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let a = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (b, _) = listener.accept().unwrap();
+        nft(&["add", "table", "inet", "tcpwatch_test"]);
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            "tcpwatch_test",
+            "out",
+            "{ type filter hook output priority 0; }",
+        ]);
+        let p = port.to_string();
+        nft(&[
+            "add",
+            "rule",
+            "inet",
+            "tcpwatch_test",
+            "out",
+            "tcp",
+            "dport",
+            &p,
+            "drop",
+        ]);
+        nft(&[
+            "add",
+            "rule",
+            "inet",
+            "tcpwatch_test",
+            "out",
+            "tcp",
+            "sport",
+            &p,
+            "drop",
+        ]);
+        a.shutdown(std::net::Shutdown::Write).unwrap();
+        b.shutdown(std::net::Shutdown::Write).unwrap();
+        nft(&["flush", "ruleset"]);
+        // The FIN retransmit timer is at least 200 ms; allow several.
+        std::thread::sleep(Duration::from_millis(2500));
+        drop((a, b, listener));
+        port
+    });
+    let opts = LoadOptions {
+        netns: Some(ino),
+        ..LoadOptions::default()
+    };
+    let cap = capture_during(opts, Duration::from_millis(200), move || {
+        go.send(()).unwrap();
+        worker.join().unwrap()
+    });
+    let mine = on_port(&cap.events, cap.result);
+    let socks = by_socket(&mine);
+    let closing = expect(&[
+        (Established, FinWait1),
+        (FinWait1, Closing),
+        (Closing, Close),
+    ]);
+    let ends: Vec<_> = socks
+        .values()
+        .filter(|seq| seq.len() >= 3)
+        .map(|seq| states(&seq[seq.len() - 3..]))
+        .collect();
+    assert_eq!(
+        ends.iter().filter(|e| **e == closing).count(),
+        2,
+        "{mine:#?}"
+    );
+}
