@@ -145,9 +145,14 @@ pub struct ProbeConfig {
     pub tp_saddr_v6: u16,
     pub tp_daddr_v6: u16,
     pub _pad: u16,
+    /// Fault injection for tests: when non-zero, the main program acts as if
+    /// the kernel skipped every n-th run on each CPU (the catcher must then
+    /// handle exactly those). Always 0 in normal use.
+    pub simulate_skip_every: u32,
+    pub _pad2: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 80);
 
 impl ProbeConfig {
     /// The configuration compiled into the object: inert until user space
@@ -181,6 +186,8 @@ impl ProbeConfig {
         tp_saddr_v6: 0,
         tp_daddr_v6: 0,
         _pad: 0,
+        simulate_skip_every: 0,
+        _pad2: 0,
     };
 }
 
@@ -216,7 +223,10 @@ pub mod stat {
     pub const FILTERED: u32 = 6;
     /// Transitions whose state numbers are >= STATE_SLOTS (counted here only).
     pub const BAD_STATE: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Main only: runs that behaved as if the kernel had skipped them, for
+    /// `ProbeConfig::simulate_skip_every` (fault injection in tests).
+    pub const SIMULATED_SKIP: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Slots per program in the statistics array.
@@ -324,7 +334,7 @@ mod tests {
 
     #[test]
     fn config_and_sockinfo_layout_is_stable() {
-        assert_eq!(core::mem::size_of::<ProbeConfig>(), 72);
+        assert_eq!(core::mem::size_of::<ProbeConfig>(), 80);
         assert_eq!(offset_of!(ProbeConfig, sk_protocol), 32);
         assert_eq!(offset_of!(ProbeConfig, inet_sport), 40);
         assert_eq!(offset_of!(ProbeConfig, tp_skaddr), 48);

@@ -21,7 +21,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel_buf, generated::bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tcpwatch_common::{
@@ -57,6 +57,17 @@ static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(131_072, 
 /// created in softirq and inherit it.
 #[map]
 static LISTENERS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Slot 0 is set to 1 by user space once every program is attached. Until
+/// then the programs do nothing, so no transition is seen by the main
+/// program while the catcher that backs it up is not attached yet.
+#[map]
+static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn armed() -> bool {
+    CONTROL.get(0).is_some_and(|v| *v == 1)
+}
 
 /// The main program's recent transition identities, for the catcher.
 #[map]
@@ -417,7 +428,7 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
     let cfg = config();
-    if cfg.hook != HOOK_BTF {
+    if cfg.hook != HOOK_BTF || !armed() {
         return 0;
     }
     let Some(args) = btf_args(&ctx) else {
@@ -431,6 +442,13 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
         // twice (seen as caught > recursion_misses, reported by user space).
         unsafe {
             let r = &mut *r;
+            let every = cfg.simulate_skip_every as u64;
+            if every != 0 && r.next % every == 0 {
+                // Behave exactly like a skipped run: leave no identity.
+                r.next = r.next.wrapping_add(1);
+                bump(stat_index(PROG_MAIN, stat::SIMULATED_SKIP));
+                return 0;
+            }
             r.ids[(r.next as usize) % RECENT_SLOTS] = id;
             r.next = r.next.wrapping_add(1);
         }
@@ -444,7 +462,7 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcpwatch_catch(ctx: BtfTracePointContext) -> i32 {
     let cfg = config();
-    if cfg.hook != HOOK_BTF {
+    if cfg.hook != HOOK_BTF || !armed() {
         return 0;
     }
     let Some(args) = btf_args(&ctx) else {
@@ -473,7 +491,7 @@ pub fn tcpwatch_catch(ctx: BtfTracePointContext) -> i32 {
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn tcpwatch_classic(ctx: TracePointContext) -> u32 {
     let cfg = config();
-    if cfg.hook != HOOK_CLASSIC {
+    if cfg.hook != HOOK_CLASSIC || !armed() {
         return 0;
     }
     if let Some(t) = read_classic(&ctx, &cfg) {

@@ -25,6 +25,9 @@ pub struct Capture {
     stats: PerCpuArray<MapData, u64>,
     /// Records of an unexpected size (an object built from other sources).
     malformed: u64,
+    /// The main program's `recursion_misses` before arming: skips of runs
+    /// that did nothing, not transitions we missed.
+    misses_before_arming: u64,
     delivered: u64,
 }
 
@@ -60,11 +63,15 @@ impl Capture {
         // as_raw_fd for as long as it lives; the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(io::Error::from)?;
+        let main = loader::program_names(loaded.hook)[0];
+        let misses_before_arming = prog_info(&loaded, main)?.recursion_misses;
+        loaded.arm()?;
         let mut capture = Capture {
             loaded,
             ring,
             stats,
             malformed: 0,
+            misses_before_arming,
             delivered: 0,
         };
         // After attaching, so a listener opened meanwhile is seen by the
@@ -216,6 +223,9 @@ impl Capture {
             Ok(())
         };
         fill(names[0], &mut main)?;
+        main.recursion_misses = main
+            .recursion_misses
+            .saturating_sub(self.misses_before_arming);
         let catcher = match names.get(1) {
             Some(&name) => {
                 fill(name, &mut catcher)?;

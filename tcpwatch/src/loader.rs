@@ -18,7 +18,7 @@ use tcpwatch_common::{HOOK_BTF, LAYOUT_VERSION, ProbeConfig};
 use crate::layout;
 
 /// The eBPF object built by build.rs from tcpwatch-ebpf.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpwatch"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpwatch-probes"));
 
 pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 pub const TRACEFS: &str = "/sys/kernel/tracing";
@@ -47,6 +47,9 @@ pub struct LoadOptions {
     pub max_sockets: u32,
     /// Show the verifier's log when a program is rejected.
     pub verbose: bool,
+    /// Fault injection for tests: act as if the kernel skipped the main
+    /// program every n-th run per CPU (0: never).
+    pub simulate_skip_every: u32,
 }
 
 impl Default for LoadOptions {
@@ -57,6 +60,7 @@ impl Default for LoadOptions {
             ring_bytes: 4 << 20,
             max_sockets: 131_072,
             verbose: false,
+            simulate_skip_every: 0,
         }
     }
 }
@@ -153,6 +157,21 @@ pub fn program_names(hook: Hook) -> &'static [&'static str] {
 }
 
 impl Loaded {
+    /// Lets the programs act. Until then they return at once, so no
+    /// transition is seen by the main program before the catcher that backs
+    /// it up is attached.
+    pub fn arm(&mut self) -> Result<(), LoadError> {
+        let mut control: aya::maps::Array<_, u32> = self
+            .ebpf
+            .map_mut("CONTROL")
+            .ok_or_else(|| LoadError::other("finding map", io::Error::other("CONTROL")))?
+            .try_into()
+            .map_err(|e| LoadError::other("map CONTROL", e))?;
+        control
+            .set(0, &1, 0)
+            .map_err(|e| LoadError::other("arming the programs", e))
+    }
+
     /// Detaches the programs (main first, so the catcher still sees what
     /// arrives in between) but keeps them loaded, so their counters and
     /// statistics can still be read for the final accounting.
@@ -232,7 +251,8 @@ fn classic_config() -> Result<ProbeConfig, LoadError> {
 }
 
 /// Chooses the hook, computes its configuration from the running kernel,
-/// loads the object and attaches. Every failure is a [`LoadError`].
+/// loads the object and attaches (not yet armed: see [`Loaded::arm`]).
+/// Every failure is a [`LoadError`].
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     if !permitted() {
         return Err(LoadError::NotPermitted);
@@ -254,6 +274,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         },
     };
     config.filter_netns = opts.netns.unwrap_or(0);
+    config.simulate_skip_every = opts.simulate_skip_every;
     let ring_bytes = opts.ring_bytes.max(4096).next_power_of_two();
     // Wake the reader at a quarter full: early enough that a burst does not
     // overflow before it runs, rare enough to cost nothing per event.

@@ -216,7 +216,7 @@ impl KernelCounters {
             .map(|p| p.transitions.iter().sum::<u64>())
             .sum();
         let caught = self.catcher.as_ref().map_or(0, |c| c.stat(stat::CAUGHT));
-        let skipped = self.main.recursion_misses;
+        let skipped = self.main.recursion_misses + self.main.stat(stat::SIMULATED_SKIP);
         Accounting {
             counted: counted + self.stat(stat::BAD_STATE),
             emitted: self.stat(stat::EMITTED),
@@ -252,7 +252,8 @@ pub struct Accounting {
     pub filtered: u64,
     /// Transitions of other protocols on the same tracepoint (SCTP).
     pub other_protocol: u64,
-    /// Runs of the main program the kernel skipped (all namespaces).
+    /// Runs of the main program the kernel skipped (all namespaces), plus
+    /// those skipped on purpose by fault injection (tests only).
     pub kernel_skipped: u64,
     /// Of those, handled by the catcher (all namespaces).
     pub caught: u64,

@@ -63,7 +63,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                      Run as root to test the eBPF side."
                 );
             }
-            cargo(&["test", "--workspace"], &args)
+            // The default members: every host crate (tcpwatch-ebpf only
+            // builds for the BPF target, through tcpwatch's build.rs).
+            cargo(&["test"], &args)
         }
         Task::Run { args } => {
             cargo(&["build", "--release", "--package", "tcpwatch"], &[])?;
@@ -123,7 +125,7 @@ fn setup() -> anyhow::Result<()> {
         sh("apt-get", &args)?;
     }
     // Builds bpf-linker on first use (tcpwatch/build.rs) and the eBPF object.
-    cargo(&["build", "--workspace", "--all-targets"], &[])
+    cargo(&["build", "--all-targets"], &[])
 }
 
 fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
