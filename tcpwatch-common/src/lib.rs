@@ -92,9 +92,6 @@ pub const fn listener_key(netns: u32, port: u16) -> u64 {
 pub const HOOK_BTF: u32 = 1;
 pub const HOOK_CLASSIC: u32 = 2;
 
-/// Bytes of `struct sock` (its leading `struct sock_common`) the BTF program
-/// copies in one read; every `sk_*` offset below must fit in it.
-pub const SOCK_COMMON_READ: usize = 128;
 /// Bytes of the classic tracepoint record the fallback program copies.
 pub const TP_RECORD_READ: usize = 72;
 
@@ -111,7 +108,8 @@ pub struct ProbeConfig {
     pub filter_netns: u32,
     /// 1 when `sk_net`/`net_ns_inum` are valid.
     pub netns_readable: u32,
-    // Offsets in `struct sock` (within `SOCK_COMMON_READ`), for HOOK_BTF.
+    // Offsets in `struct sock`, for HOOK_BTF: the program reads these fields
+    // in place, and the verifier checks each access against BTF.
     pub sk_family: u16,
     pub _pad1: u16,
     pub sk_dport: u16,
@@ -226,7 +224,11 @@ pub mod stat {
     /// Main only: runs that behaved as if the kernel had skipped them, for
     /// `ProbeConfig::simulate_skip_every` (fault injection in tests).
     pub const SIMULATED_SKIP: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// Main only: runs that started while another run of the main program
+    /// was in progress on the same CPU. The design assumes the kernel never
+    /// lets that happen (it skips instead); this counter checks it.
+    pub const NESTED: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Slots per program in the statistics array.
@@ -261,6 +263,8 @@ pub const RECENT_SLOTS: usize = 8;
 pub struct Recent {
     pub ids: [u64; RECENT_SLOTS],
     pub next: u64,
+    /// Runs of the main program in progress on this CPU (see stat::NESTED).
+    pub depth: u64,
 }
 
 /// Identity of one transition: the socket address's low 48 bits (kernel

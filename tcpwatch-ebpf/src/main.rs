@@ -27,8 +27,8 @@ use aya_ebpf::{
 use tcpwatch_common::{
     AF_INET6, FLAG_CAUGHT, FLAG_DELTA_KNOWN, FLAG_OWNER_KNOWN, HOOK_BTF, HOOK_CLASSIC,
     IPPROTO_MPTCP, IPPROTO_TCP, PROG_CATCHER, PROG_MAIN, ProbeConfig, RECENT_SLOTS, Recent,
-    SOCK_COMMON_READ, STATS_LEN, SockInfo, TP_RECORD_READ, TransitionEvent, listener_key,
-    owner_runs_transition, stat, stat_index, state::*, transition_id, transition_index,
+    STATS_LEN, SockInfo, TP_RECORD_READ, TransitionEvent, listener_key, owner_runs_transition,
+    stat, stat_index, state::*, transition_id, transition_index,
 };
 
 /// Bytes one event takes in the ring buffer: the record and its 8-byte header.
@@ -166,81 +166,102 @@ fn read_sk_net(cfg: &ProbeConfig, prog: u32, sk: u64) -> u32 {
     netns_of(cfg, prog, net)
 }
 
-/// The tp_btf arguments `(struct sock *sk, int oldstate, int newstate)` as
-/// plain numbers. Loaded directly, `sk` would be a trusted BTF pointer on
-/// which the verifier forbids the arithmetic of `transition_id`; one copy of
-/// the argument array makes all three scalars.
+/// The tp_btf arguments `(struct sock *sk, int oldstate, int newstate)`,
+/// with the socket address as a plain number too. Loaded from the context,
+/// `sk` is a trusted BTF pointer: the verifier lets the program read its
+/// fields directly (no helper call per read) but forbids the arithmetic of
+/// `transition_id` on it; one 8-byte copy of the argument gives the number.
 #[inline(always)]
 fn btf_args(ctx: &BtfTracePointContext) -> Option<(u64, u8, u8)> {
-    let mut args = [0u64; 3];
-    // SAFETY: the tp_btf context is an array of (at least) three u64
-    // arguments; the helper copies 24 bytes of it into `args`.
+    let mut sk: u64 = 0;
+    // SAFETY: the tp_btf context starts with the u64 `sk` argument; the
+    // helper copies those 8 bytes into `sk`.
     let ret =
-        unsafe { bpf_probe_read_kernel(args.as_mut_ptr().cast(), 24, ctx.as_ptr() as *const _) };
-    (ret == 0).then_some((args[0], args[1] as u8, args[2] as u8))
+        unsafe { bpf_probe_read_kernel((&mut sk as *mut u64).cast(), 8, ctx.as_ptr() as *const _) };
+    (ret == 0).then_some((sk, ctx.arg::<i32>(1) as u8, ctx.arg::<i32>(2) as u8))
 }
 
-/// Reads a transition of socket `sk`: one copy of the leading `struct
-/// sock_common`, one read of `sk_protocol`, one of the namespace inode.
+/// An offset from CONFIG, read where it is used: CONFIG is frozen read-only
+/// data, so the verifier knows the value and checks the field access
+/// against the kernel's BTF as if it were a constant in the code.
+#[inline(always)]
+fn off(field: &u16) -> usize {
+    // SAFETY: a read of a field of the CONFIG static.
+    unsafe { core::ptr::read_volatile(field) as usize }
+}
+
+/// Reads a field of the socket in place (a BTF-checked, fault-safe load).
+///
+/// # Safety
+/// `sk` must be the tp_btf `struct sock *` argument and `at` an offset of a
+/// field of type `T` in it, taken from the kernel's BTF by user space.
+#[inline(always)]
+unsafe fn field<T: Copy>(sk: *const u8, at: usize) -> T {
+    unsafe { core::ptr::read_volatile(sk.add(at).cast::<T>()) }
+}
+
+/// Reads a transition of socket `sk` with direct loads, except the local
+/// port, which lives past `struct sock` (in `struct inet_sock`) where the
+/// verifier does not let a `struct sock *` reach: one small helper read.
 #[inline(always)]
 fn read_btf(
-    (sk, oldstate, newstate): (u64, u8, u8),
+    ctx: &BtfTracePointContext,
+    (skaddr, oldstate, newstate): (u64, u8, u8),
     cfg: &ProbeConfig,
     prog: u32,
 ) -> Option<Transition> {
-    let mut sc = [0u8; SOCK_COMMON_READ];
-    // SAFETY: a checked kernel read into a stack buffer of exactly its length.
-    if unsafe { bpf_probe_read_kernel_buf(sk as *const u8, &mut sc) }.is_err() {
-        bump(stat_index(prog, stat::READ_FAILED));
-        return None;
-    }
-    let mut protocol: u16 = 0;
-    // SAFETY: a checked kernel read of 2 bytes into `protocol`.
-    let ret = unsafe {
-        bpf_probe_read_kernel(
-            (&mut protocol as *mut u16).cast(),
-            2,
-            (sk + cfg.sk_protocol as u64) as *const _,
-        )
-    };
-    if ret != 0 {
-        bump(stat_index(prog, stat::READ_FAILED));
-    }
+    let sk: *const u8 = ctx.arg::<*const u8>(0);
+    // SAFETY (all `field` calls): offsets are BTF member offsets of struct
+    // sock for fields of these sizes, checked by user space and again by
+    // the verifier against BTF.
+    let family: u16 = unsafe { field(sk, off(&CONFIG.sk_family)) };
+    let protocol: u16 = unsafe { field(sk, cfg.sk_protocol as usize) };
     let mut sport_be: u16 = 0;
     // SAFETY: a checked kernel read of 2 bytes into `sport_be`.
     let ret = unsafe {
         bpf_probe_read_kernel(
             (&mut sport_be as *mut u16).cast(),
             2,
-            (sk + cfg.inet_sport as u64) as *const _,
+            (skaddr + cfg.inet_sport as u64) as *const _,
         )
     };
     if ret != 0 {
         bump(stat_index(prog, stat::READ_FAILED));
     }
-    let family = u16_at(&sc, cfg.sk_family)?;
+    let dport: u16 = unsafe { field(sk, off(&CONFIG.sk_dport)) };
     let mut t = Transition {
-        skaddr: sk,
+        skaddr,
         oldstate,
         newstate,
         family,
         protocol,
         sport: u16::from_be(sport_be),
-        dport: u16::from_be(u16_at(&sc, cfg.sk_dport)?),
+        dport: u16::from_be(dport),
         netns: 0,
         saddr: [0; 16],
         daddr: [0; 16],
     };
     if family == AF_INET6 {
-        t.saddr = bytes_at::<16>(&sc, cfg.sk_v6_rcv_saddr as usize)?;
-        t.daddr = bytes_at::<16>(&sc, cfg.sk_v6_daddr as usize)?;
+        let (s, d) = (off(&CONFIG.sk_v6_rcv_saddr), off(&CONFIG.sk_v6_daddr));
+        for i in 0..4 {
+            let sw: u32 = unsafe { field(sk, s + 4 * i) };
+            let dw: u32 = unsafe { field(sk, d + 4 * i) };
+            t.saddr[4 * i..4 * i + 4].copy_from_slice(&sw.to_ne_bytes());
+            t.daddr[4 * i..4 * i + 4].copy_from_slice(&dw.to_ne_bytes());
+        }
     } else {
-        t.saddr[..4].copy_from_slice(&bytes_at::<4>(&sc, cfg.sk_rcv_saddr as usize)?);
-        t.daddr[..4].copy_from_slice(&bytes_at::<4>(&sc, cfg.sk_daddr as usize)?);
+        let sw: u32 = unsafe { field(sk, off(&CONFIG.sk_rcv_saddr)) };
+        let dw: u32 = unsafe { field(sk, off(&CONFIG.sk_daddr)) };
+        t.saddr[..4].copy_from_slice(&sw.to_ne_bytes());
+        t.daddr[..4].copy_from_slice(&dw.to_ne_bytes());
     }
     if cfg.netns_readable != 0 {
-        let net = u64::from_ne_bytes(bytes_at::<8>(&sc, cfg.sk_net as usize)?);
-        t.netns = netns_of(cfg, prog, net);
+        let net: *const u8 = unsafe { field(sk, off(&CONFIG.sk_net)) };
+        if !net.is_null() {
+            // SAFETY: `net` is the socket's `struct net *` (a BTF pointer
+            // the verifier tracks) and the offset that of `ns.inum` in it.
+            t.netns = unsafe { field(net, cfg.net_ns_inum as usize) };
+        }
     }
     Some(t)
 }
@@ -436,26 +457,29 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     let id = transition_id(args.0, args.1, args.2);
-    if let Some(r) = RECENT.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot; only the catcher touches it too, and a
-        // torn update there at worst makes the catcher handle a transition
-        // twice (seen as caught > recursion_misses, reported by user space).
-        unsafe {
-            let r = &mut *r;
-            let every = cfg.simulate_skip_every as u64;
-            if every != 0 && r.next % every == 0 {
-                // Behave exactly like a skipped run: leave no identity.
-                r.next = r.next.wrapping_add(1);
-                bump(stat_index(PROG_MAIN, stat::SIMULATED_SKIP));
-                return 0;
-            }
-            r.ids[(r.next as usize) % RECENT_SLOTS] = id;
-            r.next = r.next.wrapping_add(1);
+    let Some(r) = RECENT.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, valid for this run; only
+    // the catcher touches it too (see there).
+    let r = unsafe { &mut *r };
+    r.depth += 1;
+    if r.depth > 1 {
+        bump(stat_index(PROG_MAIN, stat::NESTED));
+    }
+    let every = cfg.simulate_skip_every as u64;
+    if every != 0 && r.next % every == 0 {
+        // Behave exactly like a skipped run: leave no identity.
+        r.next = r.next.wrapping_add(1);
+        bump(stat_index(PROG_MAIN, stat::SIMULATED_SKIP));
+    } else {
+        r.ids[(r.next as usize) % RECENT_SLOTS] = id;
+        r.next = r.next.wrapping_add(1);
+        if let Some(t) = read_btf(&ctx, args, &cfg, PROG_MAIN) {
+            handle(PROG_MAIN, &t, &cfg, 0);
         }
     }
-    if let Some(t) = read_btf(args, &cfg, PROG_MAIN) {
-        handle(PROG_MAIN, &t, &cfg, 0);
-    }
+    r.depth -= 1;
     0
 }
 
@@ -482,7 +506,7 @@ pub fn tcpwatch_catch(ctx: BtfTracePointContext) -> i32 {
         }
     }
     bump(stat_index(PROG_CATCHER, stat::CAUGHT));
-    if let Some(t) = read_btf(args, &cfg, PROG_CATCHER) {
+    if let Some(t) = read_btf(&ctx, args, &cfg, PROG_CATCHER) {
         handle(PROG_CATCHER, &t, &cfg, FLAG_CAUGHT);
     }
     0

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use tcpwatch_common::{HOOK_BTF, HOOK_CLASSIC, ProbeConfig, SOCK_COMMON_READ, TP_RECORD_READ};
+use tcpwatch_common::{HOOK_BTF, HOOK_CLASSIC, ProbeConfig, TP_RECORD_READ};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -120,19 +120,16 @@ fn expect_size(what: &str, found: usize, expected: usize) -> Result<(), LayoutEr
     }
 }
 
-/// A `sock_common` field the BTF program copies out of its one read.
+/// Offset of a `sock_common` field in `struct sock`.
 fn sock_common_field(btf: &Btf, name: &str, size: usize) -> Result<u16, LayoutError> {
     let (off, found) = member(btf, "sock", &["__sk_common", name])?;
     expect_size(&format!("struct sock.{name}"), found, size)?;
-    if off + size > SOCK_COMMON_READ {
-        return Err(LayoutError::OutOfRange {
-            what: format!("struct sock.{name}"),
-            offset: off,
-            size,
-            limit: SOCK_COMMON_READ,
-        });
-    }
-    Ok(off as u16)
+    u16::try_from(off).map_err(|_| LayoutError::OutOfRange {
+        what: format!("struct sock.{name}"),
+        offset: off,
+        size,
+        limit: u16::MAX as usize,
+    })
 }
 
 /// Offsets of `struct sock` for the tp_btf program, from the kernel's BTF.
@@ -321,7 +318,7 @@ mod tests {
         assert_eq!(cfg.sk_rcv_saddr, 4);
         assert!(cfg.sk_dport > cfg.sk_rcv_saddr);
         assert!(cfg.sk_family > cfg.sk_dport);
-        assert!(cfg.sk_protocol as usize > SOCK_COMMON_READ);
+        assert!(cfg.sk_protocol as u16 > cfg.sk_v6_rcv_saddr);
         assert!(cfg.inet_sport > cfg.sk_protocol);
         assert_eq!(cfg.netns_readable, 1);
     }

@@ -224,6 +224,7 @@ impl KernelCounters {
             read_failed: self.stat(stat::READ_FAILED),
             map_update_failed: self.stat(stat::MAP_UPDATE_FAILED),
             filtered: self.stat(stat::FILTERED),
+            nested: self.main.stat(stat::NESTED),
             other_protocol: self.stat(stat::OTHER_PROTOCOL),
             kernel_skipped: skipped,
             caught,
@@ -248,6 +249,9 @@ pub struct Accounting {
     pub ringbuf_full: u64,
     pub read_failed: u64,
     pub map_update_failed: u64,
+    /// Runs of the main program that started inside another on one CPU
+    /// (expected 0: the kernel skips those; non-zero means counters may race).
+    pub nested: u64,
     /// Transitions outside the namespace filter (not counted above).
     pub filtered: u64,
     /// Transitions of other protocols on the same tracepoint (SCTP).
