@@ -15,8 +15,8 @@ Examples:
                                       one minute as JSON lines
   tcpwatch trace --netns /run/netns/blue --count 100
 
-Exit codes: 0 done, 1 error, 2 bad usage, 69 kernel cannot run the probe,
-77 not permitted (needs root or CAP_BPF+CAP_PERFMON).";
+Exit codes: 0 done, 1 error, 2 bad usage, 3 transitions lost in the kernel,
+69 kernel cannot run the probe, 77 not permitted (needs root or CAP_BPF+CAP_PERFMON).";
 
 #[derive(Parser, Debug)]
 #[command(

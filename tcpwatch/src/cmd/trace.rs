@@ -135,15 +135,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         &shown,
         &output,
     );
-    Ok(if accounting.lossless() && output.closed.is_none() {
-        ExitCode::SUCCESS
+    // A transition the kernel skipped and nothing recovered is a failure of
+    // the run's promise, even though everything else completed.
+    Ok(if accounting.unrecovered > 0 {
+        ExitCode::from(3)
     } else {
-        // Still a completed run; exit 0 unless events were lost in the kernel.
-        if accounting.unrecovered > 0 {
-            ExitCode::from(3)
-        } else {
-            ExitCode::SUCCESS
-        }
+        ExitCode::SUCCESS
     })
 }
 

@@ -99,13 +99,13 @@ fn run(ring_bytes: u32, simulate_skip_every: u32) -> Run {
         cap.result,
         cap.counters.summary()
     );
-    let m = &cap.counters.main;
-    if m.run_cnt > 0 {
-        // Only with sysctl kernel.bpf_stats_enabled=1 (the bench turns it on).
+    // Only with sysctl kernel.bpf_stats_enabled=1 (the bench turns it on).
+    let per_run = |p: &tcpwatch::model::ProgCounters| p.run_time_ns.checked_div(p.run_cnt);
+    if let Some(main_ns) = per_run(&cap.counters.main) {
+        let catcher_ns = cap.counters.catcher.as_ref().and_then(per_run).unwrap_or(0);
         eprintln!(
-            "churn: main program {} runs, {} ns per run in the kernel",
-            m.run_cnt,
-            m.run_time_ns / m.run_cnt
+            "churn: in-kernel cost per transition: main {main_ns} ns + catcher {catcher_ns} ns ({} runs)",
+            cap.counters.main.run_cnt
         );
     }
     let acct = cap.counters.summary();
