@@ -5,6 +5,7 @@
 //! Pure core: [`model`], [`view`]. CLI subcommands live in the binary's
 //! `cmd` modules and only wire these together.
 pub mod capture;
+pub mod census;
 pub mod layout;
 pub mod loader;
 pub mod model;

@@ -14,6 +14,8 @@ Examples:
   tcpwatch trace --json --duration 60 > t.jsonl
                                       one minute as JSON lines
   tcpwatch trace --netns /run/netns/blue --count 100
+  tcpwatch states -p                  sockets per state, then per listener with queues
+  tcpwatch states --json              the same census as one JSON object
 
 Exit codes: 0 done, 1 error, 2 bad usage, 3 transitions lost in the kernel,
 69 kernel cannot run the probe, 77 not permitted (needs root or CAP_BPF+CAP_PERFMON).";
@@ -34,6 +36,8 @@ struct Cli {
 enum Command {
     /// Print every TCP state transition as it happens (a better tcpstates).
     Trace(cmd::trace::TraceArgs),
+    /// Count TCP sockets per state, listener and process, now (a better `ss -s`).
+    States(cmd::states::StatesArgs),
 }
 
 /// Options of every command that loads the probe.
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = match &cli.command {
         Command::Trace(a) => a.probe.verbose,
+        Command::States(_) => false,
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -88,6 +93,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Trace(args) => cmd::trace::run(args).await,
+            Command::States(args) => cmd::states::run(args),
         }
     });
     match result {

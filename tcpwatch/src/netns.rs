@@ -1,6 +1,9 @@
 //! Naming network namespaces the way users do: an inode number, a path
 //! (`/run/netns/NAME`, `/proc/PID/ns/net`) or a name under /run/netns.
-use std::{os::unix::fs::MetadataExt, path::Path};
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, bail};
 
@@ -20,6 +23,26 @@ pub fn resolve(spec: &str) -> anyhow::Result<u32> {
         Ok(ino) => Ok(ino),
         Err(_) => bail!("--netns {spec}: inode {} is not a namespace id", meta.ino()),
     }
+}
+
+/// A path that opens the network namespace `spec` names: the path itself,
+/// `/run/netns/NAME`, or for an inode number the namespace of a process
+/// that lives in it.
+pub fn path(spec: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(ino) = spec.parse::<u32>() {
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let p = entry.path().join("ns/net");
+            if std::fs::metadata(&p).is_ok_and(|m| m.ino() == ino as u64) {
+                return Ok(p);
+            }
+        }
+        bail!("--netns {spec}: no process lives in a network namespace with that inode");
+    }
+    Ok(if spec.contains('/') {
+        PathBuf::from(spec)
+    } else {
+        Path::new("/run/netns").join(spec)
+    })
 }
 
 /// The network namespace of this process.

@@ -1,7 +1,7 @@
-//! Owners of listening sockets that existed before the probe attached, read
-//! from procfs the way `ss -lp` does (socket inode -> process). Without
-//! them, connections accepted on an old listener would have no owner.
-use std::collections::HashMap;
+//! Which process owns a socket, from procfs the way `ss -p` does: every
+//! process's fd table, socket inode -> process. Used for listeners that
+//! predate the probe and for the census.
+use std::collections::{HashMap, HashSet};
 
 use procfs::{
     net::TcpState,
@@ -10,9 +10,46 @@ use procfs::{
 
 use crate::model::Owner;
 
+/// Owners of the given socket inodes. One pass over all processes' fd
+/// tables; a socket shared by several processes keeps the first found.
+/// Processes that exit during the scan are skipped.
+pub fn socket_owners(inodes: &HashSet<u64>) -> anyhow::Result<HashMap<u64, Owner>> {
+    let mut found = HashMap::new();
+    if inodes.is_empty() {
+        return Ok(found);
+    }
+    for process in all_processes()?.flatten() {
+        let Ok(fds) = process.fd() else { continue };
+        let mut comm: Option<String> = None;
+        for fd in fds.flatten() {
+            let FDTarget::Socket(inode) = fd.target else {
+                continue;
+            };
+            if !inodes.contains(&inode) || found.contains_key(&inode) {
+                continue;
+            }
+            if comm.is_none() {
+                comm = process.stat().ok().map(|s| s.comm);
+            }
+            let Some(comm) = &comm else { break };
+            found.insert(
+                inode,
+                Owner {
+                    pid: process.pid as u32,
+                    tid: process.pid as u32,
+                    comm: comm.clone(),
+                },
+            );
+        }
+        if found.len() == inodes.len() {
+            break;
+        }
+    }
+    Ok(found)
+}
+
 /// (local port, owner) of every listening TCP socket in this process's
-/// network namespace whose owner could be found. A port listened on by
-/// several processes (SO_REUSEPORT) keeps the first one found.
+/// network namespace whose owner could be found.
 pub fn listeners() -> anyhow::Result<Vec<(u16, Owner)>> {
     let mut by_inode: HashMap<u64, u16> = HashMap::new();
     for entry in procfs::net::tcp()?.into_iter().chain(procfs::net::tcp6()?) {
@@ -20,29 +57,39 @@ pub fn listeners() -> anyhow::Result<Vec<(u16, Owner)>> {
             by_inode.insert(entry.inode, entry.local_address.port());
         }
     }
-    let mut found: HashMap<u16, Owner> = HashMap::new();
-    if by_inode.is_empty() {
-        return Ok(Vec::new());
+    let inodes: HashSet<u64> = by_inode.keys().copied().collect();
+    let owners = socket_owners(&inodes)?;
+    let mut out: Vec<(u16, Owner)> = owners
+        .into_iter()
+        .filter_map(|(inode, owner)| by_inode.get(&inode).map(|&port| (port, owner)))
+        .collect();
+    // SO_REUSEPORT: several listeners on one port; keep one deterministically.
+    out.sort_by_key(|(port, o)| (*port, o.pid));
+    out.dedup_by_key(|(port, _)| *port);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn finds_the_owner_of_our_own_socket() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        use std::os::fd::AsRawFd;
+        let inode = std::fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd()))
+            .unwrap()
+            .ino();
+        let owners = socket_owners(&HashSet::from([inode])).unwrap();
+        let me = &owners[&inode];
+        assert_eq!(me.pid, std::process::id());
+        let port = l.local_addr().unwrap().port();
+        let ls = listeners().unwrap();
+        assert!(
+            ls.iter()
+                .any(|(p, o)| *p == port && o.pid == std::process::id()),
+            "{ls:?}"
+        );
     }
-    for process in all_processes()?.flatten() {
-        // Processes come and go while we scan: skip the ones that left.
-        let Ok(fds) = process.fd() else { continue };
-        for fd in fds.flatten() {
-            if let FDTarget::Socket(inode) = fd.target
-                && let Some(&port) = by_inode.get(&inode)
-                && !found.contains_key(&port)
-                && let Ok(stat) = process.stat()
-            {
-                found.insert(
-                    port,
-                    Owner {
-                        pid: stat.pid as u32,
-                        tid: stat.pid as u32,
-                        comm: stat.comm,
-                    },
-                );
-            }
-        }
-    }
-    Ok(found.into_iter().collect())
 }

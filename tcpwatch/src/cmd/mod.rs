@@ -2,6 +2,7 @@
 //! prints. No logic of their own beyond that.
 use tcpwatch::{capture::CaptureError, loader::LoadError};
 
+pub mod states;
 pub mod trace;
 
 /// The documented exit code for an error: the loader's codes (69, 77) where

@@ -1,2 +1,3 @@
 //! What tcpwatch shows, as pure functions of the model.
+pub mod states;
 pub mod trace;

@@ -8,7 +8,7 @@ use std::{
 use tcpwatch::{loader::LoadOptions, model::Accounting};
 use tcpwatch_common::state::*;
 
-use crate::common::{bpf_available, capture_during, netns_thread};
+use crate::common::{capture_during, netns_thread, root_available};
 
 const CONNECTIONS: u32 = 20_000;
 
@@ -153,7 +153,7 @@ fn assert_exact(counters: &tcpwatch::model::KernelCounters, acct: &Accounting) {
 
 #[test]
 fn churn_counts_every_transition_and_accounts_for_every_event() {
-    if !bpf_available("churn_counts_every_transition_and_accounts_for_every_event") {
+    if !root_available("churn_counts_every_transition_and_accounts_for_every_event") {
         return;
     }
     // A ring large enough for the whole run: nothing may be dropped.
@@ -192,7 +192,7 @@ fn churn_counts_every_transition_and_accounts_for_every_event() {
 /// counters stay exact and every skip is caught once.
 #[test]
 fn catcher_handles_exactly_the_runs_the_main_program_missed() {
-    if !bpf_available("catcher_handles_exactly_the_runs_the_main_program_missed") {
+    if !root_available("catcher_handles_exactly_the_runs_the_main_program_missed") {
         return;
     }
     let r = run(8 << 20, 7);

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::common::bpf_available;
+use crate::common::root_available;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpwatch");
 
@@ -26,7 +26,7 @@ fn accounting(stderr: &str) -> std::collections::HashMap<String, u64> {
 
 #[test]
 fn trace_json_prints_one_object_per_transition_and_accounts_at_exit() {
-    if !bpf_available("trace_json_prints_one_object_per_transition_and_accounts_at_exit") {
+    if !root_available("trace_json_prints_one_object_per_transition_and_accounts_at_exit") {
         return;
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

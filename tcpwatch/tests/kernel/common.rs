@@ -15,9 +15,9 @@ use tcpwatch::{
 };
 use tcpwatch_common::TcpState;
 
-/// Whether this test may load BPF programs. In CI (CI set) a missing
+/// Whether this test may load BPF programs and make namespaces. In CI (CI set) a missing
 /// privilege is a failure; elsewhere the test is skipped, loudly.
-pub fn bpf_available(test: &str) -> bool {
+pub fn root_available(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if root {
@@ -25,11 +25,11 @@ pub fn bpf_available(test: &str) -> bool {
     }
     if std::env::var_os("CI").is_some() {
         panic!(
-            "{test}: CI is set but the tests do not run as root; BPF tests must run for real in CI"
+            "{test}: CI is set but the tests do not run as root; kernel tests must run for real in CI"
         );
     }
     eprintln!(
-        "\n!!!!!!!!\n!!! SKIPPED {test}: not root, so no BPF. Run the suite as root (README) to test the kernel side.\n!!!!!!!!\n"
+        "\n!!!!!!!!\n!!! SKIPPED {test}: not root (no BPF, no namespaces). Run the suite as root (README) to test the kernel side.\n!!!!!!!!\n"
     );
     false
 }

@@ -10,7 +10,7 @@ use std::{
 use tcpwatch::{loader::LoadOptions, model::Transition};
 use tcpwatch_common::TcpState::{self, *};
 
-use crate::common::{bpf_available, by_socket, capture_during, on_port, st, states};
+use crate::common::{by_socket, capture_during, on_port, root_available, st, states};
 
 const CLIENT_CLOSES_FIRST: [(TcpState, TcpState); 5] = [
     (Close, SynSent),
@@ -148,7 +148,7 @@ fn run(bind: &'static str, connect_ip: IpAddr, rst: bool) -> (u16, Vec<Transitio
 
 #[test]
 fn ipv4_connection_gives_ten_transitions_in_order() {
-    if !bpf_available("ipv4_connection_gives_ten_transitions_in_order") {
+    if !root_available("ipv4_connection_gives_ten_transitions_in_order") {
         return;
     }
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
@@ -164,7 +164,7 @@ fn ipv4_connection_gives_ten_transitions_in_order() {
 
 #[test]
 fn ipv6_connection_gives_ten_transitions_in_order() {
-    if !bpf_available("ipv6_connection_gives_ten_transitions_in_order") {
+    if !root_available("ipv6_connection_gives_ten_transitions_in_order") {
         return;
     }
     let ip: IpAddr = "::1".parse().unwrap();
@@ -186,7 +186,7 @@ fn ipv6_connection_gives_ten_transitions_in_order() {
 
 #[test]
 fn v4_mapped_connection_on_v6_socket_reports_mapped_addresses() {
-    if !bpf_available("v4_mapped_connection_on_v6_socket_reports_mapped_addresses") {
+    if !root_available("v4_mapped_connection_on_v6_socket_reports_mapped_addresses") {
         return;
     }
     let ip: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
@@ -212,7 +212,7 @@ fn v4_mapped_connection_on_v6_socket_reports_mapped_addresses() {
 
 #[test]
 fn linger_zero_close_resets_in_six_transitions() {
-    if !bpf_available("linger_zero_close_resets_in_six_transitions") {
+    if !root_available("linger_zero_close_resets_in_six_transitions") {
         return;
     }
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
@@ -236,7 +236,7 @@ fn linger_zero_close_resets_in_six_transitions() {
 
 #[test]
 fn connect_to_closed_port_is_syn_sent_then_close() {
-    if !bpf_available("connect_to_closed_port_is_syn_sent_then_close") {
+    if !root_available("connect_to_closed_port_is_syn_sent_then_close") {
         return;
     }
     let cap = capture_during(LoadOptions::default(), Duration::from_millis(300), || {
@@ -268,7 +268,7 @@ fn connect_to_closed_port_is_syn_sent_then_close() {
 
 #[test]
 fn classic_tracepoint_fallback_sees_the_same_connection() {
-    if !bpf_available("classic_tracepoint_fallback_sees_the_same_connection") {
+    if !root_available("classic_tracepoint_fallback_sees_the_same_connection") {
         return;
     }
     let opts = LoadOptions {
@@ -303,7 +303,7 @@ fn nft(args: &[&str]) {
 
 #[test]
 fn simultaneous_close_goes_through_closing_on_both_sides() {
-    if !bpf_available("simultaneous_close_goes_through_closing_on_both_sides") {
+    if !root_available("simultaneous_close_goes_through_closing_on_both_sides") {
         return;
     }
     if std::process::Command::new("nft")

@@ -1,0 +1,65 @@
+//! `tcpwatch states`: one census of TCP sockets, counted per state (the
+//! answer to `netstat -nat | awk '{print $6}' | sort | uniq -c` and `ss -s`),
+//! per listener (`-p`) and per process (`-P`).
+use std::{collections::HashSet, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::Args;
+use tcpwatch::{
+    census, netns, owners,
+    view::states::{listeners_table, processes_table, states_table, summarize},
+};
+
+#[derive(Args, Debug)]
+pub struct StatesArgs {
+    /// One JSON object: totals per state, listeners, processes.
+    #[arg(long)]
+    json: bool,
+    /// Per listening socket: accept queue, backlog, SYN-RECV, owner.
+    #[arg(short = 'p', long = "listeners")]
+    listeners: bool,
+    /// Per owning process: its sockets by state.
+    #[arg(short = 'P', long = "processes")]
+    processes: bool,
+    /// Another network namespace: /run/netns/NAME, NAME, /proc/PID/ns/net or an inode number.
+    #[arg(long)]
+    netns: Option<String>,
+}
+
+pub fn run(args: StatesArgs) -> anyhow::Result<ExitCode> {
+    let (entries, ns) = match &args.netns {
+        Some(spec) => {
+            let path = netns::path(spec)?;
+            let entries = census::tcp_sockets_in(&path).context("socket census")?;
+            (entries, Some(netns::resolve(spec)?))
+        }
+        None => (
+            census::tcp_sockets().context("socket census")?,
+            netns::current().ok(),
+        ),
+    };
+    let inodes: HashSet<u64> = entries
+        .iter()
+        .filter(|e| e.inode != 0)
+        .map(|e| e.inode as u64)
+        .collect();
+    let owners = owners::socket_owners(&inodes).unwrap_or_else(|e| {
+        tracing::warn!("socket owners unknown: {e}");
+        Default::default()
+    });
+    let summary = summarize(ns, &entries, &owners);
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", states_table(&summary));
+    if args.listeners {
+        println!();
+        print!("{}", listeners_table(&summary));
+    }
+    if args.processes {
+        println!();
+        print!("{}", processes_table(&summary));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,293 @@
+//! What `tcpwatch states` shows: one census, counted per state, per
+//! listener and per process. Pure functions of the census entries and the
+//! inode-to-owner map.
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+};
+
+use serde::Serialize;
+use tcpwatch_common::state::{TCP_LISTEN, TCP_NEW_SYN_RECV, TCP_SYN_RECV, TCP_TIME_WAIT};
+
+use crate::{
+    census::SockEntry,
+    model::{Owner, State},
+};
+
+/// Request sockets are reported as SYN-RECV (as `ss` does), whichever of the
+/// two kernel numbers sock_diag gives them.
+fn shown_state(raw: u8) -> State {
+    State::from_raw(if raw == TCP_NEW_SYN_RECV {
+        TCP_SYN_RECV
+    } else {
+        raw
+    })
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Listener {
+    pub address: String,
+    pub port: u16,
+    /// Connections completed and waiting for accept().
+    pub accept_queue: u32,
+    pub backlog: u32,
+    /// Half-open request sockets for this listener.
+    pub syn_recv: u64,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Process {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub total: u64,
+    pub states: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Summary {
+    pub netns: Option<u32>,
+    pub total: u64,
+    /// Every TCP state `ss` names, zeros included, so scripts can rely on keys.
+    pub states: BTreeMap<String, u64>,
+    pub listeners: Vec<Listener>,
+    pub processes: Vec<Process>,
+}
+
+const SHOWN: [u8; 11] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
+
+/// Folds a census into the summary. `owners` maps socket inodes to their
+/// process; sockets without an inode are attributed to the owner of the
+/// listener they came from, TIME-WAIT to nobody.
+pub fn summarize(
+    netns: Option<u32>,
+    entries: &[SockEntry],
+    owners: &HashMap<u64, Owner>,
+) -> Summary {
+    let mut states: BTreeMap<String, u64> = SHOWN
+        .iter()
+        .map(|&s| (State::from_raw(s).to_string(), 0))
+        .collect();
+    for e in entries {
+        *states.entry(shown_state(e.state).to_string()).or_default() += 1;
+    }
+
+    let listeners_raw: Vec<&SockEntry> = entries.iter().filter(|e| e.state == TCP_LISTEN).collect();
+    let serves = |l: &SockEntry, e: &SockEntry| {
+        e.local.port() == l.local.port()
+            && (l.local.ip().is_unspecified() || l.local.ip() == e.local.ip())
+    };
+    let mut listeners: Vec<Listener> = listeners_raw
+        .iter()
+        .map(|l| {
+            let owner = owners.get(&(l.inode as u64));
+            Listener {
+                address: l.local.ip().to_string(),
+                port: l.local.port(),
+                accept_queue: l.rqueue,
+                backlog: l.wqueue,
+                syn_recv: entries
+                    .iter()
+                    .filter(|e| {
+                        shown_state(e.state) == State::from_raw(TCP_SYN_RECV) && serves(l, e)
+                    })
+                    .count() as u64,
+                pid: owner.map(|o| o.pid),
+                comm: owner.map(|o| o.comm.clone()),
+            }
+        })
+        .collect();
+    listeners.sort_by(|a, b| (a.port, &a.address).cmp(&(b.port, &b.address)));
+
+    let owner_of = |e: &SockEntry| -> Option<&Owner> {
+        if e.inode != 0 {
+            return owners.get(&(e.inode as u64));
+        }
+        // No file yet (request sockets, children waiting in the accept
+        // queue) or any more (closed by a server): its listener's. TIME-WAIT
+        // belongs to nobody.
+        if e.state == TCP_TIME_WAIT {
+            return None;
+        }
+        let l = listeners_raw.iter().find(|l| serves(l, e))?;
+        owners.get(&(l.inode as u64))
+    };
+    let mut procs: HashMap<Option<u32>, Process> = HashMap::new();
+    for e in entries {
+        let owner = owner_of(e);
+        let p = procs
+            .entry(owner.map(|o| o.pid))
+            .or_insert_with(|| Process {
+                pid: owner.map(|o| o.pid),
+                comm: owner.map(|o| o.comm.clone()),
+                total: 0,
+                states: BTreeMap::new(),
+            });
+        p.total += 1;
+        *p.states
+            .entry(shown_state(e.state).to_string())
+            .or_default() += 1;
+    }
+    let mut processes: Vec<Process> = procs.into_values().collect();
+    // Biggest first; the unattributed bucket (no pid) last among equals.
+    processes.sort_by(|a, b| {
+        b.total
+            .cmp(&a.total)
+            .then(a.pid.is_none().cmp(&b.pid.is_none()))
+            .then(a.pid.cmp(&b.pid))
+    });
+
+    Summary {
+        netns,
+        total: entries.len() as u64,
+        states,
+        listeners,
+        processes,
+    }
+}
+
+/// The default table: count per state, then the total.
+pub fn states_table(s: &Summary) -> String {
+    let mut out = String::from("STATE          COUNT\n");
+    for raw in SHOWN {
+        let name = State::from_raw(raw).to_string();
+        let _ = writeln!(
+            out,
+            "{name:<14} {}",
+            s.states.get(&name).copied().unwrap_or(0)
+        );
+    }
+    let _ = writeln!(out, "{:<14} {}", "TOTAL", s.total);
+    out
+}
+
+/// `-p`: one line per listening socket.
+pub fn listeners_table(s: &Summary) -> String {
+    let mut out = String::from(
+        "ADDRESS                                 PORT  ACCEPTQ BACKLOG SYN-RECV PID     COMM\n",
+    );
+    for l in &s.listeners {
+        let _ = writeln!(
+            out,
+            "{:<39} {:<5} {:<7} {:<7} {:<8} {:<7} {}",
+            l.address,
+            l.port,
+            l.accept_queue,
+            l.backlog,
+            l.syn_recv,
+            l.pid.map_or("-".into(), |p| p.to_string()),
+            l.comm.as_deref().unwrap_or("?"),
+        );
+    }
+    out
+}
+
+/// `-P`: one line per owning process, its sockets by state.
+pub fn processes_table(s: &Summary) -> String {
+    let mut out = String::from("PID     COMM             TOTAL  STATES\n");
+    for p in &s.processes {
+        let states: Vec<String> = p.states.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(
+            out,
+            "{:<7} {:<16} {:<6} {}",
+            p.pid.map_or("-".into(), |p| p.to_string()),
+            p.comm.as_deref().unwrap_or("?"),
+            p.total,
+            states.join(" ")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tcpwatch_common::state::*;
+
+    fn e(state: u8, local: &str, remote: &str, inode: u32) -> SockEntry {
+        SockEntry {
+            state,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            rqueue: 0,
+            wqueue: 0,
+            inode,
+            uid: 0,
+        }
+    }
+
+    fn owners() -> HashMap<u64, Owner> {
+        let o = |pid, comm: &str| Owner {
+            pid,
+            tid: pid,
+            comm: comm.into(),
+        };
+        HashMap::from([
+            (10, o(100, "nginx")),
+            (11, o(100, "nginx")),
+            (20, o(200, "curl")),
+        ])
+    }
+
+    fn census() -> Vec<SockEntry> {
+        let mut l = e(TCP_LISTEN, "0.0.0.0:80", "0.0.0.0:0", 10);
+        l.rqueue = 3;
+        l.wqueue = 511;
+        vec![
+            l,
+            e(TCP_ESTABLISHED, "10.0.0.1:80", "10.0.0.2:5000", 11),
+            e(TCP_SYN_RECV, "10.0.0.1:80", "10.0.0.9:6000", 0),
+            e(TCP_NEW_SYN_RECV, "10.0.0.1:80", "10.0.0.9:6001", 0),
+            e(TCP_CLOSE_WAIT, "10.0.0.1:40000", "10.0.0.3:443", 20),
+            e(TCP_TIME_WAIT, "10.0.0.1:40001", "10.0.0.3:443", 0),
+        ]
+    }
+
+    #[test]
+    fn counts_every_state_with_request_sockets_as_syn_recv() {
+        let s = summarize(Some(7), &census(), &owners());
+        assert_eq!(s.total, 6);
+        assert_eq!(s.states["SYN-RECV"], 2);
+        assert_eq!(s.states["CLOSE-WAIT"], 1);
+        assert_eq!(s.states["TIME-WAIT"], 1);
+        assert_eq!(s.states["CLOSING"], 0, "zeros are kept for scripts");
+        assert_eq!(s.states.values().sum::<u64>(), s.total);
+        let table = states_table(&s);
+        assert!(table.contains("SYN-RECV       2\n"), "{table}");
+        assert!(table.ends_with("TOTAL          6\n"), "{table}");
+    }
+
+    #[test]
+    fn listeners_carry_queues_syn_recv_and_owner() {
+        let s = summarize(None, &census(), &owners());
+        assert_eq!(
+            s.listeners,
+            vec![Listener {
+                address: "0.0.0.0".into(),
+                port: 80,
+                accept_queue: 3,
+                backlog: 511,
+                syn_recv: 2,
+                pid: Some(100),
+                comm: Some("nginx".into()),
+            }]
+        );
+    }
+
+    #[test]
+    fn processes_own_their_sockets_and_request_sockets_go_to_the_listener() {
+        let s = summarize(None, &census(), &owners());
+        let nginx = s.processes.iter().find(|p| p.pid == Some(100)).unwrap();
+        assert_eq!(nginx.total, 4, "listener, established, two request sockets");
+        assert_eq!(nginx.states["SYN-RECV"], 2);
+        let none = s.processes.iter().find(|p| p.pid.is_none()).unwrap();
+        assert_eq!(none.states["TIME-WAIT"], 1);
+        assert_eq!(s.processes[0].pid, Some(100), "biggest first");
+        let table = processes_table(&s);
+        assert!(
+            table.contains("100     nginx            4      ESTABLISHED=1 LISTEN=1 SYN-RECV=2"),
+            "{table}"
+        );
+    }
+}
