@@ -27,6 +27,7 @@ pub struct StatesArgs {
 }
 
 pub fn run(args: StatesArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
     let (entries, ns) = match &args.netns {
         Some(spec) => {
             let path = netns::path(spec)?;
@@ -38,6 +39,7 @@ pub fn run(args: StatesArgs) -> anyhow::Result<ExitCode> {
             netns::current().ok(),
         ),
     };
+    let census_done = started.elapsed();
     let inodes: HashSet<u64> = entries
         .iter()
         .filter(|e| e.inode != 0)
@@ -47,6 +49,12 @@ pub fn run(args: StatesArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("socket owners unknown: {e}");
         Default::default()
     });
+    tracing::debug!(
+        sockets = entries.len(),
+        census_ms = census_done.as_secs_f64() * 1e3,
+        owners_ms = (started.elapsed() - census_done).as_secs_f64() * 1e3,
+        "census"
+    );
     let summary = summarize(ns, &entries, &owners);
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
