@@ -79,9 +79,12 @@ pub struct SockInfo {
     /// `FLAG_OWNER_KNOWN` or 0.
     pub flags: u32,
     pub _pad: u32,
+    /// In the listener map: the listening socket's address, so only its own
+    /// close removes the entry (0 for entries seeded from procfs).
+    pub sk: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<SockInfo>() == 40);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 48);
 
 /// Key of the listener-owner map: network namespace and local port.
 pub const fn listener_key(netns: u32, port: u16) -> u64 {
@@ -147,7 +150,10 @@ pub struct ProbeConfig {
     /// the kernel skipped every n-th run on each CPU (the catcher must then
     /// handle exactly those). Always 0 in normal use.
     pub simulate_skip_every: u32,
-    pub _pad2: u32,
+    /// Offset of `flags` in `struct task_struct` (0: unknown). A transition
+    /// made by a kernel thread (deferred fput, MPTCP path manager, a socket
+    /// destroyed by `ss -K`) does not name the owner even in syscall paths.
+    pub task_flags: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 80);
@@ -185,7 +191,7 @@ impl ProbeConfig {
         tp_daddr_v6: 0,
         _pad: 0,
         simulate_skip_every: 0,
-        _pad2: 0,
+        task_flags: 0,
     };
 }
 
@@ -228,7 +234,10 @@ pub mod stat {
     /// was in progress on the same CPU. The design assumes the kernel never
     /// lets that happen (it skips instead); this counter checks it.
     pub const NESTED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Main only: the identity stack was full, so the catcher will handle
+    /// that transition a second time (reported as double-counted).
+    pub const RECENT_FULL: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// Slots per program in the statistics array.
@@ -252,19 +261,28 @@ pub const fn stat_index(prog: u32, which: u32) -> u32 {
     prog * PROG_SLOTS + TRANSITION_SLOTS + which
 }
 
-/// Number of identities the main program remembers per CPU for the catcher.
+/// Depth of the per-CPU stack of transitions the main program handled.
 pub const RECENT_SLOTS: usize = 8;
 
 /// Per-CPU memory of the transitions the main program handled, so the
-/// catcher (a second program on the same hook) handles exactly those the
-/// kernel skipped the main program for.
+/// catcher (a second program on the same hook, run after it) handles
+/// exactly those the kernel skipped the main program for.
+///
+/// A stack, because runs nested on one CPU finish in reverse order: the
+/// main program pushes each transition's identity; the catcher searches
+/// from the top and cuts the stack back to its match, which also discards
+/// identities of nested runs that have finished.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Recent {
     pub ids: [u64; RECENT_SLOTS],
+    pub top: u64,
+    /// Sequence of main-program runs on this CPU (fault injection).
     pub next: u64,
     /// Runs of the main program in progress on this CPU (see stat::NESTED).
     pub depth: u64,
+    /// Runs of the catcher in progress on this CPU.
+    pub catcher_depth: u64,
 }
 
 /// Identity of one transition: the socket address's low 48 bits (kernel
@@ -273,6 +291,9 @@ pub struct Recent {
 pub const fn transition_id(skaddr: u64, old: u8, new: u8) -> u64 {
     (skaddr & 0x0000_ffff_ffff_ffff) | ((old as u64) << 56) | ((new as u64) << 48)
 }
+
+/// `task_struct.flags` bit of kernel threads.
+pub const PF_KTHREAD: u32 = 0x0020_0000;
 
 /// Transitions that only ever run in the owning task's process context with
 /// the socket locked (connect, listen, close, shutdown), so `current` is the
@@ -342,7 +363,7 @@ mod tests {
         assert_eq!(offset_of!(ProbeConfig, sk_protocol), 32);
         assert_eq!(offset_of!(ProbeConfig, inet_sport), 40);
         assert_eq!(offset_of!(ProbeConfig, tp_skaddr), 48);
-        assert_eq!(core::mem::size_of::<SockInfo>(), 40);
+        assert_eq!(core::mem::size_of::<SockInfo>(), 48);
         assert_eq!(offset_of!(SockInfo, comm), 16);
         assert_eq!(ProbeConfig::UNSET.layout_version, LAYOUT_VERSION);
     }

@@ -17,7 +17,7 @@ use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEU
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
         bpf_probe_read_kernel_buf, generated::bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map, tracepoint},
@@ -26,13 +26,10 @@ use aya_ebpf::{
 };
 use tcpwatch_common::{
     AF_INET6, FLAG_CAUGHT, FLAG_DELTA_KNOWN, FLAG_OWNER_KNOWN, HOOK_BTF, HOOK_CLASSIC,
-    IPPROTO_MPTCP, IPPROTO_TCP, PROG_CATCHER, PROG_MAIN, ProbeConfig, RECENT_SLOTS, Recent,
-    STATS_LEN, SockInfo, TP_RECORD_READ, TransitionEvent, listener_key, owner_runs_transition,
-    stat, stat_index, state::*, transition_id, transition_index,
+    IPPROTO_MPTCP, IPPROTO_TCP, PF_KTHREAD, PROG_CATCHER, PROG_MAIN, ProbeConfig, RECENT_SLOTS,
+    Recent, STATS_LEN, SockInfo, TP_RECORD_READ, TransitionEvent, listener_key,
+    owner_runs_transition, stat, stat_index, state::*, transition_id, transition_index,
 };
-
-/// Bytes one event takes in the ring buffer: the record and its 8-byte header.
-const RECORD_BYTES: u64 = size_of::<TransitionEvent>() as u64 + 8;
 
 /// Filled in by user space before load (read-only data).
 #[unsafe(no_mangle)]
@@ -190,6 +187,12 @@ fn off(field: &u16) -> usize {
     unsafe { core::ptr::read_volatile(field) as usize }
 }
 
+#[inline(always)]
+fn off32(field: &u32) -> usize {
+    // SAFETY: a read of a field of the CONFIG static.
+    unsafe { core::ptr::read_volatile(field) as usize }
+}
+
 /// Reads a field of the socket in place (a BTF-checked, fault-safe load).
 ///
 /// # Safety
@@ -215,7 +218,7 @@ fn read_btf(
     // sock for fields of these sizes, checked by user space and again by
     // the verifier against BTF.
     let family: u16 = unsafe { field(sk, off(&CONFIG.sk_family)) };
-    let protocol: u16 = unsafe { field(sk, cfg.sk_protocol as usize) };
+    let protocol: u16 = unsafe { field(sk, off32(&CONFIG.sk_protocol)) };
     let mut sport_be: u16 = 0;
     // SAFETY: a checked kernel read of 2 bytes into `sport_be`.
     let ret = unsafe {
@@ -260,7 +263,7 @@ fn read_btf(
         if !net.is_null() {
             // SAFETY: `net` is the socket's `struct net *` (a BTF pointer
             // the verifier tracks) and the offset that of `ns.inum` in it.
-            t.netns = unsafe { field(net, cfg.net_ns_inum as usize) };
+            t.netns = unsafe { field(net, off32(&CONFIG.net_ns_inum)) };
         }
     }
     Some(t)
@@ -302,6 +305,37 @@ fn read_classic(ctx: &TracePointContext, cfg: &ProbeConfig) -> Option<Transition
     Some(t)
 }
 
+/// Whether the current task is a kernel thread (never a socket's owner in
+/// tcpwatch's sense, even in a syscall-like path). Unknown offsets: no.
+#[inline(always)]
+fn in_kernel_thread(cfg: &ProbeConfig) -> bool {
+    if cfg.task_flags == 0 {
+        return false;
+    }
+    // SAFETY: a helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let mut flags: u32 = 0;
+    // SAFETY: a checked kernel read of 4 bytes into `flags`.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            (&mut flags as *mut u32).cast(),
+            4,
+            (task + cfg.task_flags as u64) as *const _,
+        )
+    };
+    ret == 0 && flags & PF_KTHREAD != 0
+}
+
+const UNKNOWN_OWNER: SockInfo = SockInfo {
+    last_ns: 0,
+    pid: 0,
+    tgid: 0,
+    comm: [0; 16],
+    flags: 0,
+    _pad: 0,
+    sk: 0,
+};
+
 #[inline(always)]
 fn current_owner() -> SockInfo {
     let id = bpf_get_current_pid_tgid();
@@ -312,6 +346,7 @@ fn current_owner() -> SockInfo {
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         flags: FLAG_OWNER_KNOWN as u32,
         _pad: 0,
+        sk: 0,
     }
 }
 
@@ -334,7 +369,7 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
 
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let by_owner = owner_runs_transition(t.oldstate, t.newstate);
+    let by_owner = owner_runs_transition(t.oldstate, t.newstate) && !in_kernel_thread(cfg);
     let mut flags = extra_flags;
     let mut delta_ns = 0;
     let info = match SOCKS.get_ptr_mut(&t.skaddr) {
@@ -365,24 +400,10 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
                 // SAFETY: the value is copied out at once.
                 match unsafe { LISTENERS.get(&listener_key(t.netns, t.sport)) } {
                     Some(l) => *l,
-                    None => SockInfo {
-                        last_ns: 0,
-                        pid: 0,
-                        tgid: 0,
-                        comm: [0; 16],
-                        flags: 0,
-                        _pad: 0,
-                    },
+                    None => UNKNOWN_OWNER,
                 }
             } else {
-                SockInfo {
-                    last_ns: 0,
-                    pid: 0,
-                    tgid: 0,
-                    comm: [0; 16],
-                    flags: 0,
-                    _pad: 0,
-                }
+                UNKNOWN_OWNER
             };
             info.last_ns = now;
             if t.newstate != TCP_CLOSE && SOCKS.insert(&t.skaddr, &info, 0).is_err() {
@@ -396,15 +417,31 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
         // entry (never seen, or evicted) is not an error.
         let _ = SOCKS.remove(&t.skaddr);
     }
+    let lkey = listener_key(t.netns, t.sport);
     if t.newstate == TCP_LISTEN {
-        if LISTENERS
-            .insert(&listener_key(t.netns, t.sport), &info, 0)
-            .is_err()
+        let mut entry = info;
+        entry.sk = t.skaddr;
+        // SAFETY: the value is copied out at once.
+        if let Some(prev) = unsafe { LISTENERS.get(&lkey) }
+            && prev.sk != t.skaddr
+            && prev.sk != 0
+            && prev.tgid != entry.tgid
         {
+            // Two processes listen on this port (SO_REUSEPORT, or other
+            // addresses): a child cannot be told apart, so its owner is
+            // unknown rather than possibly wrong.
+            entry.flags = 0;
+        }
+        if LISTENERS.insert(&lkey, &entry, 0).is_err() {
             bump(stat_index(prog, stat::MAP_UPDATE_FAILED));
         }
     } else if t.oldstate == TCP_LISTEN && t.newstate == TCP_CLOSE {
-        let _ = LISTENERS.remove(&listener_key(t.netns, t.sport));
+        // Only this listener's own entry (a failed listen() on a busy port
+        // must not remove the real listener's), or one seeded from procfs.
+        // SAFETY: the value is read at once.
+        if unsafe { LISTENERS.get(&lkey) }.is_some_and(|l| l.sk == t.skaddr || l.sk == 0) {
+            let _ = LISTENERS.remove(&lkey);
+        }
     }
 
     let owner_known = info.flags as u16 & FLAG_OWNER_KNOWN;
@@ -428,13 +465,13 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
                 daddr: t.daddr,
                 comm: info.comm,
             });
-            // Wake user space once, when the unread backlog (this record
-            // included, it is reserved) crosses the mark; never per event,
-            // since user space also drains on a timer.
+            // Wake user space only while the unread backlog (this record
+            // included, it is reserved) is at or past the mark, never per
+            // event below it: user space also drains on a timer. (A wakeup
+            // already pending costs nothing more.)
             let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-            let size = RECORD_BYTES;
             let mark = cfg.wakeup_bytes as u64;
-            let flags = if avail >= mark && avail < mark + size {
+            let flags = if avail >= mark {
                 BPF_RB_FORCE_WAKEUP
             } else {
                 BPF_RB_NO_WAKEUP
@@ -449,33 +486,47 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
     let cfg = config();
-    if cfg.hook != HOOK_BTF || !armed() {
+    if cfg.hook != HOOK_BTF {
         return 0;
     }
     let Some(args) = btf_args(&ctx) else {
         bump(stat_index(PROG_MAIN, stat::READ_FAILED));
         return 0;
     };
-    let id = transition_id(args.0, args.1, args.2);
     let Some(r) = RECENT.get_ptr_mut(0) else {
         return 0;
     };
-    // SAFETY: this CPU's slot of a per-CPU array, valid for this run; only
-    // the catcher touches it too (see there).
+    // SAFETY: this CPU's slot of a per-CPU array, valid for this run. Only
+    // the two programs touch it, and the stack discipline (see Recent)
+    // keeps their interleavings on one CPU consistent.
     let r = unsafe { &mut *r };
+    let armed = armed();
     r.depth += 1;
     if r.depth > 1 {
         bump(stat_index(PROG_MAIN, stat::NESTED));
     }
+    if r.depth == 1 && r.catcher_depth == 0 {
+        // Nothing in progress on this CPU: whatever is left (from before the
+        // catcher was attached) is stale.
+        r.top = 0;
+    }
+    let seq = r.next;
+    r.next = seq.wrapping_add(1);
     let every = cfg.simulate_skip_every as u64;
-    if every != 0 && r.next % every == 0 {
+    if armed && every != 0 && seq % every == 0 {
         // Behave exactly like a skipped run: leave no identity.
-        r.next = r.next.wrapping_add(1);
         bump(stat_index(PROG_MAIN, stat::SIMULATED_SKIP));
     } else {
-        r.ids[(r.next as usize) % RECENT_SLOTS] = id;
-        r.next = r.next.wrapping_add(1);
-        if let Some(t) = read_btf(&ctx, args, &cfg, PROG_MAIN) {
+        // Pushed even while not armed, so that at the arming (and disarming)
+        // edge the catcher never takes a transition for a skipped one.
+        let top = r.top as usize;
+        if top < RECENT_SLOTS {
+            r.ids[top] = transition_id(args.0, args.1, args.2);
+            r.top += 1;
+        } else {
+            bump(stat_index(PROG_MAIN, stat::RECENT_FULL));
+        }
+        if armed && let Some(t) = read_btf(&ctx, args, &cfg, PROG_MAIN) {
             handle(PROG_MAIN, &t, &cfg, 0);
         }
     }
@@ -486,29 +537,40 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcpwatch_catch(ctx: BtfTracePointContext) -> i32 {
     let cfg = config();
-    if cfg.hook != HOOK_BTF || !armed() {
+    if cfg.hook != HOOK_BTF {
         return 0;
     }
     let Some(args) = btf_args(&ctx) else {
         bump(stat_index(PROG_CATCHER, stat::READ_FAILED));
         return 0;
     };
+    let Some(r) = RECENT.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, see tcpwatch_main.
+    let r = unsafe { &mut *r };
+    r.catcher_depth += 1;
     let id = transition_id(args.0, args.1, args.2);
-    if let Some(r) = RECENT.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot, see tcpwatch_main.
-        let r = unsafe { &mut *r };
-        for slot in r.ids.iter_mut() {
-            if *slot == id {
-                // The main program handled it: the normal case.
-                *slot = 0;
-                return 0;
-            }
+    let mut found = false;
+    let top = r.top;
+    // Top down, over constant indices (a form the verifier bounds).
+    for j in 0..RECENT_SLOTS {
+        let i = RECENT_SLOTS - 1 - j;
+        if (i as u64) < top && r.ids[i] == id {
+            // The main program handled it (the normal case). Entries above
+            // belong to nested runs that have finished: drop them too.
+            r.top = i as u64;
+            found = true;
+            break;
         }
     }
-    bump(stat_index(PROG_CATCHER, stat::CAUGHT));
-    if let Some(t) = read_btf(&ctx, args, &cfg, PROG_CATCHER) {
-        handle(PROG_CATCHER, &t, &cfg, FLAG_CAUGHT);
+    if !found && armed() {
+        bump(stat_index(PROG_CATCHER, stat::CAUGHT));
+        if let Some(t) = read_btf(&ctx, args, &cfg, PROG_CATCHER) {
+            handle(PROG_CATCHER, &t, &cfg, FLAG_CAUGHT);
+        }
     }
+    r.catcher_depth -= 1;
     0
 }
 

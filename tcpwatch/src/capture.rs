@@ -28,6 +28,9 @@ pub struct Capture {
     /// The main program's `recursion_misses` before arming: skips of runs
     /// that did nothing, not transitions we missed.
     misses_before_arming: u64,
+    /// The main program's `recursion_misses` when it was disarmed at stop:
+    /// later misses are of runs that did nothing.
+    misses_at_disarm: Option<u64>,
     delivered: u64,
 }
 
@@ -63,99 +66,57 @@ impl Capture {
         // as_raw_fd for as long as it lives; the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(io::Error::from)?;
+        // After attaching (a listener opened meanwhile is seen by the probe
+        // itself, and the probe's entries win: seeding never replaces) and
+        // before arming, so the scan of every process's fds cannot delay the
+        // first drain of the ring buffer.
+        match owners::listeners() {
+            Ok(found) => {
+                // The probe keys listeners by the netns it can read (0 if none).
+                let netns = if loaded.config.netns_readable != 0 {
+                    crate::netns::current().unwrap_or(0)
+                } else {
+                    0
+                };
+                seed_listeners(&mut loaded, netns, &found)?;
+            }
+            Err(e) => tracing::warn!("owners of existing listeners unknown: {e}"),
+        }
         let main = loader::program_names(loaded.hook)[0];
         let misses_before_arming = prog_info(&loaded, main)?.recursion_misses;
-        loaded.arm()?;
-        let mut capture = Capture {
+        loaded.set_armed(true)?;
+        Ok(Capture {
             loaded,
             ring,
             stats,
             malformed: 0,
             misses_before_arming,
+            misses_at_disarm: None,
             delivered: 0,
-        };
-        // After attaching, so a listener opened meanwhile is seen by the
-        // probe itself; the probe's own entries win (seeding never replaces).
-        match owners::listeners() {
-            Ok(found) => {
-                let netns = crate::netns::current().unwrap_or(0);
-                capture.seed_listeners(netns, &found)?;
-            }
-            Err(e) => tracing::warn!("owners of existing listeners unknown: {e}"),
-        }
-        Ok(capture)
-    }
-
-    /// Tells the probe who owns listeners that predate it, so connections
-    /// they accept are attributed.
-    pub fn seed_listeners(
-        &mut self,
-        netns: u32,
-        found: &[(u16, Owner)],
-    ) -> Result<(), CaptureError> {
-        let map = self
-            .loaded
-            .ebpf
-            .map_mut("LISTENERS")
-            .ok_or(CaptureError::MissingMap("LISTENERS"))?;
-        let mut map: BpfHashMap<_, u64, SockInfo> =
-            BpfHashMap::try_from(map).map_err(|e| CaptureError::Map("LISTENERS", e))?;
-        for (port, owner) in found {
-            let mut comm = [0u8; 16];
-            let n = owner.comm.len().min(15);
-            comm[..n].copy_from_slice(&owner.comm.as_bytes()[..n]);
-            let info = SockInfo {
-                last_ns: 0,
-                pid: owner.tid,
-                tgid: owner.pid,
-                comm,
-                flags: FLAG_OWNER_KNOWN as u32,
-                _pad: 0,
-            };
-            // BPF_NOEXIST: an entry the probe made is fresher than ours.
-            match map.insert(&listener_key(netns, *port), &info, 1) {
-                Ok(()) => {}
-                Err(aya::maps::MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(CaptureError::Map("LISTENERS", e)),
-            }
-        }
-        Ok(())
+        })
     }
 
     pub fn hook(&self) -> Hook {
         self.loaded.hook
     }
 
-    /// Waits until events are available, then appends up to `max` of them.
+    /// Appends up to `max` events, waiting until there are some.
     ///
-    /// The kernel wakes us only when the backlog crosses a mark, so this
-    /// also looks every [`POLL_INTERVAL`]: that bounds the latency of a
-    /// trickle of events.
+    /// Reads first and waits only when the ring is empty: the kernel wakes
+    /// us only while its backlog is past a mark, so after a burst the rest
+    /// is read at once, not one batch per wakeup. Waiting also ends every
+    /// [`POLL_INTERVAL`], which bounds the latency of a trickle of events.
     pub async fn next_batch(&mut self, out: &mut Vec<Transition>, max: usize) -> io::Result<()> {
         loop {
-            let ready = tokio::time::timeout(POLL_INTERVAL, self.ring.readable_mut()).await;
-            let mut guard = match ready {
-                Ok(guard) => guard?,
-                Err(_elapsed) => {
-                    let n = drain(self.ring.get_mut(), out, max, &mut self.malformed);
-                    self.delivered += n as u64;
-                    if n > 0 {
-                        return Ok(());
-                    }
-                    continue;
-                }
-            };
-            let n = drain(guard.get_inner_mut(), out, max, &mut self.malformed);
+            let n = drain(self.ring.get_mut(), out, max, &mut self.malformed);
             self.delivered += n as u64;
-            if n == max {
-                // More may be left: stay ready so the next call reads on.
-                guard.retain_ready();
-                return Ok(());
-            }
-            guard.clear_ready();
             if n > 0 {
                 return Ok(());
+            }
+            if let Ok(guard) = tokio::time::timeout(POLL_INTERVAL, self.ring.readable_mut()).await {
+                // Edge-triggered: clear, then read again above, so a
+                // wakeup that comes after the read is not lost.
+                guard?.clear_ready();
             }
         }
     }
@@ -181,6 +142,12 @@ impl Capture {
     /// so that afterwards `delivered` is final and comparable with the
     /// kernel's `emitted` counter.
     pub async fn stop(&mut self, out: &mut Vec<Transition>) -> Result<(), CaptureError> {
+        // Disarm first: both programs stop acting at once, so the catcher
+        // never handles transitions merely because the main program is
+        // already gone.
+        self.loaded.set_armed(false)?;
+        let main = loader::program_names(self.loaded.hook)[0];
+        self.misses_at_disarm = Some(prog_info(&self.loaded, main)?.recursion_misses);
         self.loaded.detach()?;
         // An event reserved just before detaching may still be committed by
         // the CPU that reserved it; give it a moment.
@@ -323,4 +290,41 @@ fn prog_info(loaded: &Loaded, name: &'static str) -> Result<ProgInfo, CaptureErr
         run_cnt: info.run_cnt,
         recursion_misses: info.recursion_misses,
     })
+}
+
+/// Tells the probe who owns listeners that predate it, so connections they
+/// accept are attributed.
+fn seed_listeners(
+    loaded: &mut Loaded,
+    netns: u32,
+    found: &[(u16, Owner)],
+) -> Result<(), CaptureError> {
+    let map = loaded
+        .ebpf
+        .map_mut("LISTENERS")
+        .ok_or(CaptureError::MissingMap("LISTENERS"))?;
+    let mut map: BpfHashMap<_, u64, SockInfo> =
+        BpfHashMap::try_from(map).map_err(|e| CaptureError::Map("LISTENERS", e))?;
+    for (port, owner) in found {
+        let mut comm = [0u8; 16];
+        let n = owner.comm.len().min(15);
+        comm[..n].copy_from_slice(&owner.comm.as_bytes()[..n]);
+        let info = SockInfo {
+            last_ns: 0,
+            pid: owner.tid,
+            tgid: owner.pid,
+            comm,
+            flags: FLAG_OWNER_KNOWN as u32,
+            _pad: 0,
+            sk: 0,
+        };
+        // BPF_NOEXIST: an entry the probe made is fresher than ours.
+        match map.insert(&listener_key(netns, *port), &info, 1) {
+            Ok(()) => {}
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(CaptureError::Map("LISTENERS", e)),
+        }
+    }
+    Ok(())
 }

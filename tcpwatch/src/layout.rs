@@ -164,7 +164,16 @@ pub fn btf_config(btf_path: &Path) -> Result<ProbeConfig, LayoutError> {
     expect_size("struct inet_sock.inet_sport", sport_size, 2)?;
     cfg.inet_sport = sport_off as u32;
     netns_fields(&btf, &mut cfg);
+    task_fields(&btf, &mut cfg);
     Ok(cfg)
+}
+
+/// `task_struct.flags`, to tell kernel threads from owners; left unknown
+/// (never checked) if BTF lacks it.
+fn task_fields(btf: &Btf, cfg: &mut ProbeConfig) {
+    if let Ok((off, 4)) = member(btf, "task_struct", &["flags"]) {
+        cfg.task_flags = off as u32;
+    }
 }
 
 /// `sk->__sk_common.skc_net.net->ns.inum`; left unreadable if any link is
@@ -179,11 +188,12 @@ fn netns_fields(btf: &Btf, cfg: &mut ProbeConfig) {
     }
 }
 
-/// Adds the namespace offsets to a classic-hook configuration when BTF is
-/// there to give them.
+/// Adds the namespace and task offsets to a classic-hook configuration when
+/// BTF is there to give them.
 pub fn add_netns_from_btf(btf_path: &Path, cfg: &mut ProbeConfig) {
     if let Ok(btf) = Btf::from_file(btf_path) {
         netns_fields(&btf, cfg);
+        task_fields(&btf, cfg);
     }
 }
 
@@ -321,5 +331,6 @@ mod tests {
         assert!(cfg.sk_protocol as u16 > cfg.sk_v6_rcv_saddr);
         assert!(cfg.inet_sport > cfg.sk_protocol);
         assert_eq!(cfg.netns_readable, 1);
+        assert_ne!(cfg.task_flags, 0);
     }
 }

@@ -111,6 +111,8 @@ pub enum LoadError {
         summary: String,
         log: String,
     },
+    #[error("{0}")]
+    Usage(String),
     #[error("{what}: {source}")]
     Other {
         what: String,
@@ -130,6 +132,7 @@ impl LoadError {
     pub fn exit_code(&self) -> i32 {
         match self {
             LoadError::NotPermitted => 77,
+            LoadError::Usage(_) => 2,
             _ => 69,
         }
     }
@@ -157,10 +160,11 @@ pub fn program_names(hook: Hook) -> &'static [&'static str] {
 }
 
 impl Loaded {
-    /// Lets the programs act. Until then they return at once, so no
-    /// transition is seen by the main program before the catcher that backs
-    /// it up is attached.
-    pub fn arm(&mut self) -> Result<(), LoadError> {
+    /// Lets the programs act, or stops them. Until armed they return at
+    /// once, so no transition is seen by the main program before the
+    /// catcher that backs it up is attached; disarmed at stop, neither acts
+    /// while they are detached one after the other.
+    pub fn set_armed(&mut self, armed: bool) -> Result<(), LoadError> {
         let mut control: aya::maps::Array<_, u32> = self
             .ebpf
             .map_mut("CONTROL")
@@ -168,7 +172,7 @@ impl Loaded {
             .try_into()
             .map_err(|e| LoadError::other("map CONTROL", e))?;
         control
-            .set(0, &1, 0)
+            .set(0, &u32::from(armed), 0)
             .map_err(|e| LoadError::other("arming the programs", e))
     }
 
@@ -257,25 +261,58 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     if !permitted() {
         return Err(LoadError::NotPermitted);
     }
-    let (hook, mut config) = match opts.hook {
-        HookChoice::Btf => (
+    match opts.hook {
+        HookChoice::Btf => load_hook(
             Hook::Btf,
             layout::btf_config(Path::new(BTF_PATH)).map_err(LoadError::Btf)?,
+            opts,
         ),
-        HookChoice::Classic => (Hook::Classic, classic_config()?),
-        HookChoice::Auto => match layout::btf_config(Path::new(BTF_PATH)) {
-            Ok(cfg) => (Hook::Btf, cfg),
-            Err(e) => {
-                tracing::warn!(
-                    "BTF hook unavailable ({e}); falling back to the classic tracepoint"
-                );
-                (Hook::Classic, classic_config()?)
+        HookChoice::Classic => load_hook(Hook::Classic, classic_config()?, opts),
+        HookChoice::Auto => {
+            let btf = layout::btf_config(Path::new(BTF_PATH)).map_err(LoadError::Btf);
+            match btf.and_then(|cfg| load_hook(Hook::Btf, cfg, opts)) {
+                Ok(loaded) => Ok(loaded),
+                // Kernels differ: a BTF layout we cannot use or a verifier
+                // that rejects the BTF program still leaves the classic hook.
+                Err(e @ (LoadError::Btf(_) | LoadError::Verifier { .. })) => {
+                    tracing::warn!(
+                        "BTF hook unavailable ({e}); falling back to the classic tracepoint"
+                    );
+                    load_hook(Hook::Classic, classic_config()?, opts)
+                }
+                Err(e) => Err(e),
             }
-        },
-    };
+        }
+    }
+}
+
+fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    if let Some(ns) = opts.netns {
+        if ns == 0 {
+            return Err(LoadError::Usage("--netns 0 names no namespace".into()));
+        }
+        if config.netns_readable == 0 {
+            // Every transition would read as netns 0 and be filtered out:
+            // an empty trace that looks like a quiet host.
+            return Err(LoadError::Usage(
+                "this kernel does not let tcpwatch read a socket's network namespace \
+                 (no usable BTF), so --netns cannot filter"
+                    .into(),
+            ));
+        }
+    }
     config.filter_netns = opts.netns.unwrap_or(0);
     config.simulate_skip_every = opts.simulate_skip_every;
-    let ring_bytes = opts.ring_bytes.max(4096).next_power_of_two();
+    let ring_bytes = opts
+        .ring_bytes
+        .max(4096)
+        .checked_next_power_of_two()
+        .ok_or_else(|| {
+            LoadError::Usage(format!(
+                "ring buffer of {} bytes is too large",
+                opts.ring_bytes
+            ))
+        })?;
     // Wake the reader at a quarter full: early enough that a burst does not
     // overflow before it runs, rare enough to cost nothing per event.
     config.wakeup_bytes = ring_bytes / 4;

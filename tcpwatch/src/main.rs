@@ -47,7 +47,8 @@ pub struct ProbeArgs {
     #[arg(long, value_enum, default_value = "auto")]
     hook: HookChoice,
     /// Ring buffer size in KiB (rounded up to a power of two).
-    #[arg(long, default_value_t = 4096, value_name = "KIB")]
+    #[arg(long, default_value_t = 4096, value_name = "KIB",
+          value_parser = clap::value_parser!(u32).range(4..=1_048_576))]
     ring_kib: u32,
     /// Show the verifier's log when the kernel rejects a program, and debug logs.
     #[arg(short, long)]

@@ -231,8 +231,10 @@ impl KernelCounters {
             // Skips the catcher did not make up for: transitions counted
             // nowhere, whatever their namespace or state.
             unrecovered: skipped.saturating_sub(caught),
-            // More caught than skipped: some transition was handled twice.
+            // More caught than skipped: some transition was handled twice
+            // (the identity stack overflowing is one known way).
             double_counted: caught.saturating_sub(skipped),
+            recent_full: self.main.stat(stat::RECENT_FULL),
             has_catcher: self.catcher.is_some(),
         }
     }
@@ -264,13 +266,17 @@ pub struct Accounting {
     /// Skipped and not caught: counted nowhere.
     pub unrecovered: u64,
     pub double_counted: u64,
+    /// Identities the main program could not leave for the catcher.
+    pub recent_full: u64,
     pub has_catcher: bool,
 }
 
 impl Accounting {
-    /// Whether every transition was counted exactly once.
+    /// Whether every transition was counted exactly once: nothing skipped
+    /// and uncaught, nothing caught twice, and no run of the main program
+    /// nested inside another (which would make per-CPU counters race).
     pub fn lossless(&self) -> bool {
-        self.unrecovered == 0 && self.double_counted == 0
+        self.unrecovered == 0 && self.double_counted == 0 && self.nested == 0
     }
 }
 

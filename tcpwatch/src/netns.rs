@@ -10,6 +10,9 @@ use anyhow::{Context as _, bail};
 /// The inode number of the network namespace `spec` names.
 pub fn resolve(spec: &str) -> anyhow::Result<u32> {
     if let Ok(n) = spec.parse::<u32>() {
+        if n == 0 {
+            bail!("--netns 0 names no namespace");
+        }
         return Ok(n);
     }
     let path = if spec.contains('/') {
@@ -19,6 +22,9 @@ pub fn resolve(spec: &str) -> anyhow::Result<u32> {
     };
     let meta = std::fs::metadata(&path)
         .with_context(|| format!("--netns {spec}: cannot stat {}", path.display()))?;
+    if !is_nsfs(&path) {
+        bail!("--netns {spec}: {} is not a namespace file", path.display());
+    }
     match u32::try_from(meta.ino()) {
         Ok(ino) => Ok(ino),
         Err(_) => bail!("--netns {spec}: inode {} is not a namespace id", meta.ino()),
@@ -45,6 +51,20 @@ pub fn path(spec: &str) -> anyhow::Result<PathBuf> {
     })
 }
 
+/// Whether `path` lives on nsfs (a namespace file, not any file's inode).
+fn is_nsfs(path: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into a zeroed struct of the right type; the path
+    // is a valid NUL-terminated string.
+    unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut buf) == 0 && buf.f_type as i64 == NSFS_MAGIC
+    }
+}
+
 /// The network namespace of this process.
 pub fn current() -> anyhow::Result<u32> {
     resolve("/proc/self/ns/net")
@@ -58,5 +78,8 @@ mod tests {
         let own = super::resolve("/proc/self/ns/net").unwrap();
         assert!(own > 0);
         assert!(super::resolve("no-such-namespace-here").is_err());
+        assert!(super::resolve("0").is_err());
+        let err = super::resolve("/etc/hostname").unwrap_err().to_string();
+        assert!(err.contains("not a namespace file"), "{err}");
     }
 }

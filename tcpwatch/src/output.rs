@@ -11,6 +11,7 @@ use std::{
         mpsc::{self, SyncSender, TrySendError},
     },
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 /// Batches the queue holds before it drops (each at most a few thousand lines).
@@ -97,13 +98,31 @@ impl<T: Send + 'static> Output<T> {
         }
     }
 
-    /// Flushes and stops the writer.
-    pub fn finish(mut self) -> OutputStats {
+    /// Flushes and stops the writer, waiting at most `patience` for a
+    /// stalled output (a terminal on hold, a reader that stopped reading):
+    /// exiting must not hang on it.
+    pub fn finish(mut self, patience: Duration) -> OutputStats {
         self.tx = None;
-        let closed = match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(Ok(()))) | None => None,
-            Some(Ok(Err(e))) => Some(e.to_string()),
-            Some(Err(_)) => Some("output thread panicked".into()),
+        let deadline = Instant::now() + patience;
+        let thread = self.thread.take();
+        let closed = match thread {
+            None => None,
+            Some(t) => {
+                while !t.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if t.is_finished() {
+                    match t.join() {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(_) => Some("output thread panicked".into()),
+                    }
+                } else {
+                    Some(format!(
+                        "output stalled; stopped waiting after {patience:?}"
+                    ))
+                }
+            }
         };
         OutputStats {
             written: self.written.load(Ordering::Relaxed),
@@ -116,10 +135,7 @@ impl<T: Send + 'static> Output<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::{
-        sync::{Condvar, Mutex},
-        time::Duration,
-    };
+    use std::sync::{Condvar, Mutex};
 
     /// A sink that blocks every write until released: a stalled terminal.
     struct Stalled(Arc<(Mutex<bool>, Condvar)>, Arc<Mutex<Vec<u8>>>);
@@ -157,11 +173,23 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(2));
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
-        let stats = out.finish();
+        let stats = out.finish(Duration::from_secs(5));
         assert!(stats.dropped > 0, "{stats:?}");
         assert_eq!(stats.written + stats.dropped, sent);
         let lines = String::from_utf8(data.lock().unwrap().clone()).unwrap();
         assert_eq!(lines.lines().count() as u64, stats.written);
+    }
+
+    #[test]
+    fn a_sink_stalled_forever_does_not_hang_the_exit() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let data = Arc::new(Mutex::new(Vec::new()));
+        let mut out = Output::new(Box::new(Stalled(gate, data)), None, |n: &u32| n.to_string());
+        out.send(vec![1]);
+        let start = Instant::now();
+        let stats = out.finish(Duration::from_millis(200));
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert!(stats.closed.unwrap().contains("stalled"));
     }
 
     #[test]
@@ -184,7 +212,7 @@ mod tests {
             accepted &= out.send(vec![1]);
         }
         assert!(!accepted);
-        let stats = out.finish();
+        let stats = out.finish(Duration::from_secs(5));
         assert!(stats.closed.is_some());
         assert_eq!(stats.written, 0);
     }

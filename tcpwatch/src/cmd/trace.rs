@@ -102,7 +102,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let deadline = tokio::time::sleep(Duration::from_secs_f64(args.duration.unwrap_or(1e9)));
+    // Validated above: positive and finite; past ~584 years it saturates.
+    let duration = args.duration.map_or(Duration::MAX, |d| {
+        Duration::try_from_secs_f64(d).unwrap_or(Duration::MAX)
+    });
+    let deadline = tokio::time::sleep(duration);
     tokio::pin!(deadline);
 
     let mut shown = Shown::new(args.count);
@@ -127,7 +131,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     out.send(late);
     let counters = capture.counters()?;
     let accounting = counters.summary();
-    let output = out.finish();
+    let output = out.finish(Duration::from_secs(5));
     report(
         &accounting,
         capture.delivered(),
@@ -137,7 +141,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     );
     // A transition the kernel skipped and nothing recovered is a failure of
     // the run's promise, even though everything else completed.
-    Ok(if accounting.unrecovered > 0 {
+    Ok(if accounting.unrecovered > 0 || accounting.nested > 0 {
         ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
@@ -219,7 +223,7 @@ fn report(a: &Accounting, delivered: u64, malformed: u64, shown: &Shown, out: &O
     }
     // One machine-readable line for scripts and tests.
     eprintln!(
-        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} written={} output_dropped={} filtered={} kernel_skipped={} caught={} unrecovered={} double_counted={} malformed={}",
+        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} written={} output_dropped={} filtered={} kernel_skipped={} caught={} unrecovered={} double_counted={} nested={} malformed={}",
         a.counted,
         a.emitted,
         delivered,
@@ -231,6 +235,7 @@ fn report(a: &Accounting, delivered: u64, malformed: u64, shown: &Shown, out: &O
         a.caught,
         a.unrecovered,
         a.double_counted,
+        a.nested,
         malformed
     );
 }

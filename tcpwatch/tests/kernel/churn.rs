@@ -156,8 +156,9 @@ fn churn_counts_every_transition_and_accounts_for_every_event() {
     if !root_available("churn_counts_every_transition_and_accounts_for_every_event") {
         return;
     }
-    // A ring large enough for the whole run: nothing may be dropped.
-    let r = run(8 << 20, 0);
+    // A ring that holds the whole run (200,002 x 104 bytes): nothing may be
+    // dropped whatever the reader does.
+    let r = run(32 << 20, 0);
     assert_exact(&r.counters, &r.acct);
     assert_eq!(r.acct.ringbuf_full, 0, "{:?}", r.acct);
     assert_eq!(r.delivered, r.acct.emitted);
@@ -195,7 +196,7 @@ fn catcher_handles_exactly_the_runs_the_main_program_missed() {
     if !root_available("catcher_handles_exactly_the_runs_the_main_program_missed") {
         return;
     }
-    let r = run(8 << 20, 7);
+    let r = run(32 << 20, 7);
     assert_exact(&r.counters, &r.acct);
     let simulated = r.counters.main.stat(tcpwatch_common::stat::SIMULATED_SKIP);
     assert!(
