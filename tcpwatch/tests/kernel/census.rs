@@ -7,21 +7,9 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{netns_thread, root_available};
+use crate::common::{netns_thread, nft, nft_available, root_available};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpwatch");
-
-fn nft(args: &[&str]) {
-    let out = Command::new("nft")
-        .args(args)
-        .output()
-        .expect("running nft");
-    assert!(
-        out.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// `ss -tan` in the calling thread's namespace, counted per state with
 /// tcpwatch's names.
@@ -122,7 +110,9 @@ fn populate() -> Population {
 
 #[test]
 fn states_json_equals_ss_state_by_state() {
-    if !root_available("states_json_equals_ss_state_by_state") {
+    if !root_available("states_json_equals_ss_state_by_state")
+        || !nft_available("states_json_equals_ss_state_by_state")
+    {
         return;
     }
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();

@@ -149,3 +149,30 @@ pub fn netns_thread<R: Send + 'static>(
     });
     (ino_rx.recv().unwrap(), go_tx, h)
 }
+
+/// Whether `nft` can run here. In CI its absence fails the test (cargo xtask
+/// setup installs nftables); elsewhere the test is skipped, loudly.
+pub fn nft_available(test: &str) -> bool {
+    if Command::new("nft").arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: nft missing in CI: cargo xtask setup installs nftables"
+    );
+    eprintln!("\n!!! SKIPPED {test}: no `nft` (apt-get install nftables, or cargo xtask setup)\n");
+    false
+}
+
+/// Runs `nft` in the calling thread's network namespace.
+pub fn nft(args: &[&str]) {
+    let out = Command::new("nft")
+        .args(args)
+        .output()
+        .expect("running nft");
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -10,7 +10,9 @@ use std::{
 use tcpwatch::{loader::LoadOptions, model::Transition};
 use tcpwatch_common::TcpState::{self, *};
 
-use crate::common::{by_socket, capture_during, on_port, root_available, st, states};
+use crate::common::{
+    by_socket, capture_during, nft, nft_available, on_port, root_available, st, states,
+};
 
 const CLIENT_CLOSES_FIRST: [(TcpState, TcpState); 5] = [
     (Close, SynSent),
@@ -296,36 +298,12 @@ fn classic_tracepoint_fallback_sees_the_same_connection() {
     assert!(cap.counters.catcher.is_none());
 }
 
-/// Runs `nft` in the calling thread's network namespace.
-fn nft(args: &[&str]) {
-    let out = std::process::Command::new("nft")
-        .args(args)
-        .output()
-        .expect("running nft");
-    assert!(
-        out.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
-fn simultaneous_close_goes_through_closing_on_both_sides() {
-    if !root_available("simultaneous_close_goes_through_closing_on_both_sides") {
+fn simultaneous_close_goes_through_closing() {
+    if !root_available("simultaneous_close_goes_through_closing") {
         return;
     }
-    if std::process::Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nft missing in CI: cargo xtask setup installs nftables"
-        );
-        eprintln!(
-            "\n!!! SKIPPED simultaneous close: no `nft` (apt-get install nftables, or cargo xtask setup)\n"
-        );
+    if !nft_available("simultaneous_close_goes_through_closing") {
         return;
     }
     // Both FINs are held back by an output rule, so both sides are in
