@@ -147,42 +147,44 @@ fn run(bind: &'static str, connect_ip: IpAddr, rst: bool) -> (u16, Vec<Transitio
     (cap.result, cap.events)
 }
 
-#[test]
-fn ipv4_connection_gives_ten_transitions_in_order() {
-    if !root_available("ipv4_connection_gives_ten_transitions_in_order") {
-        return;
+/// One connection, client closing first, checked transition by transition.
+/// `None` when the test is skipped (not root outside CI).
+fn normal_close(test: &str, bind: &'static str, ip: &str) -> Option<(u16, Vec<Transition>)> {
+    if !root_available(test) {
+        return None;
     }
-    let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let (port, events) = run("127.0.0.1:0", ip, false);
+    let ip: IpAddr = ip.parse().unwrap();
+    let (port, events) = run(bind, ip, false);
     assert_connection(
         &events,
         port,
         ip,
         &CLIENT_CLOSES_FIRST,
         &SERVER_PASSIVE_CLOSE,
+    );
+    Some((port, events))
+}
+
+#[test]
+fn ipv4_connection_gives_ten_transitions_in_order() {
+    normal_close(
+        "ipv4_connection_gives_ten_transitions_in_order",
+        "127.0.0.1:0",
+        "127.0.0.1",
     );
 }
 
 #[test]
 fn ipv6_connection_gives_ten_transitions_in_order() {
-    if !root_available("ipv6_connection_gives_ten_transitions_in_order") {
+    let Some((port, events)) = normal_close(
+        "ipv6_connection_gives_ten_transitions_in_order",
+        "[::1]:0",
+        "::1",
+    ) else {
         return;
-    }
-    let ip: IpAddr = "::1".parse().unwrap();
-    let (port, events) = run("[::1]:0", ip, false);
-    assert_connection(
-        &events,
-        port,
-        ip,
-        &CLIENT_CLOSES_FIRST,
-        &SERVER_PASSIVE_CLOSE,
-    );
-    assert!(
-        events
-            .iter()
-            .filter(|e| e.local.port() == port)
-            .all(|e| e.ip_version() == 6)
-    );
+    };
+    let mine = on_port(&events, port);
+    assert!(mine.iter().all(|e| e.ip_version() == 6), "{mine:#?}");
 }
 
 #[test]
