@@ -390,3 +390,22 @@ fn simultaneous_close_goes_through_closing() {
     );
     eprintln!("simultaneous close: {through_closing} of 2 sides went through CLOSING");
 }
+
+#[test]
+fn auto_hook_is_btf_where_the_kernel_has_btf() {
+    if !root_available("auto_hook_is_btf_where_the_kernel_has_btf") {
+        return;
+    }
+    if !std::path::Path::new(tcpwatch::loader::BTF_PATH).exists() {
+        eprintln!(
+            "SKIP auto_hook_is_btf_where_the_kernel_has_btf: no kernel BTF here, auto means classic"
+        );
+        return;
+    }
+    // A fallback that hides a verifier rejection would pass every other test.
+    let cap = capture_during(LoadOptions::default(), Duration::ZERO, || ());
+    assert!(
+        cap.counters.catcher.is_some(),
+        "auto did not load the BTF hook"
+    );
+}
