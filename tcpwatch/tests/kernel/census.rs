@@ -7,7 +7,9 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{netns_thread, nft, nft_available, root_available};
+use crate::common::{
+    netns_thread, nft_available, nft_output_chain, nft_output_rule, root_available,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpwatch");
 
@@ -68,31 +70,12 @@ fn populate() -> Population {
 
     let l4 = TcpListener::bind("127.0.0.1:0").unwrap();
     let p4 = l4.local_addr().unwrap().port().to_string();
-    nft(&["add", "table", "inet", "tcpwatch_census"]);
-    nft(&[
-        "add",
-        "chain",
-        "inet",
-        "tcpwatch_census",
-        "out",
-        "{ type filter hook output priority 0; }",
-    ]);
+    nft_output_chain("tcpwatch_census");
     // The handshake's last segment: a bare ACK to the listener's port.
-    nft(&[
-        "add",
-        "rule",
-        "inet",
+    nft_output_rule(
         "tcpwatch_census",
-        "out",
-        "tcp",
-        "dport",
-        &p4,
-        "tcp",
-        "flags",
-        "==",
-        "ack",
-        "drop",
-    ]);
+        &format!("tcp dport {p4} tcp flags == ack drop"),
+    );
     for _ in 0..2 {
         keep.push(TcpStream::connect(l4.local_addr().unwrap()).unwrap());
     }

@@ -176,3 +176,24 @@ pub fn nft(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Creates nft table `table` with an output chain `out` in the calling
+/// thread's namespace (the tests' namespaces vanish with their thread).
+pub fn nft_output_chain(table: &str) {
+    nft(&["add", "table", "inet", table]);
+    nft(&[
+        "add",
+        "chain",
+        "inet",
+        table,
+        "out",
+        "{ type filter hook output priority 0; }",
+    ]);
+}
+
+/// Adds `rule` (words separated by spaces) to the output chain of `table`.
+pub fn nft_output_rule(table: &str, rule: &str) {
+    let mut args = vec!["add", "rule", "inet", table, "out"];
+    args.extend(rule.split_whitespace());
+    nft(&args);
+}

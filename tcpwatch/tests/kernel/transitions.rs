@@ -11,7 +11,8 @@ use tcpwatch::{loader::LoadOptions, model::Transition};
 use tcpwatch_common::TcpState::{self, *};
 
 use crate::common::{
-    by_socket, capture_during, nft, nft_available, on_port, root_available, st, states,
+    by_socket, capture_during, nft, nft_available, nft_output_chain, nft_output_rule, on_port,
+    root_available, st, states,
 };
 
 const CLIENT_CLOSES_FIRST: [(TcpState, TcpState); 5] = [
@@ -147,14 +148,25 @@ fn run(bind: &'static str, connect_ip: IpAddr, rst: bool) -> (u16, Vec<Transitio
     (cap.result, cap.events)
 }
 
-/// One connection, client closing first, checked transition by transition.
-/// `None` when the test is skipped (not root outside CI).
-fn normal_close(test: &str, bind: &'static str, ip: &str) -> Option<(u16, Vec<Transition>)> {
+/// Runs one connection under capture (see `one_connection`); `None` when
+/// the test is skipped (not root outside CI).
+fn captured(
+    test: &str,
+    bind: &'static str,
+    ip: &str,
+    rst: bool,
+) -> Option<(IpAddr, u16, Vec<Transition>)> {
     if !root_available(test) {
         return None;
     }
     let ip: IpAddr = ip.parse().unwrap();
-    let (port, events) = run(bind, ip, false);
+    let (port, events) = run(bind, ip, rst);
+    Some((ip, port, events))
+}
+
+/// One connection, client closing first, checked transition by transition.
+fn normal_close(test: &str, bind: &'static str, ip: &str) -> Option<(u16, Vec<Transition>)> {
+    let (ip, port, events) = captured(test, bind, ip, false)?;
     assert_connection(
         &events,
         port,
@@ -189,11 +201,14 @@ fn ipv6_connection_gives_ten_transitions_in_order() {
 
 #[test]
 fn v4_mapped_connection_on_v6_socket_reports_mapped_addresses() {
-    if !root_available("v4_mapped_connection_on_v6_socket_reports_mapped_addresses") {
+    let Some((ip, port, events)) = captured(
+        "v4_mapped_connection_on_v6_socket_reports_mapped_addresses",
+        "[::]:0",
+        "::ffff:127.0.0.1",
+        false,
+    ) else {
         return;
-    }
-    let ip: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-    let (port, events) = run("[::]:0", ip, false);
+    };
     let mine = on_port(&events, port);
     // The listener is bound to ::, so check it apart and the rest as usual.
     let listener: Vec<&Transition> = mine
@@ -224,11 +239,14 @@ fn v4_mapped_connection_on_v6_socket_reports_mapped_addresses() {
 
 #[test]
 fn linger_zero_close_resets_in_six_transitions() {
-    if !root_available("linger_zero_close_resets_in_six_transitions") {
+    let Some((ip, port, events)) = captured(
+        "linger_zero_close_resets_in_six_transitions",
+        "127.0.0.1:0",
+        "127.0.0.1",
+        true,
+    ) else {
         return;
-    }
-    let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let (port, events) = run("127.0.0.1:0", ip, true);
+    };
     assert_connection(
         &events,
         port,
@@ -315,38 +333,9 @@ fn simultaneous_close_goes_through_closing() {
         let port = listener.local_addr().unwrap().port();
         let a = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (b, _) = listener.accept().unwrap();
-        nft(&["add", "table", "inet", "tcpwatch_test"]);
-        nft(&[
-            "add",
-            "chain",
-            "inet",
-            "tcpwatch_test",
-            "out",
-            "{ type filter hook output priority 0; }",
-        ]);
-        let p = port.to_string();
-        nft(&[
-            "add",
-            "rule",
-            "inet",
-            "tcpwatch_test",
-            "out",
-            "tcp",
-            "dport",
-            &p,
-            "drop",
-        ]);
-        nft(&[
-            "add",
-            "rule",
-            "inet",
-            "tcpwatch_test",
-            "out",
-            "tcp",
-            "sport",
-            &p,
-            "drop",
-        ]);
+        nft_output_chain("tcpwatch_test");
+        nft_output_rule("tcpwatch_test", &format!("tcp dport {port} drop"));
+        nft_output_rule("tcpwatch_test", &format!("tcp sport {port} drop"));
         a.shutdown(std::net::Shutdown::Write).unwrap();
         b.shutdown(std::net::Shutdown::Write).unwrap();
         nft(&["flush", "ruleset"]);
