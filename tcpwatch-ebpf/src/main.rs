@@ -18,7 +18,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-        bpf_probe_read_kernel_buf, generated::bpf_probe_read_kernel,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
@@ -119,48 +119,34 @@ fn u16_at(buf: &[u8], off: u16) -> Option<u16> {
     bytes_at::<2>(buf, off as usize).map(u16::from_ne_bytes)
 }
 
-/// Network namespace inode of a socket, 0 when it cannot be read.
+/// Reads a `T` at kernel address `addr`; a failure (a bad address) is
+/// counted in `prog`'s READ_FAILED and gives `None`.
 #[inline(always)]
-fn netns_of(cfg: &ProbeConfig, prog: u32, net: u64) -> u32 {
-    if cfg.netns_readable == 0 || net == 0 {
-        return 0;
-    }
-    let mut inum: u32 = 0;
+fn read_kernel<T>(prog: u32, addr: u64) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel checks the source address itself and
-    // writes at most 4 bytes into `inum`.
-    let ret = unsafe {
-        bpf_probe_read_kernel(
-            (&mut inum as *mut u32).cast(),
-            4,
-            (net + cfg.net_ns_inum as u64) as *const _,
-        )
-    };
-    if ret != 0 {
-        bump(stat_index(prog, stat::READ_FAILED));
-        return 0;
+    // writes exactly size_of::<T>() bytes into a value it returns.
+    match unsafe { bpf_probe_read_kernel(addr as *const T) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            bump(stat_index(prog, stat::READ_FAILED));
+            None
+        }
     }
-    inum
 }
 
+/// Network namespace inode of socket `sk` (classic hook: no BTF pointer to
+/// load through), 0 when it cannot be read.
 #[inline(always)]
-fn read_sk_net(cfg: &ProbeConfig, prog: u32, sk: u64) -> u32 {
+fn classic_netns(cfg: &ProbeConfig, sk: u64) -> u32 {
     if cfg.netns_readable == 0 {
         return 0;
     }
-    let mut net: u64 = 0;
-    // SAFETY: as in netns_of: a checked kernel read of 8 bytes into `net`.
-    let ret = unsafe {
-        bpf_probe_read_kernel(
-            (&mut net as *mut u64).cast(),
-            8,
-            (sk + cfg.sk_net as u64) as *const _,
-        )
-    };
-    if ret != 0 {
-        bump(stat_index(prog, stat::READ_FAILED));
-        return 0;
+    match read_kernel::<u64>(PROG_MAIN, sk + cfg.sk_net as u64) {
+        Some(net) if net != 0 => {
+            read_kernel::<u32>(PROG_MAIN, net + cfg.net_ns_inum as u64).unwrap_or(0)
+        }
+        _ => 0,
     }
-    netns_of(cfg, prog, net)
 }
 
 /// The tp_btf arguments `(struct sock *sk, int oldstate, int newstate)`,
@@ -169,13 +155,10 @@ fn read_sk_net(cfg: &ProbeConfig, prog: u32, sk: u64) -> u32 {
 /// fields directly (no helper call per read) but forbids the arithmetic of
 /// `transition_id` on it; one 8-byte copy of the argument gives the number.
 #[inline(always)]
-fn btf_args(ctx: &BtfTracePointContext) -> Option<(u64, u8, u8)> {
-    let mut sk: u64 = 0;
-    // SAFETY: the tp_btf context starts with the u64 `sk` argument; the
-    // helper copies those 8 bytes into `sk`.
-    let ret =
-        unsafe { bpf_probe_read_kernel((&mut sk as *mut u64).cast(), 8, ctx.as_ptr() as *const _) };
-    (ret == 0).then_some((sk, ctx.arg::<i32>(1) as u8, ctx.arg::<i32>(2) as u8))
+fn btf_args(ctx: &BtfTracePointContext, prog: u32) -> Option<(u64, u8, u8)> {
+    // The context starts with the u64 `sk` argument.
+    let sk = read_kernel::<u64>(prog, ctx.as_ptr() as u64)?;
+    Some((sk, ctx.arg::<i32>(1) as u8, ctx.arg::<i32>(2) as u8))
 }
 
 /// An offset from CONFIG, read where it is used: CONFIG is frozen read-only
@@ -219,18 +202,7 @@ fn read_btf(
     // the verifier against BTF.
     let family: u16 = unsafe { field(sk, off(&CONFIG.sk_family)) };
     let protocol: u16 = unsafe { field(sk, off32(&CONFIG.sk_protocol)) };
-    let mut sport_be: u16 = 0;
-    // SAFETY: a checked kernel read of 2 bytes into `sport_be`.
-    let ret = unsafe {
-        bpf_probe_read_kernel(
-            (&mut sport_be as *mut u16).cast(),
-            2,
-            (skaddr + cfg.inet_sport as u64) as *const _,
-        )
-    };
-    if ret != 0 {
-        bump(stat_index(prog, stat::READ_FAILED));
-    }
+    let sport_be: u16 = read_kernel(prog, skaddr + cfg.inet_sport as u64).unwrap_or(0);
     let dport: u16 = unsafe { field(sk, off(&CONFIG.sk_dport)) };
     let mut t = Transition {
         skaddr,
@@ -301,29 +273,21 @@ fn read_classic(ctx: &TracePointContext, cfg: &ProbeConfig) -> Option<Transition
         t.saddr[..4].copy_from_slice(&bytes_at::<4>(&rec, cfg.tp_saddr as usize)?);
         t.daddr[..4].copy_from_slice(&bytes_at::<4>(&rec, cfg.tp_daddr as usize)?);
     }
-    t.netns = read_sk_net(cfg, PROG_MAIN, skaddr);
+    t.netns = classic_netns(cfg, skaddr);
     Some(t)
 }
 
 /// Whether the current task is a kernel thread (never a socket's owner in
 /// tcpwatch's sense, even in a syscall-like path). Unknown offsets: no.
 #[inline(always)]
-fn in_kernel_thread(cfg: &ProbeConfig) -> bool {
+fn in_kernel_thread(cfg: &ProbeConfig, prog: u32) -> bool {
     if cfg.task_flags == 0 {
         return false;
     }
     // SAFETY: a helper without preconditions.
     let task = unsafe { bpf_get_current_task() };
-    let mut flags: u32 = 0;
-    // SAFETY: a checked kernel read of 4 bytes into `flags`.
-    let ret = unsafe {
-        bpf_probe_read_kernel(
-            (&mut flags as *mut u32).cast(),
-            4,
-            (task + cfg.task_flags as u64) as *const _,
-        )
-    };
-    ret == 0 && flags & PF_KTHREAD != 0
+    read_kernel::<u32>(prog, task + cfg.task_flags as u64)
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 const UNKNOWN_OWNER: SockInfo = SockInfo {
@@ -369,7 +333,7 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
 
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let by_owner = owner_runs_transition(t.oldstate, t.newstate) && !in_kernel_thread(cfg);
+    let by_owner = owner_runs_transition(t.oldstate, t.newstate) && !in_kernel_thread(cfg, prog);
     let mut flags = extra_flags;
     let mut delta_ns = 0;
     let info = match SOCKS.get_ptr_mut(&t.skaddr) {
@@ -489,8 +453,7 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
     if cfg.hook != HOOK_BTF {
         return 0;
     }
-    let Some(args) = btf_args(&ctx) else {
-        bump(stat_index(PROG_MAIN, stat::READ_FAILED));
+    let Some(args) = btf_args(&ctx, PROG_MAIN) else {
         return 0;
     };
     let Some(r) = RECENT.get_ptr_mut(0) else {
@@ -540,8 +503,7 @@ pub fn tcpwatch_catch(ctx: BtfTracePointContext) -> i32 {
     if cfg.hook != HOOK_BTF {
         return 0;
     }
-    let Some(args) = btf_args(&ctx) else {
-        bump(stat_index(PROG_CATCHER, stat::READ_FAILED));
+    let Some(args) = btf_args(&ctx, PROG_CATCHER) else {
         return 0;
     };
     let Some(r) = RECENT.get_ptr_mut(0) else {
