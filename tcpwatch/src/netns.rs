@@ -15,11 +15,7 @@ pub fn resolve(spec: &str) -> anyhow::Result<u32> {
         }
         return Ok(n);
     }
-    let path = if spec.contains('/') {
-        Path::new(spec).to_path_buf()
-    } else {
-        Path::new("/run/netns").join(spec)
-    };
+    let path = named(spec);
     let meta = std::fs::metadata(&path)
         .with_context(|| format!("--netns {spec}: cannot stat {}", path.display()))?;
     if !is_nsfs(&path) {
@@ -44,11 +40,17 @@ pub fn path(spec: &str) -> anyhow::Result<PathBuf> {
         }
         bail!("--netns {spec}: no process lives in a network namespace with that inode");
     }
-    Ok(if spec.contains('/') {
+    Ok(named(spec))
+}
+
+/// The file a non-numeric spec names: itself if it is a path, else the
+/// `ip netns` name under /run/netns.
+fn named(spec: &str) -> PathBuf {
+    if spec.contains('/') {
         PathBuf::from(spec)
     } else {
         Path::new("/run/netns").join(spec)
-    })
+    }
 }
 
 /// Whether `path` lives on nsfs (a namespace file, not any file's inode).
