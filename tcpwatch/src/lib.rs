@@ -6,6 +6,7 @@
 //! `cmd` modules and only wire these together.
 pub mod capture;
 pub mod census;
+pub mod engine;
 pub mod layout;
 pub mod loader;
 pub mod model;

@@ -31,6 +31,29 @@ impl State {
     }
 }
 
+/// States travel in recordings by name ("SYN-SENT"), unknown ones as
+/// "STATE-<n>", so a recording stays readable and survives renumbering.
+impl serde::Serialize for State {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for State {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        if let Some(n) = name.strip_prefix("STATE-") {
+            return n
+                .parse::<u8>()
+                .map(State::from_raw)
+                .map_err(|_| serde::de::Error::custom(format!("bad state {name:?}")));
+        }
+        TcpState::parse(&name)
+            .map(State::Known)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown TCP state {name:?}")))
+    }
+}
+
 impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -41,7 +64,7 @@ impl fmt::Display for State {
 }
 
 /// The process a socket belongs to, as captured in its owner's own context.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
     /// Process id (tgid).
     pub pid: u32,
@@ -50,14 +73,16 @@ pub struct Owner {
     pub comm: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Mptcp,
 }
 
-/// One TCP state transition.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One TCP state transition. Its serde form is the recording format's
+/// `transition` line (see `record`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Transition {
     /// CLOCK_MONOTONIC nanoseconds.
     pub ts_ns: u64,
@@ -71,9 +96,28 @@ pub struct Transition {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     /// Time spent in `old`, when the previous transition was seen.
+    #[serde(with = "duration_ns", rename = "in_old_ns")]
     pub in_old: Option<Duration>,
     /// Delivered by the catcher program (the kernel skipped the main one).
     pub caught: bool,
+}
+
+/// Durations as whole nanoseconds (exact, unlike float seconds).
+mod duration_ns {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_nanos() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_nanos))
+    }
 }
 
 fn comm_string(raw: &[u8; 16]) -> String {
@@ -241,7 +285,7 @@ impl KernelCounters {
 }
 
 /// The reconciliation printed at exit and exported as self-metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Accounting {
     /// Transitions counted in the kernel (in scope of the filters).
     pub counted: u64,

@@ -6,7 +6,7 @@ use std::{
     fmt::Write as _,
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tcpwatch_common::state::{TCP_LISTEN, TCP_NEW_SYN_RECV, TCP_SYN_RECV, TCP_TIME_WAIT};
 
 use crate::{
@@ -24,7 +24,7 @@ fn shown_state(raw: u8) -> State {
     })
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Listener {
     pub address: String,
     pub port: u16,
@@ -37,7 +37,7 @@ pub struct Listener {
     pub comm: Option<String>,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Process {
     pub pid: Option<u32>,
     pub comm: Option<String>,
@@ -45,7 +45,7 @@ pub struct Process {
     pub states: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     pub netns: Option<u32>,
     pub total: u64,

@@ -1,0 +1,652 @@
+//! The engine: transitions, census snapshots and kernel-counter samples in,
+//! rates, per-port and per-process activity, durations and the latest
+//! census out. Pure (no I/O, no clock of its own): time is what the inputs
+//! say, so a recording replayed gives exactly what the live run gave.
+//!
+//! Everything it keeps is bounded: per-key tables by [`TopK`], namespaces by
+//! `max_netns`, open CLOSE-WAIT sockets by `max_open_sockets`; what does not
+//! fit is counted, never dropped silently.
+pub mod histogram;
+pub mod topk;
+pub mod window;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use tcpwatch_common::state::{
+    TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LISTEN,
+    TCP_SYN_RECV, TCP_SYN_SENT,
+};
+
+pub use self::{
+    histogram::Histogram,
+    topk::TopK,
+    window::{Rates, Window},
+};
+use crate::{
+    model::{Accounting, State, Transition},
+    view::states::Summary,
+};
+
+const NS_PER_S: u64 = 1_000_000_000;
+
+/// One census of one namespace, as the engine and recordings see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CensusSample {
+    /// CLOCK_MONOTONIC when the census finished.
+    pub ts_ns: u64,
+    /// What the census (sock_diag, plus the owner scan when it ran) cost.
+    pub duration_ns: u64,
+    pub summary: Summary,
+}
+
+/// The TCP counters of one namespace (`/proc/net/snmp` Tcp, `/proc/net/netstat`
+/// TcpExt), raw, keyed "Tcp.ActiveOpens", "TcpExt.ListenOverflows", ...
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CountersSample {
+    pub ts_ns: u64,
+    pub netns: Option<u32>,
+    pub values: BTreeMap<String, i64>,
+}
+
+/// The kernel side's own account, read from its maps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelSample {
+    pub ts_ns: u64,
+    pub accounting: Accounting,
+    /// Events read from the ring buffer so far.
+    pub delivered: u64,
+    /// Transitions counted in the kernel per (from, to), all namespaces in
+    /// scope, whether delivered or not.
+    pub transitions: Vec<(State, State, u64)>,
+}
+
+/// Everything the engine consumes. One recording line is one input (a
+/// batch of transitions is recorded one per line).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Input {
+    Transition(Transition),
+    Census(CensusSample),
+    Counters(CountersSample),
+    Kernel(KernelSample),
+    /// Time passes with nothing else happening (rates decay).
+    Tick {
+        ts_ns: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineConfig {
+    /// Ports tracked individually (the rest go to `other`).
+    pub max_ports: usize,
+    /// Processes tracked individually.
+    pub max_processes: usize,
+    /// Network namespaces kept apart (the rest share one entry).
+    pub max_netns: usize,
+    /// Sockets in CLOSE-WAIT whose age is followed.
+    pub max_open_sockets: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_ports: 64,
+            max_processes: 64,
+            max_netns: 256,
+            max_open_sockets: 65_536,
+        }
+    }
+}
+
+/// Which way a connection goes, seen from the port it is counted under:
+/// `In` for sockets on a listening port (the local port), `Out` for the
+/// rest (the remote port: the service this host connects to). Ephemeral
+/// client ports would otherwise swamp every per-port view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    In,
+    Out,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortKey {
+    /// Network namespace inode, 0 when unknown.
+    pub netns: u32,
+    pub port: u16,
+    pub direction: Direction,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProcessKey {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// What the engine keeps per port, per process and per namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activity {
+    pub transitions: u64,
+    /// Connections that reached ESTABLISHED.
+    pub established: u64,
+    /// Connects that failed (SYN-SENT -> CLOSE: refused, timed out,
+    /// unreachable).
+    pub failed_connects: u64,
+    /// Connections closed without the orderly FIN exchange (reset or
+    /// aborted: SYN-RECV, ESTABLISHED, CLOSE-WAIT or FIN-WAIT-1 -> CLOSE).
+    pub aborted: u64,
+    /// Per (from, to). At most 16 × 16 entries. A list of
+    /// `[from, to, count]` in JSON (map keys must be strings there).
+    #[serde(with = "pair_list")]
+    pub pairs: BTreeMap<(State, State), u64>,
+}
+
+impl Activity {
+    fn count(&mut self, t: &Transition) {
+        self.transitions += 1;
+        *self.pairs.entry((t.old, t.new)).or_default() += 1;
+        match kind(t) {
+            Kind::Established => self.established += 1,
+            Kind::FailedConnect => self.failed_connects += 1,
+            Kind::Aborted => self.aborted += 1,
+            Kind::Other => {}
+        }
+    }
+}
+
+mod pair_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::model::State;
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<(State, State), u64>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter().map(|(&(a, b), &n)| (a, b, n)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<(State, State), u64>, D::Error> {
+        let v = Vec::<(State, State, u64)>::deserialize(d)?;
+        Ok(v.into_iter().map(|(a, b, n)| ((a, b), n)).collect())
+    }
+}
+
+enum Kind {
+    Established,
+    FailedConnect,
+    Aborted,
+    Other,
+}
+
+fn kind(t: &Transition) -> Kind {
+    let (State::Known(old), State::Known(new)) = (t.old, t.new) else {
+        return Kind::Other;
+    };
+    match (old as u8, new as u8) {
+        (_, TCP_ESTABLISHED) => Kind::Established,
+        (TCP_SYN_SENT, TCP_CLOSE) => Kind::FailedConnect,
+        (TCP_SYN_RECV | TCP_ESTABLISHED | TCP_CLOSE_WAIT | TCP_FIN_WAIT1, TCP_CLOSE) => {
+            Kind::Aborted
+        }
+        _ => Kind::Other,
+    }
+}
+
+/// Time spent in a state, by the transition that left it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Durations {
+    /// SYN-SENT -> ESTABLISHED: the client's handshake.
+    pub connect: Histogram,
+    /// SYN-RECV -> ESTABLISHED: the server's wait for the final ACK.
+    pub accept_handshake: Histogram,
+    /// SYN-SENT -> CLOSE: how long a failed connect took (µs: refused
+    /// nearby; seconds: timed out).
+    pub failed_connect: Histogram,
+    /// CLOSE-WAIT -> anything: how long the owner took to close after the
+    /// peer did.
+    pub close_wait: Histogram,
+    /// FIN-WAIT-2 -> anything: how long the peer took to send its FIN.
+    pub fin_wait2: Histogram,
+}
+
+impl Durations {
+    fn observe(&mut self, t: &Transition) {
+        let (Some(d), State::Known(old), State::Known(new)) = (t.in_old, t.old, t.new) else {
+            return;
+        };
+        let h = match (old as u8, new as u8) {
+            (TCP_SYN_SENT, TCP_ESTABLISHED) => &mut self.connect,
+            (TCP_SYN_RECV, TCP_ESTABLISHED) => &mut self.accept_handshake,
+            (TCP_SYN_SENT, TCP_CLOSE) => &mut self.failed_connect,
+            (TCP_CLOSE_WAIT, _) => &mut self.close_wait,
+            (TCP_FIN_WAIT2, _) => &mut self.fin_wait2,
+            _ => return,
+        };
+        h.observe(d);
+    }
+}
+
+/// A socket that entered CLOSE-WAIT and has not left it (yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct OpenCloseWait {
+    since_ns: u64,
+    port: u16,
+    pid: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct PairStats {
+    total: u64,
+    window: Window,
+}
+
+#[derive(Clone, Debug)]
+struct Namespace {
+    pairs: BTreeMap<(State, State), PairStats>,
+    activity: Activity,
+    census: Option<CensusSample>,
+    counters: Option<CountersSample>,
+    prev_counters: Option<CountersSample>,
+    /// Ports with a listener: from the last census, plus LISTEN transitions
+    /// since. A bitmap, so its size does not depend on what is sprayed.
+    listening: Box<[u64; 1024]>,
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Namespace {
+            pairs: BTreeMap::new(),
+            activity: Activity::default(),
+            census: None,
+            counters: None,
+            prev_counters: None,
+            listening: Box::new([0; 1024]),
+        }
+    }
+}
+
+impl Namespace {
+    fn is_listening(&self, port: u16) -> bool {
+        self.listening[port as usize / 64] & (1 << (port % 64)) != 0
+    }
+
+    fn set_listening(&mut self, port: u16, on: bool) {
+        let bit = 1u64 << (port % 64);
+        if on {
+            self.listening[port as usize / 64] |= bit;
+        } else {
+            self.listening[port as usize / 64] &= !bit;
+        }
+    }
+}
+
+/// Namespace key used when `max_netns` is reached.
+pub const NETNS_OTHER: u32 = u32::MAX;
+
+#[derive(Clone, Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    now_ns: u64,
+    namespaces: BTreeMap<u32, Namespace>,
+    ports: TopK<PortKey, Activity>,
+    processes: TopK<ProcessKey, Activity>,
+    durations: Durations,
+    close_wait: HashMap<u64, OpenCloseWait>,
+    kernel: Option<KernelSample>,
+    stats: EngineStats,
+}
+
+/// The engine's own account.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineStats {
+    pub transitions: u64,
+    /// Transitions older than the rate windows when they arrived (counted in
+    /// totals, not in rates).
+    pub late: u64,
+    /// Transitions whose owner the kernel could not tell.
+    pub unattributed: u64,
+    pub censuses: u64,
+    pub counter_samples: u64,
+    /// Namespaces beyond `max_netns`, folded into one.
+    pub netns_overflow: u64,
+    /// CLOSE-WAIT sockets not followed because `max_open_sockets` was full.
+    pub open_sockets_overflow: u64,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Engine {
+        Engine {
+            cfg,
+            now_ns: 0,
+            namespaces: BTreeMap::new(),
+            ports: TopK::new(cfg.max_ports),
+            processes: TopK::new(cfg.max_processes),
+            durations: Durations::default(),
+            close_wait: HashMap::new(),
+            kernel: None,
+            stats: EngineStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The newest time the engine has seen.
+    pub fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+
+    pub fn apply(&mut self, input: Input) {
+        match input {
+            Input::Transition(t) => self.transition(&t),
+            Input::Census(c) => self.census(c),
+            Input::Counters(c) => self.counters(c),
+            Input::Kernel(k) => self.kernel(k),
+            Input::Tick { ts_ns } => self.tick(ts_ns),
+        }
+    }
+
+    fn tick(&mut self, ts_ns: u64) {
+        self.now_ns = self.now_ns.max(ts_ns);
+    }
+
+    fn namespace(&mut self, netns: u32) -> &mut Namespace {
+        let key =
+            if self.namespaces.contains_key(&netns) || self.namespaces.len() < self.cfg.max_netns {
+                netns
+            } else {
+                self.stats.netns_overflow += 1;
+                NETNS_OTHER
+            };
+        self.namespaces.entry(key).or_default()
+    }
+
+    pub fn transition(&mut self, t: &Transition) {
+        self.tick(t.ts_ns);
+        self.stats.transitions += 1;
+        let sec = t.ts_ns / NS_PER_S;
+        let netns = t.netns.unwrap_or(0);
+        let (old, new) = (t.old.raw(), t.new.raw());
+
+        let ns = self.namespace(netns);
+        let pair = ns.pairs.entry((t.old, t.new)).or_default();
+        pair.total += 1;
+        let in_window = pair.window.add(sec, 1);
+        ns.activity.count(t);
+        if new == TCP_LISTEN {
+            ns.set_listening(t.local.port(), true);
+        }
+        let on_listening_port = old == TCP_LISTEN
+            || new == TCP_LISTEN
+            || (t.local.port() != 0 && ns.is_listening(t.local.port()));
+        if old == TCP_LISTEN && new == TCP_CLOSE {
+            // Another listener may share the port (SO_REUSEPORT); the next
+            // census sets it again if so.
+            ns.set_listening(t.local.port(), false);
+        }
+        if !in_window {
+            self.stats.late += 1;
+        }
+
+        let key = if on_listening_port {
+            PortKey {
+                netns,
+                port: t.local.port(),
+                direction: Direction::In,
+            }
+        } else {
+            PortKey {
+                netns,
+                port: t.remote.port(),
+                direction: Direction::Out,
+            }
+        };
+        self.ports.record(&key, sec, |a| a.count(t));
+        match &t.owner {
+            Some(o) => {
+                let key = ProcessKey {
+                    pid: o.pid,
+                    comm: o.comm.clone(),
+                };
+                self.processes.record(&key, sec, |a| a.count(t));
+            }
+            None => self.stats.unattributed += 1,
+        }
+        self.durations.observe(t);
+        self.follow_close_wait(t, key.port);
+    }
+
+    fn follow_close_wait(&mut self, t: &Transition, port: u16) {
+        if t.new.raw() == TCP_CLOSE_WAIT {
+            if self.close_wait.len() < self.cfg.max_open_sockets {
+                self.close_wait.insert(
+                    t.skaddr,
+                    OpenCloseWait {
+                        since_ns: t.ts_ns,
+                        port,
+                        pid: t.owner.as_ref().map(|o| o.pid),
+                    },
+                );
+            } else {
+                self.stats.open_sockets_overflow += 1;
+            }
+        } else if t.old.raw() == TCP_CLOSE_WAIT || t.new.raw() == TCP_CLOSE {
+            // Leaving CLOSE-WAIT, or closing (the address may be reused).
+            self.close_wait.remove(&t.skaddr);
+        }
+    }
+
+    pub fn census(&mut self, c: CensusSample) {
+        self.tick(c.ts_ns);
+        self.stats.censuses += 1;
+        let ns = self.namespace(c.summary.netns.unwrap_or(0));
+        // The census is the truth about listeners; transitions only add the
+        // ones opened since.
+        ns.listening.fill(0);
+        for l in &c.summary.listeners {
+            ns.set_listening(l.port, true);
+        }
+        ns.census = Some(c);
+    }
+
+    pub fn counters(&mut self, c: CountersSample) {
+        self.tick(c.ts_ns);
+        self.stats.counter_samples += 1;
+        let ns = self.namespace(c.netns.unwrap_or(0));
+        ns.prev_counters = ns.counters.replace(c);
+    }
+
+    pub fn kernel(&mut self, k: KernelSample) {
+        self.tick(k.ts_ns);
+        self.kernel = Some(k);
+    }
+
+    /// Everything the views, metrics and recordings' checks read, at the
+    /// engine's current time. Deterministic: ordered by key.
+    pub fn view(&self) -> View {
+        let now_sec = self.now_ns / NS_PER_S;
+        let namespaces = self
+            .namespaces
+            .iter()
+            .map(|(&netns, ns)| NamespaceView {
+                netns,
+                transitions: ns
+                    .pairs
+                    .iter()
+                    .map(|(&(from, to), p)| PairView {
+                        from,
+                        to,
+                        total: p.total,
+                        rates: Rates::of(&p.window, now_sec),
+                    })
+                    .collect(),
+                activity: ns.activity.clone(),
+                census: ns.census.clone(),
+                counters: ns.counters.as_ref().map(|cur| {
+                    cur.values
+                        .iter()
+                        .map(|(name, &value)| {
+                            let per_s = ns.prev_counters.as_ref().and_then(|prev| {
+                                let before = *prev.values.get(name)?;
+                                let dt = cur.ts_ns.checked_sub(prev.ts_ns)?;
+                                (dt > 0)
+                                    .then(|| (value - before) as f64 * NS_PER_S as f64 / dt as f64)
+                            });
+                            (name.clone(), CounterView { value, per_s })
+                        })
+                        .collect()
+                }),
+            })
+            .collect();
+        let oldest = self.close_wait.values().map(|o| o.since_ns).min();
+        View {
+            now_ns: self.now_ns,
+            namespaces,
+            ports: key_views(&self.ports, now_sec),
+            ports_other: other_view(&self.ports, now_sec),
+            processes: key_views(&self.processes, now_sec),
+            processes_other: other_view(&self.processes, now_sec),
+            durations: self.durations.clone(),
+            close_wait_open: CloseWaitView {
+                sockets: self.close_wait.len() as u64,
+                oldest_s: oldest.map(|t| self.now_ns.saturating_sub(t) as f64 / 1e9),
+                older_than_60s: self
+                    .close_wait
+                    .values()
+                    .filter(|o| self.now_ns.saturating_sub(o.since_ns) > 60 * NS_PER_S)
+                    .count() as u64,
+                by_port: {
+                    let mut m: BTreeMap<u16, u64> = BTreeMap::new();
+                    for o in self.close_wait.values() {
+                        *m.entry(o.port).or_default() += 1;
+                    }
+                    // Bounded like the other per-port tables: the busiest.
+                    let mut v: Vec<(u16, u64)> = m.into_iter().collect();
+                    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                    v.truncate(self.cfg.max_ports);
+                    v
+                },
+                by_pid_known: self.close_wait.values().filter(|o| o.pid.is_some()).count() as u64,
+            },
+            kernel: self.kernel.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+fn key_views<K: Ord + std::hash::Hash + Clone>(
+    t: &TopK<K, Activity>,
+    now_sec: u64,
+) -> Vec<KeyView<K>> {
+    t.iter()
+        .map(|(k, s)| KeyView {
+            key: k.clone(),
+            rates: Rates::of(&s.window, now_sec),
+            since_ns: s.since_sec * NS_PER_S,
+            activity: s.value.clone(),
+        })
+        .collect()
+}
+
+fn other_view<K: Ord + std::hash::Hash + Clone>(t: &TopK<K, Activity>, now_sec: u64) -> OtherView {
+    OtherView {
+        rates: Rates::of(&t.other.window, now_sec),
+        activity: t.other.value.clone(),
+        tracked: t.len(),
+        cap: t.cap(),
+        admitted: t.admitted,
+        evicted: t.evicted,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PairView {
+    pub from: State,
+    pub to: State,
+    pub total: u64,
+    pub rates: Rates,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CounterView {
+    pub value: i64,
+    /// Change per second since the previous sample.
+    pub per_s: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NamespaceView {
+    /// Inode; 0 unknown, `NETNS_OTHER` for namespaces beyond the cap.
+    pub netns: u32,
+    pub transitions: Vec<PairView>,
+    pub activity: Activity,
+    pub census: Option<CensusSample>,
+    pub counters: Option<BTreeMap<String, CounterView>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyView<K> {
+    pub key: K,
+    pub rates: Rates,
+    /// Counted since (the key's admission into the table).
+    pub since_ns: u64,
+    pub activity: Activity,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OtherView {
+    pub rates: Rates,
+    pub activity: Activity,
+    pub tracked: usize,
+    pub cap: usize,
+    pub admitted: u64,
+    pub evicted: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CloseWaitView {
+    /// Sockets seen entering CLOSE-WAIT and not leaving it.
+    pub sockets: u64,
+    pub oldest_s: Option<f64>,
+    pub older_than_60s: u64,
+    /// (port, sockets), busiest first.
+    pub by_port: Vec<(u16, u64)>,
+    pub by_pid_known: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct View {
+    pub now_ns: u64,
+    pub namespaces: Vec<NamespaceView>,
+    pub ports: Vec<KeyView<PortKey>>,
+    pub ports_other: OtherView,
+    pub processes: Vec<KeyView<ProcessKey>>,
+    pub processes_other: OtherView,
+    pub durations: Durations,
+    pub close_wait_open: CloseWaitView,
+    pub kernel: Option<KernelSample>,
+    pub stats: EngineStats,
+}
+
+impl View {
+    /// Delivered transitions per (from, to), summed over namespaces.
+    pub fn transitions_total(&self) -> BTreeMap<(State, State), u64> {
+        let mut m = BTreeMap::new();
+        for ns in &self.namespaces {
+            for p in &ns.transitions {
+                *m.entry((p.from, p.to)).or_default() += p.total;
+            }
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,289 @@
+use std::time::Duration;
+
+use tcpwatch_common::TcpState::{self, *};
+
+use super::*;
+use crate::model::{Owner, Protocol};
+
+const S: u64 = NS_PER_S;
+
+fn t(ts_ns: u64, sk: u64, old: TcpState, new: TcpState, local: &str, remote: &str) -> Transition {
+    Transition {
+        ts_ns,
+        skaddr: sk,
+        netns: Some(4026531840),
+        owner: Some(Owner {
+            pid: 42,
+            tid: 42,
+            comm: "app".into(),
+        }),
+        old: State::Known(old),
+        new: State::Known(new),
+        protocol: Protocol::Tcp,
+        local: local.parse().unwrap(),
+        remote: remote.parse().unwrap(),
+        in_old: Some(Duration::from_micros(40)),
+        caught: false,
+    }
+}
+
+/// One loopback connection to :8080, client closes first: the ten
+/// transitions the kernel tests see, plus the listener opening.
+fn connection(engine: &mut Engine, at: u64, n: u64) {
+    let c = "127.0.0.1:40000";
+    let s = "127.0.0.1:8080";
+    let (cl, sv) = (1000 + 2 * n, 1001 + 2 * n);
+    for x in [
+        t(at, cl, Close, SynSent, "127.0.0.1:0", s),
+        t(at, cl, SynSent, Established, c, s),
+        t(at, sv, Listen, SynRecv, s, c),
+        t(at, sv, SynRecv, Established, s, c),
+        t(at, cl, Established, FinWait1, c, s),
+        t(at, sv, Established, CloseWait, s, c),
+        t(at, sv, CloseWait, LastAck, s, c),
+        t(at, cl, FinWait1, FinWait2, c, s),
+        t(at, cl, FinWait2, Close, c, s),
+        t(at, sv, LastAck, Close, s, c),
+    ] {
+        engine.transition(&x);
+    }
+}
+
+fn listen(engine: &mut Engine, at: u64) {
+    engine.transition(&t(at, 1, Close, Listen, "127.0.0.1:8080", "0.0.0.0:0"));
+}
+
+fn port<'a>(v: &'a View, port: u16, direction: Direction) -> &'a KeyView<PortKey> {
+    v.ports
+        .iter()
+        .find(|p| p.key.port == port && p.key.direction == direction)
+        .unwrap_or_else(|| panic!("no {port} {direction:?} in {:?}", v.ports))
+}
+
+#[test]
+fn a_connection_is_counted_per_pair_per_port_side_and_process() {
+    let mut e = Engine::new(EngineConfig::default());
+    listen(&mut e, 10 * S);
+    connection(&mut e, 10 * S, 0);
+    let v = e.view();
+    let totals = v.transitions_total();
+    assert_eq!(totals.values().sum::<u64>(), 11);
+    assert_eq!(
+        totals[&(State::Known(SynSent), State::Known(Established))],
+        1
+    );
+    // Server side and listener under :8080 in, client under :8080 out; the
+    // client's ephemeral port 40000 appears nowhere.
+    let inbound = port(&v, 8080, Direction::In);
+    assert_eq!(inbound.activity.transitions, 6);
+    assert_eq!(inbound.activity.established, 1);
+    let outbound = port(&v, 8080, Direction::Out);
+    assert_eq!(outbound.activity.transitions, 5);
+    assert!(v.ports.iter().all(|p| p.key.port != 40000));
+    assert_eq!(v.processes.len(), 1);
+    assert_eq!(v.processes[0].activity.transitions, 11);
+    assert_eq!(v.durations.connect.count, 1);
+    assert_eq!(v.durations.accept_handshake.count, 1);
+    assert_eq!(v.durations.close_wait.count, 1);
+    assert_eq!(v.durations.fin_wait2.count, 1);
+    assert_eq!(v.close_wait_open.sockets, 0, "left CLOSE-WAIT");
+}
+
+#[test]
+fn failed_connects_and_aborts_are_told_apart() {
+    let mut e = Engine::new(EngineConfig::default());
+    let s = "127.0.0.1:9";
+    e.transition(&t(S, 7, Close, SynSent, "127.0.0.1:0", s));
+    e.transition(&t(S, 7, SynSent, Close, "127.0.0.1:5000", s));
+    e.transition(&t(S, 8, Established, Close, "127.0.0.1:5001", s));
+    let v = e.view();
+    let out = port(&v, 9, Direction::Out);
+    assert_eq!(out.activity.failed_connects, 1);
+    assert_eq!(out.activity.aborted, 1);
+    assert_eq!(v.namespaces[0].activity.failed_connects, 1);
+    assert_eq!(v.durations.failed_connect.count, 1);
+}
+
+#[test]
+fn rates_are_over_complete_seconds_and_decay_on_ticks() {
+    let mut e = Engine::new(EngineConfig::default());
+    listen(&mut e, 100 * S);
+    for sec in 100..120 {
+        for i in 0..10 {
+            connection(&mut e, sec * S + i, sec * 100 + i);
+        }
+    }
+    e.apply(Input::Tick { ts_ns: 120 * S });
+    let v = e.view();
+    let ns = &v.namespaces[0];
+    let est = ns
+        .transitions
+        .iter()
+        .find(|p| p.from == State::Known(SynSent) && p.to == State::Known(Established))
+        .unwrap();
+    assert_eq!(est.total, 200);
+    assert_eq!(est.rates.per_s_1s, 10.0);
+    assert_eq!(est.rates.per_s_10s, 10.0);
+    assert!((est.rates.per_s_60s - 200.0 / 59.0).abs() < 1e-9);
+    // Five server-side transitions per connection.
+    assert_eq!(port(&v, 8080, Direction::In).rates.per_s_10s, 50.0);
+    e.apply(Input::Tick { ts_ns: 200 * S });
+    let v = e.view();
+    assert!(
+        v.namespaces[0]
+            .transitions
+            .iter()
+            .all(|p| p.rates.per_s_60s == 0.0)
+    );
+    assert_eq!(
+        v.transitions_total().values().sum::<u64>(),
+        2001,
+        "totals stay"
+    );
+}
+
+#[test]
+fn a_sprayed_65535_ports_stay_within_the_caps() {
+    let cfg = EngineConfig {
+        max_ports: 32,
+        max_processes: 16,
+        max_netns: 4,
+        max_open_sockets: 1000,
+    };
+    let mut e = Engine::new(cfg);
+    for p in 1..=u16::MAX {
+        let sec = 1000 + p as u64 / 2000;
+        let mut x = t(
+            sec * S,
+            p as u64,
+            SynSent,
+            Close,
+            "10.0.0.1:1",
+            "10.0.0.2:1",
+        );
+        x.remote.set_port(p);
+        x.local.set_port(p);
+        x.owner.as_mut().unwrap().pid = p as u32;
+        x.owner.as_mut().unwrap().comm = format!("spray{p}");
+        x.netns = Some(p as u32 % 1000);
+        e.transition(&x);
+        let mut cw = x.clone();
+        cw.old = State::Known(Established);
+        cw.new = State::Known(CloseWait);
+        e.transition(&cw);
+    }
+    let v = e.view();
+    assert!(v.ports.len() <= 32, "{}", v.ports.len());
+    assert!(v.processes.len() <= 16);
+    assert!(v.namespaces.len() <= 5, "4 plus the overflow entry");
+    assert_eq!(v.close_wait_open.sockets, 1000);
+    assert_eq!(v.stats.open_sockets_overflow, 65_535 - 1000);
+    let tracked: u64 = v.ports.iter().map(|p| p.activity.transitions).sum();
+    // Totals of evicted keys leave with them; what is left plus other never
+    // exceeds what happened.
+    assert!(tracked + v.ports_other.activity.transitions <= 2 * 65_535);
+    let all: u64 = v.namespaces.iter().map(|n| n.activity.transitions).sum();
+    assert_eq!(all, 2 * 65_535, "namespace totals are exact");
+}
+
+#[test]
+fn census_listeners_decide_the_direction() {
+    let mut e = Engine::new(EngineConfig::default());
+    let summary = Summary {
+        netns: Some(4026531840),
+        total: 1,
+        states: BTreeMap::new(),
+        listeners: vec![crate::view::states::Listener {
+            address: "0.0.0.0".into(),
+            port: 443,
+            accept_queue: 0,
+            backlog: 128,
+            syn_recv: 0,
+            pid: None,
+            comm: None,
+        }],
+        processes: vec![],
+    };
+    e.apply(Input::Census(CensusSample {
+        ts_ns: S,
+        duration_ns: 1000,
+        summary,
+    }));
+    e.transition(&t(
+        2 * S,
+        5,
+        Established,
+        CloseWait,
+        "10.0.0.1:443",
+        "10.0.0.9:50000",
+    ));
+    let v = e.view();
+    assert_eq!(port(&v, 443, Direction::In).activity.transitions, 1);
+    assert_eq!(v.close_wait_open.sockets, 1);
+    assert_eq!(v.close_wait_open.by_port, vec![(443, 1)]);
+    e.apply(Input::Tick { ts_ns: 100 * S });
+    let v = e.view();
+    assert_eq!(v.close_wait_open.older_than_60s, 1);
+    assert_eq!(v.close_wait_open.oldest_s, Some(98.0));
+}
+
+#[test]
+fn counter_rates_come_from_consecutive_samples() {
+    let mut e = Engine::new(EngineConfig::default());
+    let sample = |ts_ns, v| {
+        Input::Counters(CountersSample {
+            ts_ns,
+            netns: Some(1),
+            values: BTreeMap::from([("Tcp.ActiveOpens".to_string(), v)]),
+        })
+    };
+    e.apply(sample(10 * S, 100));
+    assert_eq!(
+        e.view().namespaces[0].counters.as_ref().unwrap()["Tcp.ActiveOpens"].per_s,
+        None
+    );
+    e.apply(sample(12 * S, 300));
+    let v = e.view();
+    let c = &v.namespaces[0].counters.as_ref().unwrap()["Tcp.ActiveOpens"];
+    assert_eq!(c.value, 300);
+    assert_eq!(c.per_s, Some(100.0));
+}
+
+#[test]
+fn inputs_survive_serde_and_replay_identically() {
+    let mut inputs = vec![];
+    let mut probe = Engine::new(EngineConfig::default());
+    listen(&mut probe, S);
+    inputs.push(Input::Transition(t(
+        S,
+        1,
+        Close,
+        Listen,
+        "127.0.0.1:8080",
+        "0.0.0.0:0",
+    )));
+    let mut unknown = t(2 * S, 9, Established, Close, "[::1]:1", "[::1]:2");
+    unknown.old = State::Unknown(14);
+    unknown.owner = None;
+    unknown.in_old = None;
+    inputs.push(Input::Transition(unknown));
+    inputs.push(Input::Tick { ts_ns: 3 * S });
+    let text: Vec<String> = inputs
+        .iter()
+        .map(|i| serde_json::to_string(i).unwrap())
+        .collect();
+    assert!(text[1].contains("\"old\":\"STATE-14\""), "{}", text[1]);
+    let back: Vec<Input> = text
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(back, inputs);
+    let run = |inputs: &[Input]| {
+        let mut e = Engine::new(EngineConfig::default());
+        for i in inputs {
+            e.apply(i.clone());
+        }
+        serde_json::to_string(&e.view()).unwrap()
+    };
+    assert_eq!(run(&inputs), run(&back));
+}
