@@ -72,6 +72,71 @@ pub fn current() -> anyhow::Result<u32> {
     resolve("/proc/self/ns/net")
 }
 
+/// A network namespace found on the host, and a path that opens it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceRef {
+    pub inode: u32,
+    pub path: PathBuf,
+    /// Its `ip netns` name, if it has one.
+    pub name: Option<String>,
+}
+
+/// Every network namespace with a process in it (/proc/*/ns/net) or a name
+/// (/run/netns/*), once each, by inode. Named ones keep their /run/netns
+/// path. Processes that exit during the scan are skipped.
+pub fn all() -> Vec<NamespaceRef> {
+    let mut found: std::collections::BTreeMap<u32, NamespaceRef> = Default::default();
+    if let Ok(dir) = std::fs::read_dir("/run/netns") {
+        for entry in dir.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            // /run/netns also holds plain files until `ip netns add` has
+            // bind-mounted the namespace; skip those.
+            let Ok(inode) = u32::try_from(meta.ino()) else {
+                continue;
+            };
+            if !is_nsfs(&path) {
+                continue;
+            }
+            found.insert(
+                inode,
+                NamespaceRef {
+                    inode,
+                    name: Some(entry.file_name().to_string_lossy().into_owned()),
+                    path,
+                },
+            );
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            if !entry
+                .file_name()
+                .as_encoded_bytes()
+                .iter()
+                .all(u8::is_ascii_digit)
+            {
+                continue;
+            }
+            let path = entry.path().join("ns/net");
+            let Some(inode) = std::fs::metadata(&path)
+                .ok()
+                .and_then(|m| u32::try_from(m.ino()).ok())
+            else {
+                continue;
+            };
+            found.entry(inode).or_insert(NamespaceRef {
+                inode,
+                path,
+                name: None,
+            });
+        }
+    }
+    found.into_values().collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
