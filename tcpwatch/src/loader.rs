@@ -72,6 +72,16 @@ pub enum Hook {
     Classic,
 }
 
+impl Hook {
+    /// A label value: "tp_btf" or "tracepoint".
+    pub fn short(self) -> &'static str {
+        match self {
+            Hook::Btf => "tp_btf",
+            Hook::Classic => "tracepoint",
+        }
+    }
+}
+
 impl fmt::Display for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -16,6 +16,10 @@ Examples:
   tcpwatch trace --netns /run/netns/blue --count 100
   tcpwatch states -p                  sockets per state, then per listener with queues
   tcpwatch states --json              the same census as one JSON object
+  tcpwatch daemon                     metrics on http://127.0.0.1:19100/metrics
+  tcpwatch daemon --all-netns --metrics-addr 0.0.0.0:19100
+  tcpwatch record --duration 60 t.rec one minute of everything the engine sees
+  tcpwatch replay t.rec               the same engine, from the recording
 
 Exit codes: 0 done, 1 error, 2 bad usage, 3 transitions lost in the kernel,
 69 kernel cannot run the probe, 77 not permitted (needs root or CAP_BPF+CAP_PERFMON).";
@@ -38,6 +42,12 @@ enum Command {
     Trace(cmd::trace::TraceArgs),
     /// Count TCP sockets per state, listener and process, now (a better `ss -s`).
     States(cmd::states::StatesArgs),
+    /// Run the engine: transitions, census and kernel counters, served as Prometheus metrics.
+    Daemon(cmd::daemon::DaemonArgs),
+    /// Run the engine and write everything it consumes to a recording.
+    Record(cmd::daemon::RecordArgs),
+    /// Feed a recording to the engine and print (or serve) the result.
+    Replay(cmd::replay::ReplayArgs),
 }
 
 /// Options of every command that loads the probe.
@@ -71,7 +81,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = match &cli.command {
         Command::Trace(a) => a.probe.verbose,
-        Command::States(_) => false,
+        Command::Daemon(a) => a.probe.verbose,
+        Command::Record(a) => a.daemon.probe.verbose,
+        Command::States(_) | Command::Replay(_) => false,
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -95,6 +107,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trace(args) => cmd::trace::run(args).await,
             Command::States(args) => cmd::states::run(args),
+            Command::Daemon(args) => cmd::daemon::daemon(args).await,
+            Command::Record(args) => cmd::daemon::record(args).await,
+            Command::Replay(args) => cmd::replay::run(args).await,
         }
     });
     match result {

@@ -40,6 +40,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("setpriv", "util-linux"),
     ("nft", "nftables"),
+    // The daemon tests scrape /metrics with a real HTTP client and check the
+    // exposition with Prometheus' own linter.
+    ("curl", "curl"),
+    ("promtool", "prometheus"),
 ];
 
 fn main() -> ExitCode {

@@ -2,6 +2,8 @@
 //! prints. No logic of their own beyond that.
 use tcpwatch::{capture::CaptureError, loader::LoadError};
 
+pub mod daemon;
+pub mod replay;
 pub mod states;
 pub mod trace;
 

@@ -51,6 +51,18 @@ impl Histogram {
             .collect()
     }
 
+    /// (upper bound, count in that bucket alone) pairs, +Inf last: what the
+    /// prometheus-client encoder wants (it accumulates them itself).
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
+        BOUNDS_S
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .enumerate()
+            .map(|(i, b)| (b, self.counts.get(i).copied().unwrap_or(0)))
+            .collect()
+    }
+
     pub fn sum_seconds(&self) -> f64 {
         self.sum_ns as f64 / 1e9
     }

@@ -53,7 +53,7 @@ fn listen(engine: &mut Engine, at: u64) {
     engine.transition(&t(at, 1, Close, Listen, "127.0.0.1:8080", "0.0.0.0:0"));
 }
 
-fn port<'a>(v: &'a View, port: u16, direction: Direction) -> &'a KeyView<PortKey> {
+fn port(v: &View, port: u16, direction: Direction) -> &KeyView<PortKey> {
     v.ports
         .iter()
         .find(|p| p.key.port == port && p.key.direction == direction)

@@ -1,3 +1,4 @@
 //! What tcpwatch shows, as pure functions of the model.
+pub mod engine;
 pub mod states;
 pub mod trace;

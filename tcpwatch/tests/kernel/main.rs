@@ -5,4 +5,5 @@ mod census;
 mod churn;
 mod cli;
 mod common;
+mod daemon;
 mod transitions;

@@ -1,0 +1,328 @@
+//! `tcpwatch daemon` and `tcpwatch record`: the live engine. Transitions
+//! from the probe, a census and the kernel counters every interval from the
+//! sampler thread, the kernel's own account every tick; served as
+//! Prometheus metrics and/or written to a recording.
+use std::{
+    fs::File,
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use tcpwatch::{
+    capture::Capture,
+    engine::{Engine, EngineConfig, Input, KernelSample},
+    metrics,
+    model::monotonic_ns,
+    netns, record,
+    sampler::{Sampler, Scope},
+    view::trace::Clock,
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::ProbeArgs;
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// Serve Prometheus metrics here (default for `daemon`: 127.0.0.1:19100).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_addr: Option<SocketAddr>,
+    /// No metrics endpoint.
+    #[arg(long, conflicts_with = "metrics_addr")]
+    no_metrics: bool,
+    /// Seconds between censuses and kernel-counter samples.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS",
+          value_parser = parse_interval)]
+    interval: f64,
+    /// Scan /proc for socket owners every N censuses (the scan costs ~60 ms
+    /// per 10,000 sockets).
+    #[arg(long, default_value_t = 10, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    owners_every: u32,
+    /// Every network namespace (processes' and /run/netns), not only the daemon's.
+    #[arg(long, conflicts_with = "netns")]
+    all_netns: bool,
+    /// One network namespace: inode, /run/netns/NAME, NAME or /proc/PID/ns/net.
+    #[arg(long)]
+    netns: Option<String>,
+    /// Namespaces kept apart with --all-netns (the rest are summed as "other").
+    #[arg(long, default_value_t = 256)]
+    max_netns: usize,
+    /// Ports tracked one by one (busiest first; the rest are "other").
+    #[arg(long, default_value_t = 64)]
+    max_ports: usize,
+    /// Processes tracked one by one (busiest first; the rest are "other").
+    #[arg(long, default_value_t = 64)]
+    max_processes: usize,
+    /// Stop after this many seconds.
+    #[arg(short = 'd', long, value_name = "SECONDS", value_parser = parse_interval)]
+    duration: Option<f64>,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RecordArgs {
+    /// The recording to write (JSON lines, format version 1; see README).
+    file: PathBuf,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.01 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds ≥ 0.01")),
+    }
+}
+
+/// Events read from the ring buffer per wake-up, at most.
+const BATCH: usize = 8192;
+
+pub async fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
+    let addr = match (args.no_metrics, args.metrics_addr) {
+        (true, _) => None,
+        (false, Some(a)) => Some(a),
+        (false, None) => Some(metrics::DEFAULT_ADDR.parse().expect("default address")),
+    };
+    run(args, addr, None).await
+}
+
+pub async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    let addr = args.daemon.metrics_addr;
+    run(args.daemon, addr, Some(args.file)).await
+}
+
+struct Recorder {
+    writer: record::Writer<File>,
+    path: PathBuf,
+}
+
+impl Recorder {
+    fn write(&mut self, input: &Input) -> anyhow::Result<()> {
+        self.writer
+            .write(input)
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+}
+
+fn apply(
+    engine: &Mutex<Engine>,
+    recorder: &mut Option<Recorder>,
+    inputs: impl IntoIterator<Item = Input>,
+) -> anyhow::Result<()> {
+    let mut engine = engine.lock().expect("engine lock");
+    for input in inputs {
+        if let Some(r) = recorder {
+            r.write(&input)?;
+        }
+        engine.apply(input);
+    }
+    Ok(())
+}
+
+fn kernel_sample(capture: &Capture) -> anyhow::Result<Input> {
+    let counters = capture.counters()?;
+    Ok(Input::Kernel(KernelSample {
+        ts_ns: monotonic_ns(),
+        accounting: counters.summary(),
+        delivered: capture.delivered(),
+        transitions: counters
+            .transitions()
+            .into_iter()
+            .map(|((a, b), n)| (a, b, n))
+            .collect(),
+    }))
+}
+
+async fn run(
+    args: DaemonArgs,
+    metrics_addr: Option<SocketAddr>,
+    record_to: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let (scope, filter) = if args.all_netns {
+        (
+            Scope::All {
+                max: args.max_netns,
+            },
+            None,
+        )
+    } else if let Some(spec) = &args.netns {
+        let inode = netns::resolve(spec)?;
+        (
+            Scope::One {
+                path: netns::path(spec)?,
+                inode,
+            },
+            Some(inode),
+        )
+    } else {
+        // The host's (our) namespace only: containers' transitions are
+        // filtered in the kernel (and counted as such) unless --all-netns.
+        (Scope::Own, Some(netns::current()?))
+    };
+    let cfg = EngineConfig {
+        max_ports: args.max_ports,
+        max_processes: args.max_processes,
+        max_netns: args.max_netns,
+        ..EngineConfig::default()
+    };
+    // Bind before loading the probe: a taken port is a usage error and
+    // should not cost a probe load.
+    let listener = match metrics_addr {
+        Some(a) => Some(metrics::bind(a).await?),
+        None => None,
+    };
+    let mut recorder = match &record_to {
+        Some(path) => {
+            let file = File::create(path)
+                .with_context(|| format!("cannot create the recording {}", path.display()))?;
+            Some((file, path.clone()))
+        }
+        None => None,
+    };
+
+    let mut capture =
+        Capture::start(&args.probe.load_options(filter)).context("cannot start the probe")?;
+    let clock = Clock::now();
+    let hook = capture.hook();
+    let mut recorder = match recorder.take() {
+        Some((file, path)) => {
+            let now = monotonic_ns();
+            let header = record::Header::new(now, clock.unix_ns(now), Some(hook.short().into()));
+            Some(Recorder {
+                writer: record::Writer::new(file, &header)?,
+                path,
+            })
+        }
+        None => None,
+    };
+    let engine = Arc::new(Mutex::new(Engine::new(cfg)));
+
+    if let Some(listener) = listener {
+        let engine = engine.clone();
+        let info = metrics::Info {
+            hook: Some(hook.short().into()),
+            max_listeners: args.max_ports,
+        };
+        let render = Arc::new(move || {
+            let view = engine.lock().expect("engine lock").view();
+            metrics::render(&view, clock, &info)
+        });
+        eprintln!(
+            "tcpwatch: metrics on http://{}/metrics",
+            listener.local_addr()?
+        );
+        tokio::spawn(metrics::serve(listener, render));
+    }
+
+    // The sampler thread: census + counters every interval. Its channel is
+    // bounded, and only it waits on it, never the event path.
+    let interval = Duration::from_secs_f64(args.interval);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Input>>(4);
+    let sampler = {
+        let stop = stop.clone();
+        let mut sampler = Sampler::new(scope, args.owners_every);
+        std::thread::Builder::new()
+            .name("tcpwatch-census".into())
+            .spawn(move || {
+                let mut next = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    if tx.blocking_send(sampler.sample()).is_err() {
+                        break;
+                    }
+                    next += interval;
+                    // Sleep in short steps so a stop is seen quickly.
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < next {
+                        std::thread::sleep((next - Instant::now()).min(Duration::from_millis(50)));
+                    }
+                    // A census slower than the interval: start the next now,
+                    // not a burst of catch-ups.
+                    next = next.max(Instant::now());
+                }
+            })?
+    };
+    eprintln!(
+        "tcpwatch: daemon up via {hook}; census every {:.2} s{}",
+        args.interval,
+        match &record_to {
+            Some(p) => format!("; recording to {}", p.display()),
+            None => String::new(),
+        }
+    );
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = tokio::time::sleep(args.duration.map_or(Duration::MAX, |d| {
+        Duration::try_from_secs_f64(d).unwrap_or(Duration::MAX)
+    }));
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut deadline => break,
+            r = capture.next_batch(&mut batch, BATCH) => {
+                r.context("reading the ring buffer")?;
+                apply(&engine, &mut recorder, batch.drain(..).map(Input::Transition))?;
+            }
+            Some(inputs) = rx.recv() => apply(&engine, &mut recorder, inputs)?,
+            _ = tick.tick() => {
+                let k = kernel_sample(&capture)?;
+                apply(&engine, &mut recorder, [k, Input::Tick { ts_ns: monotonic_ns() }])?;
+                if let Some(r) = &mut recorder {
+                    r.writer.flush()?;
+                }
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    rx.close();
+    capture.stop(&mut batch).await?;
+    apply(
+        &engine,
+        &mut recorder,
+        batch.drain(..).map(Input::Transition),
+    )?;
+    let k = kernel_sample(&capture)?;
+    apply(&engine, &mut recorder, [k])?;
+    if let Some(r) = &mut recorder {
+        r.writer.flush()?;
+        eprintln!(
+            "tcpwatch: wrote {} lines to {}",
+            r.writer.lines(),
+            r.path.display()
+        );
+    }
+    let _ = sampler.join();
+    let accounting = capture.counters()?.summary();
+    let view = engine.lock().expect("engine lock").view();
+    eprintln!(
+        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} engine={} kernel_skipped={} caught={} unrecovered={} nested={}",
+        accounting.counted,
+        accounting.emitted,
+        capture.delivered(),
+        accounting.ringbuf_full,
+        view.stats.transitions,
+        accounting.kernel_skipped,
+        accounting.caught,
+        accounting.unrecovered,
+        accounting.nested,
+    );
+    Ok(if accounting.unrecovered > 0 || accounting.nested > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,645 @@
+//! The engine's view in the Prometheus text exposition format, through the
+//! prometheus-client crate's encoder, and the small HTTP server that serves
+//! it. Encoding is a pure function of the view (tested without root); the
+//! server is an I/O edge with hard limits, because it listens on a socket of
+//! a root daemon.
+use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::Registry,
+};
+
+use crate::{
+    counters,
+    engine::{Direction, NETNS_OTHER, View},
+    view::trace::Clock,
+};
+
+/// Default address: loopback only (a root daemon's numbers are not for the
+/// network unless asked). The Prometheus wiki's exporter range 9100-9999 is
+/// fully allocated; 19100 is in neither that list, IANA's registry nor
+/// /etc/services.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:19100";
+
+/// What the exposition says about the daemon itself.
+#[derive(Clone, Debug, Default)]
+pub struct Info {
+    pub hook: Option<String>,
+    /// Listeners exported per namespace (the rest are summed into `other`).
+    pub max_listeners: usize,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn netns_label(n: u32) -> String {
+    if n == NETNS_OTHER {
+        "other".into()
+    } else {
+        n.to_string()
+    }
+}
+
+struct Family<'a, T> {
+    name: &'a str,
+    help: &'a str,
+    kind: MetricType,
+    series: Vec<(Labels, T)>,
+}
+
+impl<'a, T> Family<'a, T> {
+    fn new(name: &'a str, help: &'a str, kind: MetricType) -> Self {
+        Family {
+            name,
+            help,
+            kind,
+            series: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, labels: Labels, v: T) {
+        self.series.push((labels, v));
+    }
+}
+
+/// A sample: counts print as integers, measurements as floats.
+#[derive(Clone, Copy, Debug)]
+enum Val {
+    Int(i64),
+    Float(f64),
+}
+
+impl From<u64> for Val {
+    fn from(v: u64) -> Val {
+        Val::Int(v.min(i64::MAX as u64) as i64)
+    }
+}
+
+impl From<u32> for Val {
+    fn from(v: u32) -> Val {
+        Val::Int(v.into())
+    }
+}
+
+impl From<i64> for Val {
+    fn from(v: i64) -> Val {
+        Val::Int(v)
+    }
+}
+
+impl From<f64> for Val {
+    fn from(v: f64) -> Val {
+        Val::Float(v)
+    }
+}
+
+impl Family<'_, Val> {
+    fn add(&mut self, labels: Labels, v: impl Into<Val>) {
+        self.push(labels, v.into());
+    }
+
+    fn encode(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        if self.series.is_empty() {
+            return Ok(());
+        }
+        let mut m = enc.encode_descriptor(self.name, self.help, None, self.kind)?;
+        for (labels, v) in &self.series {
+            let mut f = m.encode_family(labels)?;
+            match (self.kind, *v) {
+                // Kernel counters are never negative; a negative one would
+                // be a parse bug, shown as 0 rather than wrapped.
+                (MetricType::Counter, Val::Int(i)) => {
+                    f.encode_counter::<NoLabelSet, u64, u64>(&(i.max(0) as u64), None)?
+                }
+                (MetricType::Counter, Val::Float(x)) => {
+                    f.encode_counter::<NoLabelSet, f64, f64>(&x, None)?
+                }
+                (_, Val::Int(i)) => f.encode_gauge(&i)?,
+                (_, Val::Float(x)) => f.encode_gauge(&x)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct ViewCollector {
+    view: View,
+    clock: Clock,
+    info: Info,
+}
+
+impl Collector for ViewCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let v = &self.view;
+        let c = MetricType::Counter;
+        let g = MetricType::Gauge;
+
+        let mut info = Family::new("tcpwatch_build_info", "tcpwatch version and kernel hook", g);
+        info.add(
+            vec![
+                ("version", env!("CARGO_PKG_VERSION").into()),
+                (
+                    "hook",
+                    self.info.hook.clone().unwrap_or_else(|| "none".into()),
+                ),
+            ],
+            1u64,
+        );
+        info.encode(&mut enc)?;
+
+        let mut tr = Family::new(
+            "tcpwatch_transitions",
+            "TCP state transitions delivered to tcpwatch, by namespace",
+            c,
+        );
+        let mut failed = Family::new(
+            "tcpwatch_failed_connects",
+            "Connects that failed (SYN-SENT -> CLOSE), by namespace",
+            c,
+        );
+        let mut aborted = Family::new(
+            "tcpwatch_aborted_connections",
+            "Connections closed without the FIN exchange (reset or aborted), by namespace",
+            c,
+        );
+        let mut sockets = Family::new(
+            "tcpwatch_sockets",
+            "TCP sockets per state at the last census (request sockets count as SYN-RECV)",
+            g,
+        );
+        let mut l_acc = Family::new(
+            "tcpwatch_listener_accept_queue",
+            "Connections waiting for accept() on a listener",
+            g,
+        );
+        let mut l_backlog = Family::new(
+            "tcpwatch_listener_backlog",
+            "A listener's accept queue limit (listen() backlog)",
+            g,
+        );
+        let mut l_syn = Family::new(
+            "tcpwatch_listener_syn_recv",
+            "Half-open request sockets (SYN-RECV) of a listener",
+            g,
+        );
+        let mut p_sockets = Family::new(
+            "tcpwatch_process_sockets",
+            "TCP sockets per owning command and state at the last owner scan",
+            g,
+        );
+        let mut census_dur = Family::new(
+            "tcpwatch_census_duration_seconds",
+            "What the last census of a namespace took",
+            g,
+        );
+        let mut census_ts = Family::new(
+            "tcpwatch_census_last_timestamp_seconds",
+            "Unix time of the last census of a namespace",
+            g,
+        );
+        let mut kc = Vec::<Family<Val>>::new();
+        let mut kc_names = Vec::<(String, String)>::new();
+        for ns in &v.namespaces {
+            let netns = netns_label(ns.netns);
+            for p in &ns.transitions {
+                tr.add(
+                    vec![
+                        ("netns", netns.clone()),
+                        ("from", p.from.to_string()),
+                        ("to", p.to.to_string()),
+                    ],
+                    p.total,
+                );
+            }
+            failed.add(vec![("netns", netns.clone())], ns.activity.failed_connects);
+            aborted.add(vec![("netns", netns.clone())], ns.activity.aborted);
+            if let Some(census) = &ns.census {
+                let s = &census.summary;
+                for (state, n) in &s.states {
+                    sockets.add(vec![("netns", netns.clone()), ("state", state.clone())], *n);
+                }
+                // The busiest listeners, by half-open plus queued; the rest
+                // summed, so a host with thousands of listeners stays bounded.
+                let mut ls: Vec<_> = s.listeners.iter().collect();
+                ls.sort_by(|a, b| {
+                    (b.syn_recv + b.accept_queue as u64)
+                        .cmp(&(a.syn_recv + a.accept_queue as u64))
+                        .then((a.port, &a.address).cmp(&(b.port, &b.address)))
+                });
+                let mut rest = (0u64, 0u64, 0u64, false);
+                for (i, l) in ls.iter().enumerate() {
+                    if i >= self.info.max_listeners {
+                        rest.0 += l.accept_queue as u64;
+                        rest.1 += l.backlog as u64;
+                        rest.2 += l.syn_recv;
+                        rest.3 = true;
+                        continue;
+                    }
+                    let labels = vec![
+                        ("netns", netns.clone()),
+                        ("address", l.address.clone()),
+                        ("port", l.port.to_string()),
+                    ];
+                    l_acc.add(labels.clone(), l.accept_queue);
+                    l_backlog.add(labels.clone(), l.backlog);
+                    l_syn.add(labels, l.syn_recv);
+                }
+                if rest.3 {
+                    let labels = vec![
+                        ("netns", netns.clone()),
+                        ("address", "other".into()),
+                        ("port", "other".into()),
+                    ];
+                    l_acc.add(labels.clone(), rest.0);
+                    l_backlog.add(labels.clone(), rest.1);
+                    l_syn.add(labels, rest.2);
+                }
+                // Per command (pids come and go; commands are what users
+                // alert on), bounded by the census's own process list.
+                let mut by_comm: std::collections::BTreeMap<(String, String), u64> =
+                    Default::default();
+                for (i, p) in s.processes.iter().enumerate() {
+                    let comm = if i < self.info.max_listeners {
+                        p.comm.clone().unwrap_or_else(|| "unknown".into())
+                    } else {
+                        "other".into()
+                    };
+                    for (state, n) in &p.states {
+                        *by_comm.entry((comm.clone(), state.clone())).or_default() += n;
+                    }
+                }
+                for ((comm, state), n) in by_comm {
+                    p_sockets.add(
+                        vec![("netns", netns.clone()), ("comm", comm), ("state", state)],
+                        n,
+                    );
+                }
+                census_dur.add(
+                    vec![("netns", netns.clone())],
+                    census.duration_ns as f64 / 1e9,
+                );
+                census_ts.add(
+                    vec![("netns", netns.clone())],
+                    self.clock.unix_ns(census.ts_ns) as f64 / 1e9,
+                );
+            }
+            if let Some(values) = &ns.counters {
+                for (name, cv) in values {
+                    let metric = format!("tcpwatch_netstat_{}", snake(name));
+                    let idx = match kc_names.iter().position(|(m, _)| *m == metric) {
+                        Some(i) => i,
+                        None => {
+                            kc_names.push((metric, name.clone()));
+                            kc.push(Family::new(
+                                "",
+                                "",
+                                if counters::is_gauge(name) { g } else { c },
+                            ));
+                            kc.len() - 1
+                        }
+                    };
+                    kc[idx].add(vec![("netns", netns.clone())], cv.value);
+                }
+            }
+        }
+        for f in [
+            &tr,
+            &failed,
+            &aborted,
+            &sockets,
+            &l_acc,
+            &l_backlog,
+            &l_syn,
+            &p_sockets,
+            &census_dur,
+            &census_ts,
+        ] {
+            f.encode(&mut enc)?;
+        }
+        for (mut f, (metric, name)) in kc.into_iter().zip(&kc_names) {
+            let help = format!("Kernel counter {name} (/proc/net/snmp or /proc/net/netstat)");
+            f.name = metric;
+            f.help = &help;
+            f.encode(&mut enc)?;
+        }
+
+        // Per port and per process, bounded by the engine's tables.
+        let mut port_tr = Family::new(
+            "tcpwatch_port_transitions",
+            "Transitions per service port (local port when listening, else remote) and direction, busiest ports; counted since the port entered the table",
+            c,
+        );
+        for p in &v.ports {
+            for (&(from, to), &n) in &p.activity.pairs {
+                port_tr.add(
+                    vec![
+                        ("netns", netns_label(p.key.netns)),
+                        ("port", p.key.port.to_string()),
+                        (
+                            "direction",
+                            match p.key.direction {
+                                Direction::In => "in".into(),
+                                Direction::Out => "out".into(),
+                            },
+                        ),
+                        ("from", from.to_string()),
+                        ("to", to.to_string()),
+                    ],
+                    n,
+                );
+            }
+        }
+        for (&(from, to), &n) in &v.ports_other.activity.pairs {
+            port_tr.add(
+                vec![
+                    ("netns", "other".into()),
+                    ("port", "other".into()),
+                    ("direction", "other".into()),
+                    ("from", from.to_string()),
+                    ("to", to.to_string()),
+                ],
+                n,
+            );
+        }
+        port_tr.encode(&mut enc)?;
+        let mut proc_tr = Family::new(
+            "tcpwatch_process_transitions",
+            "Transitions per owning command, busiest processes; counted since the process entered the table",
+            c,
+        );
+        let mut by_comm: std::collections::BTreeMap<(String, String, String), u64> =
+            Default::default();
+        for p in &v.processes {
+            for (&(from, to), &n) in &p.activity.pairs {
+                *by_comm
+                    .entry((p.key.comm.clone(), from.to_string(), to.to_string()))
+                    .or_default() += n;
+            }
+        }
+        for (&(from, to), &n) in &v.processes_other.activity.pairs {
+            *by_comm
+                .entry(("other".into(), from.to_string(), to.to_string()))
+                .or_default() += n;
+        }
+        for ((comm, from, to), n) in by_comm {
+            proc_tr.add(vec![("comm", comm), ("from", from), ("to", to)], n);
+        }
+        proc_tr.encode(&mut enc)?;
+
+        for (name, help, h) in [
+            (
+                "tcpwatch_connect_duration_seconds",
+                "Client handshakes: time in SYN-SENT before ESTABLISHED",
+                &v.durations.connect,
+            ),
+            (
+                "tcpwatch_accept_handshake_duration_seconds",
+                "Server handshakes: time in SYN-RECV before ESTABLISHED",
+                &v.durations.accept_handshake,
+            ),
+            (
+                "tcpwatch_failed_connect_duration_seconds",
+                "Failed connects: time in SYN-SENT before CLOSE",
+                &v.durations.failed_connect,
+            ),
+            (
+                "tcpwatch_close_wait_duration_seconds",
+                "Time in CLOSE-WAIT before the owner closed",
+                &v.durations.close_wait,
+            ),
+            (
+                "tcpwatch_fin_wait2_duration_seconds",
+                "Time in FIN-WAIT-2 before the peer's FIN",
+                &v.durations.fin_wait2,
+            ),
+        ] {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            m.encode_histogram::<NoLabelSet>(h.sum_seconds(), h.count, &h.buckets(), None)?;
+        }
+
+        let mut g1 = |name: &str, help: &str, kind, val: Val| -> fmt::Result {
+            let mut f = Family::new(name, help, kind);
+            f.add(vec![], val);
+            f.encode(&mut enc)
+        };
+        g1(
+            "tcpwatch_close_wait_open_sockets",
+            "Sockets seen entering CLOSE-WAIT and not leaving it",
+            g,
+            Val::from(v.close_wait_open.sockets),
+        )?;
+        g1(
+            "tcpwatch_close_wait_oldest_seconds",
+            "Age of the oldest socket still in CLOSE-WAIT",
+            g,
+            Val::from(v.close_wait_open.oldest_s.unwrap_or(0.0)),
+        )?;
+        g1(
+            "tcpwatch_transitions_unattributed",
+            "Transitions whose owning process the kernel could not tell",
+            c,
+            Val::from(v.stats.unattributed),
+        )?;
+        g1(
+            "tcpwatch_engine_late_transitions",
+            "Transitions older than the rate windows on arrival",
+            c,
+            Val::from(v.stats.late),
+        )?;
+        g1(
+            "tcpwatch_port_table_evictions",
+            "Ports evicted from the per-port table for busier ones",
+            c,
+            Val::from(v.ports_other.evicted),
+        )?;
+        g1(
+            "tcpwatch_process_table_evictions",
+            "Processes evicted from the per-process table for busier ones",
+            c,
+            Val::from(v.processes_other.evicted),
+        )?;
+        g1(
+            "tcpwatch_netns_overflow",
+            "Events of namespaces beyond --max-netns, folded into netns=\"other\"",
+            c,
+            Val::from(v.stats.netns_overflow),
+        )?;
+        if let Some(k) = &v.kernel {
+            let a = &k.accounting;
+            g1(
+                "tcpwatch_kernel_counted_transitions",
+                "Transitions counted by the eBPF programs (delivered or not)",
+                c,
+                Val::from(a.counted),
+            )?;
+            g1(
+                "tcpwatch_events_delivered",
+                "Transition events read from the ring buffer",
+                c,
+                Val::from(k.delivered),
+            )?;
+            let mut lost = Family::new(
+                "tcpwatch_events_lost",
+                "Transitions counted in the kernel but not delivered, by reason",
+                c,
+            );
+            for (reason, n) in [
+                ("ringbuf_full", a.ringbuf_full),
+                ("read_failed", a.read_failed),
+                ("kernel_skipped_uncaught", a.unrecovered),
+            ] {
+                lost.add(vec![("reason", reason.into())], n);
+            }
+            lost.encode(&mut enc)?;
+            let mut kt = Family::new(
+                "tcpwatch_kernel_transitions",
+                "TCP state transitions counted in the kernel, delivered or not (all namespaces in scope)",
+                c,
+            );
+            for (from, to, n) in &k.transitions {
+                kt.add(vec![("from", from.to_string()), ("to", to.to_string())], *n);
+            }
+            kt.encode(&mut enc)?;
+            let mut g2 = |name: &str, help: &str, val: u64| -> fmt::Result {
+                let mut f = Family::new(name, help, c);
+                f.add(vec![], val);
+                f.encode(&mut enc)
+            };
+            g2(
+                "tcpwatch_kernel_skipped",
+                "Runs of the main program the kernel skipped (nested on a CPU)",
+                a.kernel_skipped,
+            )?;
+            g2(
+                "tcpwatch_kernel_caught",
+                "Skipped runs the catcher program handled",
+                a.caught,
+            )?;
+            g2(
+                "tcpwatch_kernel_filtered",
+                "Transitions outside the namespace scope",
+                a.filtered,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// "TcpExt.TCPReqQFullDoCookies" -> "tcpext_tcp_req_q_full_do_cookies":
+/// Prometheus names are snake_case (promtool insists); the kernel's own
+/// name stays in the HELP text.
+fn snake(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    let mut out = String::with_capacity(name.len() + 8);
+    for (i, &c) in chars.iter().enumerate() {
+        if c == '.' {
+            out.push('_');
+            continue;
+        }
+        if c.is_ascii_uppercase() && i > 0 {
+            let prev = chars[i - 1];
+            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+            if prev.is_ascii_lowercase()
+                || prev.is_ascii_digit()
+                || (prev.is_ascii_uppercase() && next_lower)
+            {
+                out.push('_');
+            }
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// The exposition of `view`, in the Prometheus text format 0.0.4.
+pub fn render(view: &View, clock: Clock, info: &Info) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ViewCollector {
+        view: view.clone(),
+        clock,
+        info: info.clone(),
+    }));
+    let mut out = String::new();
+    // Writing into a String cannot fail; an encoder error would be a bug in
+    // the names above, which the tests catch.
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+        .expect("encoding metrics");
+    out
+}
+
+/// Limits of the HTTP endpoint: a root daemon's socket must not let a
+/// client hold resources.
+pub const MAX_CONNECTIONS: usize = 16;
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `GET /metrics` (anything else: 404) until the task is dropped.
+/// `render` is called per scrape.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+) {
+    use http_body_util::Full;
+    use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("metrics: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "metrics: too many connections, closing one");
+            continue;
+        };
+        let render = render.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let render = render.clone();
+                async move {
+                    let resp = if req.method() == Method::GET && req.uri().path() == "/metrics" {
+                        Response::builder()
+                            .header(
+                                "content-type",
+                                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                            )
+                            .body(Full::new(Bytes::from(render())))
+                    } else {
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"tcpwatch: try /metrics\n")))
+                    };
+                    Ok::<_, hyper::http::Error>(resp.expect("static response parts"))
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), service);
+            // A whole connection is bounded in time too (keep-alive included).
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(60), conn).await {
+                tracing::debug!(%peer, "metrics connection: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Binds the metrics address, with the error users need when it is taken.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics: cannot listen on {addr}: {e} (use --metrics-addr)"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,170 @@
+//! The periodic half of the daemon's input: a socket census and the kernel's
+//! TCP counters of every namespace in scope, as engine inputs. Runs on its
+//! own thread (netlink and procfs block); the event path never waits for it.
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    time::Instant,
+};
+
+use crate::{
+    census, counters,
+    engine::{CensusSample, CountersSample, Input},
+    model::{Owner, monotonic_ns},
+    netns,
+    view::states::summarize,
+};
+
+/// Which namespaces the census and counters cover.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    /// The daemon's own.
+    Own,
+    /// One namespace: a path that opens it, and its inode.
+    One { path: PathBuf, inode: u32 },
+    /// Every namespace found (processes' and /run/netns), at most `max`.
+    All { max: usize },
+}
+
+/// Socket inode -> owner, refreshed by a full /proc scan every
+/// `every`-th census (it costs ~60 ms per 10,000 sockets here, too much for
+/// each second); in between, sockets new since the last scan count as
+/// unattributed in the per-process census.
+struct OwnerCache {
+    map: HashMap<u64, Owner>,
+    every: u32,
+    runs: u64,
+}
+
+impl OwnerCache {
+    fn owners(&mut self, inodes: &HashSet<u64>) -> (HashMap<u64, Owner>, Option<u64>) {
+        let due = self.runs.is_multiple_of(self.every.max(1) as u64);
+        self.runs += 1;
+        let mut took = None;
+        if due {
+            let t = Instant::now();
+            match crate::owners::socket_owners(inodes) {
+                Ok(m) => self.map = m,
+                Err(e) => tracing::warn!("socket owners unknown: {e:#}"),
+            }
+            took = Some(t.elapsed().as_nanos() as u64);
+        }
+        (self.map.clone(), took)
+    }
+}
+
+pub struct Sampler {
+    scope: Scope,
+    owners: OwnerCache,
+    /// Failures so far (a namespace that vanished mid-census, ...).
+    pub errors: u64,
+}
+
+/// One namespace's census, before owners are known.
+struct Raw {
+    netns: Option<u32>,
+    entries: Vec<census::SockEntry>,
+    census_ns: u64,
+    counters: Option<std::collections::BTreeMap<String, i64>>,
+}
+
+impl Sampler {
+    pub fn new(scope: Scope, owner_scan_every: u32) -> Sampler {
+        Sampler {
+            scope,
+            owners: OwnerCache {
+                map: HashMap::new(),
+                every: owner_scan_every,
+                runs: 0,
+            },
+            errors: 0,
+        }
+    }
+
+    fn targets(&self) -> Vec<(Option<PathBuf>, Option<u32>)> {
+        match &self.scope {
+            Scope::Own => vec![(None, netns::current().ok())],
+            Scope::One { path, inode } => vec![(Some(path.clone()), Some(*inode))],
+            Scope::All { max } => {
+                let own = netns::current().ok();
+                let mut v: Vec<_> = netns::all()
+                    .into_iter()
+                    .map(|n| {
+                        if Some(n.inode) == own {
+                            (None, own)
+                        } else {
+                            (Some(n.path), Some(n.inode))
+                        }
+                    })
+                    .collect();
+                // The own namespace first, so a cap never drops the host.
+                v.sort_by_key(|(p, _)| p.is_some());
+                v.truncate(*max);
+                v
+            }
+        }
+    }
+
+    /// One round: a census and a counter sample per namespace in scope.
+    pub fn sample(&mut self) -> Vec<Input> {
+        let mut raws = Vec::new();
+        for (path, inode) in self.targets() {
+            let t = Instant::now();
+            let entries = match &path {
+                None => census::tcp_sockets(),
+                Some(p) => census::tcp_sockets_in(p),
+            };
+            let census_ns = t.elapsed().as_nanos() as u64;
+            let counters = match &path {
+                None => counters::read_current(),
+                Some(p) => counters::read_in(p),
+            };
+            let counters = match counters {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    self.errors += 1;
+                    tracing::debug!(?inode, "kernel counters: {e}");
+                    None
+                }
+            };
+            match entries {
+                Ok(entries) => raws.push(Raw {
+                    netns: inode,
+                    entries,
+                    census_ns,
+                    counters,
+                }),
+                Err(e) => {
+                    // Namespaces come and go; one that vanished is not news.
+                    self.errors += 1;
+                    tracing::debug!(?inode, "census: {e}");
+                }
+            }
+        }
+        let inodes: HashSet<u64> = raws
+            .iter()
+            .flat_map(|r| r.entries.iter())
+            .filter(|e| e.inode != 0)
+            .map(|e| e.inode as u64)
+            .collect();
+        let (owners, scan_ns) = self.owners.owners(&inodes);
+        let now = monotonic_ns();
+        let mut out = Vec::with_capacity(raws.len() * 2);
+        for r in raws {
+            let summary = summarize(r.netns, &r.entries, &owners);
+            out.push(Input::Census(CensusSample {
+                ts_ns: now,
+                duration_ns: r.census_ns + scan_ns.unwrap_or(0),
+                summary,
+            }));
+            if let Some(values) = r.counters {
+                out.push(Input::Counters(CountersSample {
+                    ts_ns: now,
+                    netns: r.netns,
+                    values,
+                }));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,566 @@
+//! `tcpwatch daemon` and `tcpwatch record`/`replay` as users run them: a
+//! known load in the test's own namespace, scraped with a real HTTP client
+//! (curl) while it runs, checked by promtool, compared exactly.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read},
+    net::{TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use crate::common::{enter_new_netns, root_available};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcpwatch");
+
+/// Whether `tool` runs here; in CI its absence is a failure (cargo xtask
+/// setup installs it), elsewhere the test is skipped loudly.
+fn tool_available(test: &str, tool: &str, package: &str) -> bool {
+    if Command::new(tool).arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: {tool} missing in CI: cargo xtask setup installs {package}"
+    );
+    eprintln!(
+        "\n!!! SKIPPED {test}: no `{tool}` (apt-get install {package}, or cargo xtask setup)\n"
+    );
+    false
+}
+
+/// A thread in a fresh namespace that waits for orders. The namespace lives
+/// as long as the thread; `path` opens it for the daemon.
+struct NsWorker {
+    inode: u32,
+    path: String,
+    orders: mpsc::Sender<Box<dyn FnOnce() + Send>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NsWorker {
+    fn new() -> NsWorker {
+        let (tx, rx) = mpsc::channel();
+        let (orders, inbox) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let handle = std::thread::spawn(move || {
+            let inode = enter_new_netns();
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            tx.send((inode, tid)).unwrap();
+            for job in inbox {
+                job();
+            }
+        });
+        let (inode, tid) = rx.recv().unwrap();
+        NsWorker {
+            inode,
+            path: format!("/proc/{}/task/{tid}/ns/net", std::process::id()),
+            orders,
+            handle: Some(handle),
+        }
+    }
+
+    /// Runs `f` inside the namespace and waits for its result.
+    fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let (tx, rx) = mpsc::channel();
+        self.orders
+            .send(Box::new(move || tx.send(f()).unwrap()))
+            .unwrap();
+        rx.recv().unwrap()
+    }
+}
+
+impl Drop for NsWorker {
+    fn drop(&mut self) {
+        let (dead, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.orders, dead));
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A running `tcpwatch daemon`, killed on drop.
+struct Daemon {
+    child: Child,
+    addr: String,
+    stderr: String,
+}
+
+impl Daemon {
+    fn start(args: &[&str]) -> Daemon {
+        let mut child = Command::new(BIN)
+            .arg("daemon")
+            .args(["--metrics-addr", "127.0.0.1:0", "--interval", "0.2"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        let mut addr = None;
+        loop {
+            let mut line = String::new();
+            assert!(
+                lines.read_line(&mut line).unwrap() > 0,
+                "daemon exited early:\n{seen}"
+            );
+            seen.push_str(&line);
+            if let Some(rest) = line.strip_prefix("tcpwatch: metrics on http://") {
+                addr = Some(rest.trim().trim_end_matches("/metrics").to_string());
+            }
+            if line.starts_with("tcpwatch: daemon up") {
+                break;
+            }
+        }
+        // Keep draining stderr so the daemon never blocks on it.
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = lines.read_to_string(&mut rest);
+        });
+        Daemon {
+            child,
+            addr: addr.expect("metrics address announced"),
+            stderr: seen,
+        }
+    }
+
+    fn scrape(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "5"])
+            .arg(format!("http://{}/metrics", self.addr))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl: {out:?}\n{}", self.stderr);
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "daemon did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Samples of `name` as (labels text, value), labels verbatim.
+fn samples(text: &str, name: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
+                let (labels, v) = r.split_once("} ")?;
+                (labels.to_string(), v)
+            } else {
+                (String::new(), rest.strip_prefix(' ')?)
+            };
+            Some((labels, value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn value(text: &str, name: &str, labels: &str) -> f64 {
+    samples(text, name).get(labels).copied().unwrap_or(0.0)
+}
+
+fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `n` connections to a listener on `port`, client closes first, then the
+/// server: ten transitions each.
+fn connections(listener: &TcpListener, n: usize) {
+    let addr = listener.local_addr().unwrap();
+    for _ in 0..n {
+        let c = TcpStream::connect(addr).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        drop(c);
+        // The server sees the FIN before it closes: CLOSE-WAIT -> LAST-ACK.
+        let mut buf = [0u8; 1];
+        let _ = (&s).read(&mut buf);
+        drop(s);
+    }
+}
+
+const PAIRS: [(&str, &str); 10] = [
+    ("CLOSE", "SYN-SENT"),
+    ("SYN-SENT", "ESTABLISHED"),
+    ("LISTEN", "SYN-RECV"),
+    ("SYN-RECV", "ESTABLISHED"),
+    ("ESTABLISHED", "FIN-WAIT-1"),
+    ("ESTABLISHED", "CLOSE-WAIT"),
+    ("CLOSE-WAIT", "LAST-ACK"),
+    ("FIN-WAIT-1", "FIN-WAIT-2"),
+    ("FIN-WAIT-2", "CLOSE"),
+    ("LAST-ACK", "CLOSE"),
+];
+
+#[test]
+fn daemon_counts_a_known_load_exactly_and_serves_valid_metrics() {
+    let test = "daemon_counts_a_known_load_exactly_and_serves_valid_metrics";
+    if !root_available(test)
+        || !tool_available(test, "curl", "curl")
+        || !tool_available(test, "promtool", "prometheus")
+    {
+        return;
+    }
+    const N: usize = 3000;
+    let ns = NsWorker::new();
+    let daemon = Daemon::start(&["--netns", &ns.path]);
+    let before = daemon.scrape();
+    promtool_check(&before);
+    let netns = ns.inode.to_string();
+
+    // The load runs in the namespace while this thread scrapes it.
+    let (done_tx, done_rx) = mpsc::channel();
+    let worker = std::thread::spawn({
+        let orders = ns.orders.clone();
+        move || {
+            orders
+                .send(Box::new(move || {
+                    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                    let port = l.local_addr().unwrap().port();
+                    connections(&l, N);
+                    // Keep the listener until the test has read the census.
+                    done_tx.send(port).unwrap();
+                    std::thread::sleep(Duration::from_secs(3));
+                }))
+                .unwrap();
+        }
+    });
+    let mut scrapes = 0;
+    let port = loop {
+        let text = daemon.scrape();
+        promtool_check(&text);
+        scrapes += 1;
+        if let Ok(p) = done_rx.try_recv() {
+            break p;
+        }
+    };
+    worker.join().unwrap();
+
+    // Wait until the daemon has caught up: every pair N, a census with the
+    // listener in it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = daemon.scrape();
+        let l = format!("netns=\"{netns}\",from=\"FIN-WAIT-2\",to=\"CLOSE\"");
+        let caught_up = value(&text, "tcpwatch_transitions_total", &l) >= N as f64
+            && value(
+                &text,
+                "tcpwatch_sockets",
+                &format!("netns=\"{netns}\",state=\"LISTEN\""),
+            ) == 1.0;
+        if caught_up || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    promtool_check(&text);
+    assert!(scrapes >= 2, "scraped only {scrapes} times during the load");
+
+    let tr = samples(&text, "tcpwatch_transitions_total");
+    for (from, to) in PAIRS {
+        let l = format!("netns=\"{netns}\",from=\"{from}\",to=\"{to}\"");
+        assert_eq!(tr.get(&l).copied(), Some(N as f64), "{l}\n{text}");
+    }
+    assert_eq!(
+        value(
+            &text,
+            "tcpwatch_transitions_total",
+            &format!("netns=\"{netns}\",from=\"CLOSE\",to=\"LISTEN\"")
+        ),
+        1.0
+    );
+    let ours: f64 = tr
+        .iter()
+        .filter(|(l, _)| l.contains(&format!("netns=\"{netns}\"")))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(ours, (10 * N + 1) as f64, "nothing else in our namespace");
+    // Delivered equals counted in the kernel, nothing lost.
+    assert_eq!(
+        value(&text, "tcpwatch_events_delivered_total", ""),
+        value(&text, "tcpwatch_kernel_counted_transitions_total", "")
+    );
+    for reason in ["ringbuf_full", "read_failed", "kernel_skipped_uncaught"] {
+        assert_eq!(
+            value(
+                &text,
+                "tcpwatch_events_lost_total",
+                &format!("reason=\"{reason}\"")
+            ),
+            0.0,
+            "{reason}"
+        );
+    }
+
+    // Per port: server side under the listening port "in", client side
+    // under it "out"; no ephemeral port anywhere.
+    let ports = samples(&text, "tcpwatch_port_transitions_total");
+    let p = |dir: &str, from: &str, to: &str| {
+        ports
+            .get(&format!(
+                "netns=\"{netns}\",port=\"{port}\",direction=\"{dir}\",from=\"{from}\",to=\"{to}\""
+            ))
+            .copied()
+    };
+    assert_eq!(p("in", "LISTEN", "SYN-RECV"), Some(N as f64), "{ports:?}");
+    assert_eq!(p("in", "LAST-ACK", "CLOSE"), Some(N as f64));
+    assert_eq!(p("out", "CLOSE", "SYN-SENT"), Some(N as f64));
+    assert_eq!(p("out", "FIN-WAIT-2", "CLOSE"), Some(N as f64));
+    let port_series: std::collections::BTreeSet<&str> = ports
+        .keys()
+        .filter(|l| l.contains(&format!("netns=\"{netns}\"")))
+        .filter_map(|l| l.split("port=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(
+        port_series,
+        std::collections::BTreeSet::from([port.to_string().as_str()]),
+        "only the service port"
+    );
+
+    // The census and the kernel's own counters of the namespace.
+    let s = |state: &str| {
+        value(
+            &text,
+            "tcpwatch_sockets",
+            &format!("netns=\"{netns}\",state=\"{state}\""),
+        )
+    };
+    assert_eq!(s("TIME-WAIT"), N as f64, "the client closed first");
+    assert_eq!(s("ESTABLISHED"), 0.0);
+    let k = |name: &str| value(&text, name, &format!("netns=\"{netns}\""));
+    assert_eq!(k("tcpwatch_netstat_tcp_active_opens_total"), N as f64);
+    assert_eq!(k("tcpwatch_netstat_tcp_passive_opens_total"), N as f64);
+    assert!(k("tcpwatch_census_duration_seconds") > 0.0);
+    assert_eq!(
+        value(&text, "tcpwatch_connect_duration_seconds_count", ""),
+        N as f64
+    );
+
+    let status = daemon.stop();
+    assert!(status.success(), "daemon exit: {status}");
+}
+
+#[test]
+fn daemon_memory_stays_bounded_under_a_65535_port_spray() {
+    let test = "daemon_memory_stays_bounded_under_a_65535_port_spray";
+    if !root_available(test) || !tool_available(test, "curl", "curl") {
+        return;
+    }
+    let ns = NsWorker::new();
+    let daemon = Daemon::start(&["--netns", &ns.path, "--max-ports", "64"]);
+    // Warm up: one scrape, one census.
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.scrape();
+    let before = daemon.rss_kib();
+    // A connect to every port of 127.0.0.1 in our namespace: nothing listens,
+    // so each is refused (SYN-SENT -> CLOSE) — 65,535 distinct remote ports.
+    let refused = ns.run(|| {
+        (1..=u16::MAX)
+            .filter(|&p| TcpStream::connect(("127.0.0.1", p)).is_err())
+            .count()
+    });
+    // A few connects may succeed: when the kernel picks the destination
+    // port itself as the source port, TCP connects the socket to itself.
+    assert!(refused > 65_000, "{refused}");
+    let netns = ns.inode.to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = daemon.scrape();
+        let l = format!("netns=\"{netns}\",from=\"SYN-SENT\",to=\"CLOSE\"");
+        if value(&text, "tcpwatch_transitions_total", &l) >= refused as f64
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let after = daemon.rss_kib();
+    assert_eq!(
+        value(
+            &text,
+            "tcpwatch_failed_connects_total",
+            &format!("netns=\"{netns}\"")
+        ),
+        refused as f64
+    );
+    let ports: std::collections::BTreeSet<String> =
+        samples(&text, "tcpwatch_port_transitions_total")
+            .keys()
+            .filter_map(|l| Some(l.split("port=\"").nth(1)?.split('"').next()?.to_string()))
+            .collect();
+    assert!(
+        ports.len() <= 65,
+        "64 ports plus other, got {}",
+        ports.len()
+    );
+    eprintln!(
+        "daemon RSS before the spray {before} KiB, after {after} KiB ({} series of port transitions)",
+        ports.len()
+    );
+    assert!(
+        after < before + 20 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    assert!(daemon.stop().success());
+}
+
+/// A namespace made with `ip netns add`, deleted on drop.
+struct NamedNetns(String);
+
+impl NamedNetns {
+    fn new() -> NamedNetns {
+        let name = format!("tcpwatch-test-{}", std::process::id());
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add {name}");
+        let st = Command::new("ip")
+            .args(["-n", &name, "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        NamedNetns(name)
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+
+    /// Runs `f` on a thread that entered the namespace.
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let file = std::fs::File::open(self.path()).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                use std::os::fd::AsRawFd;
+                // SAFETY: setns on this scoped thread only, with an open
+                // namespace file.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn all_netns_covers_a_namespace_created_after_start() {
+    let test = "all_netns_covers_a_namespace_created_after_start";
+    if !root_available(test) || !tool_available(test, "curl", "curl") {
+        return;
+    }
+    let host = std::fs::metadata("/proc/self/ns/net").unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let daemon = Daemon::start(&["--all-netns"]);
+    let ns = NamedNetns::new();
+    let inode = std::fs::metadata(ns.path()).unwrap().ino();
+    const N: usize = 50;
+    ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        connections(&l, N);
+    });
+    let netns = inode.to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = daemon.scrape();
+        let tw = value(
+            &text,
+            "tcpwatch_sockets",
+            &format!("netns=\"{netns}\",state=\"TIME-WAIT\""),
+        );
+        if tw == N as f64 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for (from, to) in PAIRS {
+        let l = format!("netns=\"{netns}\",from=\"{from}\",to=\"{to}\"");
+        assert_eq!(
+            value(&text, "tcpwatch_transitions_total", &l),
+            N as f64,
+            "{l}"
+        );
+    }
+    assert_eq!(
+        value(
+            &text,
+            "tcpwatch_sockets",
+            &format!("netns=\"{netns}\",state=\"TIME-WAIT\"")
+        ),
+        N as f64
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tcpwatch_netstat_tcp_active_opens_total",
+            &format!("netns=\"{netns}\"")
+        ),
+        N as f64
+    );
+    // The host namespace is covered too.
+    assert!(
+        text.contains(&format!(
+            "tcpwatch_census_duration_seconds{{netns=\"{}\"}}",
+            host.ino()
+        )),
+        "{text}"
+    );
+    assert!(daemon.stop().success());
+}
