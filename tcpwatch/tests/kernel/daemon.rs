@@ -564,3 +564,61 @@ fn all_netns_covers_a_namespace_created_after_start() {
     );
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn record_then_replay_gives_the_live_numbers() {
+    let test = "record_then_replay_gives_the_live_numbers";
+    if !root_available(test) {
+        return;
+    }
+    const N: usize = 100;
+    let ns = NsWorker::new();
+    let dir = std::env::temp_dir().join(format!("tcpwatch-record-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("t.rec");
+    let mut child = Command::new(BIN)
+        .args(["record", file.to_str().unwrap(), "--netns", &ns.path])
+        .args(["--interval", "0.2", "--duration", "3"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("daemon up") {
+        assert!(lines.read_line(&mut seen).unwrap() > 0, "{seen}");
+    }
+    ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        connections(&l, N);
+    });
+    let st = child.wait().unwrap();
+    lines.read_to_string(&mut seen).unwrap();
+    assert!(st.success(), "{seen}");
+
+    let out = Command::new(BIN)
+        .args(["replay", "--json", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ns_view = &v["namespaces"][0];
+    assert_eq!(ns_view["netns"], ns.inode);
+    for (from, to) in PAIRS {
+        let total = ns_view["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["from"] == from && p["to"] == to)
+            .map(|p| p["total"].as_u64().unwrap());
+        assert_eq!(total, Some(N as u64), "{from} -> {to}");
+    }
+    // The recording holds the kernel's account: all counted were delivered.
+    let k = &v["kernel"]["accounting"];
+    assert_eq!(k["counted"], v["stats"]["transitions"]);
+    assert_eq!(k["ringbuf_full"], 0);
+    assert_eq!(
+        ns_view["census"]["summary"]["states"]["TIME-WAIT"],
+        N as u64
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
