@@ -6,4 +6,5 @@ mod churn;
 mod cli;
 mod common;
 mod daemon;
+mod synflood;
 mod transitions;
