@@ -74,25 +74,39 @@ pub fn summarize(
     }
 
     let listeners_raw: Vec<&SockEntry> = entries.iter().filter(|e| e.state == TCP_LISTEN).collect();
+    // Listeners by port, so attributing 100,000 sockets to a thousand
+    // listeners stays linear.
+    let mut by_port: HashMap<u16, Vec<usize>> = HashMap::new();
+    for (i, l) in listeners_raw.iter().enumerate() {
+        by_port.entry(l.local.port()).or_default().push(i);
+    }
     let serves = |l: &SockEntry, e: &SockEntry| {
         e.local.port() == l.local.port()
             && (l.local.ip().is_unspecified() || l.local.ip() == e.local.ip())
     };
+    let candidates =
+        |e: &SockEntry| -> &[usize] { by_port.get(&e.local.port()).map_or(&[], Vec::as_slice) };
+    let mut syn_recv = vec![0u64; listeners_raw.len()];
+    for e in entries {
+        if shown_state(e.state) == State::from_raw(TCP_SYN_RECV) {
+            for &i in candidates(e) {
+                if serves(listeners_raw[i], e) {
+                    syn_recv[i] += 1;
+                }
+            }
+        }
+    }
     let mut listeners: Vec<Listener> = listeners_raw
         .iter()
-        .map(|l| {
+        .zip(&syn_recv)
+        .map(|(l, &syn_recv)| {
             let owner = owners.get(&(l.inode as u64));
             Listener {
                 address: l.local.ip().to_string(),
                 port: l.local.port(),
                 accept_queue: l.rqueue,
                 backlog: l.wqueue,
-                syn_recv: entries
-                    .iter()
-                    .filter(|e| {
-                        shown_state(e.state) == State::from_raw(TCP_SYN_RECV) && serves(l, e)
-                    })
-                    .count() as u64,
+                syn_recv,
                 pid: owner.map(|o| o.pid),
                 comm: owner.map(|o| o.comm.clone()),
             }
@@ -110,8 +124,10 @@ pub fn summarize(
         if e.state == TCP_TIME_WAIT {
             return None;
         }
-        let l = listeners_raw.iter().find(|l| serves(l, e))?;
-        owners.get(&(l.inode as u64))
+        let &l = candidates(e)
+            .iter()
+            .find(|&&i| serves(listeners_raw[i], e))?;
+        owners.get(&(listeners_raw[l].inode as u64))
     };
     let mut procs: HashMap<Option<u32>, Process> = HashMap::new();
     for e in entries {
