@@ -52,6 +52,11 @@ impl Capture {
     /// Loads, attaches and starts capturing. Needs a tokio runtime.
     pub fn start(opts: &LoadOptions) -> Result<Capture, CaptureError> {
         let mut loaded = loader::load(opts)?;
+        // Loading parsed the kernel's BTF: tens of MB of short-lived
+        // allocations. Hand the freed heap back, so a long-lived tracer does
+        // not keep it resident (measured: daemon RSS 41 MB -> 15 MB).
+        // SAFETY: malloc_trim only releases free memory; no pointer changes.
+        unsafe { libc::malloc_trim(0) };
         let ring = loaded
             .ebpf
             .take_map("EVENTS")

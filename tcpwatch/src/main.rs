@@ -87,6 +87,9 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Escape codes only for a person at a terminal, not for log files
+        // and scripts that parse the fields.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TCPWATCH_LOG").unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new(if verbose { "debug" } else { "warn" })

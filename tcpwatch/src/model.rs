@@ -292,6 +292,8 @@ impl KernelCounters {
             double_counted: caught.saturating_sub(skipped),
             recent_full: self.main.stat(stat::RECENT_FULL),
             has_catcher: self.catcher.is_some(),
+            bpf_run_time_ns: self.progs().map(|p| p.run_time_ns).sum(),
+            bpf_run_cnt: self.progs().map(|p| p.run_cnt).sum(),
         }
     }
 }
@@ -325,6 +327,12 @@ pub struct Accounting {
     /// Identities the main program could not leave for the catcher.
     pub recent_full: u64,
     pub has_catcher: bool,
+    /// Time the programs ran and how often, summed (non-zero only while
+    /// `kernel.bpf_stats_enabled` is 1): the in-kernel cost per event.
+    #[serde(default)]
+    pub bpf_run_time_ns: u64,
+    #[serde(default)]
+    pub bpf_run_cnt: u64,
 }
 
 impl Accounting {

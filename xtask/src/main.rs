@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | test | run`.
+//! Project tasks: `cargo xtask setup | test | run | bench`.
 //!
 //! Everything a fresh machine needs beyond rustup is installed from here
 //! (system packages) or from tcpwatch/build.rs (bpf-linker), so the README's
@@ -10,6 +10,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+
+mod bench;
+mod loadgen;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -33,6 +36,11 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Overhead and loss of tcpwatch (and peers with --peers) under loopback churn.
+    Bench(bench::BenchArgs),
+    /// The bench's load generator (loopback, in a fresh network namespace).
+    #[command(hide = true)]
+    Loadgen(loadgen::LoadArgs),
 }
 
 /// Commands the tests run, and the Debian package that has each.
@@ -71,6 +79,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // builds for the BPF target, through tcpwatch's build.rs).
             cargo(&["test"], &args)
         }
+        Task::Bench(args) => {
+            if !is_root() {
+                bail!("the bench loads BPF programs and makes namespaces: run it as root");
+            }
+            setup()?;
+            // The load generator too: a debug build would measure itself.
+            cargo(
+                &[
+                    "build",
+                    "--release",
+                    "--package",
+                    "tcpwatch",
+                    "--package",
+                    "xtask",
+                ],
+                &[],
+            )?;
+            bench::run(args, &workspace_root())
+        }
+        Task::Loadgen(args) => loadgen::run(&args),
         Task::Run { args } => {
             cargo(&["build", "--release", "--package", "tcpwatch"], &[])?;
             let bin = workspace_root().join("target/release/tcpwatch");
@@ -122,14 +150,19 @@ fn setup() -> anyhow::Result<()> {
                 missing.join(" ")
             );
         }
-        eprintln!("xtask: installing {}", missing.join(" "));
-        sh("apt-get", &["update", "-qq"])?;
-        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-        args.extend(&missing);
-        sh("apt-get", &args)?;
+        apt_install(&missing)?;
     }
     // Builds bpf-linker on first use (tcpwatch/build.rs) and the eBPF object.
     cargo(&["build", "--all-targets"], &[])
+}
+
+/// Installs Debian packages (the bench's peers, the tests' tools).
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    eprintln!("xtask: installing {}", packages.join(" "));
+    sh("apt-get", &["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(packages);
+    sh("apt-get", &args)
 }
 
 fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<()> {

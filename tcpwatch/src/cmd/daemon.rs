@@ -309,7 +309,7 @@ async fn run(
     let accounting = capture.counters()?.summary();
     let view = engine.lock().expect("engine lock").view();
     eprintln!(
-        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} engine={} kernel_skipped={} caught={} unrecovered={} nested={}",
+        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} engine={} kernel_skipped={} caught={} unrecovered={} nested={} bpf_run_time_ns={} bpf_run_cnt={}",
         accounting.counted,
         accounting.emitted,
         capture.delivered(),
@@ -319,6 +319,8 @@ async fn run(
         accounting.caught,
         accounting.unrecovered,
         accounting.nested,
+        accounting.bpf_run_time_ns,
+        accounting.bpf_run_cnt,
     );
     Ok(if accounting.unrecovered > 0 || accounting.nested > 0 {
         ExitCode::from(3)

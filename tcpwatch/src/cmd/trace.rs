@@ -223,7 +223,7 @@ fn report(a: &Accounting, delivered: u64, malformed: u64, shown: &Shown, out: &O
     }
     // One machine-readable line for scripts and tests.
     eprintln!(
-        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} written={} output_dropped={} filtered={} kernel_skipped={} caught={} unrecovered={} double_counted={} nested={} malformed={}",
+        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} written={} output_dropped={} filtered={} kernel_skipped={} caught={} unrecovered={} double_counted={} nested={} malformed={} bpf_run_time_ns={} bpf_run_cnt={}",
         a.counted,
         a.emitted,
         delivered,
@@ -236,6 +236,8 @@ fn report(a: &Accounting, delivered: u64, malformed: u64, shown: &Shown, out: &O
         a.unrecovered,
         a.double_counted,
         a.nested,
-        malformed
+        malformed,
+        a.bpf_run_time_ns,
+        a.bpf_run_cnt
     );
 }

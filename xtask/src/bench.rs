@@ -1,0 +1,602 @@
+//! `cargo xtask bench`: what tracing costs the traced, and whether anything
+//! is lost, next to the tools users would run instead. One run, one machine,
+//! configurations interleaved round by round so drift hits all alike.
+//!
+//! Each run: a load generator (loadgen.rs) in a fresh namespace waits; the
+//! tracer is started on that namespace and waited for; the load runs; the
+//! tracer's CPU time and peak RSS are read from /proc; the tracer is
+//! stopped and its own account read from its last stderr line.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use serde_json::{Value, json};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Under two minutes: 3 rounds of 20,000 connections, no scaling curve.
+    #[arg(long)]
+    quick: bool,
+    /// Install and include the peer tracers (Debian's libbpf-tools and bpfcc-tools).
+    #[arg(long)]
+    peers: bool,
+    /// Rounds (default 3 quick, 5 full).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Connections per run (default 20,000 quick, 50,000 full).
+    #[arg(long)]
+    connections: Option<u64>,
+    /// Exit non-zero if a tcpwatch configuration leaves a transition unaccounted.
+    #[arg(long)]
+    check_loss: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Config {
+    name: &'static str,
+    /// argv; "{ns}" is the load's namespace path, "{out}" an output file.
+    argv: Vec<String>,
+    /// A stderr line that says the tracer is attached.
+    ready: Option<&'static str>,
+    /// Seconds to wait instead, for tracers that do not say.
+    ready_wait: f64,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    None,
+    Tcpwatch,
+    Peer,
+}
+
+/// Restores `kernel.bpf_stats_enabled` on drop.
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &'static str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> anyhow::Result<BpfStats> {
+        let old = std::fs::read_to_string(Self::PATH)?.trim().to_string();
+        std::fs::write(Self::PATH, "1").context("enabling bpf_stats")?;
+        Ok(BpfStats(old))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime), counted after the comm.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// `key=value` pairs of a `tcpwatch-accounting:` line.
+fn accounting(stderr: &str) -> BTreeMap<String, u64> {
+    stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("tcpwatch-accounting: "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k.to_string(), v.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+struct Load {
+    child: Child,
+    path: String,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+fn start_load(xtask: &Path, extra: &[String]) -> anyhow::Result<Load> {
+    let mut child = Command::new(xtask)
+        .arg("loadgen")
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the load generator")?;
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    let v: Value = serde_json::from_str(&line).with_context(|| format!("loadgen said {line:?}"))?;
+    Ok(Load {
+        child,
+        path: v["path"].as_str().unwrap_or_default().to_string(),
+        stdout,
+    })
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+type Stderr = std::sync::mpsc::Receiver<String>;
+
+fn start_tracer(c: &Config, ns: &str, out: &Path) -> anyhow::Result<(Child, Stderr)> {
+    let argv: Vec<String> = c
+        .argv
+        .iter()
+        .map(|a| {
+            a.replace("{ns}", ns)
+                .replace("{out}", &out.display().to_string())
+        })
+        .collect();
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    if c.kind == Kind::Peer || c.name.contains("trace") {
+        cmd.stdout(Stdio::from(std::fs::File::create(out)?));
+    } else {
+        cmd.stdout(Stdio::null());
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", argv[0]))?;
+    let mut err = child.stderr.take().unwrap();
+    let mut seen = String::new();
+    if let Some(ready) = c.ready {
+        let mut byte = [0u8; 1];
+        while !seen.contains(ready) {
+            if err.read(&mut byte)? == 0 {
+                bail!("{} exited before it was ready:\n{seen}", c.name);
+            }
+            seen.push(byte[0] as char);
+        }
+    }
+    std::thread::sleep(Duration::from_secs_f64(c.ready_wait));
+    // Drain the rest on a thread; the account comes at exit.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = err.read_to_string(&mut rest);
+        let _ = tx.send(rest);
+    });
+    Ok((child, rx))
+}
+
+fn run_one(
+    xtask: &Path,
+    c: &Config,
+    conns: u64,
+    rate: Option<f64>,
+    dir: &Path,
+) -> anyhow::Result<Value> {
+    let mut load_args: Vec<String> = vec![
+        "--wait".into(),
+        "--connections".into(),
+        conns.to_string(),
+        "--max-seconds".into(),
+        "60".into(),
+    ];
+    if let Some(r) = rate {
+        load_args.extend(["--rate".into(), r.to_string()]);
+    }
+    let mut load = start_load(xtask, &load_args)?;
+    let out = dir.join(format!("{}.out", c.name.replace(' ', "_")));
+    let tracer = match c.kind {
+        Kind::None => None,
+        _ => Some(start_tracer(c, &load.path, &out)?),
+    };
+    let ticks0 = tracer.as_ref().and_then(|(t, _)| cpu_ticks(t.id()));
+    writeln!(load.child.stdin.as_mut().unwrap())?;
+    let mut line = String::new();
+    load.stdout.read_line(&mut line)?;
+    load.child.wait()?;
+    let result: Value =
+        serde_json::from_str(&line).with_context(|| format!("loadgen result {line:?}"))?;
+    let mut row = json!({
+        "config": c.name,
+        "conn_per_s": result["conn_per_s"],
+        "completed": result["completed"],
+        "errors": result["errors"],
+        "elapsed_s": result["elapsed_s"],
+    });
+    if let Some((mut t, rx)) = tracer {
+        let elapsed = result["elapsed_s"].as_f64().unwrap_or(1.0);
+        let ticks1 = cpu_ticks(t.id());
+        if let (Some(a), Some(b)) = (ticks0, ticks1) {
+            row["cpu_pct"] = json!((b - a) as f64 / clk_tck() / elapsed * 100.0);
+        }
+        row["rss_mib"] = json!(status_kib(t.id(), "VmRSS:").unwrap_or(0) as f64 / 1024.0);
+        row["peak_rss_mib"] = json!(status_kib(t.id(), "VmHWM:").unwrap_or(0) as f64 / 1024.0);
+        // Let the tracer drain what the load left in its buffers.
+        std::thread::sleep(Duration::from_millis(500));
+        signal(&t, libc::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while t.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = t.kill();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stderr = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+        let per = result["transitions_per_connection"].as_u64().unwrap_or(10);
+        let threads = result["threads"].as_u64().unwrap_or(1);
+        // Each worker's listener adds CLOSE->LISTEN and LISTEN->CLOSE.
+        let expected = result["completed"].as_u64().unwrap_or(0) * per + 2 * threads;
+        row["expected"] = json!(expected);
+        match c.kind {
+            Kind::Tcpwatch => {
+                let a = accounting(&stderr);
+                let g = |k: &str| a.get(k).copied().unwrap_or(0);
+                row["counted"] = json!(g("counted"));
+                row["delivered"] = json!(g("delivered"));
+                row["dropped"] = json!(g("ringbuf_dropped") + g("output_dropped"));
+                row["kernel_skipped_uncaught"] = json!(g("unrecovered"));
+                // Unaccounted: transitions that happened and that the
+                // account does not name (neither delivered nor counted as
+                // dropped or skipped).
+                let accounted = g("delivered") + g("ringbuf_dropped") + g("unrecovered");
+                row["unaccounted"] = json!(expected.saturating_sub(accounted));
+                if g("bpf_run_cnt") > 0 {
+                    row["kernel_ns_per_event"] =
+                        json!(g("bpf_run_time_ns") as f64 / g("counted").max(1) as f64);
+                }
+                if a.is_empty() {
+                    row["note"] = json!(format!("no account from the tracer: {stderr}"));
+                }
+            }
+            Kind::Peer => {
+                // Peers print one line per event (plus a header) and keep no
+                // account: what they did not print is lost, silently.
+                let lines = std::fs::read_to_string(&out)
+                    .map(|s| s.lines().count().saturating_sub(1) as u64)
+                    .unwrap_or(0);
+                row["delivered"] = json!(lines);
+                row["unaccounted"] = json!(expected.saturating_sub(lines));
+            }
+            Kind::None => {}
+        }
+        let _ = std::fs::remove_file(&out);
+    }
+    Ok(row)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(cmd))
+        .find(|p| p.is_file())
+}
+
+/// Census cost: `tcpwatch states` on a namespace holding `pairs` pairs
+/// (2 sockets each), from its own debug log (census and owner scan apart).
+fn census_cost(xtask: &Path, tcpwatch: &Path, sockets: u64) -> anyhow::Result<Value> {
+    // One process holds at most ~9,000 pairs (the fd limit here is 20,000).
+    let per = 5_000u64;
+    let mut holders = Vec::new();
+    let first = start_load(
+        xtask,
+        &[
+            "--mode".into(),
+            "hold".into(),
+            "--connections".into(),
+            (sockets / 2).min(per).to_string(),
+            "--hold-seconds".into(),
+            "120".into(),
+        ],
+    )?;
+    let path = first.path.clone();
+    holders.push(first);
+    let mut left = (sockets / 2).saturating_sub(per);
+    while left > 0 {
+        let n = left.min(per);
+        holders.push(start_load(
+            xtask,
+            &[
+                "--mode".into(),
+                "hold".into(),
+                "--connections".into(),
+                n.to_string(),
+                "--hold-seconds".into(),
+                "120".into(),
+                "--join-netns".into(),
+                path.clone(),
+            ],
+        )?);
+        left -= n;
+    }
+    for h in &mut holders {
+        let mut line = String::new();
+        h.stdout.read_line(&mut line)?; // {"holding":N}
+    }
+    let mut best = (f64::MAX, f64::MAX, f64::MAX);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let out = Command::new(tcpwatch)
+            .args(["states", "--json", "--netns", &path])
+            .env("TCPWATCH_LOG", "debug")
+            .output()?;
+        let wall = t.elapsed().as_secs_f64() * 1e3;
+        let log = String::from_utf8_lossy(&out.stderr);
+        let field = |k: &str| -> f64 {
+            log.split(&format!("{k}="))
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN)
+        };
+        best = (
+            best.0.min(field("census_ms")),
+            best.1.min(field("owners_ms")),
+            best.2.min(wall),
+        );
+    }
+    let t = Instant::now();
+    let ss = Command::new("nsenter")
+        .arg(format!("--net={path}"))
+        .args(["ss", "-tan"])
+        .output();
+    let ss_ms = ss.ok().map(|_| t.elapsed().as_secs_f64() * 1e3);
+    for mut h in holders {
+        let _ = h.child.kill();
+        let _ = h.child.wait();
+    }
+    Ok(
+        json!({"sockets": sockets, "census_ms": best.0, "owners_ms": best.1,
+              "states_wall_ms": best.2, "ss_tan_ms": ss_ms}),
+    )
+}
+
+pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
+    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 5 });
+    let conns = args
+        .connections
+        .unwrap_or(if args.quick { 20_000 } else { 50_000 });
+    let bin = root.join("target/release");
+    let tcpwatch = bin.join("tcpwatch");
+    let xtask = bin.join("xtask");
+    let tw = tcpwatch.display().to_string();
+    let mut configs = vec![
+        Config {
+            name: "no tracer",
+            argv: vec![],
+            ready: None,
+            ready_wait: 0.0,
+            kind: Kind::None,
+        },
+        Config {
+            name: "tcpwatch daemon",
+            argv: vec![
+                tw.clone(),
+                "daemon".into(),
+                "--netns".into(),
+                "{ns}".into(),
+                "--metrics-addr".into(),
+                "127.0.0.1:0".into(),
+            ],
+            ready: Some("daemon up"),
+            ready_wait: 0.2,
+            kind: Kind::Tcpwatch,
+        },
+        Config {
+            name: "tcpwatch trace --json",
+            argv: vec![
+                tw.clone(),
+                "trace".into(),
+                "--json".into(),
+                "--netns".into(),
+                "{ns}".into(),
+            ],
+            ready: Some("Ctrl-C"),
+            ready_wait: 0.2,
+            kind: Kind::Tcpwatch,
+        },
+    ];
+    if args.peers && (which("tcpstates").is_none() || which("tcpstates-bpfcc").is_none()) {
+        crate::apt_install(&["libbpf-tools", "bpfcc-tools"])?;
+    }
+    if let Some(p) = which("tcpstates").filter(|_| args.peers) {
+        configs.push(Config {
+            name: "libbpf-tools tcpstates",
+            argv: vec![p.display().to_string()],
+            ready: None,
+            ready_wait: 2.0,
+            kind: Kind::Peer,
+        });
+    }
+    if let Some(p) = which("tcpstates-bpfcc").filter(|_| args.peers) {
+        configs.push(Config {
+            name: "BCC tcpstates",
+            argv: vec![p.display().to_string()],
+            ready: None,
+            ready_wait: 8.0,
+            kind: Kind::Peer,
+        });
+    }
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let _stats = BpfStats::enable()?;
+    let started = Instant::now();
+    let mut rows: Vec<Value> = Vec::new();
+    for round in 0..rounds {
+        for c in &configs {
+            let row = run_one(&xtask, c, conns, None, &dir)
+                .with_context(|| format!("round {round}, {}", c.name))?;
+            eprintln!("bench: round {} {:<24} {}", round + 1, c.name, row);
+            rows.push(row);
+        }
+    }
+    // How the daemon's CPU grows with the transition rate: paced loads of
+    // 10k, 50k and 100k transitions/s (10 per connection) for 5 s each.
+    let mut scaling = Vec::new();
+    let targets: &[u64] = if args.quick {
+        &[100_000]
+    } else {
+        &[10_000, 50_000, 100_000]
+    };
+    for &tps in targets {
+        let cps = tps as f64 / 10.0;
+        let row = run_one(&xtask, &configs[1], (cps * 5.0) as u64, Some(cps), &dir)?;
+        eprintln!("bench: scaling {tps} transitions/s {row}");
+        scaling.push(json!({
+            "transitions_per_s": tps,
+            "achieved_conn_per_s": row["conn_per_s"],
+            "daemon_cpu_pct": row["cpu_pct"],
+            "unaccounted": row["unaccounted"],
+        }));
+    }
+    let census: Vec<Value> = if args.quick {
+        vec![census_cost(&xtask, &tcpwatch, 10_000)?]
+    } else {
+        vec![
+            census_cost(&xtask, &tcpwatch, 10_000)?,
+            census_cost(&xtask, &tcpwatch, 100_000)?,
+        ]
+    };
+
+    // Summary per configuration: medians, worst loss.
+    let base = median(
+        rows.iter()
+            .filter(|r| r["config"] == "no tracer")
+            .filter_map(|r| r["conn_per_s"].as_f64())
+            .collect(),
+    );
+    let mut summary = Vec::new();
+    let mut md = String::from(
+        "| configuration | conn/s (median) | ratio | expected | delivered | dropped | unaccounted (worst) | kernel ns/event | CPU % | RSS MiB (peak) |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut lost = false;
+    for c in &configs {
+        let rs: Vec<&Value> = rows.iter().filter(|r| r["config"] == c.name).collect();
+        let m = |k: &str| median(rs.iter().filter_map(|r| r[k].as_f64()).collect());
+        let worst = rs.iter().filter_map(|r| r["unaccounted"].as_u64()).max();
+        if c.kind == Kind::Tcpwatch && worst.unwrap_or(0) > 0 {
+            lost = true;
+        }
+        let cps = m("conn_per_s");
+        let s = json!({
+            "config": c.name, "runs": rs.len(), "conn_per_s_median": cps,
+            "ratio": cps / base, "expected_median": m("expected"),
+            "delivered_median": m("delivered"), "dropped_median": m("dropped"),
+            "unaccounted_worst": worst, "kernel_ns_per_event_median": m("kernel_ns_per_event"),
+            "cpu_pct_median": m("cpu_pct"), "rss_mib_max": rs.iter().filter_map(|r| r["rss_mib"].as_f64()).fold(f64::NAN, f64::max),
+            "peak_rss_mib_max": rs.iter().filter_map(|r| r["peak_rss_mib"].as_f64()).fold(f64::NAN, f64::max),
+        });
+        let f = |v: f64, p: usize| {
+            if v.is_nan() {
+                "–".to_string()
+            } else {
+                format!("{v:.p$}")
+            }
+        };
+        let rss = format!(
+            "{} ({})",
+            f(s["rss_mib_max"].as_f64().unwrap_or(f64::NAN), 1),
+            f(s["peak_rss_mib_max"].as_f64().unwrap_or(f64::NAN), 1)
+        );
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            c.name,
+            f(cps, 0),
+            f(cps / base, 2),
+            f(m("expected"), 0),
+            f(m("delivered"), 0),
+            f(m("dropped"), 0),
+            worst.map_or("–".into(), |w| w.to_string()),
+            f(m("kernel_ns_per_event"), 0),
+            f(m("cpu_pct"), 1),
+            rss,
+        ));
+        summary.push(s);
+    }
+    md.push_str("\n| paced load, transitions/s | achieved conn/s | daemon CPU % of one core | unaccounted |\n|---|---|---|---|\n");
+    for r in &scaling {
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.1} | {} |\n",
+            r["transitions_per_s"],
+            r["achieved_conn_per_s"].as_f64().unwrap_or(f64::NAN),
+            r["daemon_cpu_pct"].as_f64().unwrap_or(f64::NAN),
+            r["unaccounted"]
+        ));
+    }
+    md.push_str("\n| census of | sock_diag ms | owner scan ms | `tcpwatch states` wall ms | `ss -tan` ms |\n|---|---|---|---|---|\n");
+    for c in &census {
+        md.push_str(&format!(
+            "| {} sockets | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+            c["sockets"],
+            c["census_ms"].as_f64().unwrap_or(f64::NAN),
+            c["owners_ms"].as_f64().unwrap_or(f64::NAN),
+            c["states_wall_ms"].as_f64().unwrap_or(f64::NAN),
+            c["ss_tan_ms"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let report = json!({
+        "commit": commit, "quick": args.quick, "rounds": rounds, "connections": conns,
+        "seconds": started.elapsed().as_secs_f64(),
+        "summary": summary, "runs": rows, "census": census, "scaling": scaling,
+    });
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let json_text = serde_json::to_string_pretty(&report)?;
+    std::fs::write(dir.join(format!("bench-{stamp}.json")), &json_text)?;
+    std::fs::write(dir.join("latest.json"), &json_text)?;
+    std::fs::write(dir.join("latest.md"), &md)?;
+    println!("{md}");
+    println!(
+        "bench: {rounds} rounds × {conns} connections in {:.0} s; JSON in {}",
+        started.elapsed().as_secs_f64(),
+        dir.join("latest.json").display()
+    );
+    if args.check_loss && lost {
+        bail!("a tcpwatch configuration left transitions unaccounted");
+    }
+    Ok(())
+}
