@@ -291,7 +291,10 @@ fn daemon_counts_a_known_load_exactly_and_serves_valid_metrics() {
     let text = loop {
         let text = daemon.scrape();
         let l = format!("netns=\"{netns}\",from=\"FIN-WAIT-2\",to=\"CLOSE\"");
+        // The kernel's account is sampled once per interval: wait for a
+        // sample taken after the load too.
         let caught_up = value(&text, "tcpwatch_transitions_total", &l) >= N as f64
+            && value(&text, "tcpwatch_kernel_counted_transitions_total", "") >= (10 * N + 1) as f64
             && value(
                 &text,
                 "tcpwatch_sockets",
