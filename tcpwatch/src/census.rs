@@ -1,7 +1,7 @@
 //! The socket census: every TCP socket of a network namespace, over
 //! sock_diag netlink (the interface `ss` uses). It sees what the tracepoint
 //! cannot: request sockets (SYN-RECV), TIME-WAIT, and listeners' queues.
-use std::{fs::File, io, net::SocketAddr, os::fd::AsRawFd, path::Path};
+use std::{io, net::SocketAddr, path::Path};
 
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
@@ -64,26 +64,10 @@ pub fn tcp_sockets() -> Result<Vec<SockEntry>, CensusError> {
 /// the namespace it was created in, so it is created on a thread that
 /// entered that namespace.
 pub fn tcp_sockets_in(netns: &Path) -> Result<Vec<SockEntry>, CensusError> {
-    let file = File::open(netns).map_err(|source| CensusError::Netns {
+    crate::netns::run_in(netns, tcp_sockets).map_err(|source| CensusError::Netns {
         path: netns.display().to_string(),
         source,
-    })?;
-    let path = netns.display().to_string();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on this (scoped, short-lived) thread only; the
-            // fd is a namespace file kept open for the call.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(CensusError::Netns {
-                    path,
-                    source: io::Error::last_os_error(),
-                });
-            }
-            tcp_sockets()
-        })
-        .join()
-        .unwrap_or_else(|_| Err(CensusError::Decode("census thread panicked".into())))
-    })
+    })?
 }
 
 fn dump(socket: &mut Socket, family: u8, out: &mut Vec<SockEntry>) -> Result<(), CensusError> {

@@ -4,7 +4,7 @@
 //! retransmits, ...). procfs parses /proc/net/snmp into a fixed struct and
 //! not /proc/net/netstat at all; both files share one simple format, so
 //! this reads them by name and keeps fields a newer kernel adds.
-use std::{collections::BTreeMap, fs::File, io, os::fd::AsRawFd, path::Path};
+use std::{collections::BTreeMap, io, path::Path};
 
 /// The groups kept; the rest (Ip, Udp, MPTcpExt, ...) is not TCP state.
 const GROUPS: [&str; 2] = ["Tcp", "TcpExt"];
@@ -90,31 +90,10 @@ pub fn read_current() -> Result<BTreeMap<String, i64>, CountersError> {
 /// The counters of another namespace (a path that opens it), read on a
 /// short-lived thread that entered it.
 pub fn read_in(netns: &Path) -> Result<BTreeMap<String, i64>, CountersError> {
-    let path = netns.display().to_string();
-    let file = File::open(netns).map_err(|source| CountersError::Netns {
-        path: path.clone(),
+    crate::netns::run_in(netns, read_current).map_err(|source| CountersError::Netns {
+        path: netns.display().to_string(),
         source,
-    })?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on this scoped, short-lived thread only; the fd
-            // is a namespace file kept open for the call.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(CountersError::Netns {
-                    path,
-                    source: io::Error::last_os_error(),
-                });
-            }
-            read_current()
-        })
-        .join()
-        .unwrap_or_else(|_| {
-            Err(CountersError::Parse {
-                file: netns.display().to_string(),
-                message: "reader thread panicked".into(),
-            })
-        })
-    })
+    })?
 }
 
 #[cfg(test)]

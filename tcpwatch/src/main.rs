@@ -65,6 +65,31 @@ pub struct ProbeArgs {
     verbose: bool,
 }
 
+/// The engine's cardinality caps (daemon, record, replay).
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Namespaces kept apart (the rest are summed as "other").
+    #[arg(long, default_value_t = 256)]
+    max_netns: usize,
+    /// Ports tracked one by one (busiest first; the rest are "other").
+    #[arg(long, default_value_t = 64)]
+    max_ports: usize,
+    /// Processes tracked one by one (busiest first; the rest are "other").
+    #[arg(long, default_value_t = 64)]
+    max_processes: usize,
+}
+
+impl EngineArgs {
+    pub fn config(&self) -> tcpwatch::engine::EngineConfig {
+        tcpwatch::engine::EngineConfig {
+            max_ports: self.max_ports,
+            max_processes: self.max_processes,
+            max_netns: self.max_netns,
+            ..Default::default()
+        }
+    }
+}
+
 impl ProbeArgs {
     pub fn load_options(&self, netns: Option<u32>) -> LoadOptions {
         LoadOptions {

@@ -67,6 +67,26 @@ fn is_nsfs(path: &Path) -> bool {
     }
 }
 
+/// Runs `f` on a short-lived thread that entered the namespace `path`
+/// opens: sockets it creates and /proc/thread-self/net it reads belong to
+/// that namespace, and nothing else of this process moves.
+pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this scoped thread only, with a namespace
+            // file kept open for the call.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))
+    })
+}
+
 /// The network namespace of this process.
 pub fn current() -> anyhow::Result<u32> {
     resolve("/proc/self/ns/net")

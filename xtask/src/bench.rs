@@ -122,6 +122,15 @@ struct Load {
     stdout: BufReader<std::process::ChildStdout>,
 }
 
+/// A load never outlives its run: one left behind would run into the next
+/// configuration's measurement.
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start_load(xtask: &Path, extra: &[String]) -> anyhow::Result<Load> {
     let mut child = Command::new(xtask)
         .arg("loadgen")
@@ -224,7 +233,6 @@ fn run_one(
     writeln!(load.child.stdin.as_mut().unwrap())?;
     let mut line = String::new();
     load.stdout.read_line(&mut line)?;
-    load.child.wait()?;
     let result: Value =
         serde_json::from_str(&line).with_context(|| format!("loadgen result {line:?}"))?;
     let mut row = json!({
@@ -384,10 +392,7 @@ fn census_cost(xtask: &Path, tcpwatch: &Path, sockets: u64) -> anyhow::Result<Va
         .args(["ss", "-tan"])
         .output();
     let ss_ms = ss.ok().map(|_| t.elapsed().as_secs_f64() * 1e3);
-    for mut h in holders {
-        let _ = h.child.kill();
-        let _ = h.child.wait();
-    }
+    drop(holders);
     Ok(
         json!({"sockets": sockets, "census_ms": best.0, "owners_ms": best.1,
               "states_wall_ms": best.2, "ss_tan_ms": ss_ms}),

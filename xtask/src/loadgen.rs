@@ -210,7 +210,10 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
     drop(out);
     if args.wait {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line)?;
+        // End of input instead of a line: whoever started us gave up.
+        if std::io::stdin().lock().read_line(&mut line)? == 0 {
+            return Ok(());
+        }
     }
     let max = Duration::from_secs_f64(args.max_seconds);
     let start = Instant::now();

@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use clap::Args;
 use tcpwatch::{
     capture::Capture,
-    engine::{Engine, EngineConfig, Input, KernelSample},
+    engine::{Engine, Input, KernelSample},
     metrics,
     model::monotonic_ns,
     netns, record,
@@ -27,7 +27,7 @@ use tcpwatch::{
 };
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::ProbeArgs;
+use crate::{EngineArgs, ProbeArgs};
 
 #[derive(Args, Debug)]
 pub struct DaemonArgs {
@@ -52,15 +52,8 @@ pub struct DaemonArgs {
     /// One network namespace: inode, /run/netns/NAME, NAME or /proc/PID/ns/net.
     #[arg(long)]
     netns: Option<String>,
-    /// Namespaces kept apart with --all-netns (the rest are summed as "other").
-    #[arg(long, default_value_t = 256)]
-    max_netns: usize,
-    /// Ports tracked one by one (busiest first; the rest are "other").
-    #[arg(long, default_value_t = 64)]
-    max_ports: usize,
-    /// Processes tracked one by one (busiest first; the rest are "other").
-    #[arg(long, default_value_t = 64)]
-    max_processes: usize,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Stop after this many seconds.
     #[arg(short = 'd', long, value_name = "SECONDS", value_parser = parse_interval)]
     duration: Option<f64>,
@@ -150,7 +143,7 @@ async fn run(
     let (scope, filter) = if args.all_netns {
         (
             Scope::All {
-                max: args.max_netns,
+                max: args.engine.config().max_netns,
             },
             None,
         )
@@ -168,12 +161,7 @@ async fn run(
         // filtered in the kernel (and counted as such) unless --all-netns.
         (Scope::Own, Some(netns::current()?))
     };
-    let cfg = EngineConfig {
-        max_ports: args.max_ports,
-        max_processes: args.max_processes,
-        max_netns: args.max_netns,
-        ..EngineConfig::default()
-    };
+    let cfg = args.engine.config();
     // Bind before loading the probe: a taken port is a usage error and
     // should not cost a probe load.
     let listener = match metrics_addr {
@@ -210,7 +198,7 @@ async fn run(
         let engine = engine.clone();
         let info = metrics::Info {
             hook: Some(hook.short().into()),
-            max_listeners: args.max_ports,
+            max_listeners: cfg.max_ports,
         };
         let render = Arc::new(move || {
             let view = engine.lock().expect("engine lock").view();

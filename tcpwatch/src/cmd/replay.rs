@@ -13,8 +13,10 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Args;
+
+use crate::EngineArgs;
 use tcpwatch::{
-    engine::{Engine, EngineConfig, Input},
+    engine::{Engine, Input},
     metrics, record,
     view::{engine::summary_text, trace::Clock},
 };
@@ -32,12 +34,8 @@ pub struct ReplayArgs {
     /// Serve the replayed engine as Prometheus metrics while it plays.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_addr: Option<SocketAddr>,
-    #[arg(long, default_value_t = 256)]
-    max_netns: usize,
-    #[arg(long, default_value_t = 64)]
-    max_ports: usize,
-    #[arg(long, default_value_t = 64)]
-    max_processes: usize,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 fn parse_speed(s: &str) -> Result<f64, String> {
@@ -67,18 +65,14 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let clock = Clock {
         offset_ns: header.unix_ns - header.monotonic_ns as i128,
     };
-    let engine = Arc::new(Mutex::new(Engine::new(EngineConfig {
-        max_ports: args.max_ports,
-        max_processes: args.max_processes,
-        max_netns: args.max_netns,
-        ..EngineConfig::default()
-    })));
+    let cfg = args.engine.config();
+    let engine = Arc::new(Mutex::new(Engine::new(cfg)));
     if let Some(addr) = args.metrics_addr {
         let listener = metrics::bind(addr).await?;
         let engine = engine.clone();
         let info = metrics::Info {
             hook: header.hook.clone(),
-            max_listeners: args.max_ports,
+            max_listeners: cfg.max_ports,
         };
         eprintln!(
             "tcpwatch: metrics on http://{}/metrics",
