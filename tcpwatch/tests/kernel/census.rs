@@ -37,6 +37,7 @@ struct Population {
     /// Everything that must stay open while the census runs.
     _keep: Vec<TcpStream>,
     _listeners: Vec<TcpListener>,
+    _spoof: synflood::SpoofNet,
     queued_port: u16,
     half_open_port: u16,
 }
@@ -72,12 +73,12 @@ fn populate() -> Population {
         drop(s); // the client ends in TIME-WAIT
     }
 
-    synflood::setup();
+    let spoof = synflood::SpoofNet::new();
     let l4 = TcpListener::bind((synflood::LOCAL, 0)).unwrap();
     let std::net::SocketAddr::V4(a4) = l4.local_addr().unwrap() else {
         unreachable!()
     };
-    synflood::send_spoofed_syns(a4, HALF_OPEN as u16);
+    synflood::send_spoofed_syns(synflood::SPOOFED, a4, HALF_OPEN as u16);
     std::thread::sleep(Duration::from_millis(200));
     let queued_port = a1.port();
     let half_open_port = l4.local_addr().unwrap().port();
@@ -85,6 +86,7 @@ fn populate() -> Population {
     Population {
         _keep: keep,
         _listeners: listeners,
+        _spoof: spoof,
         queued_port,
         half_open_port,
     }
