@@ -1,189 +1,264 @@
-//! The census against `ss`: a known population of sockets in a namespace
-//! of the test's own, every state counted as `ss -tan` counts it.
+//! The census against `ss` and against what the test built: a known
+//! population of sockets in a namespace of the test's own, half-open ones
+//! made by spoofed SYNs as a flood makes them, counted state by state.
 use std::{
     collections::BTreeMap,
-    net::{TcpListener, TcpStream},
-    process::Command,
-    time::Duration,
+    io::Read,
+    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    process::{Command, Output},
+    time::{Duration, Instant},
 };
 
 use crate::{
     common::{netns_thread, root_available},
-    synflood,
+    synflood::{self, SpoofNet},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpwatch");
 
+// The population.
+const PAIRS_V4: u64 = 3;
+const PAIRS_V6: u64 = 2;
+/// Handshakes completed but never accepted: both ends ESTABLISHED.
+const QUEUED: u64 = 1;
+/// Peer closed, owner did not; each leaves its peer in FIN-WAIT-2.
+const CLOSE_WAIT: u64 = 2;
+/// Client closed first, then the server: the client side remains.
+const TIME_WAIT: u64 = 3;
+/// Spoofed SYNs: well below the backlog, so no SYN cookies.
+const HALF_OPEN: u16 = 16;
+/// Pairs (v4), pairs and TIME-WAIT (v6), CLOSE-WAIT, half-open, idle (v6).
+const LISTENERS: u64 = 5;
+
+/// Every state the population has, as `ss` names it; all others are zero.
+fn constructed() -> BTreeMap<String, u64> {
+    [
+        ("LISTEN", LISTENERS),
+        ("ESTABLISHED", 2 * (PAIRS_V4 + PAIRS_V6 + QUEUED)),
+        ("CLOSE-WAIT", CLOSE_WAIT),
+        ("FIN-WAIT-2", CLOSE_WAIT),
+        ("TIME-WAIT", TIME_WAIT),
+        ("SYN-RECV", HALF_OPEN as u64),
+    ]
+    .into_iter()
+    .map(|(s, n)| (s.to_string(), n))
+    .collect()
+}
+
 /// `ss -tan` in the calling thread's namespace, counted per state with
-/// tcpwatch's names.
+/// tcpwatch's names (ss says ESTAB and UNCONN where tcpwatch says
+/// ESTABLISHED and CLOSE; the other names agree).
 fn ss_counts() -> BTreeMap<String, u64> {
-    let out = Command::new("ss").arg("-tan").output().unwrap();
+    let out = Command::new("ss").args(["-tanH"]).output().unwrap();
+    assert!(out.status.success(), "ss -tanH: {out:?}");
     let mut counts = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
-        let st = line.split_whitespace().next().unwrap_or_default();
-        let name = match st {
-            "ESTAB" => "ESTABLISHED",
-            other => other,
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = match line.split_whitespace().next() {
+            Some("ESTAB") => "ESTABLISHED",
+            Some("UNCONN") => "CLOSE",
+            Some(other) => other,
+            None => continue,
         };
         *counts.entry(name.to_string()).or_default() += 1;
     }
     counts
 }
 
-/// Spoofed SYNs sent: below the listener's backlog, so no SYN cookies.
-const HALF_OPEN: u64 = 16;
+/// Polls `ss` until it shows the constructed population (closes and the
+/// spoofed SYNs are processed asynchronously), for at most 3 s; returns the
+/// last counts either way.
+fn ss_settled() -> BTreeMap<String, u64> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let counts = ss_counts();
+        if counts == constructed() || Instant::now() >= deadline {
+            return counts;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Blocks until the peer's FIN has arrived (read returns end of file).
+fn await_fin(s: &mut TcpStream) {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(s.read(&mut [0u8; 1]).unwrap(), 0, "expected the peer's FIN");
+}
 
 struct Population {
     /// Everything that must stay open while the census runs.
-    _keep: Vec<TcpStream>,
+    _open: Vec<TcpStream>,
     _listeners: Vec<TcpListener>,
-    _spoof: synflood::SpoofNet,
-    queued_port: u16,
+    /// Dropped after the sockets; the namespace would take it anyway.
+    _spoof: SpoofNet,
+    pairs_port: u16,
     half_open_port: u16,
 }
 
-/// Builds: 4 accepted pairs and 1 connection waiting in the accept queue
-/// (one listener), 2 CLOSE-WAIT (peer closed, owner did not), 3 TIME-WAIT,
-/// and 16 half-open request sockets (spoofed SYNs nobody answers for).
-fn populate() -> Population {
-    let mut keep = Vec::new();
-    let mut listeners = Vec::new();
-
-    let l1 = TcpListener::bind("127.0.0.1:0").unwrap();
-    let a1 = l1.local_addr().unwrap();
-    for _ in 0..4 {
-        keep.push(TcpStream::connect(a1).unwrap());
-        keep.push(l1.accept().unwrap().0);
-    }
-    keep.push(TcpStream::connect(a1).unwrap()); // never accepted
-
-    let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
-    for _ in 0..2 {
-        let c = TcpStream::connect(l2.local_addr().unwrap()).unwrap();
-        keep.push(l2.accept().unwrap().0); // owner keeps it open: CLOSE-WAIT
-        drop(c); // peer closes: FIN-WAIT-2 (orphan)
-    }
-
-    let l3 = TcpListener::bind("[::1]:0").unwrap();
-    for _ in 0..3 {
-        let c = TcpStream::connect(l3.local_addr().unwrap()).unwrap();
-        let s = l3.accept().unwrap().0;
-        drop(c);
-        std::thread::sleep(Duration::from_millis(5));
-        drop(s); // the client ends in TIME-WAIT
-    }
-
-    let spoof = synflood::SpoofNet::new();
-    let l4 = TcpListener::bind((synflood::LOCAL, 0)).unwrap();
-    let std::net::SocketAddr::V4(a4) = l4.local_addr().unwrap() else {
-        unreachable!()
-    };
-    synflood::send_spoofed_syns(synflood::SPOOFED, a4, HALF_OPEN as u16);
-    std::thread::sleep(Duration::from_millis(200));
-    let queued_port = a1.port();
-    let half_open_port = l4.local_addr().unwrap().port();
-    listeners.extend([l1, l2, l3, l4]);
-    Population {
-        _keep: keep,
-        _listeners: listeners,
-        _spoof: spoof,
-        queued_port,
-        half_open_port,
+fn pairs(l: &TcpListener, n: u64, open: &mut Vec<TcpStream>) {
+    for _ in 0..n {
+        open.push(TcpStream::connect(l.local_addr().unwrap()).unwrap());
+        open.push(l.accept().unwrap().0);
     }
 }
 
+fn populate() -> Population {
+    let mut open = Vec::new();
+
+    let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+    pairs(&v4, PAIRS_V4, &mut open);
+    for _ in 0..QUEUED {
+        open.push(TcpStream::connect(v4.local_addr().unwrap()).unwrap());
+    }
+
+    let v6 = TcpListener::bind("[::1]:0").unwrap();
+    pairs(&v6, PAIRS_V6, &mut open);
+    for _ in 0..TIME_WAIT {
+        let c = TcpStream::connect(v6.local_addr().unwrap()).unwrap();
+        let mut s = v6.accept().unwrap().0;
+        drop(c);
+        await_fin(&mut s);
+        drop(s);
+    }
+
+    let close_wait = TcpListener::bind("127.0.0.1:0").unwrap();
+    for _ in 0..CLOSE_WAIT {
+        let c = TcpStream::connect(close_wait.local_addr().unwrap()).unwrap();
+        let mut s = close_wait.accept().unwrap().0;
+        drop(c);
+        await_fin(&mut s);
+        open.push(s);
+    }
+
+    let spoof = SpoofNet::new();
+    let half_open = TcpListener::bind((synflood::LOCAL, 0)).unwrap();
+    let SocketAddr::V4(dst) = half_open.local_addr().unwrap() else {
+        unreachable!("bound to an IPv4 address")
+    };
+    synflood::send_spoofed_syns(synflood::SPOOFED, dst, HALF_OPEN);
+
+    let idle = TcpListener::bind("[::]:0").unwrap();
+
+    Population {
+        _open: open,
+        pairs_port: v4.local_addr().unwrap().port(),
+        half_open_port: dst.port(),
+        _listeners: vec![v4, v6, close_wait, half_open, idle],
+        _spoof: spoof,
+    }
+}
+
+/// What the namespace's own thread saw.
+struct Inside {
+    tid: i32,
+    ss: BTreeMap<String, u64>,
+    tcpwatch: Output,
+    pairs_port: u16,
+    half_open: SocketAddrV4,
+}
+
 #[test]
-fn states_json_equals_ss_state_by_state() {
-    if !root_available("states_json_equals_ss_state_by_state") {
+fn states_json_equals_ss_and_the_population_with_spoofed_half_open() {
+    if !root_available("states_json_equals_ss_and_the_population_with_spoofed_half_open") {
         return;
     }
-    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    let (inside_tx, inside_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let (_ino, go, worker) = netns_thread(move || {
+    // The namespace, the veth and every socket live on this thread and go
+    // with it, also when either side panics (a dropped channel wakes it).
+    let (ino, go, worker) = netns_thread(move || {
         let pop = populate();
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() };
-        let ss = ss_counts();
-        // Also tcpwatch run inside the namespace (inherited from this thread).
-        let inside = Command::new(BIN)
+        let ss = ss_settled();
+        // tcpwatch inherits the namespace from this thread.
+        let tcpwatch = Command::new(BIN)
             .args(["states", "--json"])
             .output()
             .unwrap();
-        tid_tx
-            .send((tid, ss, inside, pop.queued_port, pop.half_open_port))
+        inside_tx
+            .send(Inside {
+                // SAFETY: gettid has no preconditions.
+                tid: unsafe { libc::gettid() },
+                ss,
+                tcpwatch,
+                pairs_port: pop.pairs_port,
+                half_open: SocketAddrV4::new(synflood::LOCAL, pop.half_open_port),
+            })
             .unwrap();
-        done_rx.recv().unwrap();
+        let _ = done_rx.recv();
         drop(pop);
     });
     go.send(()).unwrap();
-    let (tid, ss, inside, queued_port, half_open_port) = tid_rx.recv().unwrap();
-    // And from outside, naming the namespace by path.
+    let inside = inside_rx.recv().expect("the namespace thread failed");
+    // And from outside, naming the namespace.
     let outside = Command::new(BIN)
         .args([
             "states",
             "--json",
             "--netns",
-            &format!("/proc/{}/task/{tid}/ns/net", std::process::id()),
+            &format!("/proc/{}/task/{}/ns/net", std::process::id(), inside.tid),
         ])
         .output()
         .unwrap();
     done_tx.send(()).unwrap();
     worker.join().unwrap();
 
-    let expected: BTreeMap<&str, u64> = BTreeMap::from([
-        ("LISTEN", 4),
-        ("ESTABLISHED", 10),
-        ("FIN-WAIT-2", 2),
-        ("CLOSE-WAIT", 2),
-        ("TIME-WAIT", 3),
-        ("SYN-RECV", HALF_OPEN),
-    ]);
-    for (name, n) in &expected {
-        assert_eq!(ss.get(*name).copied().unwrap_or(0), *n, "ss {name}: {ss:?}");
-    }
-    for out in [inside, outside] {
+    assert_eq!(inside.ss, constructed(), "ss against the population");
+    for (how, out) in [("inside", inside.tcpwatch), ("--netns", outside)] {
         assert!(
             out.status.success(),
-            "{}",
+            "tcpwatch states ({how}): {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let states = json["states"].as_object().unwrap();
-        for (name, n) in states {
-            let want = ss.get(name.as_str()).copied().unwrap_or(0);
-            assert_eq!(
-                n.as_u64().unwrap(),
-                want,
-                "{name}: tcpwatch {json} vs ss {ss:?}"
-            );
+        assert_eq!(json["netns"], ino, "{how}: {json}");
+        let counted: BTreeMap<String, u64> = json["states"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(s, n)| (s.clone(), n.as_u64().unwrap()))
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        assert_eq!(counted, inside.ss, "tcpwatch ({how}) against ss");
+        assert_eq!(json["total"], inside.ss.values().sum::<u64>(), "{how}");
+
+        let listeners = json["listeners"].as_array().unwrap();
+        assert_eq!(listeners.len() as u64, LISTENERS, "{how}: {json}");
+        for l in listeners {
+            let port = l["port"].as_u64().unwrap() as u16;
+            let (syn_recv, queued) = match port {
+                p if p == inside.half_open.port() => (HALF_OPEN as u64, 0),
+                p if p == inside.pairs_port => (0, QUEUED),
+                _ => (0, 0),
+            };
+            assert_eq!(l["syn_recv"], syn_recv, "{how}: listener {l}");
+            assert_eq!(l["accept_queue"], queued, "{how}: listener {l}");
+            assert_eq!(l["pid"], std::process::id(), "{how}: listener {l}");
         }
-        assert_eq!(json["total"].as_u64().unwrap(), ss.values().sum::<u64>());
-        let listener = |port: u16| {
-            json["listeners"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|l| l["port"] == port)
-                .cloned()
-                .unwrap_or_else(|| panic!("no listener {port}: {json}"))
-        };
-        assert_eq!(listener(queued_port)["accept_queue"], 1, "{json}");
-        assert_eq!(listener(half_open_port)["syn_recv"], HALF_OPEN, "{json}");
-        assert_eq!(
-            listener(half_open_port)["pid"],
-            std::process::id(),
-            "{json}"
-        );
+        let half_open = listeners
+            .iter()
+            .find(|l| l["port"] == inside.half_open.port())
+            .unwrap();
+        assert_eq!(half_open["address"], inside.half_open.ip().to_string());
+
+        // Ours: listeners, open sockets (the queued child and the request
+        // sockets through their listener). The closed clients (FIN-WAIT-2,
+        // TIME-WAIT) belong to nobody.
         let me = json["processes"]
             .as_array()
             .unwrap()
             .iter()
             .find(|p| p["pid"] == std::process::id())
-            .cloned()
-            .unwrap();
-        // Listeners, open sockets, the queued child and the request sockets
-        // of our listeners; the client-side orphans (FIN-WAIT-2, TIME-WAIT)
-        // belong to nobody.
-        assert_eq!(me["total"], 4 + 10 + 2 + HALF_OPEN, "{json}");
+            .unwrap_or_else(|| panic!("{how}: we own nothing: {json}"));
+        let c = constructed();
+        assert_eq!(
+            me["total"],
+            c["LISTEN"] + c["ESTABLISHED"] + c["CLOSE-WAIT"] + c["SYN-RECV"],
+            "{how}: {json}"
+        );
     }
+    eprintln!(
+        "census: {:?} equal in ss, tcpwatch and --netns, in {:?}",
+        inside.ss,
+        started.elapsed()
+    );
 }
