@@ -97,7 +97,7 @@ impl Drop for SpoofNet {
     fn drop(&mut self) {
         // Deleting one end deletes both. Never in another namespace, and
         // never a panic while unwinding.
-        if thread_netns() == self.netns {
+        if netns_inode("/proc/thread-self/ns/net") == Some(self.netns) {
             let _ = Command::new("ip").args(["link", "del", DEV]).output();
         }
     }
