@@ -197,3 +197,42 @@ pub fn nft_output_rule(table: &str, rule: &str) {
     args.extend(rule.split_whitespace());
     nft(&args);
 }
+
+/// A namespace made with `ip netns add`, deleted on drop (also when the
+/// test panics). `tag` keeps tests of one run, which share a pid, apart.
+pub struct NamedNetns(pub String);
+
+impl NamedNetns {
+    pub fn new(tag: &str) -> NamedNetns {
+        let name = format!("tcpwatch-test-{}-{tag}", std::process::id());
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add {name}");
+        // From here on, drop removes it whatever fails next.
+        let ns = NamedNetns(name);
+        let st = Command::new("ip")
+            .args(["-n", &ns.0, "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip -n {} link set lo up", ns.0);
+        ns
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+
+    /// Runs `f` on a thread that entered the namespace.
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        tcpwatch::netns::run_in(std::path::Path::new(&self.path()), f)
+            .unwrap_or_else(|e| panic!("entering {}: {e}", self.path()))
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::common::{enter_new_netns, root_available};
+use crate::common::{NamedNetns, enter_new_netns, root_available};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpwatch");
 
@@ -456,53 +456,6 @@ fn daemon_memory_stays_bounded_under_a_65535_port_spray() {
     assert!(daemon.stop().success());
 }
 
-/// A namespace made with `ip netns add`, deleted on drop.
-struct NamedNetns(String);
-
-impl NamedNetns {
-    fn new() -> NamedNetns {
-        let name = format!("tcpwatch-test-{}", std::process::id());
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip netns add {name}");
-        let st = Command::new("ip")
-            .args(["-n", &name, "link", "set", "lo", "up"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        NamedNetns(name)
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
-    }
-
-    /// Runs `f` on a thread that entered the namespace.
-    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        let file = std::fs::File::open(self.path()).unwrap();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                use std::os::fd::AsRawFd;
-                // SAFETY: setns on this scoped thread only, with an open
-                // namespace file.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap()
-        })
-    }
-}
-
-impl Drop for NamedNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 #[test]
 fn all_netns_covers_a_namespace_created_after_start() {
     let test = "all_netns_covers_a_namespace_created_after_start";
@@ -512,7 +465,7 @@ fn all_netns_covers_a_namespace_created_after_start() {
     let host = std::fs::metadata("/proc/self/ns/net").unwrap();
     use std::os::unix::fs::MetadataExt;
     let daemon = Daemon::start(&["--all-netns"]);
-    let ns = NamedNetns::new();
+    let ns = NamedNetns::new("all-netns");
     let inode = std::fs::metadata(ns.path()).unwrap().ino();
     const N: usize = 50;
     ns.run(|| {
