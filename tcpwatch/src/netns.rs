@@ -101,25 +101,23 @@ pub struct NamespaceRef {
     pub name: Option<String>,
 }
 
-/// Every network namespace with a process in it (/proc/*/ns/net) or a name
-/// (/run/netns/*), once each, by inode. Named ones keep their /run/netns
-/// path. Processes that exit during the scan are skipped.
+/// Every network namespace with a thread in it (/proc/*/task/*/ns/net) or a
+/// name (/run/netns/*), once each, sorted by inode. Named ones keep their
+/// /run/netns path, process-wide ones /proc/PID/ns/net. Threads that exit
+/// during the scan and unreadable entries are skipped.
 pub fn all() -> Vec<NamespaceRef> {
     let mut found: std::collections::BTreeMap<u32, NamespaceRef> = Default::default();
     if let Ok(dir) = std::fs::read_dir("/run/netns") {
         for entry in dir.flatten() {
             let path = entry.path();
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
             // /run/netns also holds plain files until `ip netns add` has
             // bind-mounted the namespace; skip those.
-            let Ok(inode) = u32::try_from(meta.ino()) else {
-                continue;
-            };
             if !is_nsfs(&path) {
                 continue;
             }
+            let Some(inode) = inode(&path) else {
+                continue;
+            };
             found.insert(
                 inode,
                 NamespaceRef {
@@ -130,31 +128,43 @@ pub fn all() -> Vec<NamespaceRef> {
             );
         }
     }
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            if !entry
-                .file_name()
-                .as_encoded_bytes()
-                .iter()
-                .all(u8::is_ascii_digit)
-            {
-                continue;
+    for pid in numbered(Path::new("/proc")) {
+        // The process's own path first: it lasts as long as the process. A
+        // thread that entered another namespace (setns, unshare) shows it
+        // only under its task, so the tasks are looked at too.
+        let tasks = numbered(&pid.join("task")).map(|t| t.join("ns/net"));
+        for path in std::iter::once(pid.join("ns/net")).chain(tasks) {
+            if let Some(inode) = inode(&path) {
+                found.entry(inode).or_insert(NamespaceRef {
+                    inode,
+                    path,
+                    name: None,
+                });
             }
-            let path = entry.path().join("ns/net");
-            let Some(inode) = std::fs::metadata(&path)
-                .ok()
-                .and_then(|m| u32::try_from(m.ino()).ok())
-            else {
-                continue;
-            };
-            found.entry(inode).or_insert(NamespaceRef {
-                inode,
-                path,
-                name: None,
-            });
         }
     }
     found.into_values().collect()
+}
+
+/// The entries of `dir` named by a number (pids, tids); none if it is gone.
+fn numbered(dir: &Path) -> impl Iterator<Item = PathBuf> + use<> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.as_encoded_bytes();
+            !name.is_empty() && name.iter().all(u8::is_ascii_digit)
+        })
+        .map(|e| e.path())
+}
+
+/// The namespace inode of a namespace file, if it can be read.
+fn inode(path: &Path) -> Option<u32> {
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|m| u32::try_from(m.ino()).ok())
 }
 
 #[cfg(test)]

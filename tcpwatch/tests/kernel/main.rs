@@ -6,5 +6,6 @@ mod churn;
 mod cli;
 mod common;
 mod daemon;
+mod netns;
 mod synflood;
 mod transitions;
