@@ -28,6 +28,16 @@ pub fn parse(text: &str, out: &mut BTreeMap<String, i64>) -> Result<(), String> 
         let (group, names) = names
             .split_once(':')
             .ok_or_else(|| format!("line without a group: {names:?}"))?;
+        // Field names never start with a digit or '-'; a line whose first
+        // field does is values whose header is missing, and would otherwise
+        // be reported as a header without values, naming the wrong line.
+        if names
+            .split_whitespace()
+            .next()
+            .is_some_and(|f| f.starts_with(|c: char| c.is_ascii_digit() || c == '-'))
+        {
+            return Err(format!("{group}: values line without its header"));
+        }
         let values = lines
             .next()
             .ok_or_else(|| format!("{group}: header without a values line"))?;
@@ -143,9 +153,38 @@ mod tests {
             "Tcp: header followed by Udp's values"
         );
         assert_eq!(e("garbage\n"), "line without a group: \"garbage\"");
+        assert_eq!(e("Tcp: 1 200\n"), "Tcp: values line without its header");
+        assert_eq!(
+            e("Tcp: A B\nTcp: 1 2\nTcp: -1 3\n"),
+            "Tcp: values line without its header"
+        );
         // Groups tcpwatch does not keep are not checked field by field.
         parse("Udp: A\nUdp: x\n", &mut m).unwrap();
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn gauges_are_exactly_the_five_tcp_levels_of_the_real_file() {
+        // Spelled as the kernel spells them, or they would be exported as
+        // counters.
+        let mut m = BTreeMap::new();
+        parse(include_str!("../tests/data/proc_net_snmp"), &mut m).unwrap();
+        parse(include_str!("../tests/data/proc_net_netstat"), &mut m).unwrap();
+        let gauges: Vec<&str> = m
+            .keys()
+            .map(String::as_str)
+            .filter(|k| is_gauge(k))
+            .collect();
+        assert_eq!(
+            gauges,
+            [
+                "Tcp.CurrEstab",
+                "Tcp.MaxConn",
+                "Tcp.RtoAlgorithm",
+                "Tcp.RtoMax",
+                "Tcp.RtoMin"
+            ]
+        );
     }
 
     #[test]
