@@ -28,17 +28,16 @@ pub fn resolve(spec: &str) -> anyhow::Result<u32> {
 }
 
 /// A path that opens the network namespace `spec` names: the path itself,
-/// `/run/netns/NAME`, or for an inode number the namespace of a process
-/// that lives in it.
+/// `/run/netns/NAME`, or for an inode number whatever [`all`] finds for it
+/// (its name, a process or a thread in it).
 pub fn path(spec: &str) -> anyhow::Result<PathBuf> {
     if let Ok(ino) = spec.parse::<u32>() {
-        for entry in std::fs::read_dir("/proc")?.flatten() {
-            let p = entry.path().join("ns/net");
-            if std::fs::metadata(&p).is_ok_and(|m| m.ino() == ino as u64) {
-                return Ok(p);
-            }
-        }
-        bail!("--netns {spec}: no process lives in a network namespace with that inode");
+        return match all().into_iter().find(|n| n.inode == ino) {
+            Some(n) => Ok(n.path),
+            None => bail!(
+                "--netns {spec}: no network namespace with that inode has a name or a thread in it"
+            ),
+        };
     }
     Ok(named(spec))
 }

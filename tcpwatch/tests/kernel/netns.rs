@@ -64,6 +64,10 @@ fn all_finds_the_host_a_named_and_a_thread_only_namespace() {
             .unwrap_or_else(|| panic!("namespace {ino} not found in {all:#?}"));
         // The path must open that namespace (checked while it still lives).
         assert_eq!(inode_of(&found.path), ino, "{found:?}");
+        // `--netns INODE` resolves through the same scan: the named one has
+        // no process in it, the thread-only one no process-wide path.
+        let by_inode = netns::path(&ino.to_string()).unwrap();
+        assert_eq!(inode_of(&by_inode), ino, "{}", by_inode.display());
     }
     release.send(()).unwrap();
     holder.join().unwrap();
