@@ -475,6 +475,7 @@ fn in_namespace(
     let deadline = start + Duration::from_secs_f64(opts.max_seconds);
     let (stats, held) = if opts.mode == Mode::Hold {
         let (stats, held) = hold(opts, &listeners[0], deadline, on_event);
+        drop(listeners);
         (stats, Some(held))
     } else {
         (churn(opts, listeners, netns, start, deadline)?, None)
@@ -574,7 +575,11 @@ fn churn(
         std::thread::Builder::new()
             .name(format!("loadgen-{t}"))
             .spawn(move || {
-                let _ = tx.send(w.run(&mine, netns));
+                let r = w.run(&mine, netns);
+                // Closed before the report, so the listeners' LISTEN→CLOSE
+                // is in by the time the caller hears the load is over.
+                drop(mine);
+                let _ = tx.send(r);
             })
             .map_err(Error::Spawn)?;
     }
