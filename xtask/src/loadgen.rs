@@ -32,7 +32,19 @@
 //! In a fresh namespace only, it writes [`FRESH_NS_SYSCTLS`] (sysctls under
 //! /proc/sys/net are per namespace, so the host's values are untouched); a
 //! joined namespace is left as it is. Listeners bind 127.0.0.1 only and every
-//! connection goes to one of them: no traffic leaves loopback.
+//! connection goes to one of them: no traffic leaves loopback. Joining the
+//! namespace the process runs in (the host's) is refused.
+//!
+//! # Limits
+//!
+//! - Time: the load stops at `--max-seconds` (at most 3600), counted from
+//!   the go signal; the wait for that signal itself has no bound, but no
+//!   connection is made before it. accept and the server's read give up
+//!   after 5 s; a worker still blocked 10 s after the deadline fails the run.
+//! - Hold: two descriptors per pair, with the soft RLIMIT_NOFILE raised to
+//!   the hard one: [`max_hold_pairs`] per process (9,984 under a hard limit
+//!   of 20,000). More pairs are refused up front; run several processes,
+//!   the first fresh and the others with `--join-netns` its netns_path.
 use std::{
     collections::BTreeMap,
     io::{self, BufRead as _, Read as _, Write as _},
@@ -262,29 +274,37 @@ fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Why a load could not run. Each message names the operation and carries
+/// its cause (which is why no variant has a `source`: printed as a chain it
+/// would say the cause twice).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid options: {0}")]
     Invalid(String),
     #[error("unshare(CLONE_NEWNET): {0} (the load generator must run as root)")]
     Unshare(io::Error),
-    #[error("joining network namespace {path}: {source}")]
-    Join { path: PathBuf, source: io::Error },
+    #[error("joining network namespace {path}: {cause}")]
+    Join { path: PathBuf, cause: io::Error },
+    #[error(
+        "--join-netns {0}: that is the namespace this process runs in; \
+         the load only runs in a namespace of its own (another load's netns_path)"
+    )]
+    JoinOwn(PathBuf),
     #[error("unshare succeeded but the thread is still in namespace {0}")]
     NotIsolated(u64),
     #[error("worker {thread} is in network namespace {got}, not the load's {want}")]
     WrongNamespace { thread: usize, got: u64, want: u64 },
     #[error("bringing lo up in the load's namespace: {0}")]
     LoUp(io::Error),
-    #[error("writing /proc/sys/{name} in the load's namespace: {source}")]
+    #[error("writing /proc/sys/{name} in the load's namespace: {cause}")]
     Sysctl {
         name: &'static str,
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("binding a listener on 127.0.0.1:{port}: {source}")]
-    Bind { port: u16, source: io::Error },
-    #[error("reading {path}: {source}")]
-    Proc { path: String, source: io::Error },
+    #[error("binding a listener on 127.0.0.1:{port}: {cause}")]
+    Bind { port: u16, cause: io::Error },
+    #[error("reading {path}: {cause}")]
+    Proc { path: String, cause: io::Error },
     #[error("raising RLIMIT_NOFILE: {0}")]
     Rlimit(io::Error),
     #[error(
@@ -341,7 +361,8 @@ pub struct Report {
     pub stopped_by: &'static str,
     /// From the go signal to the last worker's end (hold: includes holding).
     pub elapsed_s: f64,
-    /// Completed connections per second of elapsed_s (hold: opening only).
+    /// Completed connections per second of elapsed_s (hold: of the time
+    /// spent opening and closing, holding excluded).
     pub conn_per_s: f64,
     pub rate_target: Option<f64>,
     /// Paced modes: how far behind its schedule a connection started, worst.
@@ -439,7 +460,7 @@ fn in_namespace(
     if fresh {
         for &(name, value) in FRESH_NS_SYSCTLS {
             std::fs::write(Path::new("/proc/sys").join(name), value)
-                .map_err(|source| Error::Sysctl { name, source })?;
+                .map_err(|cause| Error::Sysctl { name, cause })?;
             sysctls.insert(name, value);
         }
     }
@@ -447,8 +468,8 @@ fn in_namespace(
         .map(|i| {
             let port = opts.port_base.map_or(0, |b| b + i as u16);
             let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
-                .map_err(|source| Error::Bind { port, source })?;
-            set_rcv_timeout(&l, IO_TIMEOUT).map_err(|source| Error::Bind { port, source })?;
+                .map_err(|cause| Error::Bind { port, cause })?;
+            set_rcv_timeout(&l, IO_TIMEOUT).map_err(|cause| Error::Bind { port, cause })?;
             Ok(l)
         })
         .collect::<Result<_, Error>>()?;
@@ -456,7 +477,7 @@ fn in_namespace(
         .iter()
         .map(|l| l.local_addr().map(|a| a.port()))
         .collect::<Result<_, _>>()
-        .map_err(|source| Error::Bind { port: 0, source })?;
+        .map_err(|cause| Error::Bind { port: 0, cause })?;
     let ready = Ready {
         netns,
         // SAFETY: gettid has no preconditions.
@@ -623,7 +644,7 @@ impl Worker {
             .iter()
             .map(|l| l.local_addr())
             .collect::<Result<_, _>>()
-            .map_err(|source| Error::Bind { port: 0, source })?;
+            .map_err(|cause| Error::Bind { port: 0, cause })?;
         let mut st = Stats::default();
         let mut buf = [0u8; 1];
         for j in 0..self.quota {
@@ -788,9 +809,9 @@ fn kernel_counters() -> Result<BTreeMap<String, i64>, Error> {
         "/proc/thread-self/net/snmp",
         "/proc/thread-self/net/netstat",
     ] {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Proc {
+        let text = std::fs::read_to_string(path).map_err(|cause| Error::Proc {
             path: path.into(),
-            source,
+            cause,
         })?;
         all.extend(parse_proc_net(&text));
     }
@@ -801,9 +822,9 @@ fn netns_inode() -> Result<u64, Error> {
     let path = "/proc/thread-self/ns/net";
     std::fs::metadata(path)
         .map(|m| m.ino())
-        .map_err(|source| Error::Proc {
+        .map_err(|cause| Error::Proc {
             path: path.into(),
-            source,
+            cause,
         })
 }
 
@@ -823,11 +844,16 @@ fn fresh_netns() -> Result<u64, Error> {
 }
 
 fn join_netns(path: &Path) -> Result<u64, Error> {
-    let err = |source| Error::Join {
+    let err = |cause| Error::Join {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let f = std::fs::File::open(path).map_err(err)?;
+    // Never the caller's (the host's, usually) namespace: its loopback is
+    // shared with everything else on the machine.
+    if f.metadata().map_err(err)?.ino() == netns_inode()? {
+        return Err(Error::JoinOwn(path.to_path_buf()));
+    }
     // SAFETY: setns on an fd we hold open; it moves only this thread.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(err(io::Error::last_os_error()));
@@ -1184,6 +1210,18 @@ mod tests {
         assert_eq!(m["Ip.DefaultTTL"], 64);
         assert_eq!(m["Udp.InDatagrams"], 3);
         assert_eq!(m.len(), 6);
+    }
+
+    #[test]
+    fn joining_the_callers_own_namespace_is_refused() {
+        let o = Options {
+            join_netns: Some("/proc/self/ns/net".into()),
+            ..Options::default()
+        };
+        match run(&o, |_| panic!("no load in the caller's namespace")) {
+            Err(Error::JoinOwn(p)) => assert_eq!(p, Path::new("/proc/self/ns/net")),
+            other => panic!("expected JoinOwn, got {other:?}"),
+        }
     }
 
     #[test]
