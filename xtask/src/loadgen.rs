@@ -11,9 +11,9 @@
 //!
 //! 1. `ready`: `{"event":"ready","netns":INODE,"netns_path":PATH,"pid":..,
 //!    "ports":[..],..}`, once the namespace is set up and the listeners are
-//!    bound, before any connection. `netns_path` stays valid for the whole run
-//!    (it is the namespace thread's `/proc/PID/task/TID/ns/net`), so a tracer
-//!    can be given `--netns PATH`, and other loads `--join-netns PATH`.
+//!    bound, before any connection. `netns_path` (`/proc/PID/ns/net`) stays
+//!    valid for the whole run, so a tracer can be given `--netns PATH` (or
+//!    the inode), and other loads `--join-netns PATH`.
 //! 2. With `--wait` (alias `--wait-for-stdin`) the load then waits for one
 //!    line on stdin: the go signal. End of input instead aborts without any
 //!    connection (exit 1). This is how the bench attaches a tracer first.
@@ -26,9 +26,10 @@
 //!
 //! # What it sets up
 //!
-//! A fresh namespace (`unshare(CLONE_NEWNET)`) is made on a thread of its own,
-//! so a caller's thread never moves; the workers are spawned from that thread
-//! and inherit it, and each checks its namespace before its first connection.
+//! A fresh namespace (`unshare(CLONE_NEWNET)`, which moves only the calling
+//! thread) is entered before any other thread exists; the workers are spawned
+//! from that thread and inherit it, and each checks its namespace before its
+//! first connection.
 //! In a fresh namespace only, it writes [`FRESH_NS_SYSCTLS`] (sysctls under
 //! /proc/sys/net are per namespace, so the host's values are untouched); a
 //! joined namespace is left as it is. Listeners bind 127.0.0.1 only and every
@@ -417,12 +418,14 @@ pub fn max_hold_pairs(fd_limit: u64) -> u64 {
     fd_limit.saturating_sub(RESERVED_FDS) / 2
 }
 
-/// Runs the load. `on_event` is called on the load's namespace thread. The
-/// caller's own thread stays in its namespace.
-pub fn run<F>(opts: &Options, mut on_event: F) -> Result<Report, Error>
-where
-    F: FnMut(Event<'_>) -> bool + Send,
-{
+/// Runs the load. The calling thread enters the load's namespace and stays
+/// there (unshare and setns move only the calling thread): call it from a
+/// thread of its own unless that is what you want. `cargo xtask loadgen`
+/// calls it before any other thread exists, so the whole process, and its
+/// `/proc/PID/ns/net`, is in the namespace; tools that find namespaces
+/// through processes (`tcpwatch --netns INODE`, `--all-netns`, `lsns`) see
+/// it. The workers are spawned from this thread and inherit it.
+pub fn run(opts: &Options, mut on_event: impl FnMut(Event<'_>) -> bool) -> Result<Report, Error> {
     opts.validate()?;
     if opts.mode == Mode::Hold {
         let limit = raise_nofile()?;
@@ -436,20 +439,13 @@ where
             });
         }
     }
-    std::thread::scope(|s| {
-        std::thread::Builder::new()
-            .name("loadgen-netns".into())
-            .spawn_scoped(s, || in_namespace(opts, &mut on_event))
-            .map_err(Error::Spawn)?
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
+    in_namespace(opts, &mut on_event)
 }
 
-/// The namespace thread: set up, tell, load, report.
+/// Set up, tell, load, report.
 fn in_namespace(
     opts: &Options,
-    on_event: &mut (dyn FnMut(Event<'_>) -> bool + Send),
+    on_event: &mut dyn FnMut(Event<'_>) -> bool,
 ) -> Result<Report, Error> {
     let fresh = opts.join_netns.is_none();
     let netns = match &opts.join_netns {
@@ -480,10 +476,7 @@ fn in_namespace(
         .map_err(|cause| Error::Bind { port: 0, cause })?;
     let ready = Ready {
         netns,
-        // SAFETY: gettid has no preconditions.
-        netns_path: format!("/proc/{}/task/{}/ns/net", std::process::id(), unsafe {
-            libc::gettid()
-        }),
+        netns_path: own_netns_path(),
         netns_fresh: fresh,
         pid: std::process::id(),
         ports: ports.clone(),
@@ -710,7 +703,7 @@ fn hold(
     opts: &Options,
     l: &TcpListener,
     deadline: Instant,
-    on_event: &mut (dyn FnMut(Event<'_>) -> bool + Send),
+    on_event: &mut dyn FnMut(Event<'_>) -> bool,
 ) -> (Stats, Duration) {
     let mut st = Stats::default();
     let addr = match l.local_addr() {
@@ -816,6 +809,20 @@ fn kernel_counters() -> Result<BTreeMap<String, i64>, Error> {
         all.extend(parse_proc_net(&text));
     }
     Ok(all)
+}
+
+/// A path to this thread's namespace that others can open while the load
+/// runs: the process's when this is the main thread (the CLI), else the
+/// thread's own.
+fn own_netns_path() -> String {
+    let pid = std::process::id();
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    if tid == pid {
+        format!("/proc/{pid}/ns/net")
+    } else {
+        format!("/proc/{pid}/task/{tid}/ns/net")
+    }
 }
 
 fn netns_inode() -> Result<u64, Error> {
@@ -1218,7 +1225,7 @@ mod tests {
             join_netns: Some("/proc/self/ns/net".into()),
             ..Options::default()
         };
-        match run(&o, |_| panic!("no load in the caller's namespace")) {
+        match load(&o, |_| panic!("no load in the caller's namespace")) {
             Err(Error::JoinOwn(p)) => assert_eq!(p, Path::new("/proc/self/ns/net")),
             other => panic!("expected JoinOwn, got {other:?}"),
         }
@@ -1231,10 +1238,16 @@ mod tests {
             connections: 1 << 40,
             ..Options::default()
         };
-        match run(&o, |_| panic!("no namespace before the fd check")) {
+        match load(&o, |_| panic!("no namespace before the fd check")) {
             Err(Error::FdLimit { max, limit, .. }) => assert_eq!(max, max_hold_pairs(limit)),
             other => panic!("expected FdLimit, got {other:?}"),
         }
+    }
+
+    /// A load on a thread of its own, since run() moves its caller into the
+    /// load's namespace.
+    fn load(o: &Options, on_event: impl FnMut(Event<'_>) -> bool + Send) -> Result<Report, Error> {
+        std::thread::scope(|s| s.spawn(|| run(o, on_event)).join().unwrap())
     }
 
     // Root tests: real namespaces, real loopback connections. Serialized,
@@ -1274,7 +1287,7 @@ mod tests {
                 ..Options::default()
             };
             let mut ready = None;
-            let r = run(&o, |ev| {
+            let r = load(&o, |ev| {
                 if let Event::Ready(r) = ev {
                     ready = Some(r.clone());
                 }
@@ -1289,7 +1302,7 @@ mod tests {
             assert!(r.errors.is_empty(), "{mode:?}: {:?}", r.errors);
             assert_eq!(r.stopped_by, "count");
             assert!(r.netns_fresh && r.netns == ready.netns && r.netns != ours);
-            assert_eq!(netns_inode().unwrap(), ours, "the caller's thread moved");
+            assert!(r.netns_path.contains("/task/"), "{}", r.netns_path);
             assert_eq!(r.ports, ready.ports);
             // The namespace's own counters agree, with no tracer.
             assert_eq!(r.kernel["Tcp.ActiveOpens"], 2_000);
@@ -1318,7 +1331,7 @@ mod tests {
             threads: 2,
             ..Options::default()
         };
-        let r = run(&o, |_| true).unwrap();
+        let r = load(&o, |_| true).unwrap();
         assert_eq!(r.stopped_by, "time");
         // Due times 0, 10, ..., 490 ms: 50 connections fit before 0.5 s.
         assert_eq!(r.connections_attempted, 50, "{r:?}");
@@ -1336,7 +1349,7 @@ mod tests {
             connections: 10,
             ..Options::default()
         };
-        assert!(matches!(run(&o, |_| false), Err(Error::Aborted)));
+        assert!(matches!(load(&o, |_| false), Err(Error::Aborted)));
     }
 
     /// A tracefs instance recording `sock:inet_sock_set_state` for some
@@ -1452,7 +1465,7 @@ mod tests {
             // Listeners are bound before Ready: their CLOSE→LISTEN is traced
             // only if the trace starts earlier.
             trace.enable(true);
-            let r = run(&o, |_| true).unwrap();
+            let r = load(&o, |_| true).unwrap();
             trace.enable(false);
             assert_eq!(r.connections_completed, n, "{mode:?}: {:?}", r.errors);
             let (got, complete) = trace.transitions();
