@@ -98,7 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             bench::run(args, &workspace_root())
         }
-        Task::Loadgen(args) => loadgen::run(&args),
+        Task::Loadgen(args) => loadgen::cli(&args),
         Task::Run { args } => {
             cargo(&["build", "--release", "--package", "tcpwatch"], &[])?;
             let bin = workspace_root().join("target/release/tcpwatch");
