@@ -554,11 +554,13 @@ fn snake(name: &str) -> String {
     out
 }
 
-/// The exposition of `view`, in the Prometheus text format 0.0.4.
-pub fn render(view: &View, clock: Clock, info: &Info) -> String {
+/// The exposition of `view`, in the Prometheus text format 0.0.4. Takes the
+/// view by value: the registry's collector must own it, and callers build a
+/// fresh one per scrape anyway.
+pub fn render(view: View, clock: Clock, info: &Info) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ViewCollector {
-        view: view.clone(),
+        view,
         clock,
         info: info.clone(),
     }));

@@ -37,7 +37,7 @@ struct OwnerCache {
 }
 
 impl OwnerCache {
-    fn owners(&mut self, inodes: &HashSet<u64>) -> (HashMap<u64, Owner>, Option<u64>) {
+    fn owners(&mut self, inodes: &HashSet<u64>) -> (&HashMap<u64, Owner>, Option<u64>) {
         let due = self.runs.is_multiple_of(self.every.max(1) as u64);
         self.runs += 1;
         let mut took = None;
@@ -49,7 +49,7 @@ impl OwnerCache {
             }
             took = Some(t.elapsed().as_nanos() as u64);
         }
-        (self.map.clone(), took)
+        (&self.map, took)
     }
 }
 
@@ -151,7 +151,7 @@ impl Sampler {
         let now = monotonic_ns();
         let mut out = Vec::with_capacity(raws.len() * 2);
         for r in raws {
-            let summary = summarize(r.netns, &r.entries, &owners);
+            let summary = summarize(r.netns, &r.entries, owners);
             out.push(Input::Census(CensusSample {
                 ts_ns: now,
                 duration_ns: r.census_ns + scan_ns.unwrap_or(0),

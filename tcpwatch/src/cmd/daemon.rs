@@ -140,13 +140,9 @@ async fn run(
     metrics_addr: Option<SocketAddr>,
     record_to: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
+    let cfg = args.engine.config();
     let (scope, filter) = if args.all_netns {
-        (
-            Scope::All {
-                max: args.engine.config().max_netns,
-            },
-            None,
-        )
+        (Scope::All { max: cfg.max_netns }, None)
     } else if let Some(spec) = &args.netns {
         let inode = netns::resolve(spec)?;
         (
@@ -161,7 +157,6 @@ async fn run(
         // filtered in the kernel (and counted as such) unless --all-netns.
         (Scope::Own, Some(netns::current()?))
     };
-    let cfg = args.engine.config();
     // Bind before loading the probe: a taken port is a usage error and
     // should not cost a probe load.
     let listener = match metrics_addr {
@@ -202,7 +197,7 @@ async fn run(
         };
         let render = Arc::new(move || {
             let view = engine.lock().expect("engine lock").view();
-            metrics::render(&view, clock, &info)
+            metrics::render(view, clock, &info)
         });
         eprintln!(
             "tcpwatch: metrics on http://{}/metrics",

@@ -80,7 +80,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         );
         tokio::spawn(metrics::serve(
             listener,
-            Arc::new(move || metrics::render(&engine.lock().expect("engine").view(), clock, &info)),
+            Arc::new(move || metrics::render(engine.lock().expect("engine").view(), clock, &info)),
         ));
     }
     let started = Instant::now();

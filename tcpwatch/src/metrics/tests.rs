@@ -92,7 +92,7 @@ fn engine() -> Engine {
 
 fn text() -> String {
     render(
-        &engine().view(),
+        engine().view(),
         Clock { offset_ns: 0 },
         &Info {
             hook: Some("btf".into()),
