@@ -311,9 +311,7 @@ fn seed_listeners(
     let mut map: BpfHashMap<_, u64, SockInfo> =
         BpfHashMap::try_from(map).map_err(|e| CaptureError::Map("LISTENERS", e))?;
     for (port, owner) in found {
-        let mut comm = [0u8; 16];
-        let n = owner.comm.len().min(15);
-        comm[..n].copy_from_slice(&owner.comm.as_bytes()[..n]);
+        let comm = owner.comm.raw();
         let info = SockInfo {
             last_ns: 0,
             pid: owner.tid,

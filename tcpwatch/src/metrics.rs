@@ -375,7 +375,7 @@ impl Collector for ViewCollector {
         for p in &v.processes {
             for (&(from, to), &n) in &p.activity.pairs {
                 *by_comm
-                    .entry((p.key.comm.clone(), from.to_string(), to.to_string()))
+                    .entry((p.key.comm.to_string(), from.to_string(), to.to_string()))
                     .or_default() += n;
             }
         }

@@ -64,13 +64,103 @@ impl fmt::Display for State {
 }
 
 /// The process a socket belongs to, as captured in its owner's own context.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
     /// Process id (tgid).
     pub pid: u32,
     /// Thread id that made the owning call.
     pub tid: u32,
-    pub comm: String,
+    pub comm: Comm,
+}
+
+/// A task's command name as the kernel keeps it: at most 15 bytes, kept
+/// inline so that an event carries it without an allocation (the daemon
+/// sees hundreds of thousands per second). Not necessarily UTF-8 (a
+/// process names itself); shown lossily. Serialized as a string.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Comm {
+    bytes: [u8; Comm::MAX],
+    len: u8,
+}
+
+impl Comm {
+    /// TASK_COMM_LEN less the terminating NUL.
+    pub const MAX: usize = 15;
+
+    /// From the kernel's NUL-padded buffer.
+    pub fn from_raw(raw: &[u8; 16]) -> Comm {
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(Comm::MAX);
+        Comm::from_bytes(&raw[..end])
+    }
+
+    /// The first 15 bytes of `name`, as the kernel would keep them.
+    pub fn from_bytes(name: &[u8]) -> Comm {
+        let len = name.len().min(Comm::MAX);
+        let mut bytes = [0; Comm::MAX];
+        bytes[..len].copy_from_slice(&name[..len]);
+        Comm {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+
+    /// The name as text; borrowed unless it is not UTF-8.
+    pub fn to_str(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.as_bytes())
+    }
+
+    /// The kernel's NUL-padded form.
+    pub fn raw(&self) -> [u8; 16] {
+        let mut raw = [0; 16];
+        raw[..self.len as usize].copy_from_slice(self.as_bytes());
+        raw
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(name: &str) -> Comm {
+        // Cut at a character boundary so that a UTF-8 name stays UTF-8.
+        let mut end = name.len().min(Comm::MAX);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        Comm::from_bytes(&name.as_bytes()[..end])
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.to_str())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.to_str(), f)
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl serde::Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Comm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Ok(Comm::from(&*name))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -132,11 +222,6 @@ mod duration_ns {
     }
 }
 
-fn comm_string(raw: &[u8; 16]) -> String {
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
-}
-
 impl Transition {
     pub fn from_raw(e: &TransitionEvent) -> Transition {
         let (saddr, daddr): (IpAddr, IpAddr) = if e.family == AF_INET6 {
@@ -155,7 +240,7 @@ impl Transition {
             owner: (e.flags & FLAG_OWNER_KNOWN != 0).then(|| Owner {
                 pid: e.tgid,
                 tid: e.pid,
-                comm: comm_string(&e.comm),
+                comm: Comm::from_raw(&e.comm),
             }),
             old: State::from_raw(e.oldstate),
             new: State::from_raw(e.newstate),
@@ -368,6 +453,25 @@ mod tests {
             daddr: [127, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
         }
+    }
+
+    #[test]
+    fn comm_is_the_kernels_15_bytes_and_travels_as_a_string() {
+        assert_eq!(Comm::from_raw(b"curl\0\0\0\0\0\0\0\0\0\0\0\0"), "curl");
+        // A full buffer without NUL (the kernel always has one; be safe).
+        assert_eq!(Comm::from_raw(&[b'a'; 16]).as_bytes(), &[b'a'; 15]);
+        // Cut at a character boundary: 7 two-byte characters fit in 15.
+        let c = Comm::from("ééééééééé");
+        assert_eq!(c.to_str(), "ééééééé");
+        // Not UTF-8: shown lossily, kept exactly.
+        let odd = Comm::from_raw(b"a\xffb\0\0\0\0\0\0\0\0\0\0\0\0\0");
+        assert_eq!(odd.as_bytes(), b"a\xffb");
+        assert_eq!(odd.to_string(), "a\u{fffd}b");
+        assert_eq!(odd.raw()[..4], *b"a\xffb\0");
+        let json = serde_json::to_string(&Comm::from("nginx")).unwrap();
+        assert_eq!(json, "\"nginx\"");
+        assert_eq!(serde_json::from_str::<Comm>(&json).unwrap(), "nginx");
+        assert_eq!(format!("[{:<7}]", Comm::from("ss")), "[ss     ]");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use procfs::{
     process::{FDTarget, all_processes},
 };
 
-use crate::model::Owner;
+use crate::model::{Comm, Owner};
 
 /// Owners of the given socket inodes. One pass over all processes' fd
 /// tables; a socket shared by several processes keeps the first found.
@@ -37,7 +37,7 @@ pub fn socket_owners(inodes: &HashSet<u64>) -> anyhow::Result<HashMap<u64, Owner
                 Owner {
                     pid: process.pid as u32,
                     tid: process.pid as u32,
-                    comm: comm.clone(),
+                    comm: Comm::from(comm.as_str()),
                 },
             );
         }

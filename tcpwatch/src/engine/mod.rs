@@ -24,7 +24,7 @@ pub use self::{
     window::{Rates, Window},
 };
 use crate::{
-    model::{Accounting, State, Transition},
+    model::{Accounting, Comm, State, Transition},
     view::states::Summary,
 };
 
@@ -121,7 +121,7 @@ pub struct PortKey {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ProcessKey {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
 }
 
 /// What the engine keeps per port, per process and per namespace.
@@ -413,7 +413,7 @@ impl Engine {
             Some(o) => {
                 let key = ProcessKey {
                     pid: o.pid,
-                    comm: o.comm.clone(),
+                    comm: o.comm,
                 };
                 self.processes.record(&key, sec, |a| a.count(t));
             }

@@ -164,7 +164,7 @@ fn a_sprayed_65535_ports_stay_within_the_caps() {
         x.remote.set_port(p);
         x.local.set_port(p);
         x.owner.as_mut().unwrap().pid = p as u32;
-        x.owner.as_mut().unwrap().comm = format!("spray{p}");
+        x.owner.as_mut().unwrap().comm = Comm::from(format!("spray{p}").as_str());
         x.netns = Some(p as u32 % 1000);
         e.transition(&x);
         let mut cw = x.clone();

@@ -108,7 +108,7 @@ pub fn summarize(
                 backlog: l.wqueue,
                 syn_recv,
                 pid: owner.map(|o| o.pid),
-                comm: owner.map(|o| o.comm.clone()),
+                comm: owner.map(|o| o.comm.to_string()),
             }
         })
         .collect();
@@ -136,7 +136,7 @@ pub fn summarize(
             .entry(owner.map(|o| o.pid))
             .or_insert_with(|| Process {
                 pid: owner.map(|o| o.pid),
-                comm: owner.map(|o| o.comm.clone()),
+                comm: owner.map(|o| o.comm.to_string()),
                 total: 0,
                 states: BTreeMap::new(),
             });

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use tcpwatch_common::TcpState;
 
-use crate::model::{Protocol, Transition};
+use crate::model::{Comm, Protocol, Transition};
 
 /// Which transitions to show. Every set field must match.
 #[derive(Clone, Debug, Default)]
@@ -118,8 +118,8 @@ pub const HEADER: &str = "TIME(UTC)       SKADDR             PID     COMM       
 pub fn text_line(t: &Transition, clock: &Clock) -> String {
     let mut s = String::with_capacity(200);
     let (pid, comm) = match &t.owner {
-        Some(o) => (o.pid.to_string(), o.comm.as_str()),
-        None => ("-".to_string(), "?"),
+        Some(o) => (o.pid.to_string(), o.comm.to_str()),
+        None => ("-".to_string(), "?".into()),
     };
     let ms = match t.in_old {
         Some(d) => format!("{:.3}", d.as_secs_f64() * 1000.0),
@@ -148,14 +148,14 @@ pub fn text_line(t: &Transition, clock: &Clock) -> String {
 
 /// The JSON-lines object. Field names are stable (documented in README).
 #[derive(Serialize)]
-pub struct JsonEvent<'a> {
+pub struct JsonEvent {
     pub time: String,
     pub ts_ns: u64,
     pub skaddr: String,
     pub netns: Option<u32>,
     pub pid: Option<u32>,
     pub tid: Option<u32>,
-    pub comm: Option<&'a str>,
+    pub comm: Option<Comm>,
     pub family: u8,
     pub protocol: &'static str,
     pub laddr: String,
@@ -176,7 +176,7 @@ pub fn json_line(t: &Transition, clock: &Clock) -> String {
         netns: t.netns,
         pid: t.owner.as_ref().map(|o| o.pid),
         tid: t.owner.as_ref().map(|o| o.tid),
-        comm: t.owner.as_ref().map(|o| o.comm.as_str()),
+        comm: t.owner.as_ref().map(|o| o.comm),
         family: t.ip_version(),
         protocol: match t.protocol {
             Protocol::Tcp => "tcp",
