@@ -65,7 +65,11 @@ struct Raw {
     netns: Option<u32>,
     entries: Vec<census::SockEntry>,
     census_ns: u64,
+    /// When the dump started: the census shows the sockets of that moment
+    /// (a later socket may or may not be in it, an earlier one is).
+    taken_ns: u64,
     counters: Option<std::collections::BTreeMap<String, i64>>,
+    counters_ns: u64,
 }
 
 impl Sampler {
@@ -109,6 +113,7 @@ impl Sampler {
     pub fn sample(&mut self) -> Vec<Input> {
         let mut raws = Vec::new();
         for (path, inode) in self.targets() {
+            let taken_ns = monotonic_ns();
             let t = Instant::now();
             let entries = match &path {
                 None => census::tcp_sockets(),
@@ -119,6 +124,7 @@ impl Sampler {
                 None => counters::read_current(),
                 Some(p) => counters::read_in(p),
             };
+            let counters_ns = monotonic_ns();
             let counters = match counters {
                 Ok(c) => Some(c),
                 Err(e) => {
@@ -132,7 +138,9 @@ impl Sampler {
                     netns: inode,
                     entries,
                     census_ns,
+                    taken_ns,
                     counters,
+                    counters_ns,
                 }),
                 Err(e) => {
                     // Namespaces come and go; one that vanished is not news.
@@ -148,18 +156,17 @@ impl Sampler {
             .map(|e| e.inode as u64)
             .collect();
         let (owners, scan_ns) = self.owners.owners(&inodes);
-        let now = monotonic_ns();
         let mut out = Vec::with_capacity(raws.len() * 2);
         for r in raws {
             let summary = summarize(r.netns, &r.entries, owners);
             out.push(Input::Census(CensusSample {
-                ts_ns: now,
+                ts_ns: r.taken_ns,
                 duration_ns: r.census_ns + scan_ns.unwrap_or(0),
                 summary,
             }));
             if let Some(values) = r.counters {
                 out.push(Input::Counters(CountersSample {
-                    ts_ns: now,
+                    ts_ns: r.counters_ns,
                     netns: r.netns,
                     values,
                 }));

@@ -267,9 +267,10 @@ fn daemon_counts_a_known_load_exactly_and_serves_valid_metrics() {
                     let l = TcpListener::bind("127.0.0.1:0").unwrap();
                     let port = l.local_addr().unwrap().port();
                     connections(&l, N);
-                    // Keep the listener until the test has read the census.
+                    // Keep the listener until the test has read the census
+                    // (the census may wait for its CPU budget: ~1 s here).
                     done_tx.send(port).unwrap();
-                    std::thread::sleep(Duration::from_secs(3));
+                    std::thread::sleep(Duration::from_secs(5));
                 }))
                 .unwrap();
         }
@@ -283,10 +284,14 @@ fn daemon_counts_a_known_load_exactly_and_serves_valid_metrics() {
             break p;
         }
     };
+    let load_done = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
     worker.join().unwrap();
 
-    // Wait until the daemon has caught up: every pair N, a census with the
-    // listener in it.
+    // Wait until the daemon has caught up: every pair N, a census taken
+    // after the load, with the listener in it.
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let text = daemon.scrape();
@@ -295,6 +300,11 @@ fn daemon_counts_a_known_load_exactly_and_serves_valid_metrics() {
         // sample taken after the load too.
         let caught_up = value(&text, "tcpwatch_transitions_total", &l) >= N as f64
             && value(&text, "tcpwatch_kernel_counted_transitions_total", "") >= (10 * N + 1) as f64
+            && value(
+                &text,
+                "tcpwatch_census_last_timestamp_seconds",
+                &format!("netns=\"{netns}\""),
+            ) > load_done
             && value(
                 &text,
                 "tcpwatch_sockets",
