@@ -77,8 +77,10 @@ pub struct RecordArgs {
 
 fn parse_budget(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v <= 100.0 => Ok(v),
-        _ => Err(format!("`{s}` is not a percentage in (0, 100]")),
+        // At least 0.01 %: the interval is stretched by 100/budget, and a
+        // vanishing budget would stretch it past any duration.
+        Ok(v) if (0.01..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a percentage from 0.01 to 100")),
     }
 }
 
@@ -381,6 +383,7 @@ mod tests {
         // A generous budget: the interval again.
         assert_eq!(census_delay(s(1), ms(122), 100.0), s(1));
         assert!(parse_budget("0").is_err() && parse_budget("101").is_err());
+        assert!(parse_budget("1e-300").is_err() && parse_budget("NaN").is_err());
         assert_eq!(parse_budget("2.5"), Ok(2.5));
     }
 }
