@@ -25,9 +25,8 @@ use tcpwatch::{
     sampler::{Sampler, Scope},
     view::trace::Clock,
 };
-use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{EngineArgs, ProbeArgs};
+use crate::{EngineArgs, ProbeArgs, cmd::Stop};
 
 #[derive(Args, Debug)]
 pub struct DaemonArgs {
@@ -302,20 +301,13 @@ async fn run(
         }
     );
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let deadline = tokio::time::sleep(args.duration.map_or(Duration::MAX, |d| {
-        Duration::try_from_secs_f64(d).unwrap_or(Duration::MAX)
-    }));
-    tokio::pin!(deadline);
+    let mut stop_at = Stop::new(args.duration)?;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = &mut deadline => break,
+            _ = stop_at.wait() => break,
             r = capture.next_batch(&mut batch, BATCH) => {
                 r.context("reading the ring buffer")?;
                 apply_transitions(&engine, &mut recorder, &mut batch)?;

@@ -1,11 +1,47 @@
 //! Subcommands: each parses its arguments, wires the edges to the core and
 //! prints. No logic of their own beyond that.
+use std::time::Duration;
+
 use tcpwatch::{capture::CaptureError, loader::LoadError};
 
 pub mod daemon;
 pub mod replay;
 pub mod states;
 pub mod trace;
+
+/// What ends a capture: SIGINT, SIGTERM, or `-d` seconds passing. Installed
+/// before the loop so a signal during start-up is not lost.
+pub struct Stop {
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Stop {
+    /// `seconds`: validated by the caller (positive, finite); past ~584
+    /// years it saturates.
+    pub fn new(seconds: Option<f64>) -> std::io::Result<Stop> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let after = seconds.map_or(Duration::MAX, |d| {
+            Duration::try_from_secs_f64(d).unwrap_or(Duration::MAX)
+        });
+        Ok(Stop {
+            sigint: signal(SignalKind::interrupt())?,
+            sigterm: signal(SignalKind::terminate())?,
+            deadline: Box::pin(tokio::time::sleep(after)),
+        })
+    }
+
+    /// Resolves when it is time to stop. Cancel-safe: a `select!` may drop
+    /// it and call it again.
+    pub async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.sigint.recv() => {}
+            _ = self.sigterm.recv() => {}
+            _ = &mut self.deadline => {}
+        }
+    }
+}
 
 /// The documented exit code for an error: the loader's codes (69, 77) where
 /// loading failed, 1 otherwise.

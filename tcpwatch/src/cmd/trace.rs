@@ -12,9 +12,8 @@ use tcpwatch::{
     view::trace::{Clock, Filter, HEADER, json_line, text_line},
 };
 use tcpwatch_common::TcpState;
-use tokio::signal::unix::{SignalKind, signal};
 
-use crate::ProbeArgs;
+use crate::{ProbeArgs, cmd::Stop};
 
 #[derive(Args, Debug)]
 pub struct TraceArgs {
@@ -100,22 +99,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         Output::stdout(Some(HEADER.into()), move |t| text_line(t, &clock))
     };
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    // Validated above: positive and finite; past ~584 years it saturates.
-    let duration = args.duration.map_or(Duration::MAX, |d| {
-        Duration::try_from_secs_f64(d).unwrap_or(Duration::MAX)
-    });
-    let deadline = tokio::time::sleep(duration);
-    tokio::pin!(deadline);
+    let mut stop = Stop::new(args.duration)?;
 
     let mut shown = Shown::new(args.count);
     let mut batch = Vec::with_capacity(BATCH);
     while !shown.done() {
         tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = &mut deadline => break,
+            _ = stop.wait() => break,
             r = capture.next_batch(&mut batch, BATCH) => {
                 r.context("reading the ring buffer")?;
                 if !out.send(shown.take(&filter, &mut batch)) {
