@@ -20,7 +20,7 @@ use tcpwatch::{
     capture::Capture,
     engine::{Engine, Input, KernelSample},
     metrics,
-    model::{Transition, monotonic_ns},
+    model::{Transition, monotonic_ns, thread_cpu_ns},
     netns, record,
     sampler::{Sampler, Scope},
     view::trace::Clock,
@@ -87,17 +87,6 @@ fn parse_budget(s: &str) -> Result<f64, String> {
 /// interval, or longer so that the census uses at most `budget_pct` of a core.
 fn census_delay(interval: Duration, spent: Duration, budget_pct: f64) -> Duration {
     interval.max(spent.mul_f64(100.0 / budget_pct))
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec to write into; the clock always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {
@@ -276,9 +265,10 @@ async fn run(
             .spawn(move || {
                 let mut next = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
-                    let cpu = thread_cpu();
+                    let cpu = thread_cpu_ns();
                     let inputs = sampler.sample();
-                    next += census_delay(interval, thread_cpu().saturating_sub(cpu), budget);
+                    let spent = Duration::from_nanos(thread_cpu_ns().saturating_sub(cpu));
+                    next += census_delay(interval, spent, budget);
                     if tx.blocking_send(inputs).is_err() {
                         break;
                     }
