@@ -34,6 +34,20 @@ pub const FLAG_DELTA_KNOWN: u16 = 1 << 1;
 /// kernel skipped the main program for this transition (recursion guard).
 pub const FLAG_CAUGHT: u16 = 1 << 2;
 
+/// A task's command name as the kernel keeps it: 16 bytes, NUL-padded.
+///
+/// 8-byte aligned on purpose: BPF has no unaligned loads, so the programs
+/// copy a plain `[u8; 16]` one byte at a time (32 instructions per copy, and
+/// an event's comm is copied several times); aligned, it is two words. The
+/// fields that hold it sit at 8-byte offsets, so the layouts do not change.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskComm(pub [u8; 16]);
+
+impl TaskComm {
+    pub const EMPTY: TaskComm = TaskComm([0; 16]);
+}
+
 /// One TCP state transition, as written into the ring buffer.
 ///
 /// Addresses are in network byte order, IPv4 in the first 4 bytes; ports in
@@ -59,7 +73,7 @@ pub struct TransitionEvent {
     pub flags: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
-    pub comm: [u8; 16],
+    pub comm: TaskComm,
 }
 
 const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 96);
@@ -75,7 +89,7 @@ pub struct SockInfo {
     pub last_ns: u64,
     pub pid: u32,
     pub tgid: u32,
-    pub comm: [u8; 16],
+    pub comm: TaskComm,
     /// `FLAG_OWNER_KNOWN` or 0.
     pub flags: u32,
     pub _pad: u32,

@@ -7,7 +7,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use tcpwatch_common::{
-    FLAG_OWNER_KNOWN, PROG_MAIN, STATS_LEN, SockInfo, TransitionEvent, listener_key,
+    FLAG_OWNER_KNOWN, PROG_MAIN, STATS_LEN, SockInfo, TaskComm, TransitionEvent, listener_key,
 };
 
 use crate::{
@@ -311,7 +311,7 @@ fn seed_listeners(
     let mut map: BpfHashMap<_, u64, SockInfo> =
         BpfHashMap::try_from(map).map_err(|e| CaptureError::Map("LISTENERS", e))?;
     for (port, owner) in found {
-        let comm = owner.comm.raw();
+        let comm = TaskComm(owner.comm.raw());
         let info = SockInfo {
             last_ns: 0,
             pid: owner.tid,

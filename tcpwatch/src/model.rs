@@ -250,7 +250,7 @@ impl Transition {
             owner: (e.flags & FLAG_OWNER_KNOWN != 0).then(|| Owner {
                 pid: e.tgid,
                 tid: e.pid,
-                comm: Comm::from_raw(&e.comm),
+                comm: Comm::from_raw(&e.comm.0),
             }),
             old: State::from_raw(e.oldstate),
             new: State::from_raw(e.newstate),
@@ -461,7 +461,7 @@ mod tests {
             flags: FLAG_OWNER_KNOWN | FLAG_DELTA_KNOWN,
             saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             daddr: [127, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            comm: tcpwatch_common::TaskComm(*b"curl\0\0\0\0\0\0\0\0\0\0\0\0"),
         }
     }
 
