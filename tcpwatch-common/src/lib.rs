@@ -297,6 +297,10 @@ pub struct Recent {
     pub depth: u64,
     /// Runs of the catcher in progress on this CPU.
     pub catcher_depth: u64,
+    /// Per program, where the hook's socket pointer is stored and read back
+    /// as a number (see `tcpwatch_probes::btf_args`). One slot per program
+    /// suffices: the kernel never runs a program nested in itself on a CPU.
+    pub sk_slot: [u64; NUM_PROGS as usize],
 }
 
 /// Identity of one transition: the socket address's low 48 bits (kernel
