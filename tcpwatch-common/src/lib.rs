@@ -44,10 +44,6 @@ pub const FLAG_CAUGHT: u16 = 1 << 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskComm(pub [u8; 16]);
 
-impl TaskComm {
-    pub const EMPTY: TaskComm = TaskComm([0; 16]);
-}
-
 /// One TCP state transition, as written into the ring buffer.
 ///
 /// Addresses are in network byte order, IPv4 in the first 4 bytes; ports in
