@@ -398,3 +398,125 @@ fn auto_hook_is_btf_where_the_kernel_has_btf() {
         "auto did not load the BTF hook"
     );
 }
+
+/// A new MPTCP socket (protocol 262), or the error
+/// of `socket(2)` when the kernel has no MPTCP.
+fn mptcp_socket() -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) with constant arguments; the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_MPTCP) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+fn sockaddr_v4(port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Listens and connects with MPTCP on loopback; returns the listener port.
+fn one_mptcp_connection() -> u16 {
+    use std::os::fd::IntoRawFd;
+    use std::os::unix::io::FromRawFd;
+    let check =
+        |rc: i32, what: &str| assert!(rc == 0, "{what}: {}", std::io::Error::last_os_error());
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let listener = mptcp_socket().unwrap();
+    let mut addr = sockaddr_v4(0);
+    // SAFETY (bind, listen, getsockname, connect): valid fds, and sockaddr
+    // buffers of the length passed.
+    unsafe {
+        check(
+            libc::bind(listener.as_raw_fd(), (&raw const addr).cast(), len),
+            "bind",
+        );
+        check(libc::listen(listener.as_raw_fd(), 8), "listen");
+        let mut got = len;
+        check(
+            libc::getsockname(listener.as_raw_fd(), (&raw mut addr).cast(), &mut got),
+            "getsockname",
+        );
+    }
+    let port = u16::from_be(addr.sin_port);
+    let client = mptcp_socket().unwrap();
+    let dst = sockaddr_v4(port);
+    // SAFETY: as above.
+    check(
+        unsafe { libc::connect(client.as_raw_fd(), (&raw const dst).cast(), len) },
+        "connect",
+    );
+    // SAFETY: the fds are handed over whole; std's stream calls (accept,
+    // read) work on any SOCK_STREAM socket.
+    let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    let client = unsafe { TcpStream::from_raw_fd(client.into_raw_fd()) };
+    let (mut conn, _) = listener.accept().unwrap();
+    drop(client);
+    let mut buf = [0u8; 16];
+    let _ = conn.read(&mut buf);
+    drop(conn);
+    drop(listener);
+    port
+}
+
+/// MPTCP's own socket is not a `tcp_sock`: the probe reads its local port
+/// another way than for TCP sockets (and its subflows). Both must give it.
+#[test]
+fn mptcp_connection_reports_the_ports_of_its_own_sockets() {
+    let test = "mptcp_connection_reports_the_ports_of_its_own_sockets";
+    if !root_available(test) {
+        return;
+    }
+    if let Err(e) = mptcp_socket() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: CI is set but this kernel has no MPTCP: {e}"
+        );
+        eprintln!("\n!!!!!!!!\n!!! SKIPPED {test}: no MPTCP here ({e})\n!!!!!!!!\n");
+        return;
+    }
+    let cap = capture_during(
+        LoadOptions::default(),
+        Duration::from_millis(300),
+        one_mptcp_connection,
+    );
+    let port = cap.result;
+    let mine = on_port(&cap.events, port);
+    let mptcp: Vec<_> = mine
+        .iter()
+        .filter(|e| e.protocol == tcpwatch::model::Protocol::Mptcp)
+        .collect();
+    // The listener's own socket, with its port.
+    assert!(
+        mptcp
+            .iter()
+            .any(|e| (e.old, e.new) == (st(Close), st(Listen)) && e.local.port() == port),
+        "{mine:#?}"
+    );
+    // The client's own socket, established, with both ports.
+    assert!(
+        mptcp
+            .iter()
+            .any(|e| (e.old, e.new) == (st(SynSent), st(Established))
+                && e.remote.port() == port
+                && e.local.port() != 0),
+        "{mine:#?}"
+    );
+    // Its TCP subflows are seen as TCP, with their ports too.
+    assert!(
+        mine.iter()
+            .any(|e| e.protocol == tcpwatch::model::Protocol::Tcp
+                && (e.old, e.new) == (st(SynSent), st(Established))
+                && e.remote.port() == port
+                && e.local.port() != 0),
+        "{mine:#?}"
+    );
+}
