@@ -311,11 +311,11 @@ fn read_classic(ctx: &TracePointContext, cfg: &ProbeConfig) -> Option<Transition
 /// Whether the current task is a kernel thread (never a socket's owner in
 /// tcpwatch's sense, even in a syscall-like path). Unknown offsets: no.
 #[inline(always)]
-fn in_kernel_thread(cfg: &ProbeConfig, btf: bool, prog: u32) -> bool {
+fn in_kernel_thread(cfg: &ProbeConfig, prog: u32) -> bool {
     if cfg.task_flags == 0 {
         return false;
     }
-    if btf {
+    if cfg.hook == HOOK_BTF {
         // SAFETY: a helper without preconditions; it returns the current
         // task as a BTF pointer, never NULL.
         let task = unsafe { generated::bpf_get_current_task_btf() } as *const u8;
@@ -413,8 +413,7 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
 
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let by_owner = owner_runs_transition(t.oldstate, t.newstate)
-        && !in_kernel_thread(cfg, cfg.hook == HOOK_BTF, prog);
+    let by_owner = owner_runs_transition(t.oldstate, t.newstate) && !in_kernel_thread(cfg, prog);
     let mut flags = extra_flags;
     let mut delta_ns = 0;
     let info = match SOCKS.get_ptr_mut(&t.skaddr) {

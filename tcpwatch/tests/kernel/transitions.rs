@@ -425,8 +425,8 @@ fn sockaddr_v4(port: u16) -> libc::sockaddr_in {
 
 /// Listens and connects with MPTCP on loopback; returns the listener port.
 fn one_mptcp_connection() -> u16 {
+    use std::os::fd::FromRawFd;
     use std::os::fd::IntoRawFd;
-    use std::os::unix::io::FromRawFd;
     let check =
         |rc: i32, what: &str| assert!(rc == 0, "{what}: {}", std::io::Error::last_os_error());
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
