@@ -4,7 +4,7 @@
 //! layout the programs cannot read is refused here with the reason.
 use std::path::Path;
 
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 use tcpwatch_common::{HOOK_BTF, HOOK_CLASSIC, ProbeConfig, TP_RECORD_READ};
 
 #[derive(Debug, thiserror::Error)]
@@ -132,13 +132,27 @@ fn sock_common_field(btf: &Btf, name: &str, size: usize) -> Result<u16, LayoutEr
     })
 }
 
+/// Opens the kernel's BTF for a few lookups. Mapped, not parsed: parsing
+/// all of vmlinux's ~5 MB into btf-rs's indexes took ~30 MB of heap, the
+/// daemon's whole peak RSS (44 MB against 15 MB once running); mapped, the
+/// lookups scan the file instead, a few ms for the handful tcpwatch makes.
+/// Older kernels cannot map the sysfs file (that came in 2025, with 6.16):
+/// parsed there.
+fn open_btf(path: &Path) -> Result<Btf, btf_rs::Error> {
+    Btf::from_file_with_backend(path, Backend::Mmap).or_else(|_| Btf::from_file(path))
+}
+
 /// Offsets of `struct sock` for the tp_btf program, from the kernel's BTF.
 /// The namespace fields are optional: without them events carry netns 0.
 pub fn btf_config(btf_path: &Path) -> Result<ProbeConfig, LayoutError> {
-    let btf = Btf::from_file(btf_path).map_err(|source| LayoutError::Btf {
+    let btf = open_btf(btf_path).map_err(|source| LayoutError::Btf {
         path: btf_path.display().to_string(),
         source,
     })?;
+    config_from_btf(&btf)
+}
+
+fn config_from_btf(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
     // The BTF-typed hook exists only if the kernel declares its typedef.
     btf.resolve_ids_by_name("btf_trace_inet_sock_set_state")
         .ok()
@@ -151,20 +165,20 @@ pub fn btf_config(btf_path: &Path) -> Result<ProbeConfig, LayoutError> {
 
     let mut cfg = ProbeConfig::UNSET;
     cfg.hook = HOOK_BTF;
-    cfg.sk_family = sock_common_field(&btf, "skc_family", 2)?;
-    cfg.sk_dport = sock_common_field(&btf, "skc_dport", 2)?;
-    cfg.sk_rcv_saddr = sock_common_field(&btf, "skc_rcv_saddr", 4)?;
-    cfg.sk_daddr = sock_common_field(&btf, "skc_daddr", 4)?;
-    cfg.sk_v6_rcv_saddr = sock_common_field(&btf, "skc_v6_rcv_saddr", 16)?;
-    cfg.sk_v6_daddr = sock_common_field(&btf, "skc_v6_daddr", 16)?;
-    let (proto_off, proto_size) = member(&btf, "sock", &["sk_protocol"])?;
+    cfg.sk_family = sock_common_field(btf, "skc_family", 2)?;
+    cfg.sk_dport = sock_common_field(btf, "skc_dport", 2)?;
+    cfg.sk_rcv_saddr = sock_common_field(btf, "skc_rcv_saddr", 4)?;
+    cfg.sk_daddr = sock_common_field(btf, "skc_daddr", 4)?;
+    cfg.sk_v6_rcv_saddr = sock_common_field(btf, "skc_v6_rcv_saddr", 16)?;
+    cfg.sk_v6_daddr = sock_common_field(btf, "skc_v6_daddr", 16)?;
+    let (proto_off, proto_size) = member(btf, "sock", &["sk_protocol"])?;
     expect_size("struct sock.sk_protocol", proto_size, 2)?;
     cfg.sk_protocol = proto_off as u32;
-    let (sport_off, sport_size) = member(&btf, "inet_sock", &["inet_sport"])?;
+    let (sport_off, sport_size) = member(btf, "inet_sock", &["inet_sport"])?;
     expect_size("struct inet_sock.inet_sport", sport_size, 2)?;
     cfg.inet_sport = sport_off as u32;
-    netns_fields(&btf, &mut cfg);
-    task_fields(&btf, &mut cfg);
+    netns_fields(btf, &mut cfg);
+    task_fields(btf, &mut cfg);
     Ok(cfg)
 }
 
@@ -191,7 +205,7 @@ fn netns_fields(btf: &Btf, cfg: &mut ProbeConfig) {
 /// Adds the namespace and task offsets to a classic-hook configuration when
 /// BTF is there to give them.
 pub fn add_netns_from_btf(btf_path: &Path, cfg: &mut ProbeConfig) {
-    if let Ok(btf) = Btf::from_file(btf_path) {
+    if let Ok(btf) = open_btf(btf_path) {
         netns_fields(&btf, cfg);
         task_fields(&btf, cfg);
     }
@@ -332,5 +346,23 @@ mod tests {
         assert!(cfg.inet_sport > cfg.sk_protocol);
         assert_eq!(cfg.netns_readable, 1);
         assert_ne!(cfg.task_flags, 0);
+    }
+
+    #[test]
+    fn mapped_btf_gives_the_offsets_parsed_btf_gives() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            eprintln!("SKIP: no {} on this machine", path.display());
+            return;
+        }
+        // This kernel (6.18) maps the file: the daemon's peak memory
+        // depends on it (see open_btf).
+        let mapped = Btf::from_file_with_backend(path, Backend::Mmap).unwrap();
+        let parsed = Btf::from_file(path).unwrap();
+        let (a, b) = (
+            config_from_btf(&mapped).unwrap(),
+            config_from_btf(&parsed).unwrap(),
+        );
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
     }
 }
