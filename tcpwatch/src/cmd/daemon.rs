@@ -20,7 +20,7 @@ use tcpwatch::{
     capture::Capture,
     engine::{Engine, Input, KernelSample},
     metrics,
-    model::{Transition, monotonic_ns, thread_cpu_ns},
+    model::{Transition, monotonic_ns},
     netns, record,
     sampler::{Sampler, Scope},
     view::trace::Clock,
@@ -265,9 +265,11 @@ async fn run(
             .spawn(move || {
                 let mut next = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
-                    let cpu = thread_cpu_ns();
+                    let cpu = netns::thread_cpu_with_helpers_ns();
                     let inputs = sampler.sample();
-                    let spent = Duration::from_nanos(thread_cpu_ns().saturating_sub(cpu));
+                    let spent = Duration::from_nanos(
+                        netns::thread_cpu_with_helpers_ns().saturating_sub(cpu),
+                    );
                     next += census_delay(interval, spent, budget);
                     if tx.blocking_send(inputs).is_err() {
                         break;

@@ -125,3 +125,36 @@ fn read_in_counts_exactly_the_connects_made_in_that_namespace() {
     release.send(()).unwrap();
     holder.join().unwrap();
 }
+
+/// The daemon's census budget must see the work done in another namespace,
+/// which runs on a helper thread: before, it read only its own thread's
+/// CPU clock and kept to its budget on paper while spending ~5× more.
+#[test]
+fn work_in_another_namespace_is_charged_to_the_caller() {
+    if !root_available("work_in_another_namespace_is_charged_to_the_caller") {
+        return;
+    }
+    let ns = NamedNetns::new("cpu");
+    let (own0, all0) = (
+        tcpwatch::model::thread_cpu_ns(),
+        netns::thread_cpu_with_helpers_ns(),
+    );
+    // ~100 ms of CPU on the helper thread.
+    let spun = netns::run_in(Path::new(&ns.path()), || {
+        let start = tcpwatch::model::thread_cpu_ns();
+        let mut x = 0u64;
+        while tcpwatch::model::thread_cpu_ns() - start < 100_000_000 {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        x
+    })
+    .unwrap();
+    assert!(spun > 0);
+    let own = tcpwatch::model::thread_cpu_ns() - own0;
+    let all = netns::thread_cpu_with_helpers_ns() - all0;
+    assert!(own < 50_000_000, "the caller itself only waited: {own} ns");
+    assert!(
+        all >= 100_000_000,
+        "the helper's CPU was not counted: {all} ns"
+    );
+}
