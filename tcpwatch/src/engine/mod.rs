@@ -7,6 +7,7 @@
 //! `max_netns`, open CLOSE-WAIT sockets by `max_open_sockets`; what does not
 //! fit is counted, never dropped silently.
 pub mod histogram;
+pub mod pairs;
 pub mod topk;
 pub mod window;
 
@@ -20,6 +21,7 @@ use tcpwatch_common::state::{
 
 pub use self::{
     histogram::Histogram,
+    pairs::PairMap,
     topk::TopK,
     window::{Rates, Window},
 };
@@ -136,44 +138,20 @@ pub struct Activity {
     /// Connections closed without the orderly FIN exchange (reset or
     /// aborted: SYN-RECV, ESTABLISHED, CLOSE-WAIT or FIN-WAIT-1 -> CLOSE).
     pub aborted: u64,
-    /// Per (from, to). At most 16 × 16 entries. A list of
-    /// `[from, to, count]` in JSON (map keys must be strings there).
-    #[serde(with = "pair_list")]
-    pub pairs: BTreeMap<(State, State), u64>,
+    /// Per (from, to). A list of `[from, to, count]` in JSON.
+    pub pairs: PairMap<u64>,
 }
 
 impl Activity {
     fn count(&mut self, t: &Transition) {
         self.transitions += 1;
-        *self.pairs.entry((t.old, t.new)).or_default() += 1;
+        *self.pairs.entry((t.old, t.new)) += 1;
         match kind(t) {
             Kind::Established => self.established += 1,
             Kind::FailedConnect => self.failed_connects += 1,
             Kind::Aborted => self.aborted += 1,
             Kind::Other => {}
         }
-    }
-}
-
-mod pair_list {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::model::State;
-
-    pub fn serialize<S: Serializer>(
-        m: &BTreeMap<(State, State), u64>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_seq(m.iter().map(|(&(a, b), &n)| (a, b, n)))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<(State, State), u64>, D::Error> {
-        let v = Vec::<(State, State, u64)>::deserialize(d)?;
-        Ok(v.into_iter().map(|(a, b, n)| ((a, b), n)).collect())
     }
 }
 
@@ -248,7 +226,7 @@ struct PairStats {
 
 #[derive(Clone, Debug)]
 struct Namespace {
-    pairs: BTreeMap<(State, State), PairStats>,
+    pairs: PairMap<PairStats>,
     activity: Activity,
     census: Option<CensusSample>,
     counters: Option<CountersSample>,
@@ -261,7 +239,7 @@ struct Namespace {
 impl Default for Namespace {
     fn default() -> Self {
         Namespace {
-            pairs: BTreeMap::new(),
+            pairs: PairMap::default(),
             activity: Activity::default(),
             census: None,
             counters: None,
@@ -376,7 +354,7 @@ impl Engine {
         let (old, new) = (t.old.raw(), t.new.raw());
 
         let ns = self.namespace(netns);
-        let pair = ns.pairs.entry((t.old, t.new)).or_default();
+        let pair = ns.pairs.entry((t.old, t.new));
         pair.total += 1;
         let in_window = pair.window.add(sec, 1);
         ns.activity.count(t);

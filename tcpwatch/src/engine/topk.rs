@@ -126,12 +126,19 @@ impl<K: Ord + Hash + Clone, V: Default> TopK<K, V> {
     /// Records one hit of `key` at second `sec`, applying `update` to the
     /// key's value (or to `other`'s). Returns whether the key is tracked.
     pub fn record(&mut self, key: &K, sec: u64, update: impl FnOnce(&mut V)) -> bool {
-        if !self.tracked.contains_key(key) && !self.admit(key, sec) {
+        // One lookup for a tracked key, the common case (this runs per
+        // transition, twice).
+        if let Some(slot) = self.tracked.get_mut(key) {
+            slot.window.add(sec, 1);
+            update(&mut slot.value);
+            return true;
+        }
+        if !self.admit(key, sec) {
             self.other.window.add(sec, 1);
             update(&mut self.other.value);
             return false;
         }
-        let slot = self.tracked.get_mut(key).expect("tracked or just admitted");
+        let slot = self.tracked.get_mut(key).expect("just admitted");
         slot.window.add(sec, 1);
         update(&mut slot.value);
         true
