@@ -222,12 +222,24 @@ fn drain(
             *malformed += 1;
             continue;
         }
-        // SAFETY: the record is exactly one TransitionEvent (checked above),
-        // written by the eBPF program from the same shared definition; every
-        // bit pattern is valid for its plain integer fields; read_unaligned
-        // makes no alignment assumption.
-        let raw: TransitionEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        out.push(Transition::from_raw(&raw));
+        let ptr = item.as_ptr().cast::<TransitionEvent>();
+        // Read in place: ring-buffer records are 8-byte aligned (the kernel
+        // rounds every record to 8), so the copy out of the ring that an
+        // unaligned read needs is only the fallback. (That copy was a
+        // memmove call per event; without it the event thread's CPU under
+        // full churn went from 4.3-4.7 % to 4.0-4.3 % of a core.)
+        let t = if ptr.is_aligned() {
+            // SAFETY: the record is exactly one TransitionEvent (checked
+            // above), aligned (just checked), written by the eBPF program
+            // from the same shared definition, and every bit pattern is
+            // valid for its plain integer fields; it stays mapped while
+            // `item` lives.
+            Transition::from_raw(unsafe { &*ptr })
+        } else {
+            // SAFETY: as above; read_unaligned makes no alignment assumption.
+            Transition::from_raw(&unsafe { std::ptr::read_unaligned(ptr) })
+        };
+        out.push(t);
         n += 1;
     }
     n
