@@ -328,13 +328,19 @@ mod tests {
         assert!(err.contains("`daddr_v6` is missing"), "{err}");
     }
 
-    #[test]
-    fn btf_of_the_running_kernel_gives_sock_offsets() {
+    /// The running kernel's BTF, or None (said on stderr) where it has none.
+    fn kernel_btf() -> Option<&'static Path> {
         let path = Path::new("/sys/kernel/btf/vmlinux");
         if !path.exists() {
             eprintln!("SKIP: no {} on this machine", path.display());
-            return;
+            return None;
         }
+        Some(path)
+    }
+
+    #[test]
+    fn btf_of_the_running_kernel_gives_sock_offsets() {
+        let Some(path) = kernel_btf() else { return };
         let cfg = btf_config(path).unwrap();
         // struct sock_common starts with the address pair; family and the
         // ports follow. Exact values vary by kernel; the order does not.
@@ -350,11 +356,7 @@ mod tests {
 
     #[test]
     fn mapped_btf_gives_the_offsets_parsed_btf_gives() {
-        let path = Path::new("/sys/kernel/btf/vmlinux");
-        if !path.exists() {
-            eprintln!("SKIP: no {} on this machine", path.display());
-            return;
-        }
+        let Some(path) = kernel_btf() else { return };
         // This kernel (6.18) maps the file: the daemon's peak memory
         // depends on it (see open_btf).
         let mapped = Btf::from_file_with_backend(path, Backend::Mmap).unwrap();
