@@ -63,7 +63,7 @@ pub struct Sampler {
 /// One namespace's census, before owners are known.
 struct Raw {
     netns: Option<u32>,
-    entries: Vec<census::SockEntry>,
+    census: census::Census,
     census_ns: u64,
     /// When the dump started: the census shows the sockets of that moment
     /// (a later socket may or may not be in it, an earlier one is).
@@ -115,9 +115,11 @@ impl Sampler {
         for (path, inode) in self.targets() {
             let taken_ns = monotonic_ns();
             let t = Instant::now();
+            // The daemon only counts TIME-WAIT sockets: listing them is
+            // most of a census's cost under churn.
             let entries = match &path {
-                None => census::tcp_sockets(),
-                Some(p) => census::tcp_sockets_in(p),
+                None => census::take(census::TimeWait::Counted),
+                Some(p) => census::take_in(p, census::TimeWait::Counted),
             };
             let census_ns = t.elapsed().as_nanos() as u64;
             let counters = match &path {
@@ -134,9 +136,9 @@ impl Sampler {
                 }
             };
             match entries {
-                Ok(entries) => raws.push(Raw {
+                Ok(census) => raws.push(Raw {
                     netns: inode,
-                    entries,
+                    census,
                     census_ns,
                     taken_ns,
                     counters,
@@ -151,14 +153,14 @@ impl Sampler {
         }
         let inodes: HashSet<u64> = raws
             .iter()
-            .flat_map(|r| r.entries.iter())
+            .flat_map(|r| r.census.entries.iter())
             .filter(|e| e.inode != 0)
             .map(|e| e.inode as u64)
             .collect();
         let (owners, scan_ns) = self.owners.owners(&inodes);
         let mut out = Vec::with_capacity(raws.len() * 2);
         for r in raws {
-            let summary = summarize(r.netns, &r.entries, owners);
+            let summary = summarize(r.netns, &r.census, owners);
             out.push(Input::Census(CensusSample {
                 ts_ns: r.taken_ns,
                 duration_ns: r.census_ns + scan_ns.unwrap_or(0),

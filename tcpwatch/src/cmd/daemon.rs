@@ -41,8 +41,9 @@ pub struct DaemonArgs {
           value_parser = parse_interval)]
     interval: f64,
     /// Most of one core the census thread may use, in percent: a census that
-    /// takes longer (it grows with the sockets, TIME-WAIT included: ~120 ms
-    /// for 100,000) stretches the interval to keep within it.
+    /// takes longer (it grows with the sockets: ~120 ms for 100,000; TIME-WAIT
+    /// ones are only counted, from /proc/net/sockstat, and cost nothing)
+    /// stretches the interval to keep within it.
     #[arg(long, default_value_t = 2.0, value_name = "PERCENT",
           value_parser = parse_budget)]
     census_budget: f64,

@@ -28,17 +28,21 @@ pub struct StatesArgs {
 
 pub fn run(args: StatesArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
-    let (entries, ns) = match &args.netns {
+    // Every socket listed, TIME-WAIT too: one census, so its cost is no
+    // concern, and its counts are `ss -tan`'s exactly.
+    let listed = census::TimeWait::Listed;
+    let (census, ns) = match &args.netns {
         Some(spec) => {
             let path = netns::path(spec)?;
-            let entries = census::tcp_sockets_in(&path).context("socket census")?;
-            (entries, Some(netns::resolve(spec)?))
+            let census = census::take_in(&path, listed).context("socket census")?;
+            (census, Some(netns::resolve(spec)?))
         }
         None => (
-            census::tcp_sockets().context("socket census")?,
+            census::take(listed).context("socket census")?,
             netns::current().ok(),
         ),
     };
+    let entries = &census.entries;
     let census_done = started.elapsed();
     let inodes: HashSet<u64> = entries
         .iter()
@@ -55,7 +59,7 @@ pub fn run(args: StatesArgs) -> anyhow::Result<ExitCode> {
         owners_ms = (started.elapsed() - census_done).as_secs_f64() * 1e3,
         "census"
     );
-    let summary = summarize(ns, &entries, &owners);
+    let summary = summarize(ns, &census, &owners);
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
         return Ok(ExitCode::SUCCESS);

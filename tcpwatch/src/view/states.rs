@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tcpwatch_common::state::{TCP_LISTEN, TCP_NEW_SYN_RECV, TCP_SYN_RECV, TCP_TIME_WAIT};
 
 use crate::{
-    census::SockEntry,
+    census::{Census, SockEntry},
     model::{Owner, State},
 };
 
@@ -59,12 +59,11 @@ const SHOWN: [u8; 11] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
 
 /// Folds a census into the summary. `owners` maps socket inodes to their
 /// process; sockets without an inode are attributed to the owner of the
-/// listener they came from, TIME-WAIT to nobody.
-pub fn summarize(
-    netns: Option<u32>,
-    entries: &[SockEntry],
-    owners: &HashMap<u64, Owner>,
-) -> Summary {
+/// listener they came from, TIME-WAIT to nobody. TIME-WAIT sockets only
+/// counted give the same summary as listed ones.
+pub fn summarize(netns: Option<u32>, census: &Census, owners: &HashMap<u64, Owner>) -> Summary {
+    let entries = &census.entries;
+    let time_wait = State::from_raw(TCP_TIME_WAIT).to_string();
     let mut states: BTreeMap<String, u64> = SHOWN
         .iter()
         .map(|&s| (State::from_raw(s).to_string(), 0))
@@ -72,6 +71,7 @@ pub fn summarize(
     for e in entries {
         *states.entry(shown_state(e.state).to_string()).or_default() += 1;
     }
+    *states.entry(time_wait.clone()).or_default() += census.time_wait_unlisted;
 
     let listeners_raw: Vec<&SockEntry> = entries.iter().filter(|e| e.state == TCP_LISTEN).collect();
     // Listeners by port, so attributing 100,000 sockets to a thousand
@@ -145,6 +145,16 @@ pub fn summarize(
             .entry(shown_state(e.state).to_string())
             .or_default() += 1;
     }
+    if census.time_wait_unlisted > 0 {
+        let nobody = procs.entry(None).or_insert_with(|| Process {
+            pid: None,
+            comm: None,
+            total: 0,
+            states: BTreeMap::new(),
+        });
+        nobody.total += census.time_wait_unlisted;
+        *nobody.states.entry(time_wait).or_default() += census.time_wait_unlisted;
+    }
     let mut processes: Vec<Process> = procs.into_values().collect();
     // Biggest first; the unattributed bucket (no pid) last among equals.
     processes.sort_by(|a, b| {
@@ -156,7 +166,7 @@ pub fn summarize(
 
     Summary {
         netns,
-        total: entries.len() as u64,
+        total: entries.len() as u64 + census.time_wait_unlisted,
         states,
         listeners,
         processes,
@@ -230,6 +240,7 @@ mod tests {
             wqueue: 0,
             inode,
             uid: 0,
+            minisock: state == TCP_TIME_WAIT,
         }
     }
 
@@ -246,18 +257,40 @@ mod tests {
         ])
     }
 
-    fn census() -> Vec<SockEntry> {
+    fn census() -> Census {
         let mut l = e(TCP_LISTEN, "0.0.0.0:80", "0.0.0.0:0", 10);
         l.rqueue = 3;
         l.wqueue = 511;
-        vec![
-            l,
-            e(TCP_ESTABLISHED, "10.0.0.1:80", "10.0.0.2:5000", 11),
-            e(TCP_SYN_RECV, "10.0.0.1:80", "10.0.0.9:6000", 0),
-            e(TCP_NEW_SYN_RECV, "10.0.0.1:80", "10.0.0.9:6001", 0),
-            e(TCP_CLOSE_WAIT, "10.0.0.1:40000", "10.0.0.3:443", 20),
-            e(TCP_TIME_WAIT, "10.0.0.1:40001", "10.0.0.3:443", 0),
-        ]
+        Census {
+            entries: vec![
+                l,
+                e(TCP_ESTABLISHED, "10.0.0.1:80", "10.0.0.2:5000", 11),
+                e(TCP_SYN_RECV, "10.0.0.1:80", "10.0.0.9:6000", 0),
+                e(TCP_NEW_SYN_RECV, "10.0.0.1:80", "10.0.0.9:6001", 0),
+                e(TCP_CLOSE_WAIT, "10.0.0.1:40000", "10.0.0.3:443", 20),
+                e(TCP_TIME_WAIT, "10.0.0.1:40001", "10.0.0.3:443", 0),
+            ],
+            time_wait_unlisted: 0,
+        }
+    }
+
+    #[test]
+    fn time_wait_counted_summarizes_as_time_wait_listed() {
+        let listed = census();
+        let mut counted = listed.clone();
+        counted.entries.retain(|e| e.state != TCP_TIME_WAIT);
+        counted.time_wait_unlisted = 1;
+        assert_eq!(
+            summarize(Some(7), &counted, &owners()),
+            summarize(Some(7), &listed, &owners())
+        );
+        // Also when no listed socket is unattributed: the bucket is made.
+        counted.entries.retain(|e| e.state == TCP_LISTEN);
+        counted.time_wait_unlisted = 5;
+        let s = summarize(None, &counted, &owners());
+        assert_eq!((s.total, s.states["TIME-WAIT"]), (6, 5));
+        let none = s.processes.iter().find(|p| p.pid.is_none()).unwrap();
+        assert_eq!((none.total, none.states["TIME-WAIT"]), (5, 5));
     }
 
     #[test]

@@ -9,6 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tcpwatch::{
+    census::{self, Census, TimeWait},
+    view::states::summarize,
+};
+use tcpwatch_common::state::{TCP_FIN_WAIT2, TCP_TIME_WAIT};
+
 use crate::{
     common::{netns_thread, root_available},
     synflood::{self, SpoofNet},
@@ -25,6 +31,9 @@ const QUEUED: u64 = 1;
 const CLOSE_WAIT: u64 = 2;
 /// Client closed first, then the server: the client side remains.
 const TIME_WAIT: u64 = 3;
+/// Client shut down its sending side and stays open: a full socket in
+/// FIN-WAIT-2 (the ones CLOSE_WAIT leaves are minisockets).
+const HALF_CLOSED: u64 = 1;
 /// Spoofed SYNs: well below the backlog, so no SYN cookies.
 const HALF_OPEN: u16 = 16;
 /// Pairs (v4), pairs and TIME-WAIT (v6), CLOSE-WAIT, half-open, idle (v6).
@@ -35,8 +44,8 @@ fn constructed() -> BTreeMap<String, u64> {
     [
         ("LISTEN", LISTENERS),
         ("ESTABLISHED", 2 * (PAIRS_V4 + PAIRS_V6 + QUEUED)),
-        ("CLOSE-WAIT", CLOSE_WAIT),
-        ("FIN-WAIT-2", CLOSE_WAIT),
+        ("CLOSE-WAIT", CLOSE_WAIT + HALF_CLOSED),
+        ("FIN-WAIT-2", CLOSE_WAIT + HALF_CLOSED),
         ("TIME-WAIT", TIME_WAIT),
         ("SYN-RECV", HALF_OPEN as u64),
     ]
@@ -128,6 +137,13 @@ fn populate() -> Population {
         await_fin(&mut s);
         open.push(s);
     }
+    for _ in 0..HALF_CLOSED {
+        let c = TcpStream::connect(close_wait.local_addr().unwrap()).unwrap();
+        let mut s = close_wait.accept().unwrap().0;
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        await_fin(&mut s);
+        open.extend([c, s]);
+    }
 
     let spoof = SpoofNet::new();
     let half_open = TcpListener::bind((synflood::LOCAL, 0)).unwrap();
@@ -147,10 +163,35 @@ fn populate() -> Population {
     }
 }
 
+/// The namespace's timewait minisockets, as /proc/net/sockstat counts them.
+fn minisockets() -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/sockstat").unwrap();
+    census::parse_sockstat_tw(&text).unwrap()
+}
+
+/// Polls until the closed clients are all minisockets: an orphaned socket
+/// in FIN-WAIT-2 stays a full one for a moment (~100 ms here) before the
+/// kernel frees it for a minisocket. At most 3 s; the count either way.
+fn minisockets_settled() -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let n = minisockets();
+        if n == TIME_WAIT + CLOSE_WAIT || Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// What the namespace's own thread saw.
 struct Inside {
     tid: i32,
     ss: BTreeMap<String, u64>,
+    minisockets: u64,
+    /// The census in-process, TIME-WAIT listed (as `states`) and counted
+    /// (as the daemon's).
+    listed: Census,
+    counted: Census,
     tcpwatch: Output,
     pairs_port: u16,
     half_open: SocketAddrV4,
@@ -169,6 +210,9 @@ fn states_json_equals_ss_and_the_population_with_spoofed_half_open() {
     let (ino, go, worker) = netns_thread(move || {
         let pop = populate();
         let ss = ss_settled();
+        let minisockets = minisockets_settled();
+        let listed = census::take(TimeWait::Listed).unwrap();
+        let counted = census::take(TimeWait::Counted).unwrap();
         // tcpwatch inherits the namespace from this thread.
         let tcpwatch = Command::new(BIN)
             .args(["states", "--json"])
@@ -179,6 +223,9 @@ fn states_json_equals_ss_and_the_population_with_spoofed_half_open() {
                 // SAFETY: gettid has no preconditions.
                 tid: unsafe { libc::gettid() },
                 ss,
+                minisockets,
+                listed,
+                counted,
                 tcpwatch,
                 pairs_port: pop.pairs_port,
                 half_open: SocketAddrV4::new(synflood::LOCAL, pop.half_open_port),
@@ -203,6 +250,40 @@ fn states_json_equals_ss_and_the_population_with_spoofed_half_open() {
     worker.join().unwrap();
 
     assert_eq!(inside.ss, constructed(), "ss against the population");
+
+    // Minisockets are told from full sockets, and the daemon's census
+    // (TIME-WAIT only counted) sums up as the full listing does.
+    assert_eq!(inside.minisockets, TIME_WAIT + CLOSE_WAIT, "sockstat tw");
+    let kinds = |state: u8| -> (u64, u64) {
+        let of_state = inside.listed.entries.iter().filter(|e| e.state == state);
+        let mini = of_state.clone().filter(|e| e.minisock).count() as u64;
+        (mini, of_state.count() as u64 - mini)
+    };
+    assert_eq!(
+        kinds(TCP_TIME_WAIT),
+        (TIME_WAIT, 0),
+        "TIME-WAIT: minisockets"
+    );
+    assert_eq!(
+        kinds(TCP_FIN_WAIT2),
+        (CLOSE_WAIT, HALF_CLOSED),
+        "FIN-WAIT-2: minisockets, full sockets"
+    );
+    assert_eq!(inside.listed.time_wait_unlisted, 0);
+    assert_eq!(inside.counted.time_wait_unlisted, TIME_WAIT);
+    assert!(
+        !inside
+            .counted
+            .entries
+            .iter()
+            .any(|e| e.state == TCP_TIME_WAIT),
+        "TIME-WAIT counted, not listed"
+    );
+    let none = Default::default();
+    assert_eq!(
+        summarize(Some(ino), &inside.counted, &none),
+        summarize(Some(ino), &inside.listed, &none),
+    );
     for (how, out) in [("inside", inside.tcpwatch), ("--netns", outside)] {
         assert!(
             out.status.success(),
@@ -240,9 +321,9 @@ fn states_json_equals_ss_and_the_population_with_spoofed_half_open() {
             .unwrap();
         assert_eq!(half_open["address"], inside.half_open.ip().to_string());
 
-        // Ours: listeners, open sockets (the queued child and the request
-        // sockets through their listener). The closed clients (FIN-WAIT-2,
-        // TIME-WAIT) belong to nobody.
+        // Ours: listeners, open sockets (the queued child, the half-closed
+        // client and the request sockets through their listener). The
+        // closed clients (FIN-WAIT-2, TIME-WAIT) belong to nobody.
         let me = json["processes"]
             .as_array()
             .unwrap()
@@ -252,7 +333,7 @@ fn states_json_equals_ss_and_the_population_with_spoofed_half_open() {
         let c = constructed();
         assert_eq!(
             me["total"],
-            c["LISTEN"] + c["ESTABLISHED"] + c["CLOSE-WAIT"] + c["SYN-RECV"],
+            c["LISTEN"] + c["ESTABLISHED"] + c["CLOSE-WAIT"] + c["SYN-RECV"] + HALF_CLOSED,
             "{how}: {json}"
         );
     }
