@@ -133,22 +133,42 @@ impl Recorder {
     }
 }
 
-/// A batch from the ring buffer into the engine (and the recording), by
-/// reference: at hundreds of thousands of events per second, moving each
-/// into an `Input` costs more than the engine's own work.
+/// What the ring buffer holds now (up to a batch) into the engine and the
+/// recording, each event by reference where it was read: at hundreds of
+/// thousands of events per second, moving each into a batch or an `Input`
+/// costs more than the engine's own work.
+fn apply_ring(
+    engine: &Mutex<Engine>,
+    recorder: &mut Option<Recorder>,
+    capture: &mut Capture,
+) -> anyhow::Result<()> {
+    let mut engine = engine.lock().expect("engine lock");
+    capture.drain_each(BATCH, |t| apply_transition(&mut engine, recorder, t))?;
+    Ok(())
+}
+
+/// The events read at stop.
 fn apply_transitions(
     engine: &Mutex<Engine>,
     recorder: &mut Option<Recorder>,
     batch: &mut Vec<Transition>,
 ) -> anyhow::Result<()> {
     let mut engine = engine.lock().expect("engine lock");
-    for t in batch.iter() {
-        if let Some(r) = recorder {
-            r.write_transition(t)?;
-        }
-        engine.transition(t);
+    for t in batch.drain(..) {
+        apply_transition(&mut engine, recorder, &t)?;
     }
-    batch.clear();
+    Ok(())
+}
+
+fn apply_transition(
+    engine: &mut Engine,
+    recorder: &mut Option<Recorder>,
+    t: &Transition,
+) -> anyhow::Result<()> {
+    if let Some(r) = recorder {
+        r.write_transition(t)?;
+    }
+    engine.transition(t);
     Ok(())
 }
 
@@ -297,13 +317,12 @@ async fn run(
     let mut stop_at = Stop::new(args.duration)?;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut batch = Vec::with_capacity(BATCH);
     loop {
         tokio::select! {
             _ = stop_at.wait() => break,
-            r = capture.next_batch(&mut batch, BATCH) => {
+            r = capture.ready() => {
                 r.context("reading the ring buffer")?;
-                apply_transitions(&engine, &mut recorder, &mut batch)?;
+                apply_ring(&engine, &mut recorder, &mut capture)?;
             }
             Some(inputs) = rx.recv() => apply(&engine, &mut recorder, inputs)?,
             _ = tick.tick() => {
@@ -317,6 +336,7 @@ async fn run(
     }
     stop.store(true, Ordering::Relaxed);
     rx.close();
+    let mut batch = Vec::new();
     capture.stop(&mut batch).await?;
     apply_transitions(&engine, &mut recorder, &mut batch)?;
     let k = kernel_sample(&capture)?;
