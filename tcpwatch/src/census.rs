@@ -70,6 +70,8 @@ pub enum CensusError {
     Kernel(i32),
     #[error("sock_diag message could not be parsed: {0}")]
     Decode(String),
+    #[error("{SOCKSTAT}: {0}")]
+    Sockstat(String),
 }
 
 /// A census of the caller's network namespace (IPv4 and IPv6, all states).
@@ -90,9 +92,10 @@ pub fn take(time_wait: TimeWait) -> Result<Census, CensusError> {
         dump(&mut socket, family, states.clone(), &mut census.entries)?;
     }
     if time_wait == TimeWait::Counted {
-        let text = std::fs::read_to_string(SOCKSTAT).map_err(CensusError::Io)?;
+        let text =
+            std::fs::read_to_string(SOCKSTAT).map_err(|e| CensusError::Sockstat(e.to_string()))?;
         let minisocks = parse_sockstat_tw(&text)
-            .ok_or_else(|| CensusError::Decode(format!("{SOCKSTAT}: no \"TCP: ... tw N\"")))?;
+            .ok_or_else(|| CensusError::Sockstat("no \"TCP: ... tw N\" line".into()))?;
         census.time_wait_unlisted = time_wait_of(minisocks, &census.entries);
     }
     Ok(census)
