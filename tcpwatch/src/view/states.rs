@@ -130,8 +130,7 @@ pub fn summarize(netns: Option<u32>, census: &Census, owners: &HashMap<u64, Owne
         owners.get(&(listeners_raw[l].inode as u64))
     };
     let mut procs: HashMap<Option<u32>, Process> = HashMap::new();
-    for e in entries {
-        let owner = owner_of(e);
+    let mut count = |owner: Option<&Owner>, state: String, n: u64| {
         let p = procs
             .entry(owner.map(|o| o.pid))
             .or_insert_with(|| Process {
@@ -140,20 +139,14 @@ pub fn summarize(netns: Option<u32>, census: &Census, owners: &HashMap<u64, Owne
                 total: 0,
                 states: BTreeMap::new(),
             });
-        p.total += 1;
-        *p.states
-            .entry(shown_state(e.state).to_string())
-            .or_default() += 1;
+        p.total += n;
+        *p.states.entry(state).or_default() += n;
+    };
+    for e in entries {
+        count(owner_of(e), shown_state(e.state).to_string(), 1);
     }
     if census.time_wait_unlisted > 0 {
-        let nobody = procs.entry(None).or_insert_with(|| Process {
-            pid: None,
-            comm: None,
-            total: 0,
-            states: BTreeMap::new(),
-        });
-        nobody.total += census.time_wait_unlisted;
-        *nobody.states.entry(time_wait).or_default() += census.time_wait_unlisted;
+        count(None, time_wait, census.time_wait_unlisted);
     }
     let mut processes: Vec<Process> = procs.into_values().collect();
     // Biggest first; the unattributed bucket (no pid) last among equals.
