@@ -116,16 +116,10 @@ impl Capture {
     /// is read at once, not one batch per wakeup. Waiting also ends every
     /// [`POLL_INTERVAL`], which bounds the latency of a trickle of events.
     pub async fn next_batch(&mut self, out: &mut Vec<Transition>, max: usize) -> io::Result<()> {
-        loop {
-            let pushed = self.drain_each(max, |t| {
-                out.push(t.clone());
-                Ok::<_, std::convert::Infallible>(())
-            });
-            if pushed.is_ok_and(|n| n > 0) {
-                return Ok(());
-            }
+        while self.drain_into(out, max) == 0 {
             self.ready().await?;
         }
+        Ok(())
     }
 
     /// Resolves when events may be waiting: at once when the last
@@ -163,13 +157,16 @@ impl Capture {
 
     /// Appends whatever is in the ring buffer now, without waiting.
     pub fn drain_now(&mut self, out: &mut Vec<Transition>) -> usize {
-        let pushed = self.drain_each(usize::MAX, |t| {
+        self.drain_into(out, usize::MAX)
+    }
+
+    /// Appends up to `max` events now in the ring buffer, without waiting.
+    fn drain_into(&mut self, out: &mut Vec<Transition>, max: usize) -> usize {
+        let Ok(n) = self.drain_each(max, |t| {
             out.push(t.clone());
             Ok::<_, std::convert::Infallible>(())
         });
-        match pushed {
-            Ok(n) => n,
-        }
+        n
     }
 
     /// Events read from the ring buffer so far.
