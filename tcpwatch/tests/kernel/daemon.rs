@@ -213,6 +213,25 @@ fn promtool_check(text: &str) {
     );
 }
 
+/// Counters that must never reset while the daemon runs: every series of
+/// `before` is still in `after`, with a value at least as large.
+fn assert_counters_never_decrease(before: &str, after: &str) {
+    for name in [
+        "tcpwatch_transitions_total",
+        "tcpwatch_events_delivered_total",
+        "tcpwatch_kernel_counted_transitions_total",
+    ] {
+        let now = samples(after, name);
+        for (labels, was) in samples(before, name) {
+            let is = now.get(&labels).copied();
+            assert!(
+                is.is_some_and(|v| v >= was),
+                "{name}{{{labels}}} went from {was} to {is:?} between scrapes"
+            );
+        }
+    }
+}
+
 /// `n` connections to a listener on `port`, client closes first, then the
 /// server: ten transitions each.
 fn connections(listener: &TcpListener, n: usize) {
@@ -257,8 +276,17 @@ fn daemon_counts_a_known_load_exactly_and_serves_valid_metrics() {
     promtool_check(&before);
     let netns = ns.inode.to_string();
 
-    // The load runs in the namespace while this thread scrapes it.
-    let (done_tx, done_rx) = mpsc::channel();
+    // The load runs in the namespace while this thread scrapes it. It
+    // pauses between batches until a scrape taken during the pause is done,
+    // so scrapes land mid-load however fast the load is (a load that simply
+    // raced the scraper finished before a second scrape in one CI run).
+    const BATCHES: usize = 4;
+    enum Load {
+        Paused,
+        Done(u16),
+    }
+    let (load_tx, load_rx) = mpsc::channel();
+    let (resume_tx, resume_rx) = mpsc::channel::<()>();
     let worker = std::thread::spawn({
         let orders = ns.orders.clone();
         move || {
@@ -266,22 +294,36 @@ fn daemon_counts_a_known_load_exactly_and_serves_valid_metrics() {
                 .send(Box::new(move || {
                     let l = TcpListener::bind("127.0.0.1:0").unwrap();
                     let port = l.local_addr().unwrap().port();
-                    connections(&l, N);
+                    for batch in 0..BATCHES {
+                        connections(&l, N / BATCHES);
+                        if batch + 1 < BATCHES {
+                            load_tx.send(Load::Paused).unwrap();
+                            resume_rx.recv().unwrap();
+                        }
+                    }
                     // Keep the listener until the test has read the census
                     // (the census may wait for its CPU budget: ~1 s here).
-                    done_tx.send(port).unwrap();
+                    load_tx.send(Load::Done(port)).unwrap();
                     std::thread::sleep(Duration::from_secs(5));
                 }))
                 .unwrap();
         }
     });
-    let mut scrapes = 0;
+    let mut mid_load = 0;
+    let mut previous = String::new();
     let port = loop {
+        let event = load_rx.try_recv().ok();
         let text = daemon.scrape();
         promtool_check(&text);
-        scrapes += 1;
-        if let Ok(p) = done_rx.try_recv() {
-            break p;
+        assert_counters_never_decrease(&previous, &text);
+        previous = text;
+        match event {
+            Some(Load::Paused) => {
+                mid_load += 1;
+                resume_tx.send(()).unwrap();
+            }
+            Some(Load::Done(port)) => break port,
+            None => {}
         }
     };
     let load_done = std::time::SystemTime::now()
@@ -316,7 +358,8 @@ fn daemon_counts_a_known_load_exactly_and_serves_valid_metrics() {
         std::thread::sleep(Duration::from_millis(100));
     };
     promtool_check(&text);
-    assert!(scrapes >= 2, "scraped only {scrapes} times during the load");
+    assert_counters_never_decrease(&previous, &text);
+    assert_eq!(mid_load, BATCHES - 1, "scrapes taken while the load paused");
 
     let tr = samples(&text, "tcpwatch_transitions_total");
     for (from, to) in PAIRS {
