@@ -13,7 +13,7 @@ pub use state::TcpState;
 /// Bumped whenever the layout of [`TransitionEvent`], [`ProbeConfig`],
 /// [`SockInfo`] or the statistics array changes. The eBPF object carries it in
 /// its configuration; user space refuses to run an object of another version.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// `sk_protocol` values the programs report (everything else is ignored).
 pub const IPPROTO_TCP: u16 = 6;
@@ -247,7 +247,13 @@ pub mod stat {
     /// Main only: the identity stack was full, so the catcher will handle
     /// that transition a second time (reported as double-counted).
     pub const RECENT_FULL: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// Main only: every run the kernel gave the program, armed or not, of
+    /// any protocol or namespace. Against a perf counting event on the same
+    /// tracepoint (user space's witness), the difference less the
+    /// program's `recursion_misses` is the firings the kernel never ran the
+    /// program for and never counted as missed.
+    pub const RUNS: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// Slots per program in the statistics array.
@@ -349,7 +355,7 @@ mod tests {
     #[test]
     fn event_layout_is_stable() {
         assert_eq!(
-            LAYOUT_VERSION, 1,
+            LAYOUT_VERSION, 2,
             "layout changed: bump LAYOUT_VERSION and these offsets"
         );
         assert_eq!(core::mem::size_of::<TransitionEvent>(), 96);

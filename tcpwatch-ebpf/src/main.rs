@@ -538,6 +538,9 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
     if cfg.hook != HOOK_BTF {
         return 0;
     }
+    // First, before anything can return: user space compares this with a
+    // perf counter of the tracepoint's firings.
+    bump(stat_index(PROG_MAIN, stat::RUNS));
     let Some(r) = RECENT.get_ptr_mut(0) else {
         return 0;
     };

@@ -1,20 +1,28 @@
 //! The event source: drains the ring buffer from tokio in batches and reads
 //! the lossless counters. The only module that touches BPF maps; everything
 //! else sees [`Transition`]s and [`KernelCounters`].
-use std::{io, os::fd::AsFd, time::Duration};
+use std::{cell::Cell, io, os::fd::AsFd, time::Duration};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use tcpwatch_common::{
     FLAG_OWNER_KNOWN, PROG_MAIN, STATS_LEN, SockInfo, TaskComm, TransitionEvent, listener_key,
+    stat, stat_index,
 };
 
 use crate::{
     loader::{self, Hook, LoadError, LoadOptions, Loaded},
     model::{KernelCounters, Owner, ProgCounters, Slot, Transition, stats_slot},
     owners,
+    witness::{self, Reading, Witness},
 };
+
+/// Attempts at a quiet witness reading: at arming and at stop (a miss there
+/// leaves the whole run without a witness, or its end unchecked), and on
+/// each counters() call (a miss keeps the previous reading).
+const QUIET_TRIES_EDGE: usize = 2000;
+const QUIET_TRIES_SAMPLE: usize = 100;
 
 /// How often the ring buffer is read when the kernel has not woken us.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -31,6 +39,12 @@ pub struct Capture {
     /// The main program's `recursion_misses` when it was disarmed at stop:
     /// later misses are of runs that did nothing.
     misses_at_disarm: Option<u64>,
+    /// The perf counter of the tracepoint's firings, with its reading at
+    /// arming; `None` with the reason where it could not be had.
+    witness: Result<(Witness, Reading), String>,
+    /// The latest quiet reading (the one taken at stop, once stopped).
+    witness_last: Cell<Option<Reading>>,
+    stopped: bool,
     delivered: u64,
     /// The last drain stopped at its limit: more events may be waiting
     /// without a wakeup to say so.
@@ -91,7 +105,14 @@ impl Capture {
             Err(e) => tracing::warn!("owners of existing listeners unknown: {e}"),
         }
         let main = loader::program_names(loaded.hook)[0];
-        let misses_before_arming = prog_info(&loaded, main)?.recursion_misses;
+        let witness = open_witness(&loaded, &stats);
+        if let Err(why) = &witness {
+            tracing::warn!("no witness counter: {why}");
+        }
+        let misses_before_arming = match &witness {
+            Ok((_, base)) => base.misses,
+            Err(_) => prog_info(&loaded, main)?.recursion_misses,
+        };
         loaded.set_armed(true)?;
         Ok(Capture {
             loaded,
@@ -100,9 +121,17 @@ impl Capture {
             malformed: 0,
             misses_before_arming,
             misses_at_disarm: None,
+            witness,
+            witness_last: Cell::new(None),
+            stopped: false,
             delivered: 0,
             more: false,
         })
+    }
+
+    /// Why there is no witness counter, if there is none.
+    pub fn witness_unavailable(&self) -> Option<&str> {
+        self.witness.as_ref().err().map(String::as_str)
     }
 
     pub fn hook(&self) -> Hook {
@@ -189,6 +218,16 @@ impl Capture {
         self.loaded.set_armed(false)?;
         let main = loader::program_names(self.loaded.hook)[0];
         self.misses_at_disarm = Some(prog_info(&self.loaded, main)?.recursion_misses);
+        // The witness's last word while the programs are still attached:
+        // after detaching, every firing would look like one not run.
+        if let Ok((w, _)) = &self.witness
+            && let Some(r) = witness::quiet_reading(w, QUIET_TRIES_EDGE, || {
+                main_runs_and_misses(&self.loaded, &self.stats)
+            })?
+        {
+            self.witness_last.set(Some(r));
+        }
+        self.stopped = true;
         self.loaded.detach()?;
         // An event reserved just before detaching may still be committed by
         // the CPU that reserved it; give it a moment.
@@ -241,8 +280,61 @@ impl Capture {
             }
             None => None,
         };
-        Ok(KernelCounters { main, catcher })
+        let not_run = match &self.witness {
+            Ok((w, base)) => {
+                if !self.stopped
+                    && let Some(r) = witness::quiet_reading(w, QUIET_TRIES_SAMPLE, || {
+                        main_runs_and_misses(&self.loaded, &self.stats)
+                    })?
+                {
+                    self.witness_last.set(Some(r));
+                }
+                // No quiet reading yet: nothing known to be missing.
+                Some(self.witness_last.get().map_or(0, |r| r.not_run_since(base)))
+            }
+            Err(_) => None,
+        };
+        Ok(KernelCounters {
+            main,
+            catcher,
+            not_run,
+        })
     }
+}
+
+/// Opens the witness and takes its reading at arming (BTF hook only: see
+/// the witness module). Any failure is a reason, not an error: tracing goes
+/// on without it.
+fn open_witness(
+    loaded: &Loaded,
+    stats: &PerCpuArray<MapData, u64>,
+) -> Result<(Witness, Reading), String> {
+    if loaded.hook != Hook::Btf {
+        return Err("the classic tracepoint hook has none".into());
+    }
+    let tracefs = loader::ensure_tracefs().map_err(|e| e.to_string())?;
+    let w = Witness::open(&tracefs).map_err(|e| e.to_string())?;
+    let base = witness::quiet_reading(&w, QUIET_TRIES_EDGE, || main_runs_and_misses(loaded, stats))
+        .map_err(|e| e.to_string())?
+        .ok_or("the tracepoint fired throughout every attempt at a first reading")?;
+    Ok((w, base))
+}
+
+/// The main program's runs (summed over CPUs) and its `recursion_misses`.
+fn main_runs_and_misses(
+    loaded: &Loaded,
+    stats: &PerCpuArray<MapData, u64>,
+) -> io::Result<(u64, u64)> {
+    let runs: u64 = stats
+        .get(&stat_index(PROG_MAIN, stat::RUNS), 0)
+        .map_err(io::Error::other)?
+        .iter()
+        .sum();
+    let main = loader::program_names(loaded.hook)[0];
+    let misses = prog_info(loaded, main)
+        .map_err(io::Error::other)?
+        .recursion_misses;
+    Ok((runs, misses))
 }
 
 /// Hands up to `max` events to `f` (counting in `malformed` records of

@@ -20,3 +20,4 @@ pub mod owners;
 pub mod record;
 pub mod sampler;
 pub mod view;
+pub mod witness;

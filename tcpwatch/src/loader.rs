@@ -230,7 +230,7 @@ fn permitted() -> bool {
 }
 
 /// Makes sure tracefs is mounted (mounting it if we may) and returns its path.
-fn ensure_tracefs() -> Result<PathBuf, LoadError> {
+pub(crate) fn ensure_tracefs() -> Result<PathBuf, LoadError> {
     for base in [TRACEFS, "/sys/kernel/debug/tracing"] {
         if Path::new(base).join("events").is_dir() {
             return Ok(PathBuf::from(base));

@@ -483,7 +483,7 @@ impl Collector for ViewCollector {
             )?;
             let mut lost = Family::new(
                 "tcpwatch_events_lost",
-                "Transitions counted in the kernel but not delivered, by reason",
+                "Transitions lost, by reason: counted but not delivered (ringbuf_full, read_failed), skipped by the kernel and not caught, or never run by the kernel (kernel_not_run: seen only by a perf counter of the tracepoint, all namespaces; absent without that counter)",
                 c,
             );
             for (reason, n) in [
@@ -492,6 +492,9 @@ impl Collector for ViewCollector {
                 ("kernel_skipped_uncaught", a.unrecovered),
             ] {
                 lost.add(vec![("reason", reason.into())], n);
+            }
+            if a.has_witness {
+                lost.add(vec![("reason", "kernel_not_run".into())], a.not_run);
             }
             lost.encode(&mut enc)?;
             let mut kt = Family::new(

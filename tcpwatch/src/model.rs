@@ -306,6 +306,10 @@ impl ProgCounters {
 pub struct KernelCounters {
     pub main: ProgCounters,
     pub catcher: Option<ProgCounters>,
+    /// Firings of the tracepoint for which the kernel neither ran the main
+    /// program nor counted a miss, by the perf witness (see
+    /// `crate::witness`); `None` where there is no witness.
+    pub not_run: Option<u64>,
 }
 
 /// Which program and which counter a per-CPU stats array index holds: the
@@ -387,6 +391,8 @@ impl KernelCounters {
             double_counted: caught.saturating_sub(skipped),
             recent_full: self.main.stat(stat::RECENT_FULL),
             has_catcher: self.catcher.is_some(),
+            not_run: self.not_run.unwrap_or(0),
+            has_witness: self.not_run.is_some(),
             bpf_run_time_ns: self.progs().map(|p| p.run_time_ns).sum(),
             bpf_run_cnt: self.progs().map(|p| p.run_cnt).sum(),
         }
@@ -428,14 +434,30 @@ pub struct Accounting {
     pub bpf_run_time_ns: u64,
     #[serde(default)]
     pub bpf_run_cnt: u64,
+    /// Firings of the tracepoint the kernel never ran the programs for and
+    /// never counted as missed (all namespaces), seen by the perf witness:
+    /// transitions counted nowhere else.
+    #[serde(default)]
+    pub not_run: u64,
+    /// Whether the witness ran (BTF hook, perf counters available); without
+    /// it `not_run` is unknown and shown as 0.
+    #[serde(default)]
+    pub has_witness: bool,
 }
 
 impl Accounting {
     /// Whether every transition was counted exactly once: nothing skipped
-    /// and uncaught, nothing caught twice, and no run of the main program
-    /// nested inside another (which would make per-CPU counters race).
+    /// and uncaught, nothing the kernel did not run the programs for,
+    /// nothing caught twice, and no run of the main program nested inside
+    /// another (which would make per-CPU counters race).
     pub fn lossless(&self) -> bool {
-        self.unrecovered == 0 && self.double_counted == 0 && self.nested == 0
+        self.unrecovered == 0 && self.not_run == 0 && self.double_counted == 0 && self.nested == 0
+    }
+
+    /// Transitions lost in the kernel before any program counted them:
+    /// skipped and not caught, or never run (all namespaces).
+    pub fn lost_in_kernel(&self) -> u64 {
+        self.unrecovered + self.not_run
     }
 }
 
@@ -516,6 +538,7 @@ mod tests {
         let mut k = KernelCounters {
             main: ProgCounters::new(),
             catcher: Some(ProgCounters::new()),
+            not_run: Some(0),
         };
         k.main.transitions[(TCP_CLOSE as u32 * STATE_SLOTS + TCP_SYN_SENT as u32) as usize] = 10;
         k.catcher.as_mut().unwrap().transitions
@@ -533,6 +556,28 @@ mod tests {
         k.main.recursion_misses = 5;
         assert_eq!(k.summary().unrecovered, 2);
         assert!(!k.summary().lossless());
+        assert_eq!(k.summary().lost_in_kernel(), 2);
+    }
+
+    #[test]
+    fn transitions_the_kernel_never_ran_are_a_loss() {
+        let mut k = KernelCounters {
+            main: ProgCounters::new(),
+            catcher: Some(ProgCounters::new()),
+            not_run: Some(2),
+        };
+        k.main.transitions[(TCP_FIN_WAIT1 as u32 * STATE_SLOTS + TCP_FIN_WAIT2 as u32) as usize] =
+            5;
+        let a = k.summary();
+        assert!(a.has_witness);
+        assert_eq!(a.not_run, 2);
+        assert_eq!(a.lost_in_kernel(), 2);
+        assert!(!a.lossless());
+        // Without a witness nothing is known, and nothing is claimed.
+        k.not_run = None;
+        let a = k.summary();
+        assert!(!a.has_witness);
+        assert!(a.lossless());
     }
 
     #[test]

@@ -353,7 +353,7 @@ async fn run(
     let accounting = capture.counters()?.summary();
     let view = engine.lock().expect("engine lock").view();
     eprintln!(
-        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} engine={} kernel_skipped={} caught={} unrecovered={} nested={} bpf_run_time_ns={} bpf_run_cnt={}",
+        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} engine={} kernel_skipped={} caught={} unrecovered={} not_run={} witness={} nested={} bpf_run_time_ns={} bpf_run_cnt={}",
         accounting.counted,
         accounting.emitted,
         capture.delivered(),
@@ -362,15 +362,19 @@ async fn run(
         accounting.kernel_skipped,
         accounting.caught,
         accounting.unrecovered,
+        accounting.not_run,
+        u8::from(accounting.has_witness),
         accounting.nested,
         accounting.bpf_run_time_ns,
         accounting.bpf_run_cnt,
     );
-    Ok(if accounting.unrecovered > 0 || accounting.nested > 0 {
-        ExitCode::from(3)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if accounting.lost_in_kernel() > 0 || accounting.nested > 0 {
+            ExitCode::from(3)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 #[cfg(test)]

@@ -126,16 +126,19 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         &accounting,
         capture.delivered(),
         capture.malformed(),
+        capture.witness_unavailable(),
         &shown,
         &output,
     );
-    // A transition the kernel skipped and nothing recovered is a failure of
-    // the run's promise, even though everything else completed.
-    Ok(if accounting.unrecovered > 0 || accounting.nested > 0 {
-        ExitCode::from(3)
-    } else {
-        ExitCode::SUCCESS
-    })
+    // A transition the kernel skipped or never ran the programs for is a
+    // failure of the run's promise, even though everything else completed.
+    Ok(
+        if accounting.lost_in_kernel() > 0 || accounting.nested > 0 {
+            ExitCode::from(3)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 /// Applies the filter and `--count`, remembering how many were filtered out.
@@ -176,7 +179,14 @@ impl Shown {
     }
 }
 
-fn report(a: &Accounting, delivered: u64, malformed: u64, shown: &Shown, out: &OutputStats) {
+fn report(
+    a: &Accounting,
+    delivered: u64,
+    malformed: u64,
+    no_witness: Option<&str>,
+    shown: &Shown,
+    out: &OutputStats,
+) {
     eprintln!(
         "tcpwatch: {} transitions counted in the kernel: {} delivered, {} dropped (ring buffer full)",
         a.counted, delivered, a.ringbuf_full
@@ -196,6 +206,20 @@ fn report(a: &Accounting, delivered: u64, malformed: u64, shown: &Shown, out: &O
             a.kernel_skipped
         );
     }
+    match no_witness {
+        None => eprintln!(
+            "tcpwatch: a perf counter of the tracepoint saw {} firings the kernel ran no program for (any namespace): {}",
+            a.not_run,
+            if a.not_run == 0 {
+                "none lost"
+            } else {
+                "those transitions are lost"
+            }
+        ),
+        Some(why) => eprintln!(
+            "tcpwatch: no perf counter of the tracepoint ({why}): firings the kernel runs no program for would go uncounted"
+        ),
+    }
     if a.double_counted > 0 {
         eprintln!(
             "tcpwatch: {} transitions may have been counted twice",
@@ -213,7 +237,7 @@ fn report(a: &Accounting, delivered: u64, malformed: u64, shown: &Shown, out: &O
     }
     // One machine-readable line for scripts and tests.
     eprintln!(
-        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} written={} output_dropped={} filtered={} kernel_skipped={} caught={} unrecovered={} double_counted={} nested={} malformed={} bpf_run_time_ns={} bpf_run_cnt={}",
+        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} written={} output_dropped={} filtered={} kernel_skipped={} caught={} unrecovered={} not_run={} witness={} double_counted={} nested={} malformed={} bpf_run_time_ns={} bpf_run_cnt={}",
         a.counted,
         a.emitted,
         delivered,
@@ -224,6 +248,8 @@ fn report(a: &Accounting, delivered: u64, malformed: u64, shown: &Shown, out: &O
         a.kernel_skipped,
         a.caught,
         a.unrecovered,
+        a.not_run,
+        u8::from(a.has_witness),
         a.double_counted,
         a.nested,
         malformed,

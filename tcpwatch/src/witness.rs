@@ -1,0 +1,187 @@
+//! A second, independent count of the tracepoint's firings: one perf
+//! counting event per CPU on `sock:inet_sock_set_state`, no BPF involved.
+//!
+//! Why: on this project's machines the kernel sometimes fires the tracepoint
+//! and never runs the BPF programs attached to it, without counting a
+//! recursion miss (seen as FIN-WAIT-1 -> FIN-WAIT-2 -> CLOSE pairs missing
+//! whenever the softirq ran on top of one particular foreign thread; ftrace
+//! recorded the event, a perf counting event counted it, the programs'
+//! `run_cnt` did not move). Such a loss is invisible to the programs. The
+//! witness makes it countable: every firing either ran the main program,
+//! was a recursion miss of it, or was not run at all.
+//!
+//! Only the BTF hook can use it: on the classic hook our own program sits
+//! in the perf probe's path and returns 0, which stops perf events from
+//! counting (`perf_trace_run_bpf_submit`).
+use std::{fs::File, io, io::Read as _, os::fd::FromRawFd as _, path::Path};
+
+use perf_event_open_sys as sys;
+
+/// One counting event per online CPU; the sum is every firing on the host
+/// since the witness was opened.
+pub struct Witness {
+    per_cpu: Vec<File>,
+}
+
+impl Witness {
+    /// Opens the counters on every online CPU, counting at once.
+    /// `tracefs` is where tracefs is mounted (for the tracepoint's id).
+    pub fn open(tracefs: &Path) -> io::Result<Witness> {
+        let id_path = tracefs.join("events/sock/inet_sock_set_state/id");
+        let id: u64 = std::fs::read_to_string(&id_path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", id_path.display())))?
+            .trim()
+            .parse()
+            .map_err(|e| io::Error::other(format!("{}: {e}", id_path.display())))?;
+        let cpus = online_cpus()?;
+        let mut per_cpu = Vec::with_capacity(cpus.len());
+        for cpu in cpus {
+            let mut attr = sys::bindings::perf_event_attr {
+                type_: sys::bindings::PERF_TYPE_TRACEPOINT,
+                size: size_of::<sys::bindings::perf_event_attr>() as u32,
+                config: id,
+                ..Default::default()
+            };
+            // SAFETY: `attr` is a valid, fully initialised perf_event_attr
+            // whose size field matches; pid -1 with a CPU counts every task
+            // on that CPU; no group. The returned fd is ours alone.
+            let fd = unsafe {
+                sys::perf_event_open(
+                    &mut attr,
+                    -1,
+                    cpu as i32,
+                    -1,
+                    sys::bindings::PERF_FLAG_FD_CLOEXEC as _,
+                )
+            };
+            if fd < 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("perf_event_open on CPU {cpu}: {e}"),
+                ));
+            }
+            // SAFETY: a fresh fd we own, closed by the File.
+            per_cpu.push(unsafe { File::from_raw_fd(fd) });
+        }
+        Ok(Witness { per_cpu })
+    }
+
+    /// Firings counted so far, all CPUs.
+    pub fn fired(&self) -> io::Result<u64> {
+        let mut total = 0u64;
+        for mut f in &self.per_cpu {
+            let mut buf = [0u8; 8];
+            f.read_exact(&mut buf)?;
+            total += u64::from_ne_bytes(buf);
+        }
+        Ok(total)
+    }
+}
+
+/// The CPUs the kernel lists as online (`/sys/devices/system/cpu/online`,
+/// e.g. `0-1,4`). A CPU brought online later is not watched.
+fn online_cpus() -> io::Result<Vec<u32>> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
+    parse_cpu_list(&text).ok_or_else(|| io::Error::other(format!("bad CPU list {text:?}")))
+}
+
+fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+                if a > b {
+                    return None;
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().ok()?),
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// One consistent reading of the witness against the main program's own
+/// count: `fired` was read before and after `runs`/`misses` with the same
+/// value, so no firing crossed the reading (whatever order the perf probe
+/// and the programs run in on the tracepoint).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reading {
+    pub fired: u64,
+    /// The main program's runs (its `RUNS` counter).
+    pub runs: u64,
+    /// The main program's `recursion_misses`.
+    pub misses: u64,
+}
+
+impl Reading {
+    /// Firings since `base` for which the kernel neither ran the main
+    /// program nor counted a miss.
+    pub fn not_run_since(&self, base: &Reading) -> u64 {
+        let fired = self.fired.saturating_sub(base.fired);
+        let seen = self.runs.saturating_sub(base.runs) + self.misses.saturating_sub(base.misses);
+        fired.saturating_sub(seen)
+    }
+}
+
+/// Takes a [`Reading`] with `programs` reading (runs, misses), retrying up
+/// to `tries` times until no firing happens during the reading. `None` if
+/// the tracepoint never paused long enough (a reading takes a few µs).
+pub fn quiet_reading(
+    witness: &Witness,
+    tries: usize,
+    mut programs: impl FnMut() -> io::Result<(u64, u64)>,
+) -> io::Result<Option<Reading>> {
+    for _ in 0..tries {
+        let before = witness.fired()?;
+        let (runs, misses) = programs()?;
+        let after = witness.fired()?;
+        if before == after {
+            return Ok(Some(Reading {
+                fired: after,
+                runs,
+                misses,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse_as_the_kernel_writes_them() {
+        assert_eq!(parse_cpu_list("0-1\n"), Some(vec![0, 1]));
+        assert_eq!(parse_cpu_list("0\n"), Some(vec![0]));
+        assert_eq!(parse_cpu_list("0-2,4,6-7\n"), Some(vec![0, 1, 2, 4, 6, 7]));
+        assert_eq!(parse_cpu_list(""), None);
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("a"), None);
+    }
+
+    #[test]
+    fn not_run_is_what_fired_beyond_runs_and_misses() {
+        let base = Reading {
+            fired: 100,
+            runs: 90,
+            misses: 10,
+        };
+        let now = Reading {
+            fired: 200,
+            runs: 187,
+            misses: 11,
+        };
+        assert_eq!(now.not_run_since(&base), 2);
+        // Nothing missing: every firing ran or was a counted miss.
+        let exact = Reading {
+            fired: 200,
+            runs: 189,
+            misses: 11,
+        };
+        assert_eq!(exact.not_run_since(&base), 0);
+    }
+}
