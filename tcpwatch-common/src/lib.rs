@@ -155,7 +155,12 @@ pub struct ProbeConfig {
     pub tp_daddr: u16,
     pub tp_saddr_v6: u16,
     pub tp_daddr_v6: u16,
-    pub _pad: u16,
+    /// Fault injection for tests: when non-zero, every n-th armed run of the
+    /// main program on each CPU acts as if the kernel had never run the
+    /// programs for that firing (no run counted, nothing handled, the
+    /// catcher kept out): only the perf witness can see those. Always 0 in
+    /// normal use.
+    pub simulate_not_run_every: u16,
     /// Fault injection for tests: when non-zero, the main program acts as if
     /// the kernel skipped every n-th run on each CPU (the catcher must then
     /// handle exactly those). Always 0 in normal use.
@@ -199,7 +204,7 @@ impl ProbeConfig {
         tp_daddr: 0,
         tp_saddr_v6: 0,
         tp_daddr_v6: 0,
-        _pad: 0,
+        simulate_not_run_every: 0,
         simulate_skip_every: 0,
         task_flags: 0,
     };
@@ -253,7 +258,10 @@ pub mod stat {
     /// program's `recursion_misses` is the firings the kernel never ran the
     /// program for and never counted as missed.
     pub const RUNS: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Main only: runs that behaved as if never run, for
+    /// `ProbeConfig::simulate_not_run_every` (fault injection in tests).
+    pub const SIMULATED_NOT_RUN: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// Slots per program in the statistics array.

@@ -538,10 +538,8 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
     if cfg.hook != HOOK_BTF {
         return 0;
     }
-    // First, before anything can return: user space compares this with a
-    // perf counter of the tracepoint's firings.
-    bump(stat_index(PROG_MAIN, stat::RUNS));
     let Some(r) = RECENT.get_ptr_mut(0) else {
+        bump(stat_index(PROG_MAIN, stat::RUNS));
         return 0;
     };
     // SAFETY: this CPU's slot of a per-CPU array, valid for this run. Only
@@ -561,13 +559,23 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
     }
     let seq = r.next;
     r.next = seq.wrapping_add(1);
+    let not_run_every = cfg.simulate_not_run_every as u64;
+    let not_run = armed && not_run_every != 0 && seq % not_run_every == 0;
+    if not_run {
+        bump(stat_index(PROG_MAIN, stat::SIMULATED_NOT_RUN));
+    } else {
+        // Every run, armed or not, of any socket: user space compares this
+        // with a perf counter of the tracepoint's firings.
+        bump(stat_index(PROG_MAIN, stat::RUNS));
+    }
     let every = cfg.simulate_skip_every as u64;
     if armed && every != 0 && seq % every == 0 {
         // Behave exactly like a skipped run: leave no identity.
         bump(stat_index(PROG_MAIN, stat::SIMULATED_SKIP));
     } else {
         // Pushed even while not armed, so that at the arming (and disarming)
-        // edge the catcher never takes a transition for a skipped one.
+        // edge the catcher never takes a transition for a skipped one; and
+        // for a simulated not-run, so that the catcher leaves it alone too.
         let top = r.top as usize;
         if top < RECENT_SLOTS {
             r.ids[top] = transition_id(args.0, args.1, args.2);
@@ -575,7 +583,10 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
         } else {
             bump(stat_index(PROG_MAIN, stat::RECENT_FULL));
         }
-        if armed && let Some(t) = read_btf(&ctx, args, &cfg, PROG_MAIN) {
+        if armed
+            && !not_run
+            && let Some(t) = read_btf(&ctx, args, &cfg, PROG_MAIN)
+        {
             handle(PROG_MAIN, &t, &cfg, 0);
         }
     }

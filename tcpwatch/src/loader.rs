@@ -50,6 +50,9 @@ pub struct LoadOptions {
     /// Fault injection for tests: act as if the kernel skipped the main
     /// program every n-th run per CPU (0: never).
     pub simulate_skip_every: u32,
+    /// Fault injection for tests: act as if the kernel never ran the
+    /// programs for every n-th armed firing per CPU (0: never).
+    pub simulate_not_run_every: u16,
 }
 
 impl Default for LoadOptions {
@@ -61,6 +64,7 @@ impl Default for LoadOptions {
             max_sockets: 131_072,
             verbose: false,
             simulate_skip_every: 0,
+            simulate_not_run_every: 0,
         }
     }
 }
@@ -313,6 +317,7 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
     }
     config.filter_netns = opts.netns.unwrap_or(0);
     config.simulate_skip_every = opts.simulate_skip_every;
+    config.simulate_not_run_every = opts.simulate_not_run_every;
     let ring_bytes = opts
         .ring_bytes
         .max(4096)

@@ -53,13 +53,6 @@ fn wait_until_only_time_wait() {
     }
 }
 
-/// Seen in about one of ten loaded full-suite runs here: one or two
-/// connections' last two client transitions (FIN-WAIT-1 -> FIN-WAIT-2 ->
-/// CLOSE) were missing from the counters while the kernel reported no skip
-/// and the program's own run count agreed. Not explained yet (README, notes);
-/// tolerated up to this many per run, always printed, never hidden.
-const UNEXPLAINED_BUDGET: u64 = 4;
-
 const TEN: [(u8, u8); 10] = [
     (TCP_CLOSE, TCP_SYN_SENT),
     (TCP_SYN_SENT, TCP_ESTABLISHED),
@@ -83,12 +76,13 @@ struct Run {
     caught_in_netns: u64,
 }
 
-fn run(ring_bytes: u32, simulate_skip_every: u32) -> Run {
+fn run(ring_bytes: u32, simulate_skip_every: u32, simulate_not_run_every: u16) -> Run {
     let (ino, go, worker) = netns_thread(|| churn(CONNECTIONS));
     let opts = LoadOptions {
         netns: Some(ino),
         ring_bytes,
         simulate_skip_every,
+        simulate_not_run_every,
         ..LoadOptions::default()
     };
     let cap = capture_during(opts, Duration::from_millis(500), move || {
@@ -126,14 +120,15 @@ fn run(ring_bytes: u32, simulate_skip_every: u32) -> Run {
 }
 
 /// Every per-transition counter of the namespace equals the workload's,
-/// except by what the accounting itself reports as lost or double-counted
-/// (the catcher's discrepancy, which must stay rare). A deviation that is
-/// not reported fails, and so does a report of more than a few.
-fn assert_exact(
-    counters: &tcpwatch::model::KernelCounters,
-    acct: &Accounting,
-    unexplained_budget: u64,
-) {
+/// except by what the account itself names: skipped and not caught, never
+/// run by the kernel (the perf witness), or caught twice. A deviation the
+/// account does not name fails.
+///
+/// (Before the witness, one or two connections' FIN-WAIT-1 -> FIN-WAIT-2 ->
+/// CLOSE went missing in about one of ten loaded suite runs here with no
+/// counter saying so: the kernel had not run the programs at all. The
+/// witness now counts those as `not_run`.)
+fn assert_exact(counters: &tcpwatch::model::KernelCounters, acct: &Accounting) {
     let mut expected: Vec<((u8, u8), u64)> = TEN.iter().map(|&t| (t, CONNECTIONS as u64)).collect();
     expected.push(((TCP_CLOSE, TCP_LISTEN), 1));
     expected.push(((TCP_LISTEN, TCP_CLOSE), 1));
@@ -147,24 +142,23 @@ fn assert_exact(
             deviation += counters.transition(old, new).abs_diff(want);
         }
     }
-    let reported = acct.unrecovered + acct.double_counted;
-    let unexplained = deviation.saturating_sub(reported);
-    if unexplained > 0 {
-        eprintln!(
-            "churn: WARNING {unexplained} transitions neither counted nor reported as skipped: {:?} {acct:?}",
-            counters.transitions()
-        );
-    }
     assert!(
-        unexplained <= unexplained_budget,
-        "counters deviate by {deviation}, accounting reports {reported}: {:?} {acct:?}",
+        acct.has_witness,
+        "no perf witness on the BTF hook: {acct:?}"
+    );
+    let reported = acct.lost_in_kernel() + acct.double_counted;
+    assert!(
+        deviation <= reported,
+        "counters deviate by {deviation}, the account names {reported}: {:?} {acct:?}",
         counters.transitions()
     );
-    assert!(reported <= 5, "catcher discrepancy too large: {acct:?}");
+    let catcher = acct.unrecovered + acct.double_counted;
+    assert!(catcher <= 5, "catcher discrepancy too large: {acct:?}");
     assert_eq!(acct.nested, 0, "the main program ran nested: {acct:?}");
     if reported > 0 {
         eprintln!(
-            "churn: NOTE the accounting reported {reported} transitions lost or doubled: {acct:?}"
+            "churn: NOTE the account names {reported} transitions lost or doubled (not run by the kernel: {}): {acct:?}",
+            acct.not_run
         );
     }
 }
@@ -176,8 +170,8 @@ fn churn_counts_every_transition_and_accounts_for_every_event() {
     }
     // A ring that holds the whole run (200,002 x 104 bytes): nothing may be
     // dropped whatever the reader does.
-    let r = run(32 << 20, 0);
-    assert_exact(&r.counters, &r.acct, UNEXPLAINED_BUDGET);
+    let r = run(32 << 20, 0, 0);
+    assert_exact(&r.counters, &r.acct);
     assert_eq!(r.acct.ringbuf_full, 0, "{:?}", r.acct);
     assert_eq!(r.delivered, r.acct.emitted);
     assert_eq!(r.acct.emitted, r.acct.counted);
@@ -188,8 +182,8 @@ fn churn_counts_every_transition_and_accounts_for_every_event() {
     assert_eq!(r.acct.read_failed, 0);
 
     // A one-page ring: drops are certain, counted, and the counters stay exact.
-    let r = run(4096, 0);
-    assert_exact(&r.counters, &r.acct, UNEXPLAINED_BUDGET);
+    let r = run(4096, 0, 0);
+    assert_exact(&r.counters, &r.acct);
     assert!(
         r.acct.ringbuf_full > 0,
         "a 4 KiB ring should overflow: {:?}",
@@ -214,8 +208,8 @@ fn catcher_handles_exactly_the_runs_the_main_program_missed() {
     if !root_available("catcher_handles_exactly_the_runs_the_main_program_missed") {
         return;
     }
-    let r = run(32 << 20, 7);
-    assert_exact(&r.counters, &r.acct, UNEXPLAINED_BUDGET);
+    let r = run(32 << 20, 7, 0);
+    assert_exact(&r.counters, &r.acct);
     let simulated = r.counters.main.stat(tcpwatch_common::stat::SIMULATED_SKIP);
     assert!(
         simulated >= (10 * CONNECTIONS as u64) / 7 - 2,
@@ -241,5 +235,43 @@ fn catcher_handles_exactly_the_runs_the_main_program_missed() {
     assert!(
         catcher_counted > ours / 14,
         "{catcher_counted} caught of {ours}"
+    );
+}
+
+/// Firings the kernel never runs the programs for cannot be provoked on
+/// demand either (here they came only from softirqs on one foreign thread),
+/// so the main program is told to behave exactly so on every 5th armed run:
+/// no run counted, nothing handled, its identity left so the catcher stays
+/// out. Only the perf witness sees those firings: `not_run` must equal
+/// them exactly, and the counters' shortfall must be named by it.
+#[test]
+fn witness_counts_exactly_the_firings_no_program_ran_for() {
+    if !root_available("witness_counts_exactly_the_firings_no_program_ran_for") {
+        return;
+    }
+    let r = run(32 << 20, 0, 5);
+    let simulated = r
+        .counters
+        .main
+        .stat(tcpwatch_common::stat::SIMULATED_NOT_RUN);
+    let ours = 10 * CONNECTIONS as u64 + 2;
+    assert!(
+        simulated >= ours / 5 - 2,
+        "{simulated} of {ours}: {:?}",
+        r.acct
+    );
+    assert!(r.acct.has_witness, "{:?}", r.acct);
+    assert_eq!(r.acct.not_run, simulated, "{:?}", r.acct);
+    assert_eq!(r.acct.caught, 0, "the catcher took a not-run firing");
+    assert!(!r.acct.lossless());
+    assert_exact(&r.counters, &r.acct);
+    // The namespace's shortfall is what was not run in it (the per-CPU
+    // sequence also covers other namespaces' transitions, which parallel
+    // tests make).
+    let short = ours - r.in_netns;
+    assert!(
+        short > 0 && short <= simulated,
+        "{short} short: {:?}",
+        r.acct
     );
 }
