@@ -99,6 +99,14 @@ fn trace_json_prints_one_object_per_transition_and_accounts_at_exit() {
         "{stderr}"
     );
     assert_eq!(a["unrecovered"], 0);
+    // The perf witness runs on the BTF hook, and the kernel ran the
+    // programs for every firing it saw.
+    assert_eq!(a["witness"], 1, "{stderr}");
+    assert_eq!(a["not_run"], 0, "{stderr}");
+    assert!(
+        stderr.contains("firings the kernel ran no program for"),
+        "{stderr}"
+    );
 }
 
 #[test]

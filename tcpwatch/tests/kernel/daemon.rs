@@ -385,7 +385,19 @@ fn daemon_counts_a_known_load_exactly_and_serves_valid_metrics() {
         value(&text, "tcpwatch_events_delivered_total", ""),
         value(&text, "tcpwatch_kernel_counted_transitions_total", "")
     );
-    for reason in ["ringbuf_full", "read_failed", "kernel_skipped_uncaught"] {
+    // kernel_not_run is there only with the perf witness (the BTF hook).
+    for reason in [
+        "ringbuf_full",
+        "read_failed",
+        "kernel_skipped_uncaught",
+        "kernel_not_run",
+    ] {
+        assert!(
+            text.contains(&format!(
+                "tcpwatch_events_lost_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason} missing"
+        );
         assert_eq!(
             value(
                 &text,
