@@ -105,7 +105,11 @@ impl Capture {
             Err(e) => tracing::warn!("owners of existing listeners unknown: {e}"),
         }
         let main = loader::program_names(loaded.hook)[0];
-        let witness = open_witness(&loaded, &stats);
+        let witness = if opts.witness {
+            open_witness(&loaded, &stats)
+        } else {
+            Err("--no-witness".into())
+        };
         if let Err(why) = &witness {
             tracing::warn!("no witness counter: {why}");
         }
@@ -220,12 +224,19 @@ impl Capture {
         self.misses_at_disarm = Some(prog_info(&self.loaded, main)?.recursion_misses);
         // The witness's last word while the programs are still attached:
         // after detaching, every firing would look like one not run.
-        if let Ok((w, _)) = &self.witness
-            && let Some(r) = witness::quiet_reading(w, QUIET_TRIES_EDGE, || {
+        if let Ok((w, _)) = &self.witness {
+            match witness::quiet_reading(w, QUIET_TRIES_EDGE, || {
                 main_runs_and_misses(&self.loaded, &self.stats)
-            })?
-        {
-            self.witness_last.set(Some(r));
+            })? {
+                Some(r) => self.witness_last.set(Some(r)),
+                // Without its last word the witness would claim a count it
+                // did not take: say so instead.
+                None => {
+                    self.witness = Err(
+                        "the tracepoint fired throughout every attempt at a last reading".into(),
+                    )
+                }
+            }
         }
         self.stopped = true;
         self.loaded.detach()?;

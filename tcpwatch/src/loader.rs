@@ -53,6 +53,9 @@ pub struct LoadOptions {
     /// Fault injection for tests: act as if the kernel never ran the
     /// programs for every n-th armed firing per CPU (0: never).
     pub simulate_not_run_every: u16,
+    /// Count the tracepoint's firings with a perf counter beside the
+    /// programs (see `crate::witness`).
+    pub witness: bool,
 }
 
 impl Default for LoadOptions {
@@ -65,6 +68,7 @@ impl Default for LoadOptions {
             verbose: false,
             simulate_skip_every: 0,
             simulate_not_run_every: 0,
+            witness: true,
         }
     }
 }

@@ -63,6 +63,11 @@ pub struct ProbeArgs {
     /// Show the verifier's log when the kernel rejects a program, and debug logs.
     #[arg(short, long)]
     verbose: bool,
+    /// Do not open the perf counter that counts the tracepoint's firings
+    /// (the witness): firings the kernel runs no program for then go
+    /// uncounted, and the account says so.
+    #[arg(long)]
+    no_witness: bool,
 }
 
 /// The engine's cardinality caps (daemon, record, replay).
@@ -97,6 +102,7 @@ impl ProbeArgs {
             netns,
             ring_bytes: self.ring_kib.saturating_mul(1024),
             verbose: self.verbose,
+            witness: !self.no_witness,
             ..LoadOptions::default()
         }
     }

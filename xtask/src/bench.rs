@@ -569,6 +569,25 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
     let tcpwatch = bin.join("tcpwatch");
     let xtask = bin.join("xtask");
     let tw = tcpwatch.display().to_string();
+    let daemon = |name: &'static str, extra: &[&str]| Config {
+        name,
+        argv: [
+            tw.as_str(),
+            "daemon",
+            "--netns",
+            "{ns}",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect(),
+        ready: Some("daemon up"),
+        ready_wait: 0.2,
+        kind: Kind::Tcpwatch,
+    };
+    // The daemon stays second: the sustained and paced runs use it.
     let mut configs = vec![
         Config {
             name: "no tracer",
@@ -577,20 +596,7 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
             ready_wait: 0.0,
             kind: Kind::None,
         },
-        Config {
-            name: "tcpwatch daemon",
-            argv: vec![
-                tw.clone(),
-                "daemon".into(),
-                "--netns".into(),
-                "{ns}".into(),
-                "--metrics-addr".into(),
-                "127.0.0.1:0".into(),
-            ],
-            ready: Some("daemon up"),
-            ready_wait: 0.2,
-            kind: Kind::Tcpwatch,
-        },
+        daemon("tcpwatch daemon", &[]),
         Config {
             name: "tcpwatch trace --json",
             argv: vec![
@@ -604,6 +610,8 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
             ready_wait: 0.2,
             kind: Kind::Tcpwatch,
         },
+        // What the perf witness costs: the same daemon without it.
+        daemon("tcpwatch daemon --no-witness", &["--no-witness"]),
     ];
     if args.peers
         && (which("tcpstates").is_none()

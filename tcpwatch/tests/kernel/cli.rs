@@ -109,6 +109,28 @@ fn trace_json_prints_one_object_per_transition_and_accounts_at_exit() {
     );
 }
 
+/// Without the witness the account says it could not count firings the
+/// kernel runs no program for, rather than printing a count it did not take.
+#[test]
+fn trace_without_witness_says_so_and_claims_no_count() {
+    if !root_available("trace_without_witness_says_so_and_claims_no_count") {
+        return;
+    }
+    let out = Command::new(BIN)
+        .args(["trace", "--no-witness", "--duration", "0.3", "--port", "9"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no perf counter of the tracepoint (--no-witness)"),
+        "{stderr}"
+    );
+    let a = accounting(&stderr);
+    assert_eq!(a["witness"], 0, "{stderr}");
+    assert_eq!(a["not_run"], 0, "{stderr}");
+}
+
 #[test]
 fn unprivileged_user_gets_a_clear_error_and_exit_77() {
     // Needs root to switch to nobody; as a normal user the check is direct.
