@@ -1,7 +1,12 @@
 //! The event source: drains the ring buffer from tokio in batches and reads
 //! the lossless counters. The only module that touches BPF maps; everything
 //! else sees [`Transition`]s and [`KernelCounters`].
-use std::{cell::Cell, io, os::fd::AsFd, time::Duration};
+use std::{
+    cell::{Cell, RefCell},
+    io,
+    os::fd::AsFd,
+    time::Duration,
+};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use tokio::io::unix::AsyncFd;
@@ -18,11 +23,12 @@ use crate::{
     witness::{self, Reading, Witness},
 };
 
-/// Attempts at a quiet witness reading: at arming and at stop (a miss there
-/// leaves the whole run without a witness, or its end unchecked), and on
-/// each counters() call (a miss keeps the previous reading).
-const QUIET_TRIES_EDGE: usize = 2000;
-const QUIET_TRIES_SAMPLE: usize = 100;
+/// Attempts at a settled witness reading (~25 µs each): at arming and at
+/// stop, where a failure leaves the run without a witness (said so, never a
+/// count it did not take), and on each counters() call, where a failure
+/// keeps the previous reading.
+const SETTLE_TRIES_EDGE: usize = 4000;
+const SETTLE_TRIES_SAMPLE: usize = 40;
 
 /// How often the ring buffer is read when the kernel has not woken us.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -39,10 +45,11 @@ pub struct Capture {
     /// The main program's `recursion_misses` when it was disarmed at stop:
     /// later misses are of runs that did nothing.
     misses_at_disarm: Option<u64>,
-    /// The perf counter of the tracepoint's firings, with its reading at
-    /// arming; `None` with the reason where it could not be had.
-    witness: Result<(Witness, Reading), String>,
-    /// The latest quiet reading (the one taken at stop, once stopped).
+    /// The perf counter of the tracepoint's firings with its reading at
+    /// arming, or why there is none: never opened, or given up on (blind,
+    /// unreadable, or no settled reading at stop).
+    witness: RefCell<Result<(Witness, Reading), String>>,
+    /// The latest settled reading (the one taken at stop, once stopped).
     witness_last: Cell<Option<Reading>>,
     stopped: bool,
     delivered: u64,
@@ -125,7 +132,7 @@ impl Capture {
             malformed: 0,
             misses_before_arming,
             misses_at_disarm: None,
-            witness,
+            witness: RefCell::new(witness),
             witness_last: Cell::new(None),
             stopped: false,
             delivered: 0,
@@ -134,8 +141,36 @@ impl Capture {
     }
 
     /// Why there is no witness counter, if there is none.
-    pub fn witness_unavailable(&self) -> Option<&str> {
-        self.witness.as_ref().err().map(String::as_str)
+    pub fn witness_unavailable(&self) -> Option<String> {
+        self.witness.borrow().as_ref().err().cloned()
+    }
+
+    /// Takes a settled witness reading into `witness_last`; any failure to
+    /// read gives the witness up, with the reason (tracing goes on).
+    /// Returns whether a reading was taken.
+    fn witness_sample(&self, tries: usize) -> bool {
+        let result = match &*self.witness.borrow() {
+            Ok((w, _)) => witness::settled_reading(w, tries, || {
+                main_runs_and_misses(&self.loaded, &self.stats)
+            }),
+            Err(_) => return false,
+        };
+        match result {
+            Ok(Some(r)) => {
+                self.witness_last.set(Some(r));
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                self.give_up_witness(format!("reading it failed: {e}"));
+                false
+            }
+        }
+    }
+
+    fn give_up_witness(&self, why: String) {
+        tracing::warn!("witness counter given up: {why}");
+        *self.witness.borrow_mut() = Err(why);
     }
 
     pub fn hook(&self) -> Hook {
@@ -224,19 +259,13 @@ impl Capture {
         self.misses_at_disarm = Some(prog_info(&self.loaded, main)?.recursion_misses);
         // The witness's last word while the programs are still attached:
         // after detaching, every firing would look like one not run.
-        if let Ok((w, _)) = &self.witness {
-            match witness::quiet_reading(w, QUIET_TRIES_EDGE, || {
-                main_runs_and_misses(&self.loaded, &self.stats)
-            })? {
-                Some(r) => self.witness_last.set(Some(r)),
-                // Without its last word the witness would claim a count it
-                // did not take: say so instead.
-                None => {
-                    self.witness = Err(
-                        "the tracepoint fired throughout every attempt at a last reading".into(),
-                    )
-                }
-            }
+        if !self.witness_sample(SETTLE_TRIES_EDGE) && self.witness.borrow().is_ok() {
+            // Without its last word the witness would claim a count it did
+            // not take: say so instead.
+            self.give_up_witness(
+                "the tracepoint never paused for a last reading (it fired within every 20 µs)"
+                    .into(),
+            );
         }
         self.stopped = true;
         self.loaded.detach()?;
@@ -281,8 +310,12 @@ impl Capture {
             Ok(())
         };
         fill(names[0], &mut main)?;
+        // Only the armed window's skips: before arming and after disarming
+        // the catcher does not act, so a skip then is of a run that would
+        // have done nothing, not a lost transition.
         main.recursion_misses = main
             .recursion_misses
+            .min(self.misses_at_disarm.unwrap_or(u64::MAX))
             .saturating_sub(self.misses_before_arming);
         let catcher = match names.get(1) {
             Some(&name) => {
@@ -291,19 +324,27 @@ impl Capture {
             }
             None => None,
         };
-        let not_run = match &self.witness {
-            Ok((w, base)) => {
-                if !self.stopped
-                    && let Some(r) = witness::quiet_reading(w, QUIET_TRIES_SAMPLE, || {
-                        main_runs_and_misses(&self.loaded, &self.stats)
-                    })?
-                {
-                    self.witness_last.set(Some(r));
-                }
-                // No quiet reading yet: nothing known to be missing.
-                Some(self.witness_last.get().map_or(0, |r| r.not_run_since(base)))
+        if !self.stopped {
+            self.witness_sample(SETTLE_TRIES_SAMPLE);
+        }
+        let not_run = {
+            let base = self.witness.borrow().as_ref().ok().map(|(_, base)| *base);
+            match base {
+                // No reading since arming yet: nothing known to be missing.
+                Some(base) => match self.witness_last.get().map(|r| r.not_run_since(&base)) {
+                    None => Some(0),
+                    Some(Ok(n)) => Some(n),
+                    Some(Err(deficit)) => {
+                        self.give_up_witness(format!(
+                            "it fell {deficit} firings behind the programs: a BPF program on the \
+                             classic tracepoint (bpftrace, BCC, a --hook classic tracer) stops \
+                             perf from counting, so it cannot see what they miss"
+                        ));
+                        None
+                    }
+                },
+                None => None,
             }
-            Err(_) => None,
         };
         Ok(KernelCounters {
             main,
@@ -325,9 +366,11 @@ fn open_witness(
     }
     let tracefs = loader::ensure_tracefs().map_err(|e| e.to_string())?;
     let w = Witness::open(&tracefs).map_err(|e| e.to_string())?;
-    let base = witness::quiet_reading(&w, QUIET_TRIES_EDGE, || main_runs_and_misses(loaded, stats))
-        .map_err(|e| e.to_string())?
-        .ok_or("the tracepoint fired throughout every attempt at a first reading")?;
+    let base = witness::settled_reading(&w, SETTLE_TRIES_EDGE, || {
+        main_runs_and_misses(loaded, stats)
+    })
+    .map_err(|e| e.to_string())?
+    .ok_or("the tracepoint never paused for a first reading (it fired within every 20 µs)")?;
     Ok((w, base))
 }
 

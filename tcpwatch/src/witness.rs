@@ -13,7 +13,14 @@
 //! Only the BTF hook can use it: on the classic hook our own program sits
 //! in the perf probe's path and returns 0, which stops perf events from
 //! counting (`perf_trace_run_bpf_submit`).
-use std::{fs::File, io, io::Read as _, os::fd::FromRawFd as _, path::Path};
+use std::{
+    fs::File,
+    io,
+    io::Read as _,
+    os::fd::FromRawFd as _,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use perf_event_open_sys as sys;
 
@@ -104,9 +111,7 @@ fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
 }
 
 /// One consistent reading of the witness against the main program's own
-/// count: `fired` was read before and after `runs`/`misses` with the same
-/// value, so no firing crossed the reading (whatever order the perf probe
-/// and the programs run in on the tracepoint).
+/// count, taken by [`settled_reading`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reading {
     pub fired: u64,
@@ -116,31 +121,61 @@ pub struct Reading {
     pub misses: u64,
 }
 
+/// Programs seen ahead of the witness by more than this mean the witness is
+/// not counting every firing (see [`Reading::not_run_since`]). Settled
+/// readings are exact, so any deficit is real; the margin only absorbs a
+/// firing stalled mid-probe for longer than the settle time (a preempted
+/// vCPU).
+pub const BLIND_MARGIN: u64 = 2;
+
 impl Reading {
     /// Firings since `base` for which the kernel neither ran the main
-    /// program nor counted a miss.
-    pub fn not_run_since(&self, base: &Reading) -> u64 {
+    /// program nor counted a miss; `Err(deficit)` when the programs ran
+    /// more often than the witness counted firings. That happens when a
+    /// BPF program on the *classic* tracepoint returns 0 (bpftrace, BCC, a
+    /// `--hook classic` tracer): the kernel then skips the perf counters
+    /// for that firing (`perf_trace_run_bpf_submit`), so the witness is
+    /// blind and its silence proves nothing.
+    pub fn not_run_since(&self, base: &Reading) -> Result<u64, u64> {
         let fired = self.fired.saturating_sub(base.fired);
         let seen = self.runs.saturating_sub(base.runs) + self.misses.saturating_sub(base.misses);
-        fired.saturating_sub(seen)
+        if seen > fired + BLIND_MARGIN {
+            return Err(seen - fired);
+        }
+        Ok(fired.saturating_sub(seen))
     }
 }
 
+/// How long a reading must stay unchanged to be taken: longer than one
+/// firing takes from its first probe to its last (~1 µs, a few µs with an
+/// interrupt between them).
+pub const SETTLE: Duration = Duration::from_micros(20);
+
 /// Takes a [`Reading`] with `programs` reading (runs, misses), retrying up
-/// to `tries` times until no firing happens during the reading. `None` if
-/// the tracepoint never paused long enough (a reading takes a few µs).
-pub fn quiet_reading(
+/// to `tries` times. A try reads the witness and the programs, waits
+/// [`SETTLE`], and reads both again; it counts only if nothing changed.
+/// Equal witness reads alone would not do: one firing runs the programs
+/// and the perf probe at different moments, so a firing caught between
+/// them would be in one count and not the other (for good, if it is the
+/// base). Any firing under way at the first read has finished by the
+/// second and changed one of them. `None` if the tracepoint never paused
+/// that long (at full churn on two CPUs most tries fail).
+pub fn settled_reading(
     witness: &Witness,
     tries: usize,
     mut programs: impl FnMut() -> io::Result<(u64, u64)>,
 ) -> io::Result<Option<Reading>> {
     for _ in 0..tries {
-        let before = witness.fired()?;
+        let fired = witness.fired()?;
         let (runs, misses) = programs()?;
-        let after = witness.fired()?;
-        if before == after {
+        // A spin, not a sleep: timer slack would turn 20 µs into 50+.
+        let until = Instant::now() + SETTLE;
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        if witness.fired()? == fired && programs()? == (runs, misses) {
             return Ok(Some(Reading {
-                fired: after,
+                fired,
                 runs,
                 misses,
             }));
@@ -175,13 +210,33 @@ mod tests {
             runs: 187,
             misses: 11,
         };
-        assert_eq!(now.not_run_since(&base), 2);
+        assert_eq!(now.not_run_since(&base), Ok(2));
         // Nothing missing: every firing ran or was a counted miss.
         let exact = Reading {
             fired: 200,
             runs: 189,
             misses: 11,
         };
-        assert_eq!(exact.not_run_since(&base), 0);
+        assert_eq!(exact.not_run_since(&base), Ok(0));
+    }
+
+    #[test]
+    fn a_witness_behind_the_programs_is_blind_not_reassuring() {
+        let base = Reading::default();
+        // A classic-tracepoint program stopped perf from counting: the
+        // programs ran 1,000 times, the witness saw 10 firings.
+        let blind = Reading {
+            fired: 10,
+            runs: 1000,
+            misses: 0,
+        };
+        assert_eq!(blind.not_run_since(&base), Err(990));
+        // Within the margin it is still a reading, and nothing is missing.
+        let stalled = Reading {
+            fired: 10,
+            runs: 10 + BLIND_MARGIN,
+            misses: 0,
+        };
+        assert_eq!(stalled.not_run_since(&base), Ok(0));
     }
 }

@@ -126,7 +126,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         &accounting,
         capture.delivered(),
         capture.malformed(),
-        capture.witness_unavailable(),
+        capture.witness_unavailable().as_deref(),
         &shown,
         &output,
     );

@@ -29,6 +29,7 @@ fn trace_json_prints_one_object_per_transition_and_accounts_at_exit() {
     if !root_available("trace_json_prints_one_object_per_transition_and_accounts_at_exit") {
         return;
     }
+    let _witness = crate::common::witness_may_count();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut child = Command::new(BIN)
@@ -99,10 +100,10 @@ fn trace_json_prints_one_object_per_transition_and_accounts_at_exit() {
         "{stderr}"
     );
     assert_eq!(a["unrecovered"], 0);
-    // The perf witness runs on the BTF hook, and the kernel ran the
-    // programs for every firing it saw.
+    // The perf witness runs on the BTF hook and says what it saw (its
+    // count covers the whole host; this trace's own transitions are all
+    // checked above).
     assert_eq!(a["witness"], 1, "{stderr}");
-    assert_eq!(a["not_run"], 0, "{stderr}");
     assert!(
         stderr.contains("firings the kernel ran no program for"),
         "{stderr}"

@@ -15,6 +15,25 @@ use tcpwatch::{
 };
 use tcpwatch_common::TcpState;
 
+/// Tests whose assertions rely on the perf witness (it counts every firing
+/// of the tracepoint) hold this shared; a test that attaches a program to
+/// the *classic* tracepoint holds it exclusively: such a program returning
+/// 0 stops perf from counting firings, which blinds every witness on the
+/// host for as long as it is attached.
+static CLASSIC_TRACEPOINT: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub fn witness_may_count() -> std::sync::RwLockReadGuard<'static, ()> {
+    CLASSIC_TRACEPOINT
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub fn classic_tracepoint_in_use() -> std::sync::RwLockWriteGuard<'static, ()> {
+    CLASSIC_TRACEPOINT
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Whether this test may load BPF programs and make namespaces. In CI (CI set) a missing
 /// privilege is a failure; elsewhere the test is skipped, loudly.
 pub fn root_available(test: &str) -> bool {

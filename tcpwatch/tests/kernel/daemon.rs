@@ -270,6 +270,7 @@ fn daemon_counts_a_known_load_exactly_and_serves_valid_metrics() {
         return;
     }
     const N: usize = 3000;
+    let _witness = crate::common::witness_may_count();
     let ns = NsWorker::new();
     let daemon = Daemon::start(&["--netns", &ns.path]);
     let before = daemon.scrape();
@@ -385,19 +386,13 @@ fn daemon_counts_a_known_load_exactly_and_serves_valid_metrics() {
         value(&text, "tcpwatch_events_delivered_total", ""),
         value(&text, "tcpwatch_kernel_counted_transitions_total", "")
     );
-    // kernel_not_run is there only with the perf witness (the BTF hook).
-    for reason in [
-        "ringbuf_full",
-        "read_failed",
-        "kernel_skipped_uncaught",
-        "kernel_not_run",
-    ] {
-        assert!(
-            text.contains(&format!(
-                "tcpwatch_events_lost_total{{reason=\"{reason}\"}}"
-            )),
-            "{reason} missing"
-        );
+    // kernel_not_run is there only with the perf witness (the BTF hook);
+    // it covers the whole host, so only its presence is ours to check.
+    assert!(
+        text.contains("tcpwatch_events_lost_total{reason=\"kernel_not_run\"}"),
+        "no witness"
+    );
+    for reason in ["ringbuf_full", "read_failed", "kernel_skipped_uncaught"] {
         assert_eq!(
             value(
                 &text,

@@ -301,6 +301,7 @@ fn classic_tracepoint_fallback_sees_the_same_connection() {
     if !root_available("classic_tracepoint_fallback_sees_the_same_connection") {
         return;
     }
+    let _classic = crate::common::classic_tracepoint_in_use();
     let opts = LoadOptions {
         hook: tcpwatch::loader::HookChoice::Classic,
         ..LoadOptions::default()
