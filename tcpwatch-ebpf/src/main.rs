@@ -569,7 +569,9 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
         bump(stat_index(PROG_MAIN, stat::RUNS));
     }
     let every = cfg.simulate_skip_every as u64;
-    if armed && every != 0 && seq % every == 0 {
+    // The two injections are exclusive: a run both skipped and never run
+    // would be caught by the catcher and still counted as not run.
+    if !not_run && armed && every != 0 && seq % every == 0 {
         // Behave exactly like a skipped run: leave no identity.
         bump(stat_index(PROG_MAIN, stat::SIMULATED_SKIP));
     } else {

@@ -337,8 +337,8 @@ impl Capture {
                     Some(Err(deficit)) => {
                         self.give_up_witness(format!(
                             "it fell {deficit} firings behind the programs: a BPF program on the \
-                             classic tracepoint (bpftrace, BCC, a --hook classic tracer) stops \
-                             perf from counting, so it cannot see what they miss"
+                             classic tracepoint that returns 0 (a --hook classic tracer, for one) \
+                             stops perf from counting, so it cannot see what they miss"
                         ));
                         None
                     }

@@ -132,10 +132,11 @@ impl Reading {
     /// Firings since `base` for which the kernel neither ran the main
     /// program nor counted a miss; `Err(deficit)` when the programs ran
     /// more often than the witness counted firings. That happens when a
-    /// BPF program on the *classic* tracepoint returns 0 (bpftrace, BCC, a
-    /// `--hook classic` tracer): the kernel then skips the perf counters
-    /// for that firing (`perf_trace_run_bpf_submit`), so the witness is
-    /// blind and its silence proves nothing.
+    /// BPF program on the *classic* tracepoint returns 0 (tcpwatch's own
+    /// `--hook classic` program, for one; bpftrace's did not here): the
+    /// kernel then skips the perf counters for that firing
+    /// (`perf_trace_run_bpf_submit`), so the witness is blind and its
+    /// silence proves nothing.
     pub fn not_run_since(&self, base: &Reading) -> Result<u64, u64> {
         let fired = self.fired.saturating_sub(base.fired);
         let seen = self.runs.saturating_sub(base.runs) + self.misses.saturating_sub(base.misses);

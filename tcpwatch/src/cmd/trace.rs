@@ -208,12 +208,12 @@ fn report(
     }
     match no_witness {
         None => eprintln!(
-            "tcpwatch: a perf counter of the tracepoint saw {} firings the kernel ran no program for (any namespace): {}",
+            "tcpwatch: a perf counter of the tracepoint saw {} firings the kernel ran no program for: {}",
             a.not_run,
             if a.not_run == 0 {
                 "none lost"
             } else {
-                "those transitions are lost"
+                "those transitions are lost (of any namespace and port: the counter cannot filter)"
             }
         ),
         Some(why) => eprintln!(

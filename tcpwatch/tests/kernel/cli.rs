@@ -32,8 +32,8 @@ fn trace_json_prints_one_object_per_transition_and_accounts_at_exit() {
     let _witness = crate::common::witness_may_count();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let mut child = Command::new(BIN)
-        .args([
+    let (mut child, seen) = start_attached(
+        &[
             "trace",
             "--json",
             "--port",
@@ -42,24 +42,10 @@ fn trace_json_prints_one_object_per_transition_and_accounts_at_exit() {
             "11",
             "--duration",
             "20",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until the probe is attached (it says so on stderr).
+        ],
+        Stdio::piped(),
+    );
     let mut stderr = child.stderr.take().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains("Ctrl-C") {
-        assert_eq!(
-            stderr.read(&mut byte).unwrap(),
-            1,
-            "tcpwatch exited early: {}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.push(byte[0]);
-    }
     // The listener already exists: its CLOSE->LISTEN is not seen, so one
     // connection plus the listener's close make 11.
     let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -75,7 +61,7 @@ fn trace_json_prints_one_object_per_transition_and_accounts_at_exit() {
     );
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
-    let stderr = String::from_utf8_lossy(&seen).into_owned() + &rest;
+    let stderr = seen + &rest;
     assert!(out.status.success(), "{stderr}");
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<serde_json::Value> = stdout
@@ -110,6 +96,86 @@ fn trace_json_prints_one_object_per_transition_and_accounts_at_exit() {
     );
 }
 
+/// Starts `tcpwatch` with `args` and waits until it says it is attached;
+/// returns the child and what it printed so far.
+fn start_attached(args: &[&str], stdout: Stdio) -> (std::process::Child, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("Ctrl-C") {
+        assert_eq!(
+            stderr.read(&mut byte).unwrap(),
+            1,
+            "tcpwatch exited early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.push(byte[0]);
+    }
+    child.stderr = Some(stderr);
+    (child, String::from_utf8_lossy(&seen).into_owned())
+}
+
+/// A program on the classic tracepoint that returns 0 (here tcpwatch's own
+/// `--hook classic`) stops perf from counting firings: a BTF tracer beside
+/// it must give its witness up and say why, not report "none lost".
+#[test]
+fn a_classic_tracer_beside_blinds_the_witness_and_it_says_so() {
+    if !root_available("a_classic_tracer_beside_blinds_the_witness_and_it_says_so") {
+        return;
+    }
+    let _classic = crate::common::classic_tracepoint_in_use();
+    let (mut classic, _) = start_attached(
+        &["trace", "--hook", "classic", "--duration", "20"],
+        Stdio::null(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let (btf, seen) = start_attached(
+        &[
+            "trace",
+            "--hook",
+            "btf",
+            "--duration",
+            "1.5",
+            "--port",
+            &port,
+        ],
+        Stdio::null(),
+    );
+    for _ in 0..20 {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        drop(client);
+        drop(server);
+    }
+    let out = btf.wait_with_output().unwrap();
+    let _ = classic.kill();
+    let _ = classic.wait();
+    let stderr = seen + &String::from_utf8_lossy(&out.stderr);
+    let a = assert_no_witness(out.status, &stderr, "firings behind the programs");
+    assert_eq!(a["counted"], 200, "{stderr}");
+}
+
+/// A trace run's account without a witness: it ran, says why, and its
+/// accounting line says `witness=0`.
+fn assert_no_witness(
+    status: std::process::ExitStatus,
+    stderr: &str,
+    why: &str,
+) -> std::collections::HashMap<String, u64> {
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains(why), "no \"{why}\" in: {stderr}");
+    let a = accounting(stderr);
+    assert_eq!(a["witness"], 0, "{stderr}");
+    a
+}
+
 /// Without the witness the account says it could not count firings the
 /// kernel runs no program for, rather than printing a count it did not take.
 #[test]
@@ -122,13 +188,11 @@ fn trace_without_witness_says_so_and_claims_no_count() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("no perf counter of the tracepoint (--no-witness)"),
-        "{stderr}"
+    let a = assert_no_witness(
+        out.status,
+        &stderr,
+        "no perf counter of the tracepoint (--no-witness)",
     );
-    let a = accounting(&stderr);
-    assert_eq!(a["witness"], 0, "{stderr}");
     assert_eq!(a["not_run"], 0, "{stderr}");
 }
 
