@@ -23,12 +23,12 @@ use crate::{
     witness::{self, Reading, Witness},
 };
 
-/// Attempts at a settled witness reading (~25 µs each): at arming and at
-/// stop, where a failure leaves the run without a witness (said so, never a
-/// count it did not take), and on each counters() call, where a failure
-/// keeps the previous reading.
-const SETTLE_TRIES_EDGE: usize = 4000;
-const SETTLE_TRIES_SAMPLE: usize = 40;
+/// How long to look for a witness reading: a confirmed one at arming and
+/// at stop, where failing leaves the run without a witness (said so, never
+/// a count it did not take); a settled one on each counters() call, where
+/// failing keeps the previous value.
+const WITNESS_EDGE_WITHIN: Duration = Duration::from_secs(1);
+const WITNESS_SAMPLE_WITHIN: Duration = Duration::from_millis(2);
 
 /// How often the ring buffer is read when the kernel has not woken us.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -49,8 +49,13 @@ pub struct Capture {
     /// arming, or why there is none: never opened, or given up on (blind,
     /// unreadable, or no settled reading at stop).
     witness: RefCell<Result<(Witness, Reading), String>>,
-    /// The latest settled reading (the one taken at stop, once stopped).
-    witness_last: Cell<Option<Reading>>,
+    /// Firings not run since arming, as published: never goes down (it is a
+    /// counter), and a value is published only once the next reading does
+    /// not contradict it (a firing caught mid-way at one reading shows for
+    /// that reading only). At stop, the confirmed final count.
+    witness_not_run: Cell<u64>,
+    /// The previous sample's gap (see `witness::Reading::gap`).
+    witness_last_gap: Cell<Option<i128>>,
     stopped: bool,
     delivered: u64,
     /// The last drain stopped at its limit: more events may be waiting
@@ -133,7 +138,8 @@ impl Capture {
             misses_before_arming,
             misses_at_disarm: None,
             witness: RefCell::new(witness),
-            witness_last: Cell::new(None),
+            witness_not_run: Cell::new(0),
+            witness_last_gap: Cell::new(None),
             stopped: false,
             delivered: 0,
             more: false,
@@ -145,27 +151,44 @@ impl Capture {
         self.witness.borrow().as_ref().err().cloned()
     }
 
-    /// Takes a settled witness reading into `witness_last`; any failure to
-    /// read gives the witness up, with the reason (tracing goes on).
-    /// Returns whether a reading was taken.
-    fn witness_sample(&self, tries: usize) -> bool {
-        let result = match &*self.witness.borrow() {
-            Ok((w, _)) => witness::settled_reading(w, tries, || {
-                main_runs_and_misses(&self.loaded, &self.stats)
-            }),
-            Err(_) => return false,
+    /// Takes a settled witness reading and publishes what it and the
+    /// previous one agree on; any failure to read gives the witness up,
+    /// with the reason (tracing goes on).
+    fn witness_sample(&self) {
+        let (result, base) = match &*self.witness.borrow() {
+            Ok((w, base)) => (
+                witness::settled_reading(w, WITNESS_SAMPLE_WITHIN, || {
+                    main_runs_and_misses(&self.loaded, &self.stats)
+                }),
+                *base,
+            ),
+            Err(_) => return,
         };
-        match result {
-            Ok(Some(r)) => {
-                self.witness_last.set(Some(r));
-                true
-            }
-            Ok(None) => false,
-            Err(e) => {
-                self.give_up_witness(format!("reading it failed: {e}"));
-                false
-            }
+        let r = match result {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => return self.give_up_witness(format!("reading it failed: {e}")),
+        };
+        if let Err(deficit) = witness::not_run_between(&base, &r) {
+            return self.give_up_blind(deficit);
         }
+        // The smaller of two readings' gaps: a firing caught mid-way raises
+        // one reading's gap by one, never two in a row.
+        let gap = self
+            .witness_last_gap
+            .replace(Some(r.gap()))
+            .map_or(base.gap(), |g| g.min(r.gap()));
+        let agreed = (gap - base.gap()).max(0) as u64;
+        self.witness_not_run
+            .set(self.witness_not_run.get().max(agreed));
+    }
+
+    fn give_up_blind(&self, deficit: u64) {
+        self.give_up_witness(format!(
+            "it fell {deficit} firings behind the programs: a BPF program on the classic \
+             tracepoint that returns 0 (a --hook classic tracer, for one) stops perf from \
+             counting, so it cannot see what they miss"
+        ));
     }
 
     fn give_up_witness(&self, why: String) {
@@ -259,13 +282,26 @@ impl Capture {
         self.misses_at_disarm = Some(prog_info(&self.loaded, main)?.recursion_misses);
         // The witness's last word while the programs are still attached:
         // after detaching, every firing would look like one not run.
-        if !self.witness_sample(SETTLE_TRIES_EDGE) && self.witness.borrow().is_ok() {
+        let last = match &*self.witness.borrow() {
+            Ok((w, base)) => Some((
+                witness::confirmed_reading(w, WITNESS_EDGE_WITHIN, || {
+                    main_runs_and_misses(&self.loaded, &self.stats)
+                }),
+                *base,
+            )),
+            Err(_) => None,
+        };
+        match last {
+            None => {}
+            Some((Ok(Some(r)), base)) => match witness::not_run_between(&base, &r) {
+                Ok(n) => self.witness_not_run.set(n),
+                Err(deficit) => self.give_up_blind(deficit),
+            },
             // Without its last word the witness would claim a count it did
             // not take: say so instead.
-            self.give_up_witness(
-                "the tracepoint never paused for a last reading (it fired within every 20 µs)"
-                    .into(),
-            );
+            Some((Ok(None), _)) => self
+                .give_up_witness("the tracepoint never paused for a confirmed last reading".into()),
+            Some((Err(e), _)) => self.give_up_witness(format!("reading it failed: {e}")),
         }
         self.stopped = true;
         self.loaded.detach()?;
@@ -325,27 +361,13 @@ impl Capture {
             None => None,
         };
         if !self.stopped {
-            self.witness_sample(SETTLE_TRIES_SAMPLE);
+            self.witness_sample();
         }
-        let not_run = {
-            let base = self.witness.borrow().as_ref().ok().map(|(_, base)| *base);
-            match base {
-                // No reading since arming yet: nothing known to be missing.
-                Some(base) => match self.witness_last.get().map(|r| r.not_run_since(&base)) {
-                    None => Some(0),
-                    Some(Ok(n)) => Some(n),
-                    Some(Err(deficit)) => {
-                        self.give_up_witness(format!(
-                            "it fell {deficit} firings behind the programs: a BPF program on the \
-                             classic tracepoint that returns 0 (a --hook classic tracer, for one) \
-                             stops perf from counting, so it cannot see what they miss"
-                        ));
-                        None
-                    }
-                },
-                None => None,
-            }
-        };
+        let not_run = self
+            .witness
+            .borrow()
+            .is_ok()
+            .then(|| self.witness_not_run.get());
         Ok(KernelCounters {
             main,
             catcher,
@@ -366,11 +388,11 @@ fn open_witness(
     }
     let tracefs = loader::ensure_tracefs().map_err(|e| e.to_string())?;
     let w = Witness::open(&tracefs).map_err(|e| e.to_string())?;
-    let base = witness::settled_reading(&w, SETTLE_TRIES_EDGE, || {
+    let base = witness::confirmed_reading(&w, WITNESS_EDGE_WITHIN, || {
         main_runs_and_misses(loaded, stats)
     })
     .map_err(|e| e.to_string())?
-    .ok_or("the tracepoint never paused for a first reading (it fired within every 20 µs)")?;
+    .ok_or("the tracepoint never paused for a confirmed first reading")?;
     Ok((w, base))
 }
 

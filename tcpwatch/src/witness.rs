@@ -122,51 +122,60 @@ pub struct Reading {
 }
 
 /// Programs seen ahead of the witness by more than this mean the witness is
-/// not counting every firing (see [`Reading::not_run_since`]). Settled
-/// readings are exact, so any deficit is real; the margin only absorbs a
-/// firing stalled mid-probe for longer than the settle time (a preempted
-/// vCPU).
+/// not counting every firing (see [`not_run_between`]); the margin absorbs
+/// a firing caught mid-way at a reading that the confirmation of edge
+/// readings did not rule out.
 pub const BLIND_MARGIN: u64 = 2;
 
 impl Reading {
-    /// Firings since `base` for which the kernel neither ran the main
-    /// program nor counted a miss; `Err(deficit)` when the programs ran
-    /// more often than the witness counted firings. That happens when a
-    /// BPF program on the *classic* tracepoint returns 0 (tcpwatch's own
-    /// `--hook classic` program, for one; bpftrace's did not here): the
-    /// kernel then skips the perf counters for that firing
-    /// (`perf_trace_run_bpf_submit`), so the witness is blind and its
-    /// silence proves nothing.
-    pub fn not_run_since(&self, base: &Reading) -> Result<u64, u64> {
-        let fired = self.fired.saturating_sub(base.fired);
-        let seen = self.runs.saturating_sub(base.runs) + self.misses.saturating_sub(base.misses);
-        if seen > fired + BLIND_MARGIN {
-            return Err(seen - fired);
-        }
-        Ok(fired.saturating_sub(seen))
+    /// Firings neither run nor counted as missed, as of this reading,
+    /// plus a constant: only differences between readings mean anything.
+    pub fn gap(&self) -> i128 {
+        self.fired as i128 - self.runs as i128 - self.misses as i128
     }
 }
 
+/// Firings between `base` and `now` for which the kernel neither ran the
+/// main program nor counted a miss; `Err(deficit)` when the programs ran
+/// more often than the witness counted firings. That happens when a BPF
+/// program on the *classic* tracepoint returns 0 (tcpwatch's own
+/// `--hook classic` program, for one; bpftrace's did not here): the kernel
+/// then skips the perf counters for that firing
+/// (`perf_trace_run_bpf_submit`), so the witness is blind and its silence
+/// proves nothing. (Blindness smaller than real losses cancels against
+/// them and goes unseen.)
+pub fn not_run_between(base: &Reading, now: &Reading) -> Result<u64, u64> {
+    let d = now.gap() - base.gap();
+    if d < -(BLIND_MARGIN as i128) {
+        return Err(d.unsigned_abs() as u64);
+    }
+    Ok(d.max(0) as u64)
+}
+
 /// How long a reading must stay unchanged to be taken: longer than one
-/// firing takes from its first probe to its last (~1 µs, a few µs with an
-/// interrupt between them).
+/// firing usually takes from its first probe to its last (~1 µs, a few µs
+/// with an interrupt between them).
 pub const SETTLE: Duration = Duration::from_micros(20);
 
-/// Takes a [`Reading`] with `programs` reading (runs, misses), retrying up
-/// to `tries` times. A try reads the witness and the programs, waits
+/// Takes a [`Reading`] with `programs` reading (runs, misses), trying until
+/// `within` has passed. A try reads the witness and the programs, waits
 /// [`SETTLE`], and reads both again; it counts only if nothing changed.
 /// Equal witness reads alone would not do: one firing runs the programs
 /// and the perf probe at different moments, so a firing caught between
-/// them would be in one count and not the other (for good, if it is the
-/// base). Any firing under way at the first read has finished by the
-/// second and changed one of them. `None` if the tracepoint never paused
-/// that long (at full churn on two CPUs most tries fail).
+/// them would be in one count and not the other. A firing under way at the
+/// first read has usually finished by the second and changed one of them;
+/// one held up longer (interrupts and softirqs between the probes, a
+/// preempted vCPU) is ruled out only by [`confirmed_reading`]. A try costs
+/// a read per CPU (each an IPI to that CPU) and two bpf calls, twice.
+/// `None` if the tracepoint never paused that long (at full churn on two
+/// CPUs most tries fail).
 pub fn settled_reading(
     witness: &Witness,
-    tries: usize,
+    within: Duration,
     mut programs: impl FnMut() -> io::Result<(u64, u64)>,
 ) -> io::Result<Option<Reading>> {
-    for _ in 0..tries {
+    let deadline = Instant::now() + within;
+    loop {
         let fired = witness.fired()?;
         let (runs, misses) = programs()?;
         // A spin, not a sleep: timer slack would turn 20 µs into 50+.
@@ -181,8 +190,43 @@ pub fn settled_reading(
                 misses,
             }));
         }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
     }
-    Ok(None)
+}
+
+/// Between the two readings of a confirmation: longer than a firing can be
+/// held up between its probes by interrupts and the softirqs that follow
+/// them (NET_RX gives up after 2 ms).
+pub const CONFIRM_SPACING: Duration = Duration::from_millis(10);
+
+/// A settled reading confirmed by a second one [`CONFIRM_SPACING`] later
+/// with the same [`Reading::gap`]: a firing caught mid-way at the first has
+/// finished by the second and would have changed the gap. For the readings
+/// that everything is counted from and to (start and stop), where a
+/// mistake would last. Tries until `within` has passed; returns the later.
+pub fn confirmed_reading(
+    witness: &Witness,
+    within: Duration,
+    mut programs: impl FnMut() -> io::Result<(u64, u64)>,
+) -> io::Result<Option<Reading>> {
+    let deadline = Instant::now() + within;
+    let mut previous: Option<Reading> = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(r) = settled_reading(witness, left, &mut programs)? else {
+            return Ok(None);
+        };
+        if previous.is_some_and(|p| p.gap() == r.gap()) {
+            return Ok(Some(r));
+        }
+        previous = Some(r);
+        if Instant::now() + CONFIRM_SPACING >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(CONFIRM_SPACING);
+    }
 }
 
 #[cfg(test)]
@@ -211,14 +255,14 @@ mod tests {
             runs: 187,
             misses: 11,
         };
-        assert_eq!(now.not_run_since(&base), Ok(2));
+        assert_eq!(not_run_between(&base, &now), Ok(2));
         // Nothing missing: every firing ran or was a counted miss.
         let exact = Reading {
             fired: 200,
             runs: 189,
             misses: 11,
         };
-        assert_eq!(exact.not_run_since(&base), Ok(0));
+        assert_eq!(not_run_between(&base, &exact), Ok(0));
     }
 
     #[test]
@@ -231,13 +275,13 @@ mod tests {
             runs: 1000,
             misses: 0,
         };
-        assert_eq!(blind.not_run_since(&base), Err(990));
+        assert_eq!(not_run_between(&base, &blind), Err(990));
         // Within the margin it is still a reading, and nothing is missing.
-        let stalled = Reading {
+        let caught_mid_way = Reading {
             fired: 10,
             runs: 10 + BLIND_MARGIN,
             misses: 0,
         };
-        assert_eq!(stalled.not_run_since(&base), Ok(0));
+        assert_eq!(not_run_between(&base, &caught_mid_way), Ok(0));
     }
 }
