@@ -40,7 +40,9 @@ impl Witness {
             .trim()
             .parse()
             .map_err(|e| io::Error::other(format!("{}: {e}", id_path.display())))?;
-        let cpus = online_cpus()?;
+        // A CPU brought online later is not watched.
+        let cpus = aya::util::online_cpus()
+            .map_err(|(what, e)| io::Error::new(e.kind(), format!("{what}: {e}")))?;
         let mut per_cpu = Vec::with_capacity(cpus.len());
         for cpu in cpus {
             let mut attr = sys::bindings::perf_event_attr {
@@ -84,30 +86,6 @@ impl Witness {
         }
         Ok(total)
     }
-}
-
-/// The CPUs the kernel lists as online (`/sys/devices/system/cpu/online`,
-/// e.g. `0-1,4`). A CPU brought online later is not watched.
-fn online_cpus() -> io::Result<Vec<u32>> {
-    let text = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
-    parse_cpu_list(&text).ok_or_else(|| io::Error::other(format!("bad CPU list {text:?}")))
-}
-
-fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
-    let mut out = Vec::new();
-    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
-                if a > b {
-                    return None;
-                }
-                out.extend(a..=b);
-            }
-            None => out.push(part.parse().ok()?),
-        }
-    }
-    (!out.is_empty()).then_some(out)
 }
 
 /// One consistent reading of the witness against the main program's own
@@ -232,16 +210,6 @@ pub fn confirmed_reading(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_lists_parse_as_the_kernel_writes_them() {
-        assert_eq!(parse_cpu_list("0-1\n"), Some(vec![0, 1]));
-        assert_eq!(parse_cpu_list("0\n"), Some(vec![0]));
-        assert_eq!(parse_cpu_list("0-2,4,6-7\n"), Some(vec![0, 1, 2, 4, 6, 7]));
-        assert_eq!(parse_cpu_list(""), None);
-        assert_eq!(parse_cpu_list("3-1"), None);
-        assert_eq!(parse_cpu_list("a"), None);
-    }
 
     #[test]
     fn not_run_is_what_fired_beyond_runs_and_misses() {
