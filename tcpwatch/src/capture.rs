@@ -56,7 +56,6 @@ pub struct Capture {
     witness_not_run: Cell<u64>,
     /// The previous sample's gap (see `witness::Reading::gap`).
     witness_last_gap: Cell<Option<i128>>,
-    stopped: bool,
     delivered: u64,
     /// The last drain stopped at its limit: more events may be waiting
     /// without a wakeup to say so.
@@ -140,7 +139,6 @@ impl Capture {
             witness: RefCell::new(witness),
             witness_not_run: Cell::new(0),
             witness_last_gap: Cell::new(None),
-            stopped: false,
             delivered: 0,
             more: false,
         })
@@ -151,27 +149,52 @@ impl Capture {
         self.witness.borrow().as_ref().err().cloned()
     }
 
-    /// Takes a settled witness reading and publishes what it and the
-    /// previous one agree on; any failure to read gives the witness up,
-    /// with the reason (tracing goes on).
-    fn witness_sample(&self) {
+    /// Whether the capture has been stopped (the programs disarmed).
+    fn stopped(&self) -> bool {
+        self.misses_at_disarm.is_some()
+    }
+
+    /// A witness reading with the base it counts from, checked for
+    /// blindness: confirmed at the edges (`edge`), settled otherwise.
+    /// `None` if there is no witness, no reading came in time, or it was
+    /// given up just now (a read failed, or it is blind).
+    fn witness_reading(&self, edge: bool) -> Option<(Reading, Reading)> {
         let (result, base) = match &*self.witness.borrow() {
-            Ok((w, base)) => (
-                witness::settled_reading(w, WITNESS_SAMPLE_WITHIN, || {
-                    main_runs_and_misses(&self.loaded, &self.stats)
-                }),
-                *base,
-            ),
-            Err(_) => return,
+            Ok((w, base)) => {
+                let programs = || main_runs_and_misses(&self.loaded, &self.stats);
+                let result = if edge {
+                    witness::confirmed_reading(w, WITNESS_EDGE_WITHIN, programs)
+                } else {
+                    witness::settled_reading(w, WITNESS_SAMPLE_WITHIN, programs)
+                };
+                (result, *base)
+            }
+            Err(_) => return None,
         };
         let r = match result {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
-            Err(e) => return self.give_up_witness(format!("reading it failed: {e}")),
+            Ok(r) => r?,
+            Err(e) => {
+                self.give_up_witness(format!("reading it failed: {e}"));
+                return None;
+            }
         };
         if let Err(deficit) = witness::not_run_between(&base, &r) {
-            return self.give_up_blind(deficit);
+            self.give_up_witness(format!(
+                "it fell {deficit} firings behind the programs: a BPF program on the classic \
+                 tracepoint that returns 0 (a --hook classic tracer, for one) stops perf from \
+                 counting, so it cannot see what they miss"
+            ));
+            return None;
         }
+        Some((base, r))
+    }
+
+    /// Takes a settled witness reading and publishes what it and the
+    /// previous one agree on.
+    fn witness_sample(&self) {
+        let Some((base, r)) = self.witness_reading(false) else {
+            return;
+        };
         // The smaller of two readings' gaps: a firing caught mid-way raises
         // one reading's gap by one, never two in a row.
         let gap = self
@@ -181,14 +204,6 @@ impl Capture {
         let agreed = (gap - base.gap()).max(0) as u64;
         self.witness_not_run
             .set(self.witness_not_run.get().max(agreed));
-    }
-
-    fn give_up_blind(&self, deficit: u64) {
-        self.give_up_witness(format!(
-            "it fell {deficit} firings behind the programs: a BPF program on the classic \
-             tracepoint that returns 0 (a --hook classic tracer, for one) stops perf from \
-             counting, so it cannot see what they miss"
-        ));
     }
 
     fn give_up_witness(&self, why: String) {
@@ -282,28 +297,18 @@ impl Capture {
         self.misses_at_disarm = Some(prog_info(&self.loaded, main)?.recursion_misses);
         // The witness's last word while the programs are still attached:
         // after detaching, every firing would look like one not run.
-        let last = match &*self.witness.borrow() {
-            Ok((w, base)) => Some((
-                witness::confirmed_reading(w, WITNESS_EDGE_WITHIN, || {
-                    main_runs_and_misses(&self.loaded, &self.stats)
-                }),
-                *base,
-            )),
-            Err(_) => None,
-        };
+        let last = self.witness_reading(true);
+        let witness_left = self.witness.borrow().is_ok();
         match last {
-            None => {}
-            Some((Ok(Some(r)), base)) => match witness::not_run_between(&base, &r) {
-                Ok(n) => self.witness_not_run.set(n),
-                Err(deficit) => self.give_up_blind(deficit),
-            },
+            Some((base, r)) => self
+                .witness_not_run
+                .set((r.gap() - base.gap()).max(0) as u64),
             // Without its last word the witness would claim a count it did
             // not take: say so instead.
-            Some((Ok(None), _)) => self
+            None if witness_left => self
                 .give_up_witness("the tracepoint never paused for a confirmed last reading".into()),
-            Some((Err(e), _)) => self.give_up_witness(format!("reading it failed: {e}")),
+            None => {}
         }
-        self.stopped = true;
         self.loaded.detach()?;
         // An event reserved just before detaching may still be committed by
         // the CPU that reserved it; give it a moment.
@@ -360,7 +365,7 @@ impl Capture {
             }
             None => None,
         };
-        if !self.stopped {
+        if !self.stopped() {
             self.witness_sample();
         }
         let not_run = self
