@@ -256,8 +256,9 @@ fn catcher_handles_exactly_the_runs_the_main_program_missed() {
 /// demand either (here they came only from softirqs on one foreign thread),
 /// so the main program is told to behave exactly so on every 5th armed run:
 /// no run counted, nothing handled, its identity left so the catcher stays
-/// out. Only the perf witness sees those firings: `not_run` must equal
-/// them exactly, and the counters' shortfall must be named by it.
+/// out. Only the perf witness sees those firings: `not_run` must count
+/// every one of them (and at most a few real ones on top, the witness
+/// being host-wide), and the counters' shortfall must be named by it.
 #[test]
 fn witness_counts_exactly_the_firings_no_program_ran_for() {
     if !root_available("witness_counts_exactly_the_firings_no_program_ran_for") {
