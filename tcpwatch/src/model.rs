@@ -459,6 +459,12 @@ impl Accounting {
     pub fn lost_in_kernel(&self) -> u64 {
         self.unrecovered + self.not_run
     }
+
+    /// Whether the run broke its promise and exits 3 (trace, daemon): a
+    /// transition lost in the kernel, or the main program ran nested.
+    pub fn promise_broken(&self) -> bool {
+        self.lost_in_kernel() > 0 || self.nested > 0
+    }
 }
 
 #[cfg(test)]

@@ -368,13 +368,11 @@ async fn run(
         accounting.bpf_run_time_ns,
         accounting.bpf_run_cnt,
     );
-    Ok(
-        if accounting.lost_in_kernel() > 0 || accounting.nested > 0 {
-            ExitCode::from(3)
-        } else {
-            ExitCode::SUCCESS
-        },
-    )
+    Ok(if accounting.promise_broken() {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(test)]

@@ -132,13 +132,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     );
     // A transition the kernel skipped or never ran the programs for is a
     // failure of the run's promise, even though everything else completed.
-    Ok(
-        if accounting.lost_in_kernel() > 0 || accounting.nested > 0 {
-            ExitCode::from(3)
-        } else {
-            ExitCode::SUCCESS
-        },
-    )
+    Ok(if accounting.promise_broken() {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Applies the filter and `--count`, remembering how many were filtered out.
