@@ -1,23 +1,16 @@
 //! tcpwatch: TCP state transitions from the kernel, counted without loss and
 //! attributed to their owners.
 //!
-//! Kernel and I/O edges: [`loader`], [`capture`], [`census`], [`counters`],
-//! [`owners`], [`sampler`], [`output`], [`netns`], the HTTP side of
-//! [`metrics`]. Pure core: [`model`], [`engine`], [`record`], [`view`], the
-//! encoding side of [`metrics`]. CLI subcommands live in the binary's
-//! `cmd` modules and only wire these together.
-pub mod capture;
-pub mod census;
-pub mod counters;
-pub mod engine;
-pub mod layout;
-pub mod loader;
-pub mod metrics;
-pub mod model;
-pub mod netns;
-pub mod output;
-pub mod owners;
-pub mod record;
-pub mod sampler;
-pub mod view;
-pub mod witness;
+//! The pure core is its own crate, [`tcpwatch_core`] (re-exported as
+//! [`core`]); this crate holds the edges around it and the runtime:
+//! [`probe`] (the kernel edge: loader, BTF layout, capture, loss witness),
+//! [`host`] (sock_diag census, /proc/net counters, namespaces, owners,
+//! clocks), [`daemon`] (the runtime that feeds the engine and publishes its
+//! snapshots), [`serve`] (what the daemon serves: metrics over HTTP). The
+//! binary's `cmd` modules only parse, wire and print.
+pub use tcpwatch_core as core;
+
+pub mod daemon;
+pub mod host;
+pub mod probe;
+pub mod serve;

@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use tcpwatch::loader::{HookChoice, LoadOptions};
+use tcpwatch::probe::loader::{HookChoice, LoadOptions};
 
 mod cmd;
 
@@ -85,8 +85,8 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    pub fn config(&self) -> tcpwatch::engine::EngineConfig {
-        tcpwatch::engine::EngineConfig {
+    pub fn config(&self) -> tcpwatch::core::engine::EngineConfig {
+        tcpwatch::core::engine::EngineConfig {
             max_ports: self.max_ports,
             max_processes: self.max_processes,
             max_netns: self.max_netns,

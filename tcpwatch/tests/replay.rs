@@ -4,7 +4,7 @@
 //! recorded scenario implies, and the same screen.
 use std::{fs::File, io::BufReader, process::Command};
 
-use tcpwatch::{
+use tcpwatch::core::{
     engine::{Engine, EngineConfig, View},
     record::Reader,
 };

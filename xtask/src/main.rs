@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod loadgen;
+mod purity;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -68,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.task {
         Task::Setup => setup(),
         Task::Test { args } => {
+            purity::check(&workspace_root())?;
             setup()?;
             if !is_root() {
                 eprintln!(

@@ -17,13 +17,19 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 use tcpwatch::{
-    capture::Capture,
-    engine::{Engine, Input, KernelSample},
-    metrics,
-    model::{Transition, monotonic_ns},
-    netns, record,
-    sampler::{Sampler, Scope},
-    view::trace::Clock,
+    core::{
+        engine::{Engine, Input, KernelSample},
+        metrics,
+        model::Transition,
+        record,
+    },
+    daemon::sampler::{Sampler, Scope},
+    host::{
+        clock::{monotonic_ns, wall_clock},
+        netns,
+    },
+    probe::capture::Capture,
+    serve,
 };
 
 use crate::{EngineArgs, ProbeArgs, cmd::Stop};
@@ -104,7 +110,11 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let addr = match (args.no_metrics, args.metrics_addr) {
         (true, _) => None,
         (false, Some(a)) => Some(a),
-        (false, None) => Some(metrics::DEFAULT_ADDR.parse().expect("default address")),
+        (false, None) => Some(
+            serve::metrics::DEFAULT_ADDR
+                .parse()
+                .expect("default address"),
+        ),
     };
     run(args, addr, None).await
 }
@@ -226,7 +236,7 @@ async fn run(
     // Bind before loading the probe: a taken port is a usage error and
     // should not cost a probe load.
     let listener = match metrics_addr {
-        Some(a) => Some(metrics::bind(a).await?),
+        Some(a) => Some(serve::metrics::bind(a).await?),
         None => None,
     };
     let mut recorder = match &record_to {
@@ -240,7 +250,7 @@ async fn run(
 
     let mut capture =
         Capture::start(&args.probe.load_options(filter)).context("cannot start the probe")?;
-    let clock = Clock::now();
+    let clock = wall_clock();
     let hook = capture.hook();
     let mut recorder = match recorder.take() {
         Some((file, path)) => {
@@ -269,7 +279,7 @@ async fn run(
             "tcpwatch: metrics on http://{}/metrics",
             listener.local_addr()?
         );
-        tokio::spawn(metrics::serve(listener, render));
+        tokio::spawn(serve::metrics::serve(listener, render));
     }
 
     // The sampler thread: census + counters every interval. Its channel is

@@ -2,9 +2,10 @@
 //! prints. No logic of their own beyond that.
 use std::time::Duration;
 
-use tcpwatch::{capture::CaptureError, loader::LoadError};
+use tcpwatch::probe::{capture::CaptureError, loader::LoadError};
 
 pub mod daemon;
+pub mod output;
 pub mod replay;
 pub mod states;
 pub mod trace;

@@ -16,9 +16,12 @@ use clap::Args;
 
 use crate::EngineArgs;
 use tcpwatch::{
-    engine::{Engine, Input},
-    metrics, record,
-    view::{engine::summary_text, trace::Clock},
+    core::{
+        engine::{Engine, Input},
+        metrics, record,
+        view::{engine::summary_text, trace::Clock},
+    },
+    serve,
 };
 
 #[derive(Args, Debug)]
@@ -68,7 +71,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let cfg = args.engine.config();
     let engine = Arc::new(Mutex::new(Engine::new(cfg)));
     if let Some(addr) = args.metrics_addr {
-        let listener = metrics::bind(addr).await?;
+        let listener = serve::metrics::bind(addr).await?;
         let engine = engine.clone();
         let info = metrics::Info {
             hook: header.hook.clone(),
@@ -78,7 +81,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             "tcpwatch: metrics on http://{}/metrics",
             listener.local_addr()?
         );
-        tokio::spawn(metrics::serve(
+        tokio::spawn(serve::metrics::serve(
             listener,
             Arc::new(move || metrics::render(engine.lock().expect("engine").view(), clock, &info)),
         ));

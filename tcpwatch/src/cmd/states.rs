@@ -6,8 +6,11 @@ use std::{collections::HashSet, process::ExitCode};
 use anyhow::Context as _;
 use clap::Args;
 use tcpwatch::{
-    census, netns, owners,
-    view::states::{listeners_table, processes_table, states_table, summarize},
+    core::{
+        census::{TimeWait, summarize},
+        view::states::{listeners_table, processes_table, states_table},
+    },
+    host::{census, netns, owners},
 };
 
 #[derive(Args, Debug)]
@@ -30,7 +33,7 @@ pub fn run(args: StatesArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     // Every socket listed, TIME-WAIT too: one census, so its cost is no
     // concern, and its counts are `ss -tan`'s exactly.
-    let listed = census::TimeWait::Listed;
+    let listed = TimeWait::Listed;
     let (census, ns) = match &args.netns {
         Some(spec) => {
             let path = netns::path(spec)?;

@@ -5,12 +5,15 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::Args;
 use tcpwatch::{
-    capture::Capture,
-    model::{Accounting, Transition},
-    netns,
-    output::{Output, OutputStats},
-    view::trace::{Clock, Filter, HEADER, json_line, text_line},
+    core::{
+        model::{Accounting, Transition},
+        view::trace::{Filter, HEADER, json_line, text_line},
+    },
+    host::{clock::wall_clock, netns},
+    probe::capture::Capture,
 };
+
+use crate::cmd::output::{Output, OutputStats};
 use tcpwatch_common::TcpState;
 
 use crate::{ProbeArgs, cmd::Stop};
@@ -88,7 +91,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
 
     let mut capture =
         Capture::start(&args.probe.load_options(netns)).context("cannot start tracing")?;
-    let clock = Clock::now();
+    let clock = wall_clock();
     eprintln!(
         "tcpwatch: tracing TCP state transitions via {}; Ctrl-C to stop",
         capture.hook()

@@ -10,8 +10,8 @@ use std::{
 };
 
 use tcpwatch::{
-    census::{self, Census, TimeWait},
-    view::states::summarize,
+    core::census::{Census, TimeWait, summarize},
+    host::census,
 };
 use tcpwatch_common::state::{TCP_FIN_WAIT2, TCP_TIME_WAIT};
 

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcpwatch::{loader::LoadOptions, model::Accounting};
+use tcpwatch::{core::model::Accounting, probe::loader::LoadOptions};
 use tcpwatch_common::state::*;
 
 use crate::common::{capture_during, netns_thread, root_available};
@@ -67,7 +67,7 @@ const TEN: [(u8, u8); 10] = [
 ];
 
 struct Run {
-    counters: tcpwatch::model::KernelCounters,
+    counters: tcpwatch::core::model::KernelCounters,
     acct: Accounting,
     delivered: u64,
     /// Delivered events of the test's namespace.
@@ -102,7 +102,7 @@ fn run(ring_bytes: u32, simulate_skip_every: u32, simulate_not_run_every: u16) -
         cap.counters.summary()
     );
     // Only with sysctl kernel.bpf_stats_enabled=1 (the bench turns it on).
-    let per_run = |p: &tcpwatch::model::ProgCounters| p.run_time_ns.checked_div(p.run_cnt);
+    let per_run = |p: &tcpwatch::core::model::ProgCounters| p.run_time_ns.checked_div(p.run_cnt);
     if let Some(main_ns) = per_run(&cap.counters.main) {
         let catcher_ns = cap.counters.catcher.as_ref().and_then(per_run).unwrap_or(0);
         eprintln!(
@@ -133,7 +133,7 @@ fn run(ring_bytes: u32, simulate_skip_every: u32, simulate_not_run_every: u16) -
 /// kernel never runs the programs for"). Not explained yet.
 const UNNAMED_BUDGET: u64 = 4;
 
-fn assert_exact(counters: &tcpwatch::model::KernelCounters, acct: &Accounting) {
+fn assert_exact(counters: &tcpwatch::core::model::KernelCounters, acct: &Accounting) {
     let mut expected: Vec<((u8, u8), u64)> = TEN.iter().map(|&t| (t, CONNECTIONS as u64)).collect();
     expected.push(((TCP_CLOSE, TCP_LISTEN), 1));
     expected.push(((TCP_LISTEN, TCP_CLOSE), 1));
@@ -147,7 +147,7 @@ fn assert_exact(counters: &tcpwatch::model::KernelCounters, acct: &Accounting) {
             deviation += counters.transition(old, new).abs_diff(want);
         }
     }
-    if std::path::Path::new(tcpwatch::loader::BTF_PATH).exists() {
+    if std::path::Path::new(tcpwatch::probe::loader::BTF_PATH).exists() {
         assert!(
             acct.has_witness,
             "no perf witness on the BTF hook: {acct:?}"

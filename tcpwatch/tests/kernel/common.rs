@@ -9,9 +9,8 @@ use std::{
 };
 
 use tcpwatch::{
-    capture::Capture,
-    loader::LoadOptions,
-    model::{KernelCounters, State, Transition},
+    core::model::{KernelCounters, State, Transition},
+    probe::{capture::Capture, loader::LoadOptions},
 };
 use tcpwatch_common::TcpState;
 
@@ -245,7 +244,7 @@ impl NamedNetns {
 
     /// Runs `f` on a thread that entered the namespace.
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        tcpwatch::netns::run_in(std::path::Path::new(&self.path()), f)
+        tcpwatch::host::netns::run_in(std::path::Path::new(&self.path()), f)
             .unwrap_or_else(|e| panic!("entering {}: {e}", self.path()))
     }
 }

@@ -8,7 +8,7 @@ use std::{
     path::Path,
 };
 
-use tcpwatch::{counters, netns};
+use tcpwatch::host::{clock::thread_cpu_ns, counters, netns};
 
 use crate::common::{NamedNetns, netns_thread, root_available};
 
@@ -135,22 +135,19 @@ fn work_in_another_namespace_is_charged_to_the_caller() {
         return;
     }
     let ns = NamedNetns::new("cpu");
-    let (own0, all0) = (
-        tcpwatch::model::thread_cpu_ns(),
-        netns::thread_cpu_with_helpers_ns(),
-    );
+    let (own0, all0) = (thread_cpu_ns(), netns::thread_cpu_with_helpers_ns());
     // ~100 ms of CPU on the helper thread.
     let spun = netns::run_in(Path::new(&ns.path()), || {
-        let start = tcpwatch::model::thread_cpu_ns();
+        let start = thread_cpu_ns();
         let mut x = 0u64;
-        while tcpwatch::model::thread_cpu_ns() - start < 100_000_000 {
+        while thread_cpu_ns() - start < 100_000_000 {
             x = std::hint::black_box(x.wrapping_add(1));
         }
         x
     })
     .unwrap();
     assert!(spun > 0);
-    let own = tcpwatch::model::thread_cpu_ns() - own0;
+    let own = thread_cpu_ns() - own0;
     let all = netns::thread_cpu_with_helpers_ns() - all0;
     assert!(own < 50_000_000, "the caller itself only waited: {own} ns");
     assert!(

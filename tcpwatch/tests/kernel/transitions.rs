@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use tcpwatch::{loader::LoadOptions, model::Transition};
+use tcpwatch::{core::model::Transition, probe::loader::LoadOptions};
 use tcpwatch_common::TcpState::{self, *};
 
 use crate::common::{
@@ -31,7 +31,9 @@ const SERVER_PASSIVE_CLOSE: [(TcpState, TcpState); 5] = [
 ];
 const LISTENER: [(TcpState, TcpState); 2] = [(Close, Listen), (Listen, Close)];
 
-fn expect(seq: &[(TcpState, TcpState)]) -> Vec<(tcpwatch::model::State, tcpwatch::model::State)> {
+fn expect(
+    seq: &[(TcpState, TcpState)],
+) -> Vec<(tcpwatch::core::model::State, tcpwatch::core::model::State)> {
     seq.iter().map(|&(a, b)| (st(a), st(b))).collect()
 }
 
@@ -303,7 +305,7 @@ fn classic_tracepoint_fallback_sees_the_same_connection() {
     }
     let _classic = crate::common::classic_tracepoint_in_use();
     let opts = LoadOptions {
-        hook: tcpwatch::loader::HookChoice::Classic,
+        hook: tcpwatch::probe::loader::HookChoice::Classic,
         ..LoadOptions::default()
     };
     let cap = capture_during(opts, Duration::from_millis(300), || {
@@ -386,7 +388,7 @@ fn auto_hook_is_btf_where_the_kernel_has_btf() {
     if !root_available("auto_hook_is_btf_where_the_kernel_has_btf") {
         return;
     }
-    if !std::path::Path::new(tcpwatch::loader::BTF_PATH).exists() {
+    if !std::path::Path::new(tcpwatch::probe::loader::BTF_PATH).exists() {
         eprintln!(
             "SKIP auto_hook_is_btf_where_the_kernel_has_btf: no kernel BTF here, auto means classic"
         );
@@ -493,7 +495,7 @@ fn mptcp_connection_reports_the_ports_of_its_own_sockets() {
     let mine = on_port(&cap.events, port);
     let mptcp: Vec<_> = mine
         .iter()
-        .filter(|e| e.protocol == tcpwatch::model::Protocol::Mptcp)
+        .filter(|e| e.protocol == tcpwatch::core::model::Protocol::Mptcp)
         .collect();
     // The listener's own socket, with its port.
     assert!(
@@ -514,7 +516,7 @@ fn mptcp_connection_reports_the_ports_of_its_own_sockets() {
     // Its TCP subflows are seen as TCP, with their ports too.
     assert!(
         mine.iter()
-            .any(|e| e.protocol == tcpwatch::model::Protocol::Tcp
+            .any(|e| e.protocol == tcpwatch::core::model::Protocol::Tcp
                 && (e.old, e.new) == (st(SynSent), st(Established))
                 && e.remote.port() == port
                 && e.local.port() != 0),

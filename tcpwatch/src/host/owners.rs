@@ -8,7 +8,7 @@ use procfs::{
     process::{FDTarget, all_processes},
 };
 
-use crate::model::{Comm, Owner};
+use tcpwatch_core::model::{Comm, Owner};
 
 /// Owners of the given socket inodes. One pass over all processes' fd
 /// tables; a socket shared by several processes keeps the first found.

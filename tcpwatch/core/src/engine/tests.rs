@@ -193,7 +193,7 @@ fn census_listeners_decide_the_direction() {
         netns: Some(4026531840),
         total: 1,
         states: BTreeMap::new(),
-        listeners: vec![crate::view::states::Listener {
+        listeners: vec![crate::census::Listener {
             address: "0.0.0.0".into(),
             port: 443,
             accept_queue: 0,

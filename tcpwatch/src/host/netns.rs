@@ -78,7 +78,7 @@ thread_local! {
 /// missed the sock_diag work: measured 0.7 % of a core where the process
 /// spent ~3.6 %.)
 pub fn thread_cpu_with_helpers_ns() -> u64 {
-    crate::model::thread_cpu_ns() + HELPERS_CPU_NS.get()
+    crate::host::clock::thread_cpu_ns() + HELPERS_CPU_NS.get()
 }
 
 /// Runs `f` on a short-lived thread that entered the namespace `path`
@@ -98,7 +98,7 @@ pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> std::io::Re
                 Ok(f())
             };
             // A fresh thread: its CPU clock started at zero.
-            (result, crate::model::thread_cpu_ns())
+            (result, crate::host::clock::thread_cpu_ns())
         })
         .join()
         .unwrap_or_else(|_| (Err(std::io::Error::other("namespace thread panicked")), 0))

@@ -16,11 +16,14 @@ use tcpwatch_common::{
     stat, stat_index,
 };
 
+use tcpwatch_core::model::{KernelCounters, Owner, ProgCounters, Slot, Transition, stats_slot};
+
 use crate::{
-    loader::{self, Hook, LoadError, LoadOptions, Loaded},
-    model::{KernelCounters, Owner, ProgCounters, Slot, Transition, stats_slot},
-    owners,
-    witness::{self, Reading, Witness},
+    host::owners,
+    probe::{
+        loader::{self, Hook, LoadError, LoadOptions, Loaded},
+        witness::{self, Reading, Witness},
+    },
 };
 
 /// How long to look for a witness reading: a confirmed one at arming and
@@ -107,7 +110,7 @@ impl Capture {
             Ok(found) => {
                 // The probe keys listeners by the netns it can read (0 if none).
                 let netns = if loaded.config.netns_readable != 0 {
-                    crate::netns::current().unwrap_or(0)
+                    crate::host::netns::current().unwrap_or(0)
                 } else {
                     0
                 };

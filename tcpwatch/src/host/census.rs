@@ -14,49 +14,7 @@ use netlink_packet_sock_diag::{
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, nlas::Nla},
 };
 use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_SOCK_DIAG};
-
-/// One socket as the census sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SockEntry {
-    /// Kernel state number (TCP_* of tcpwatch_common::state).
-    pub state: u8,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    /// Listener: connections waiting in the accept queue. Others: bytes
-    /// not yet read.
-    pub rqueue: u32,
-    /// Listener: its backlog. Others: bytes not yet acknowledged.
-    pub wqueue: u32,
-    /// Socket inode (0 for request and TIME-WAIT sockets, which have none).
-    pub inode: u32,
-    pub uid: u32,
-    /// A timewait minisocket: what the kernel keeps of a socket closed
-    /// first on this side, in TIME-WAIT, or in FIN-WAIT-2 until the peer's
-    /// FIN. (A FIN-WAIT-2 socket still open, or orphaned before the peer's
-    /// ACK, is a full socket.)
-    pub minisock: bool,
-}
-
-/// How a census treats TIME-WAIT sockets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TimeWait {
-    /// One entry each, as `ss -tan` lists them.
-    Listed,
-    /// Only their number. Under connection churn they outnumber all other
-    /// sockets (each stays 60 s; 32,000 in a namespace after a 2.5 s loop
-    /// of connections here) and listing them is the census's whole cost
-    /// (`ss -tan` 40 ms, `ss -tan exclude time-wait` under 5 ms), while
-    /// nothing but their number is used: they have no owner, no queue.
-    Counted,
-}
-
-/// One census of a namespace.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Census {
-    pub entries: Vec<SockEntry>,
-    /// TIME-WAIT sockets counted but not in `entries` (TimeWait::Counted).
-    pub time_wait_unlisted: u64,
-}
+use tcpwatch_core::census::{Census, SockEntry, TimeWait};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CensusError {
@@ -106,7 +64,7 @@ pub fn take(time_wait: TimeWait) -> Result<Census, CensusError> {
 /// the namespace it was created in, so it is created on a thread that
 /// entered that namespace.
 pub fn take_in(netns: &Path, time_wait: TimeWait) -> Result<Census, CensusError> {
-    crate::netns::run_in(netns, || take(time_wait)).map_err(|source| CensusError::Netns {
+    crate::host::netns::run_in(netns, || take(time_wait)).map_err(|source| CensusError::Netns {
         path: netns.display().to_string(),
         source,
     })?

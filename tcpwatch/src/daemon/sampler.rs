@@ -7,13 +7,13 @@ use std::{
     time::Instant,
 };
 
-use crate::{
-    census, counters,
+use tcpwatch_core::{
+    census::{Census, TimeWait, summarize},
     engine::{CensusSample, CountersSample, Input},
-    model::{Owner, monotonic_ns},
-    netns,
-    view::states::summarize,
+    model::Owner,
 };
+
+use crate::host::{census, clock::monotonic_ns, counters, netns};
 
 /// Which namespaces the census and counters cover.
 #[derive(Clone, Debug)]
@@ -43,7 +43,7 @@ impl OwnerCache {
         let mut took = None;
         if due {
             let t = Instant::now();
-            match crate::owners::socket_owners(inodes) {
+            match crate::host::owners::socket_owners(inodes) {
                 Ok(m) => self.map = m,
                 Err(e) => tracing::warn!("socket owners unknown: {e:#}"),
             }
@@ -63,7 +63,7 @@ pub struct Sampler {
 /// One namespace's census, before owners are known.
 struct Raw {
     netns: Option<u32>,
-    census: census::Census,
+    census: Census,
     census_ns: u64,
     /// When the dump started: the census shows the sockets of that moment
     /// (a later socket may or may not be in it, an earlier one is).
@@ -118,8 +118,8 @@ impl Sampler {
             // The daemon only counts TIME-WAIT sockets: listing them is
             // most of a census's cost under churn.
             let entries = match &path {
-                None => census::take(census::TimeWait::Counted),
-                Some(p) => census::take_in(p, census::TimeWait::Counted),
+                None => census::take(TimeWait::Counted),
+                Some(p) => census::take_in(p, TimeWait::Counted),
             };
             let census_ns = t.elapsed().as_nanos() as u64;
             let counters = match &path {

@@ -26,8 +26,8 @@ pub use self::{
     window::{Rates, Window},
 };
 use crate::{
+    census::Summary,
     model::{Accounting, Comm, State, Transition},
-    view::states::Summary,
 };
 
 const NS_PER_S: u64 = 1_000_000_000;

@@ -290,7 +290,7 @@ pub fn classic_config(format: &str) -> Result<ProbeConfig, LayoutError> {
 mod tests {
     use super::*;
 
-    const FORMAT_6_18: &str = include_str!("../tests/data/inet_sock_set_state.format");
+    const FORMAT_6_18: &str = include_str!("../../tests/data/inet_sock_set_state.format");
 
     #[test]
     fn classic_format_of_6_18_parses() {

@@ -192,28 +192,6 @@ pub struct Transition {
     pub caught: bool,
 }
 
-/// CLOCK_MONOTONIC now, in ns: the clock of the kernel's event timestamps
-/// (`bpf_ktime_get_ns`), so samples taken in user space line up with them.
-pub fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
-}
-
-/// CPU time of the calling thread, in ns.
-pub fn thread_cpu_ns() -> u64 {
-    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
-}
-
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec to write into; both clocks used here
-    // always exist.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Durations as whole nanoseconds (exact, unlike float seconds).
 mod duration_ns {
     use std::time::Duration;

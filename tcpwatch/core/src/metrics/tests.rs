@@ -4,9 +4,9 @@ use tcpwatch_common::TcpState::*;
 
 use super::*;
 use crate::{
+    census::{Listener, Process, Summary},
     engine::{CensusSample, CountersSample, Engine, EngineConfig, Input, KernelSample},
     model::{Accounting, Owner, Protocol, State, Transition},
-    view::states::{Listener, Process, Summary},
 };
 
 const S: u64 = 1_000_000_000;

@@ -1,6 +1,6 @@
 //! Loads and attaches the eBPF programs, and turns every way that can fail
 //! into one sentence a user can act on. The only module that chooses a hook;
-//! [`crate::capture`] takes the loaded object from here.
+//! [`crate::probe::capture`] takes the loaded object from here.
 use std::{
     fmt, fs, io,
     path::{Path, PathBuf},
@@ -15,7 +15,7 @@ use aya::{
 };
 use tcpwatch_common::{HOOK_BTF, LAYOUT_VERSION, ProbeConfig};
 
-use crate::layout;
+use crate::probe::layout;
 
 /// The eBPF object built by build.rs from tcpwatch-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpwatch-probes"));
@@ -54,7 +54,7 @@ pub struct LoadOptions {
     /// programs for every n-th armed firing per CPU (0: never).
     pub simulate_not_run_every: u16,
     /// Count the tracepoint's firings with a perf counter beside the
-    /// programs (see `crate::witness`).
+    /// programs (see `crate::probe::witness`).
     pub witness: bool,
 }
 

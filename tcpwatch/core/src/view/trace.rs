@@ -50,18 +50,11 @@ pub struct Clock {
 }
 
 impl Clock {
-    pub fn now() -> Clock {
-        let read = |id| {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: ts is a valid timespec to write into.
-            unsafe { libc::clock_gettime(id, &mut ts) };
-            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-        };
+    /// From one reading of CLOCK_REALTIME and one of CLOCK_MONOTONIC, taken
+    /// together (`host::clock::wall_clock`).
+    pub fn from_readings(realtime_ns: i128, monotonic_ns: i128) -> Clock {
         Clock {
-            offset_ns: read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC),
+            offset_ns: realtime_ns - monotonic_ns,
         }
     }
 

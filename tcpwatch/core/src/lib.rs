@@ -1,0 +1,17 @@
+//! tcpwatch's pure core: what the kernel and host edges report, as data,
+//! and everything computed from it. No I/O, no clock, no kernel: time comes
+//! with the inputs, so a recording replayed gives what the live run gave,
+//! and every test here runs anywhere without root.
+//!
+//! [`model`] (transitions, accounting), [`census`] (sockets and their
+//! summary), [`counters`] (the kernel's TCP MIB counters by name),
+//! [`engine`] (rates, per-port and per-process activity), [`view`] (trace
+//! lines, tables), [`metrics`] (the Prometheus exposition), [`record`] (the
+//! recording format).
+pub mod census;
+pub mod counters;
+pub mod engine;
+pub mod metrics;
+pub mod model;
+pub mod record;
+pub mod view;

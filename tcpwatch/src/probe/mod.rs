@@ -1,0 +1,7 @@
+//! The kernel edge: loads the eBPF programs (checked against the kernel's
+//! BTF layout), drains their ring buffer, reads their counters, and counts
+//! the firings no program ran for (the witness).
+pub mod capture;
+pub mod layout;
+pub mod loader;
+pub mod witness;

@@ -1,0 +1,2 @@
+//! What the daemon serves to others: the metrics endpoint.
+pub mod metrics;
