@@ -5,7 +5,8 @@
 //!
 //! [`model`] (transitions, accounting), [`census`] (sockets and their
 //! summary), [`counters`] (the kernel's TCP MIB counters by name),
-//! [`engine`] (rates, per-port and per-process activity), [`view`] (trace
+//! [`engine`] (rates, per-port and per-process activity), [`snapshot`]
+//! (what the daemon publishes each tick), [`view`] (trace
 //! lines, tables), [`metrics`] (the Prometheus exposition), [`record`] (the
 //! recording format).
 pub mod census;
@@ -14,4 +15,5 @@ pub mod engine;
 pub mod metrics;
 pub mod model;
 pub mod record;
+pub mod snapshot;
 pub mod view;

@@ -3,7 +3,7 @@
 //! it. Encoding is a pure function of the view (tested without root); the
 //! server is an I/O edge with hard limits, because it listens on a socket of
 //! a root daemon.
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
@@ -15,11 +15,12 @@ use prometheus_client::{
 use crate::{
     counters,
     engine::{Direction, NETNS_OTHER, View},
+    snapshot::Snapshot,
     view::trace::Clock,
 };
 
 /// What the exposition says about the daemon itself.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Info {
     pub hook: Option<String>,
     /// Listeners exported per namespace (the rest are summed into `other`).
@@ -118,16 +119,13 @@ impl Family<'_, Val> {
     }
 }
 
+/// The registry's collector must own what it encodes: a shared snapshot.
 #[derive(Debug)]
-struct ViewCollector {
-    view: View,
-    clock: Clock,
-    info: Info,
-}
+struct ViewCollector(Arc<Snapshot>);
 
 impl Collector for ViewCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let v = &self.view;
+        let (v, clock, about) = (&self.0.view, self.0.clock, &self.0.info);
         let c = MetricType::Counter;
         let g = MetricType::Gauge;
 
@@ -135,10 +133,7 @@ impl Collector for ViewCollector {
         info.add(
             vec![
                 ("version", env!("CARGO_PKG_VERSION").into()),
-                (
-                    "hook",
-                    self.info.hook.clone().unwrap_or_else(|| "none".into()),
-                ),
+                ("hook", about.hook.clone().unwrap_or_else(|| "none".into())),
             ],
             1u64,
         );
@@ -225,7 +220,7 @@ impl Collector for ViewCollector {
                 });
                 let mut rest = (0u64, 0u64, 0u64, false);
                 for (i, l) in ls.iter().enumerate() {
-                    if i >= self.info.max_listeners {
+                    if i >= about.max_listeners {
                         rest.0 += l.accept_queue as u64;
                         rest.1 += l.backlog as u64;
                         rest.2 += l.syn_recv;
@@ -256,7 +251,7 @@ impl Collector for ViewCollector {
                 let mut by_comm: std::collections::BTreeMap<(String, String), u64> =
                     Default::default();
                 for (i, p) in s.processes.iter().enumerate() {
-                    let comm = if i < self.info.max_listeners {
+                    let comm = if i < about.max_listeners {
                         p.comm.clone().unwrap_or_else(|| "unknown".into())
                     } else {
                         "other".into()
@@ -277,7 +272,7 @@ impl Collector for ViewCollector {
                 );
                 census_ts.add(
                     vec![("netns", netns.clone())],
-                    self.clock.unix_ns(census.ts_ns) as f64 / 1e9,
+                    clock.unix_ns(census.ts_ns) as f64 / 1e9,
                 );
             }
             if let Some(values) = &ns.counters {
@@ -551,22 +546,21 @@ fn snake(name: &str) -> String {
     out
 }
 
-/// The exposition of `view`, in the Prometheus text format 0.0.4. Takes the
-/// view by value: the registry's collector must own it, and callers build a
-/// fresh one per scrape anyway.
-pub fn render(view: View, clock: Clock, info: &Info) -> String {
+/// The exposition of a snapshot, in the Prometheus text format 0.0.4.
+pub fn render_snapshot(snapshot: Arc<Snapshot>) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(ViewCollector {
-        view,
-        clock,
-        info: info.clone(),
-    }));
+    registry.register_collector(Box::new(ViewCollector(snapshot)));
     let mut out = String::new();
     // Writing into a String cannot fail; an encoder error would be a bug in
     // the names above, which the tests catch.
     prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
         .expect("encoding metrics");
     out
+}
+
+/// The exposition of one view (replay, tests): as a snapshot of its own.
+pub fn render(view: View, clock: Clock, info: &Info) -> String {
+    render_snapshot(Arc::new(Snapshot::new(0, clock, info.clone(), view)))
 }
 
 #[cfg(test)]

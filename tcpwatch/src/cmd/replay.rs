@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::ExitCode,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -19,10 +19,12 @@ use tcpwatch::{
     core::{
         engine::{Engine, Input},
         metrics, record,
+        snapshot::Snapshot,
         view::{engine::summary_text, trace::Clock},
     },
     serve,
 };
+use tokio::sync::watch;
 
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
@@ -69,25 +71,30 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         offset_ns: header.unix_ns - header.monotonic_ns as i128,
     };
     let cfg = args.engine.config();
-    let engine = Arc::new(Mutex::new(Engine::new(cfg)));
+    let mut engine = Engine::new(cfg);
+    let info = metrics::Info {
+        hook: header.hook.clone(),
+        max_listeners: cfg.max_ports,
+    };
+    // As the live daemon does: a snapshot per recorded tick, for the
+    // metrics endpoint (the sender must outlive the replay).
+    let (snapshots, snap_rx) = watch::channel(Arc::new(Snapshot::new(
+        0,
+        clock,
+        info.clone(),
+        engine.view(),
+    )));
     if let Some(addr) = args.metrics_addr {
-        let listener = serve::metrics::bind(addr).await?;
-        let engine = engine.clone();
-        let info = metrics::Info {
-            hook: header.hook.clone(),
-            max_listeners: cfg.max_ports,
-        };
+        let listener = serve::metrics::bind(addr)?;
         eprintln!(
             "tcpwatch: metrics on http://{}/metrics",
             listener.local_addr()?
         );
-        tokio::spawn(serve::metrics::serve(
-            listener,
-            Arc::new(move || metrics::render(engine.lock().expect("engine").view(), clock, &info)),
-        ));
+        serve::metrics::spawn(listener, snap_rx).context("starting the metrics thread")?;
     }
     let started = Instant::now();
     let mut first: Option<u64> = None;
+    let mut seq = 0;
     for input in reader {
         let input = input.with_context(|| format!("{}", args.file.display()))?;
         if args.speed > 0.0 {
@@ -98,9 +105,19 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 tokio::time::sleep(wait).await;
             }
         }
-        engine.lock().expect("engine").apply(input);
+        let tick = matches!(input, Input::Tick { .. });
+        engine.apply(input);
+        if tick && args.metrics_addr.is_some() {
+            seq += 1;
+            snapshots.send_replace(Arc::new(Snapshot::new(
+                seq,
+                clock,
+                info.clone(),
+                engine.view(),
+            )));
+        }
     }
-    let view = engine.lock().expect("engine").view();
+    let view = engine.view();
     if args.json {
         println!("{}", serde_json::to_string(&view)?);
     } else {

@@ -1,3 +1,274 @@
-//! The daemon's runtime: the sampler thread (census and counters), the
-//! event loop that feeds the engine, and the snapshot it publishes.
+//! The daemon's runtime: the probe's events, the sampler thread's censuses
+//! and counters, and the kernel's own account every tick go into the
+//! engine, which only this event loop touches; each tick it publishes one
+//! [`Snapshot`] on a watch channel for everyone who serves or shows it.
+pub mod recorder;
 pub mod sampler;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tcpwatch_core::{
+    engine::{Engine, EngineConfig, Input, KernelSample},
+    metrics::Info,
+    model::{Accounting, Transition},
+    snapshot::Snapshot,
+    view::trace::Clock,
+};
+use tokio::sync::{mpsc, watch};
+
+use self::{
+    recorder::Recorder,
+    sampler::{Sampler, Scope},
+};
+use crate::{
+    host::{
+        clock::{monotonic_ns, wall_clock},
+        netns,
+    },
+    probe::{capture::Capture, loader::LoadOptions},
+};
+
+/// Events read from the ring buffer per wake-up, at most.
+const BATCH: usize = 8192;
+
+/// Everything the runtime needs to know; `cmd::daemon` builds it from the
+/// command line.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub probe: LoadOptions,
+    pub engine: EngineConfig,
+    pub scope: Scope,
+    /// Seconds between ticks, censuses and counter samples.
+    pub interval: Duration,
+    /// Most of a core the census may use, in percent.
+    pub census_budget: f64,
+    pub owners_every: u32,
+    /// Write every input to this recording.
+    pub record_to: Option<PathBuf>,
+}
+
+/// What the daemon reports when it stops.
+pub struct Outcome {
+    pub accounting: Accounting,
+    pub delivered: u64,
+    pub engine_transitions: u64,
+    /// Lines written to the recording, if any.
+    pub recorded: Option<(PathBuf, u64)>,
+}
+
+/// A running daemon's publishing side, handed to whoever serves snapshots.
+pub struct Started {
+    pub hook: String,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+/// When the next census starts, `spent` (CPU) after this one started: one
+/// interval, or longer so that the census uses at most `budget_pct` of a core.
+pub fn census_delay(interval: Duration, spent: Duration, budget_pct: f64) -> Duration {
+    interval.max(spent.mul_f64(100.0 / budget_pct))
+}
+
+/// Runs the daemon until `stop` resolves. `started` is called once the probe
+/// is up, with the snapshot channel (metrics and other servers attach
+/// there); a failure to start is returned before it is called.
+pub async fn run(
+    opts: Options,
+    stop: impl std::future::Future<Output = ()>,
+    started: impl FnOnce(Started) -> anyhow::Result<()>,
+) -> anyhow::Result<Outcome> {
+    // The recording is created only after the probe is up, so a run that
+    // cannot load leaves no empty file behind.
+    let mut capture = Capture::start(&opts.probe).context("cannot start the probe")?;
+    let clock = wall_clock();
+    let hook = capture.hook();
+    let mut recorder = match &opts.record_to {
+        Some(path) => Some(Recorder::create(path, clock, hook.short())?),
+        None => None,
+    };
+    let info = Info {
+        hook: Some(hook.short().into()),
+        max_listeners: opts.engine.max_ports,
+    };
+    let mut engine = Engine::new(opts.engine);
+    let mut seq = 0;
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::new(
+        seq,
+        clock,
+        info.clone(),
+        engine.view(),
+    )));
+    started(Started {
+        hook: hook.to_string(),
+        snapshots: snap_rx,
+    })?;
+
+    let SamplerThread {
+        handle: sampler,
+        mut samples,
+        stop: sampler_stop,
+    } = spawn_sampler(opts.scope.clone(), &opts).context("starting the census thread")?;
+    let mut tick = tokio::time::interval(opts.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            r = capture.ready() => {
+                r.context("reading the ring buffer")?;
+                capture.drain_each(BATCH, |t| apply_transition(&mut engine, &mut recorder, t))?;
+            }
+            Some(inputs) = samples.recv() => apply(&mut engine, &mut recorder, inputs)?,
+            _ = tick.tick() => {
+                let k = kernel_sample(&capture)?;
+                apply(&mut engine, &mut recorder, [k, Input::Tick { ts_ns: monotonic_ns() }])?;
+                if let Some(r) = &mut recorder {
+                    r.flush()?;
+                }
+                seq += 1;
+                publish(&snap_tx, seq, clock, &info, &engine);
+            }
+        }
+    }
+    sampler_stop.store(true, Ordering::Relaxed);
+    samples.close();
+    let mut batch = Vec::new();
+    capture.stop(&mut batch).await?;
+    for t in &batch {
+        apply_transition(&mut engine, &mut recorder, t)?;
+    }
+    let k = kernel_sample(&capture)?;
+    apply(&mut engine, &mut recorder, [k])?;
+    publish(&snap_tx, seq + 1, clock, &info, &engine);
+    let recorded = match &mut recorder {
+        Some(r) => {
+            r.flush()?;
+            Some((r.path().to_owned(), r.lines()))
+        }
+        None => None,
+    };
+    let _ = sampler.join();
+    Ok(Outcome {
+        accounting: capture.counters()?.summary(),
+        delivered: capture.delivered(),
+        engine_transitions: engine.view().stats.transitions,
+        recorded,
+    })
+}
+
+fn publish(tx: &watch::Sender<Arc<Snapshot>>, seq: u64, clock: Clock, info: &Info, e: &Engine) {
+    tx.send_replace(Arc::new(Snapshot::new(seq, clock, info.clone(), e.view())));
+}
+
+fn apply_transition(
+    engine: &mut Engine,
+    recorder: &mut Option<Recorder>,
+    t: &Transition,
+) -> anyhow::Result<()> {
+    if let Some(r) = recorder {
+        r.write_transition(t)?;
+    }
+    engine.transition(t);
+    Ok(())
+}
+
+fn apply(
+    engine: &mut Engine,
+    recorder: &mut Option<Recorder>,
+    inputs: impl IntoIterator<Item = Input>,
+) -> anyhow::Result<()> {
+    for input in inputs {
+        if let Some(r) = recorder {
+            r.write(&input)?;
+        }
+        engine.apply(input);
+    }
+    Ok(())
+}
+
+fn kernel_sample(capture: &Capture) -> anyhow::Result<Input> {
+    let counters = capture.counters()?;
+    Ok(Input::Kernel(KernelSample {
+        ts_ns: monotonic_ns(),
+        accounting: counters.summary(),
+        delivered: capture.delivered(),
+        transitions: counters
+            .transitions()
+            .into_iter()
+            .map(|((a, b), n)| (a, b, n))
+            .collect(),
+    }))
+}
+
+/// The sampler thread: census + counters every interval, within its CPU
+/// budget. Its channel is bounded and only it waits on it, never the event
+/// path.
+struct SamplerThread {
+    handle: JoinHandle<()>,
+    samples: mpsc::Receiver<Vec<Input>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn spawn_sampler(scope: Scope, opts: &Options) -> std::io::Result<SamplerThread> {
+    let interval = opts.interval;
+    let budget = opts.census_budget;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<Vec<Input>>(4);
+    let mut sampler = Sampler::new(scope, opts.owners_every);
+    let handle = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("tcpwatch-census".into())
+            .spawn(move || {
+                let mut next = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let cpu = netns::thread_cpu_with_helpers_ns();
+                    let inputs = sampler.sample();
+                    let spent = Duration::from_nanos(
+                        netns::thread_cpu_with_helpers_ns().saturating_sub(cpu),
+                    );
+                    next += census_delay(interval, spent, budget);
+                    if tx.blocking_send(inputs).is_err() {
+                        break;
+                    }
+                    // Sleep in short steps so a stop is seen quickly.
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < next {
+                        std::thread::sleep((next - Instant::now()).min(Duration::from_millis(50)));
+                    }
+                    // A census slower than the interval: start the next now,
+                    // not a burst of catch-ups.
+                    next = next.max(Instant::now());
+                }
+            })?
+    };
+    Ok(SamplerThread {
+        handle,
+        samples: rx,
+        stop,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn census_keeps_within_its_cpu_budget() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // Cheap census: the interval.
+        assert_eq!(census_delay(s(1), ms(13), 2.0), s(1));
+        // 100,000 sockets (~122 ms) at 2%: every 6.1 s.
+        assert_eq!(census_delay(s(1), ms(122), 2.0), ms(6100));
+        // A generous budget: the interval again.
+        assert_eq!(census_delay(s(1), ms(122), 100.0), s(1));
+    }
+}

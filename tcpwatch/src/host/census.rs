@@ -92,6 +92,55 @@ pub fn parse_sockstat_tw(text: &str) -> Option<u64> {
 /// TIME-WAIT sockets, from the kernel's count of all minisockets less those
 /// listed (in FIN-WAIT-2). The two are read one after the other: under
 /// churn, minisockets made or expired in between make it off by as many.
+/// The owner (uid) of the local socket `client` connected to `server`, as
+/// the kernel reports it for that one socket (an exact sock_diag lookup, not
+/// a dump): who is at the other end of a loopback connection.
+pub fn socket_uid(client: SocketAddr, server: SocketAddr) -> Result<u32, CensusError> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(CensusError::Socket)?;
+    socket.bind_auto().map_err(CensusError::Socket)?;
+    socket
+        .connect(&NlAddr::new(0, 0))
+        .map_err(CensusError::Socket)?;
+    let family = if client.is_ipv4() { AF_INET } else { AF_INET6 };
+    let mut id = if client.is_ipv4() {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
+    id.source_address = client.ip();
+    id.source_port = client.port();
+    id.destination_address = server.ip();
+    id.destination_port = server.port();
+    // INET_DIAG_NOCOOKIE: match by the 4-tuple alone.
+    id.cookie = [0xff; 8];
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    let mut packet = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all(),
+            socket_id: id,
+        })
+        .into(),
+    );
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    socket.send(&buf, 0).map_err(CensusError::Io)?;
+    let mut rx = vec![0u8; 4096];
+    let n = socket.recv(&mut &mut rx[..], 0).map_err(CensusError::Io)?;
+    let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[..n])
+        .map_err(|e| CensusError::Decode(e.to_string()))?;
+    match msg.payload {
+        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => Ok(r.header.uid),
+        NetlinkPayload::Error(e) => Err(CensusError::Kernel(e.code.map_or(0, |c| c.get()))),
+        _ => Err(CensusError::Decode("no answer for that socket".into())),
+    }
+}
+
 fn time_wait_of(minisocks: u64, listed: &[SockEntry]) -> u64 {
     let fin_wait2 = listed
         .iter()
@@ -174,6 +223,20 @@ fn dump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_owner_of_a_loopback_client_is_found_by_its_4_tuple() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_s, peer) = l.accept().unwrap();
+        assert_eq!(peer, c.local_addr().unwrap());
+        // SAFETY: getuid has no preconditions.
+        let me = unsafe { libc::getuid() };
+        assert_eq!(socket_uid(peer, l.local_addr().unwrap()).unwrap(), me);
+        // A 4-tuple that is no socket: an error, not a guess.
+        let gone: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!(socket_uid(gone, l.local_addr().unwrap()).is_err());
+    }
 
     #[test]
     fn sockstat_tw_is_read_from_the_tcp_line() {

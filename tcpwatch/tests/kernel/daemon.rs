@@ -638,3 +638,137 @@ fn record_then_replay_gives_the_live_numbers() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Drops this thread (only: Linux credentials are per thread at the
+/// syscall level) to nobody, as a local user without privileges would be.
+fn become_nobody() {
+    // SAFETY: raw credential syscalls on the calling thread; no memory is
+    // passed except the null group list of length 0.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+            0
+        );
+        assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534), 0);
+        assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534), 0);
+    }
+}
+
+#[test]
+fn metrics_abuse_by_an_unprivileged_user_costs_no_transition_and_no_scrape() {
+    let test = "metrics_abuse_by_an_unprivileged_user_costs_no_transition_and_no_scrape";
+    if !root_available(test) || !tool_available(test, "curl", "curl") {
+        return;
+    }
+    const N: usize = 4000;
+    const IDLE: usize = 32;
+    let ns = NsWorker::new();
+    let daemon = Daemon::start(&["--netns", &ns.path]);
+    let addr: std::net::SocketAddr = daemon.addr.parse().unwrap();
+    let netns = ns.inode.to_string();
+
+    // The attacker, as nobody: twice as many silent sockets as the daemon
+    // has slots, and one connection pipelining GET /metrics as fast as it
+    // can, each re-opened when the daemon closes it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (armed_tx, armed) = mpsc::channel::<()>();
+    let attacker = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            become_nobody();
+            let mut idle: Vec<TcpStream> = Vec::new();
+            let mut requests = 0u64;
+            let ask = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(64);
+            let mut sink = vec![0u8; 1 << 16];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Refill the silent sockets the daemon evicted.
+                idle.retain(|s| {
+                    s.set_nonblocking(true).unwrap();
+                    !matches!((&*s).read(&mut [0u8; 1]), Ok(0))
+                });
+                while idle.len() < IDLE {
+                    match TcpStream::connect(addr) {
+                        Ok(s) => idle.push(s),
+                        Err(_) => break,
+                    }
+                }
+                let Ok(mut c) = TcpStream::connect(addr) else {
+                    continue;
+                };
+                c.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                use std::io::Write;
+                while c.write_all(&ask).is_ok() {
+                    requests += 64;
+                    match c.read(&mut sink) {
+                        Ok(0) | Err(_) => break,
+                        // Its silent sockets are in and it is being served.
+                        Ok(_) => _ = armed_tx.send(()),
+                    }
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                }
+            }
+            requests
+        }
+    });
+
+    armed
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the attack got going");
+    // The legitimate side: a known load in our namespace, and scrapes that
+    // must all be served while the attack runs.
+    let port = ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        connections(&l, N / 2);
+        let port = l.local_addr().unwrap().port();
+        std::mem::forget(l);
+        port
+    });
+    let mut served = 0;
+    for _ in 0..40 {
+        let text = daemon.scrape();
+        assert!(text.contains("tcpwatch_build_info"), "{text}");
+        served += 1;
+    }
+    ns.run(move || {
+        let l = TcpListener::bind(("127.0.0.1", port + 1))
+            .or_else(|_| TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        connections(&l, N / 2);
+        std::mem::forget(l);
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let requests = attacker.join().unwrap();
+    assert!(requests > 1000, "the attack made only {requests} requests");
+
+    // Every transition delivered: the engine's count in our namespace is
+    // exact, and the kernel lost none to a full ring buffer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = daemon.scrape();
+        let ours: f64 = samples(&text, "tcpwatch_transitions_total")
+            .iter()
+            .filter(|(l, _)| l.contains(&format!("netns=\"{netns}\"")))
+            .map(|(_, v)| v)
+            .sum();
+        if ours >= (10 * N + 2) as f64 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let ours: f64 = samples(&text, "tcpwatch_transitions_total")
+        .iter()
+        .filter(|(l, _)| l.contains(&format!("netns=\"{netns}\"")))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(ours, (10 * N + 2) as f64, "two listeners and N connections");
+    assert_eq!(
+        samples(&text, "tcpwatch_events_lost_total").get("reason=\"ringbuf_full\""),
+        Some(&0.0),
+        "ring buffer full under the attack"
+    );
+    eprintln!("{test}: {requests} attacking requests, {served} legitimate scrapes served");
+    assert!(daemon.stop().success());
+}

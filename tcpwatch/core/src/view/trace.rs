@@ -43,7 +43,7 @@ impl Filter {
 }
 
 /// Converts event timestamps (CLOCK_MONOTONIC) to wall-clock time.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize)]
 pub struct Clock {
     /// Realtime minus monotonic, in ns, at start.
     pub offset_ns: i128,
