@@ -486,6 +486,15 @@ impl Collector for ViewCollector {
                 lost.add(vec![("reason", "kernel_not_run".into())], a.not_run);
             }
             lost.encode(&mut enc)?;
+            // Whether kernel_not_run is being counted: a witness given up
+            // (blinded, failed) is a 0 here, never a silently missing series.
+            let mut up = Family::new(
+                "tcpwatch_witness_up",
+                "1 while the perf witness counts firings the kernel ran no program for (events_lost_total, reason kernel_not_run); 0 when off or given up",
+                g,
+            );
+            up.add(vec![], u64::from(a.has_witness));
+            up.encode(&mut enc)?;
             let mut kt = Family::new(
                 "tcpwatch_kernel_transitions",
                 "TCP state transitions counted in the kernel, delivered or not (all namespaces in scope)",

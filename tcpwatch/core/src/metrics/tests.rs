@@ -122,9 +122,33 @@ fn exposition_has_the_documented_series() {
         "tcpwatch_events_lost_total{reason=\"ringbuf_full\"} 0",
         "tcpwatch_kernel_transitions_total{from=\"CLOSE\",to=\"SYN-SENT\"} 1",
         "tcpwatch_build_info{version=",
+        // No witness in this account: said as 0, and no kernel_not_run.
+        "tcpwatch_witness_up 0",
     ] {
         assert!(t.contains(line), "missing {line:?} in\n{t}");
     }
+    assert!(
+        !t.contains("reason=\"kernel_not_run\""),
+        "a count the witness did not take"
+    );
+}
+
+#[test]
+fn a_witness_at_work_is_up_with_its_count() {
+    let mut e = engine();
+    e.apply(Input::Kernel(KernelSample {
+        ts_ns: 7 * S,
+        accounting: Accounting {
+            has_witness: true,
+            not_run: 2,
+            ..Default::default()
+        },
+        delivered: 0,
+        transitions: vec![],
+    }));
+    let t = render(e.view(), Clock { offset_ns: 0 }, &Info::default());
+    assert!(t.contains("tcpwatch_witness_up 1"), "{t}");
+    assert!(t.contains("tcpwatch_events_lost_total{reason=\"kernel_not_run\"} 2"));
 }
 
 #[test]
