@@ -34,11 +34,7 @@ pub enum CensusError {
 
 /// A census of the caller's network namespace (IPv4 and IPv6, all states).
 pub fn take(time_wait: TimeWait) -> Result<Census, CensusError> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(CensusError::Socket)?;
-    socket.bind_auto().map_err(CensusError::Socket)?;
-    socket
-        .connect(&NlAddr::new(0, 0))
-        .map_err(CensusError::Socket)?;
+    let mut socket = open()?;
     let mut states = StateFlags::all();
     if time_wait == TimeWait::Counted {
         // The kernel filters minisockets by their substate: FIN-WAIT-2 ones
@@ -96,11 +92,7 @@ pub fn parse_sockstat_tw(text: &str) -> Option<u64> {
 /// the kernel reports it for that one socket (an exact sock_diag lookup, not
 /// a dump): who is at the other end of a loopback connection.
 pub fn socket_uid(client: SocketAddr, server: SocketAddr) -> Result<u32, CensusError> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(CensusError::Socket)?;
-    socket.bind_auto().map_err(CensusError::Socket)?;
-    socket
-        .connect(&NlAddr::new(0, 0))
-        .map_err(CensusError::Socket)?;
+    let mut socket = open()?;
     let family = if client.is_ipv4() { AF_INET } else { AF_INET6 };
     let mut id = if client.is_ipv4() {
         SocketId::new_v4()
@@ -113,23 +105,7 @@ pub fn socket_uid(client: SocketAddr, server: SocketAddr) -> Result<u32, CensusE
     id.destination_port = server.port();
     // INET_DIAG_NOCOOKIE: match by the 4-tuple alone.
     id.cookie = [0xff; 8];
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST;
-    let mut packet = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
-            states: StateFlags::all(),
-            socket_id: id,
-        })
-        .into(),
-    );
-    packet.finalize();
-    let mut buf = vec![0; packet.buffer_len()];
-    packet.serialize(&mut buf);
-    socket.send(&buf, 0).map_err(CensusError::Io)?;
+    send(&mut socket, NLM_F_REQUEST, family, StateFlags::all(), id)?;
     let mut rx = vec![0u8; 4096];
     let n = socket.recv(&mut &mut rx[..], 0).map_err(CensusError::Io)?;
     let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[..n])
@@ -139,6 +115,44 @@ pub fn socket_uid(client: SocketAddr, server: SocketAddr) -> Result<u32, CensusE
         NetlinkPayload::Error(e) => Err(CensusError::Kernel(e.code.map_or(0, |c| c.get()))),
         _ => Err(CensusError::Decode("no answer for that socket".into())),
     }
+}
+
+/// A sock_diag socket of the calling thread's namespace.
+fn open() -> Result<Socket, CensusError> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(CensusError::Socket)?;
+    socket.bind_auto().map_err(CensusError::Socket)?;
+    socket
+        .connect(&NlAddr::new(0, 0))
+        .map_err(CensusError::Socket)?;
+    Ok(socket)
+}
+
+/// One TCP inet_diag request: a dump (`NLM_F_DUMP`) or an exact lookup.
+fn send(
+    socket: &mut Socket,
+    flags: u16,
+    family: u8,
+    states: StateFlags,
+    socket_id: SocketId,
+) -> Result<(), CensusError> {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    let mut packet = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states,
+            socket_id,
+        })
+        .into(),
+    );
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    socket.send(&buf, 0).map_err(CensusError::Io)?;
+    Ok(())
 }
 
 fn time_wait_of(minisocks: u64, listed: &[SockEntry]) -> u64 {
@@ -155,27 +169,12 @@ fn dump(
     states: StateFlags,
     out: &mut Vec<SockEntry>,
 ) -> Result<(), CensusError> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut packet = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
-            states,
-            socket_id: if family == AF_INET {
-                SocketId::new_v4()
-            } else {
-                SocketId::new_v6()
-            },
-        })
-        .into(),
-    );
-    packet.finalize();
-    let mut buf = vec![0; packet.buffer_len()];
-    packet.serialize(&mut buf);
-    socket.send(&buf, 0).map_err(CensusError::Io)?;
+    let any = if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
+    send(socket, NLM_F_REQUEST | NLM_F_DUMP, family, states, any)?;
 
     // Large enough for many responses per read (each is ~100 bytes).
     let mut rx = vec![0u8; 1 << 17];
