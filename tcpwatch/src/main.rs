@@ -2,7 +2,10 @@
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use tcpwatch::probe::loader::{HookChoice, LoadOptions};
+use tcpwatch::{
+    core::config,
+    probe::loader::{HookChoice, LoadOptions},
+};
 
 mod cmd;
 
@@ -20,8 +23,10 @@ Examples:
   tcpwatch daemon --all-netns --metrics-addr 0.0.0.0:19100
   tcpwatch record --duration 60 t.rec one minute of everything the engine sees
   tcpwatch replay t.rec               the same engine, from the recording
+  tcpwatch config default > /etc/tcpwatch/tcpwatch.toml
+  tcpwatch config check /etc/tcpwatch/tcpwatch.toml
 
-Exit codes: 0 done, 1 error, 2 bad usage, 3 transitions lost in the kernel,
+Exit codes: 0 done, 1 error, 2 bad usage or configuration, 3 transitions lost in the kernel,
 69 kernel cannot run the probe, 77 not permitted (needs root or CAP_BPF+CAP_PERFMON).";
 
 #[derive(Parser, Debug)]
@@ -48,18 +53,21 @@ enum Command {
     Record(cmd::daemon::RecordArgs),
     /// Feed a recording to the engine and print (or serve) the result.
     Replay(cmd::replay::ReplayArgs),
+    /// Print the default configuration, or check a configuration file.
+    Config(cmd::config::ConfigArgs),
 }
 
 /// Options of every command that loads the probe.
 #[derive(Args, Debug, Clone)]
 pub struct ProbeArgs {
-    /// Kernel hook: tp_btf with a recursion catcher, or the classic tracepoint.
-    #[arg(long, value_enum, default_value = "auto")]
-    hook: HookChoice,
-    /// Ring buffer size in KiB (rounded up to a power of two).
-    #[arg(long, default_value_t = 4096, value_name = "KIB",
+    /// Kernel hook: tp_btf with a recursion catcher, or the classic
+    /// tracepoint [default: auto].
+    #[arg(long, value_enum)]
+    hook: Option<HookChoice>,
+    /// Ring buffer size in KiB, rounded up to a power of two [default: 4096].
+    #[arg(long, value_name = "KIB",
           value_parser = clap::value_parser!(u32).range(4..=1_048_576))]
-    ring_kib: u32,
+    ring_kib: Option<u32>,
     /// Show the verifier's log when the kernel rejects a program, and debug logs.
     #[arg(short, long)]
     verbose: bool,
@@ -70,39 +78,78 @@ pub struct ProbeArgs {
     no_witness: bool,
 }
 
-/// The engine's cardinality caps (daemon, record, replay).
+/// The engine's cardinality caps (daemon, record, replay); for the daemon
+/// they override the configuration file.
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// Namespaces kept apart (the rest are summed as "other").
-    #[arg(long, default_value_t = 256)]
-    max_netns: usize,
-    /// Ports tracked one by one (busiest first; the rest are "other").
-    #[arg(long, default_value_t = 64)]
-    max_ports: usize,
-    /// Processes tracked one by one (busiest first; the rest are "other").
-    #[arg(long, default_value_t = 64)]
-    max_processes: usize,
+    /// Namespaces kept apart; the rest are summed as "other" [default: 256].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_netns: Option<u64>,
+    /// Ports tracked one by one (busiest first; the rest are "other")
+    /// [default: 64].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    max_ports: Option<u64>,
+    /// Processes tracked one by one (busiest first; the rest are "other")
+    /// [default: 64].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    max_processes: Option<u64>,
 }
 
 impl EngineArgs {
-    pub fn config(&self) -> tcpwatch::core::engine::EngineConfig {
-        tcpwatch::core::engine::EngineConfig {
-            max_ports: self.max_ports,
-            max_processes: self.max_processes,
-            max_netns: self.max_netns,
-            ..Default::default()
+    /// Lays the flags given over `limits`.
+    pub fn apply(&self, limits: &mut config::Limits) {
+        if let Some(n) = self.max_netns {
+            limits.max_netns = n as usize;
         }
+        if let Some(n) = self.max_ports {
+            limits.max_ports = n as usize;
+        }
+        if let Some(n) = self.max_processes {
+            limits.max_processes = n as usize;
+        }
+    }
+
+    /// The caps for a run without a configuration file (replay).
+    pub fn config(&self) -> tcpwatch::core::engine::EngineConfig {
+        let mut limits = config::Limits::default();
+        self.apply(&mut limits);
+        tcpwatch::core::engine::EngineConfig::from_limits(&limits)
     }
 }
 
 impl ProbeArgs {
-    pub fn load_options(&self, netns: Option<u32>) -> LoadOptions {
+    /// Lays the flags given over `probe`.
+    pub fn apply(&self, probe: &mut config::Probe) {
+        if let Some(h) = self.hook {
+            probe.hook = match h {
+                HookChoice::Auto => config::Hook::Auto,
+                HookChoice::Btf => config::Hook::Btf,
+                HookChoice::Classic => config::Hook::Classic,
+            };
+        }
+        if let Some(k) = self.ring_kib {
+            probe.ring_kib = k;
+        }
+        if self.no_witness {
+            probe.witness = false;
+        }
+    }
+
+    /// What the loader is asked for: `probe` (defaults or a file) with the
+    /// flags on top.
+    pub fn load_options(&self, probe: &config::Probe, netns: Option<u32>) -> LoadOptions {
+        let mut probe = probe.clone();
+        self.apply(&mut probe);
         LoadOptions {
-            hook: self.hook,
+            hook: match probe.hook {
+                config::Hook::Auto => HookChoice::Auto,
+                config::Hook::Btf => HookChoice::Btf,
+                config::Hook::Classic => HookChoice::Classic,
+            },
             netns,
-            ring_bytes: self.ring_kib.saturating_mul(1024),
+            ring_bytes: probe.ring_kib.saturating_mul(1024),
             verbose: self.verbose,
-            witness: !self.no_witness,
+            witness: probe.witness,
             ..LoadOptions::default()
         }
     }
@@ -110,11 +157,14 @@ impl ProbeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let verbose = match &cli.command {
-        Command::Trace(a) => a.probe.verbose,
-        Command::Daemon(a) => a.probe.verbose,
-        Command::Record(a) => a.daemon.probe.verbose,
-        Command::States(_) | Command::Replay(_) => false,
+    // A daemon's log says what it does (start-up, reloads) at info; the
+    // one-shot commands speak only of trouble.
+    let level = match &cli.command {
+        Command::Trace(a) if a.probe.verbose => "debug",
+        Command::Daemon(a) if a.probe.verbose => "debug",
+        Command::Record(a) if a.daemon.probe.verbose => "debug",
+        Command::Daemon(_) | Command::Record(_) => "info",
+        _ => "warn",
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -122,9 +172,8 @@ fn main() -> ExitCode {
         // and scripts that parse the fields.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TCPWATCH_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(if verbose { "debug" } else { "warn" })
-            }),
+            tracing_subscriber::EnvFilter::try_from_env("TCPWATCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -144,6 +193,7 @@ fn main() -> ExitCode {
             Command::Daemon(args) => cmd::daemon::daemon(args).await,
             Command::Record(args) => cmd::daemon::record(args).await,
             Command::Replay(args) => cmd::replay::run(args).await,
+            Command::Config(args) => cmd::config::run(args),
         }
     });
     match result {

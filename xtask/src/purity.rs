@@ -15,6 +15,7 @@ const ALLOWED: &[&str] = &[
     "thiserror",
     "foldhash",
     "prometheus-client",
+    "toml",
     // dev-dependency: snapshot tests.
     "insta",
 ];

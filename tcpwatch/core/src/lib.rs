@@ -10,6 +10,7 @@
 //! lines, tables), [`metrics`] (the Prometheus exposition), [`record`] (the
 //! recording format).
 pub mod census;
+pub mod config;
 pub mod counters;
 pub mod engine;
 pub mod metrics;

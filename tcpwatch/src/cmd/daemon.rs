@@ -1,42 +1,54 @@
-//! `tcpwatch daemon` and `tcpwatch record`: parse, start the runtime
-//! (`tcpwatch::daemon`) with its metrics endpoint and/or recording, and
-//! print its account at the end.
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+//! `tcpwatch daemon` and `tcpwatch record`: read the configuration (file,
+//! then flags), start the runtime (`tcpwatch::daemon`) with its metrics
+//! endpoint and/or recording, and print its account at the end.
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Args;
 use tcpwatch::{
-    daemon::{self, Options, sampler::Scope},
+    core::config::Config,
+    daemon::{
+        self, Options,
+        config::{Reload, load},
+        sampler::Scope,
+    },
     host::netns,
     serve,
 };
 
-use crate::{EngineArgs, ProbeArgs, cmd::Stop};
+use crate::{
+    EngineArgs, ProbeArgs,
+    cmd::{Stop, Why},
+};
 
-#[derive(Args, Debug)]
+/// Every setting but `--config`, `-d` and `-v` overrides the configuration
+/// file (`tcpwatch config default` prints it with its defaults).
+#[derive(Args, Debug, Clone)]
 pub struct DaemonArgs {
-    /// Serve Prometheus metrics here (default for `daemon`: 127.0.0.1:19100).
+    /// The configuration file [default: /etc/tcpwatch/tcpwatch.toml when it
+    /// exists, else built-in defaults]. SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve Prometheus metrics here [default for `daemon`: 127.0.0.1:19100].
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_addr: Option<SocketAddr>,
     /// No metrics endpoint.
     #[arg(long, conflicts_with = "metrics_addr")]
     no_metrics: bool,
-    /// Seconds between censuses and kernel-counter samples.
-    #[arg(long, default_value_t = 1.0, value_name = "SECONDS",
-          value_parser = parse_interval)]
-    interval: f64,
+    /// Seconds between ticks, censuses and kernel-counter samples [default: 1].
+    #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
+    interval: Option<f64>,
     /// Most of one core the census thread may use, in percent: a census that
     /// takes longer (it grows with the sockets: ~120 ms for 100,000; TIME-WAIT
     /// ones are only counted, from /proc/net/sockstat, and cost nothing)
-    /// stretches the interval to keep within it.
-    #[arg(long, default_value_t = 2.0, value_name = "PERCENT",
-          value_parser = parse_budget)]
-    census_budget: f64,
+    /// stretches the interval to keep within it [default: 2].
+    #[arg(long, value_name = "PERCENT", value_parser = parse_budget)]
+    census_budget: Option<f64>,
     /// Scan /proc for socket owners every N censuses (the scan costs ~60 ms
-    /// per 10,000 sockets).
-    #[arg(long, default_value_t = 10, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..))]
-    owners_every: u32,
+    /// per 10,000 sockets) [default: 10].
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    owners_every: Option<u32>,
     /// Every network namespace (processes' and /run/netns), not only the daemon's.
     #[arg(long, conflicts_with = "netns")]
     all_netns: bool,
@@ -46,7 +58,7 @@ pub struct DaemonArgs {
     #[command(flatten)]
     engine: EngineArgs,
     /// Stop after this many seconds.
-    #[arg(short = 'd', long, value_name = "SECONDS", value_parser = parse_interval)]
+    #[arg(short = 'd', long, value_name = "SECONDS", value_parser = parse_duration)]
     duration: Option<f64>,
     #[command(flatten)]
     pub probe: ProbeArgs,
@@ -71,90 +83,141 @@ fn parse_budget(s: &str) -> Result<f64, String> {
 
 fn parse_interval(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
+        Ok(v) if (0.01..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds from 0.01 to 3600"
+        )),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.01 => Ok(v),
         _ => Err(format!("`{s}` is not a number of seconds ≥ 0.01")),
     }
 }
 
+impl DaemonArgs {
+    /// Lays the flags given over a configuration (at start and on SIGHUP).
+    fn apply(&self, c: &mut Config) {
+        if let Some(a) = self.metrics_addr {
+            c.metrics.addr = a;
+            c.metrics.enabled = true;
+        }
+        if self.no_metrics {
+            c.metrics.enabled = false;
+        }
+        if let Some(v) = self.interval {
+            c.daemon.interval = v;
+        }
+        if let Some(v) = self.census_budget {
+            c.daemon.census_budget = v;
+        }
+        if let Some(v) = self.owners_every {
+            c.daemon.owners_every = v;
+        }
+        if self.all_netns {
+            c.daemon.netns = "all".into();
+        }
+        if let Some(n) = &self.netns {
+            c.daemon.netns = n.clone();
+        }
+        self.engine.apply(&mut c.limits);
+        self.probe.apply(&mut c.probe);
+    }
+}
+
 pub async fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
-    let addr = match (args.no_metrics, args.metrics_addr) {
-        (true, _) => None,
-        (false, Some(a)) => Some(a),
-        (false, None) => Some(
-            serve::metrics::DEFAULT_ADDR
-                .parse()
-                .expect("default address"),
-        ),
-    };
-    run(args, addr, None).await
+    run(args, None).await
 }
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
-    let addr = args.daemon.metrics_addr;
-    run(args.daemon, addr, Some(args.file)).await
+    run(args.daemon, Some(args.file)).await
 }
 
-async fn run(
-    args: DaemonArgs,
-    metrics_addr: Option<SocketAddr>,
-    record_to: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
-    let engine = args.engine.config();
-    let (scope, filter) = if args.all_netns {
-        (
-            Scope::All {
-                max: engine.max_netns,
-            },
-            None,
-        )
-    } else if let Some(spec) = &args.netns {
-        let inode = netns::resolve(spec)?;
-        (
-            Scope::One {
-                path: netns::path(spec)?,
-                inode,
-            },
-            Some(inode),
-        )
-    } else {
+/// The namespaces covered and the kernel filter for `daemon.netns`.
+fn scope(netns_setting: &str, max_netns: usize) -> anyhow::Result<(Scope, Option<u32>)> {
+    Ok(match netns_setting {
+        "all" => (Scope::All { max: max_netns }, None),
         // The host's (our) namespace only: containers' transitions are
-        // filtered in the kernel (and counted as such) unless --all-netns.
-        (Scope::Own, Some(netns::current()?))
+        // filtered in the kernel (and counted as such).
+        "own" => (Scope::Own, Some(netns::current()?)),
+        spec => {
+            let inode = netns::resolve(spec)?;
+            (
+                Scope::One {
+                    path: netns::path(spec)?,
+                    inode,
+                },
+                Some(inode),
+            )
+        }
+    })
+}
+
+async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let (path, mut cfg) = load(args.config.as_deref())?;
+    args.apply(&mut cfg);
+    // `record` serves metrics only when asked on its command line.
+    let serve_metrics = if record_to.is_some() {
+        args.metrics_addr.is_some()
+    } else {
+        cfg.metrics.enabled
     };
+    let (scope, filter) = scope(&cfg.daemon.netns, cfg.limits.max_netns)?;
     // Bind before loading the probe: a taken port is a usage error and
     // should not cost a probe load.
-    let listener = metrics_addr.map(serve::metrics::bind).transpose()?;
+    let listener = if serve_metrics {
+        Some(serve::metrics::bind(cfg.metrics.addr)?)
+    } else {
+        None
+    };
+    let overrides = {
+        let args = args.clone();
+        Arc::new(move |c: &mut Config| args.apply(c))
+    };
     let opts = Options {
-        probe: args.probe.load_options(filter),
-        engine,
+        // cfg.probe already holds the flags; applying them again is a no-op.
+        probe: args.probe.load_options(&cfg.probe, filter),
         scope,
-        interval: Duration::from_secs_f64(args.interval),
-        census_budget: args.census_budget,
-        owners_every: args.owners_every,
+        config: cfg.clone(),
+        reload: Reload { path, overrides },
         record_to,
     };
     let mut stop = Stop::new(args.duration)?;
-    let (interval, budget) = (args.interval, args.census_budget);
+    let why = Arc::new(std::sync::Mutex::new(None));
     let recording = opts.record_to.clone();
-    let out = daemon::run(opts, async move { stop.wait().await }, |started| {
-        if let Some(listener) = listener {
-            eprintln!(
-                "tcpwatch: metrics on http://{}/metrics",
-                listener.local_addr()?
-            );
-            serve::metrics::spawn(listener, started.snapshots.clone())
-                .context("starting the metrics thread")?;
-        }
-        eprintln!(
-            "tcpwatch: daemon up via {}; census every {interval:.2} s (or less often, to stay under {budget}% of a core){}",
-            started.hook,
-            match &recording {
-                Some(p) => format!("; recording to {}", p.display()),
-                None => String::new(),
+    let out = daemon::run(
+        opts,
+        {
+            let why = why.clone();
+            async move {
+                let w = stop.wait().await;
+                *why.lock().unwrap_or_else(|p| p.into_inner()) = Some(w);
             }
-        );
-        Ok(())
-    })
+        },
+        |started| {
+            if let Some(listener) = listener {
+                eprintln!(
+                    "tcpwatch: metrics on http://{}/metrics",
+                    listener.local_addr()?
+                );
+                serve::metrics::spawn(listener, started.snapshots.clone())
+                    .context("starting the metrics thread")?;
+            }
+            eprintln!(
+                "tcpwatch: daemon up via {}; census every {:.2} s (or less often, to stay under {}% of a core){}",
+                started.hook,
+                cfg.daemon.interval,
+                cfg.daemon.census_budget,
+                match &recording {
+                    Some(p) => format!("; recording to {}", p.display()),
+                    None => String::new(),
+                }
+            );
+            Ok(())
+        },
+    )
     .await?;
     if let Some((path, lines)) = &out.recorded {
         eprintln!("tcpwatch: wrote {lines} lines to {}", path.display());
@@ -176,21 +239,73 @@ async fn run(
         a.bpf_run_time_ns,
         a.bpf_run_cnt,
     );
-    Ok(if a.promise_broken() {
-        ExitCode::from(3)
-    } else {
-        ExitCode::SUCCESS
-    })
+    let why = *why.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(exit_status(a.promise_broken(), why))
+}
+
+/// Asked to stop by a signal (an operator, systemd), the daemon has done
+/// its job: losses are in its log and metrics, not a failed stop for the
+/// service manager. A timed run (`-d`, scripts and tests) exits 3 on loss.
+fn exit_status(lost: bool, why: Option<Why>) -> ExitCode {
+    match (lost, why) {
+        (true, Some(Why::Signal)) => {
+            tracing::warn!(
+                "transitions were lost during this run (see the accounting line and tcpwatch_events_lost_total)"
+            );
+            ExitCode::SUCCESS
+        }
+        (true, _) => ExitCode::from(3),
+        (false, _) => ExitCode::SUCCESS,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: DaemonArgs,
+    }
 
     #[test]
     fn budgets_outside_their_range_are_refused() {
         assert!(parse_budget("0").is_err() && parse_budget("101").is_err());
         assert!(parse_budget("1e-300").is_err() && parse_budget("NaN").is_err());
         assert_eq!(parse_budget("2.5"), Ok(2.5));
+        assert!(parse_interval("1e300").is_err() && parse_interval("0").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_only_the_flags_given() {
+        let file = Config::parse(
+            "[daemon]\ninterval = 5\nowners_every = 3\n[limits]\nmax_ports = 9\nmax_processes = 7\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "x",
+            "--interval",
+            "0.5",
+            "--max-ports",
+            "100",
+            "--no-metrics",
+        ]);
+        let mut c = file.clone();
+        cli.args.apply(&mut c);
+        assert_eq!(c.daemon.interval, 0.5);
+        assert_eq!(c.daemon.owners_every, 3, "not given: the file's");
+        assert_eq!(c.limits.max_ports, 100);
+        assert_eq!(c.limits.max_processes, 7);
+        assert!(!c.metrics.enabled);
+        assert_eq!(c.probe, file.probe);
+    }
+
+    #[test]
+    fn a_signal_stop_is_success_and_a_timed_run_reports_loss() {
+        assert_eq!(exit_status(true, Some(Why::Signal)), ExitCode::SUCCESS);
+        assert_eq!(exit_status(true, Some(Why::Duration)), ExitCode::from(3));
+        assert_eq!(exit_status(false, Some(Why::Duration)), ExitCode::SUCCESS);
     }
 }

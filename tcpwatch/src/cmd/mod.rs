@@ -2,13 +2,26 @@
 //! prints. No logic of their own beyond that.
 use std::time::Duration;
 
-use tcpwatch::probe::{capture::CaptureError, loader::LoadError};
+use tcpwatch::{
+    daemon::config::ConfigFileError,
+    probe::{capture::CaptureError, loader::LoadError},
+};
 
+pub mod config;
 pub mod daemon;
 pub mod output;
 pub mod replay;
 pub mod states;
 pub mod trace;
+
+/// Why a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// SIGINT or SIGTERM: an operator or a service manager asked.
+    Signal,
+    /// `-d` seconds passed.
+    Duration,
+}
 
 /// What ends a capture: SIGINT, SIGTERM, or `-d` seconds passing. Installed
 /// before the loop so a signal during start-up is not lost.
@@ -33,21 +46,24 @@ impl Stop {
         })
     }
 
-    /// Resolves when it is time to stop. Cancel-safe: a `select!` may drop
-    /// it and call it again.
-    pub async fn wait(&mut self) {
+    /// Resolves when it is time to stop, saying why. Cancel-safe: a
+    /// `select!` may drop it and call it again.
+    pub async fn wait(&mut self) -> Why {
         tokio::select! {
-            _ = self.sigint.recv() => {}
-            _ = self.sigterm.recv() => {}
-            _ = &mut self.deadline => {}
+            _ = self.sigint.recv() => Why::Signal,
+            _ = self.sigterm.recv() => Why::Signal,
+            _ = &mut self.deadline => Why::Duration,
         }
     }
 }
 
 /// The documented exit code for an error: the loader's codes (69, 77) where
-/// loading failed, 1 otherwise.
+/// loading failed, 2 for a configuration that cannot be used, 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        if cause.downcast_ref::<ConfigFileError>().is_some() {
+            return 2;
+        }
         if let Some(l) = cause.downcast_ref::<LoadError>() {
             return l.exit_code() as u8;
         }

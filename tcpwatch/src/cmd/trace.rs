@@ -89,8 +89,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--duration must be a positive number of seconds");
     }
 
-    let mut capture =
-        Capture::start(&args.probe.load_options(netns)).context("cannot start tracing")?;
+    let mut capture = Capture::start(&args.probe.load_options(&Default::default(), netns))
+        .context("cannot start tracing")?;
     let clock = wall_clock();
     eprintln!(
         "tcpwatch: tracing TCP state transitions via {}; Ctrl-C to stop",

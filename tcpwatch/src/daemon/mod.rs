@@ -2,6 +2,7 @@
 //! and counters, and the kernel's own account every tick go into the
 //! engine, which only this event loop touches; each tick it publishes one
 //! [`Snapshot`] on a watch channel for everyone who serves or shows it.
+pub mod config;
 pub mod recorder;
 pub mod sampler;
 
@@ -17,6 +18,7 @@ use std::{
 
 use anyhow::Context as _;
 use tcpwatch_core::{
+    config::Config,
     engine::{Engine, EngineConfig, Input, KernelSample},
     metrics::Info,
     model::{Accounting, Transition},
@@ -26,6 +28,7 @@ use tcpwatch_core::{
 use tokio::sync::{mpsc, watch};
 
 use self::{
+    config::Reload,
     recorder::Recorder,
     sampler::{Sampler, Scope},
 };
@@ -41,19 +44,36 @@ use crate::{
 const BATCH: usize = 8192;
 
 /// Everything the runtime needs to know; `cmd::daemon` builds it from the
-/// command line.
-#[derive(Clone, Debug)]
+/// configuration file and the command line.
+#[derive(Clone)]
 pub struct Options {
     pub probe: LoadOptions,
-    pub engine: EngineConfig,
     pub scope: Scope,
-    /// Seconds between ticks, censuses and counter samples.
-    pub interval: Duration,
-    /// Most of a core the census may use, in percent.
-    pub census_budget: f64,
-    pub owners_every: u32,
+    /// The settings in force (file, then flags); the live ones change on
+    /// SIGHUP.
+    pub config: Config,
+    /// What SIGHUP re-reads.
+    pub reload: Reload,
     /// Write every input to this recording.
     pub record_to: Option<PathBuf>,
+}
+
+/// What the sampler thread reads before each census.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct SamplerSettings {
+    interval: Duration,
+    budget_pct: f64,
+    owners_every: u32,
+}
+
+impl SamplerSettings {
+    fn of(c: &Config) -> SamplerSettings {
+        SamplerSettings {
+            interval: Duration::from_secs_f64(c.daemon.interval),
+            budget_pct: c.daemon.census_budget,
+            owners_every: c.daemon.owners_every,
+        }
+    }
 }
 
 /// What the daemon reports when it stops.
@@ -94,11 +114,12 @@ pub async fn run(
         Some(path) => Some(Recorder::create(path, clock, hook.short())?),
         None => None,
     };
-    let info = Info {
+    let mut running = opts.config.clone();
+    let mut info = Info {
         hook: Some(hook.short().into()),
-        max_listeners: opts.engine.max_ports,
+        max_listeners: running.limits.max_ports,
     };
-    let mut engine = Engine::new(opts.engine);
+    let mut engine = Engine::new(EngineConfig::from_limits(&running.limits));
     let mut seq = 0;
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::new(
         seq,
@@ -111,17 +132,31 @@ pub async fn run(
         snapshots: snap_rx,
     })?;
 
+    let (settings, settings_rx) = watch::channel(SamplerSettings::of(&running));
     let SamplerThread {
         handle: sampler,
         mut samples,
         stop: sampler_stop,
-    } = spawn_sampler(opts.scope.clone(), &opts).context("starting the census thread")?;
-    let mut tick = tokio::time::interval(opts.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    } = spawn_sampler(opts.scope.clone(), settings_rx).context("starting the census thread")?;
+    let mut tick = ticker(&running);
+    // SIGHUP reloads; it never ends the daemon.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,
+            Some(()) = hangup.recv() => {
+                if let Some(new) = reload(&opts.reload, &running) {
+                    engine.set_config(EngineConfig::from_limits(&new.limits));
+                    info.max_listeners = new.limits.max_ports;
+                    if new.daemon.interval != running.daemon.interval {
+                        tick = ticker(&new);
+                    }
+                    settings.send_replace(SamplerSettings::of(&new));
+                    running = new;
+                }
+            }
             r = capture.ready() => {
                 r.context("reading the ring buffer")?;
                 capture.drain_each(BATCH, |t| apply_transition(&mut engine, &mut recorder, t))?;
@@ -162,6 +197,52 @@ pub async fn run(
         engine_transitions: engine.view().stats.transitions,
         recorded,
     })
+}
+
+fn ticker(c: &Config) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(c.daemon.interval));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// The configuration SIGHUP asks for, with its live parts on top of
+/// `running`; None (said in the log) when there is nothing to apply.
+fn reload(r: &Reload, running: &Config) -> Option<Config> {
+    match r.read() {
+        Ok(None) => {
+            tracing::warn!("SIGHUP: no configuration file to reload (start with --config)");
+            None
+        }
+        Err(e) => {
+            tracing::error!("SIGHUP: {e}; keeping the running configuration");
+            None
+        }
+        Ok(Some(wanted)) => {
+            let later = wanted.needs_restart(running);
+            if !later.is_empty() {
+                tracing::warn!(
+                    "SIGHUP: {} changed in the file and take effect only after a restart",
+                    later.join(", ")
+                );
+            }
+            // Only the live parts change; the rest stays as it runs.
+            let mut new = running.clone();
+            new.daemon.interval = wanted.daemon.interval;
+            new.daemon.census_budget = wanted.daemon.census_budget;
+            new.daemon.owners_every = wanted.daemon.owners_every;
+            new.limits = wanted.limits;
+            tracing::info!(
+                interval = new.daemon.interval,
+                census_budget = new.daemon.census_budget,
+                owners_every = new.daemon.owners_every,
+                max_ports = new.limits.max_ports,
+                max_processes = new.limits.max_processes,
+                max_netns = new.limits.max_netns,
+                "SIGHUP: configuration reloaded"
+            );
+            Some(new)
+        }
+    }
 }
 
 fn publish(tx: &watch::Sender<Arc<Snapshot>>, seq: u64, clock: Clock, info: &Info, e: &Engine) {
@@ -217,12 +298,13 @@ struct SamplerThread {
     stop: Arc<AtomicBool>,
 }
 
-fn spawn_sampler(scope: Scope, opts: &Options) -> std::io::Result<SamplerThread> {
-    let interval = opts.interval;
-    let budget = opts.census_budget;
+fn spawn_sampler(
+    scope: Scope,
+    settings: watch::Receiver<SamplerSettings>,
+) -> std::io::Result<SamplerThread> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<Vec<Input>>(4);
-    let mut sampler = Sampler::new(scope, opts.owners_every);
+    let mut sampler = Sampler::new(scope, settings.borrow().owners_every);
     let handle = {
         let stop = stop.clone();
         std::thread::Builder::new()
@@ -230,12 +312,14 @@ fn spawn_sampler(scope: Scope, opts: &Options) -> std::io::Result<SamplerThread>
             .spawn(move || {
                 let mut next = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
+                    let s = *settings.borrow();
+                    sampler.set_owners_every(s.owners_every);
                     let cpu = netns::thread_cpu_with_helpers_ns();
                     let inputs = sampler.sample();
                     let spent = Duration::from_nanos(
                         netns::thread_cpu_with_helpers_ns().saturating_sub(cpu),
                     );
-                    next += census_delay(interval, spent, budget);
+                    next += census_delay(s.interval, spent, s.budget_pct);
                     if tx.blocking_send(inputs).is_err() {
                         break;
                     }

@@ -110,6 +110,11 @@ impl Sampler {
     }
 
     /// One round: a census and a counter sample per namespace in scope.
+    /// A reloaded configuration's owner-scan period.
+    pub fn set_owners_every(&mut self, every: u32) {
+        self.owners.every = every;
+    }
+
     pub fn sample(&mut self) -> Vec<Input> {
         let mut raws = Vec::new();
         for (path, inode) in self.targets() {

@@ -86,6 +86,8 @@ struct Daemon {
     child: Child,
     addr: String,
     stderr: String,
+    /// Everything it writes to stderr after start-up.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Daemon {
@@ -116,15 +118,41 @@ impl Daemon {
             }
         }
         // Keep draining stderr so the daemon never blocks on it.
-        std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = lines.read_to_string(&mut rest);
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        std::thread::spawn({
+            let log = log.clone();
+            move || {
+                let mut line = String::new();
+                while lines.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    log.lock().unwrap().push_str(&line);
+                    line.clear();
+                }
+            }
         });
         Daemon {
             child,
             addr: addr.expect("metrics address announced"),
             stderr: seen,
+            log,
         }
+    }
+
+    /// Waits (up to 10 s) until its log has a line containing `what`.
+    fn wait_for_log(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log.lock().unwrap().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} in the daemon's log:\n{}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
     }
 
     fn scrape(&self) -> String {
@@ -771,4 +799,106 @@ fn metrics_abuse_by_an_unprivileged_user_costs_no_transition_and_no_scrape() {
     );
     eprintln!("{test}: {requests} attacking requests, {served} legitimate scrapes served");
     assert!(daemon.stop().success());
+}
+
+/// The ports of our namespace that have their own series.
+fn port_series(text: &str, netns: &str) -> std::collections::BTreeSet<String> {
+    samples(text, "tcpwatch_port_transitions_total")
+        .keys()
+        .filter(|l| l.contains(&format!("netns=\"{netns}\"")))
+        .filter_map(|l| Some(l.split("port=\"").nth(1)?.split('"').next()?.to_string()))
+        .collect()
+}
+
+#[test]
+fn sighup_applies_a_good_file_live_and_keeps_the_running_config_on_a_bad_one() {
+    let test = "sighup_applies_a_good_file_live_and_keeps_the_running_config_on_a_bad_one";
+    if !root_available(test) || !tool_available(test, "curl", "curl") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tcpwatch-sighup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tcpwatch.toml");
+    std::fs::write(&file, "[limits]\nmax_ports = 64\n").unwrap();
+    let ns = NsWorker::new();
+    let daemon = Daemon::start(&["--netns", &ns.path, "--config", file.to_str().unwrap()]);
+    let netns = ns.inode.to_string();
+    // Three service ports, one connection each.
+    ns.run(|| {
+        for _ in 0..3 {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            connections(&l, 1);
+        }
+    });
+    let poll = |want: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = port_series(&daemon.scrape(), &netns);
+            if got.len() == want {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "ports {got:?}, want {want}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    poll(3);
+
+    // A bad file: refused with its line, the daemon runs on unchanged.
+    std::fs::write(&file, "[limits]\nmax_ports = 1\nmax_port = 2\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("keeping the running configuration");
+    assert!(
+        daemon
+            .log
+            .lock()
+            .unwrap()
+            .contains("tcpwatch.toml:3: unknown field `max_port`"),
+        "{}",
+        daemon.log.lock().unwrap()
+    );
+    assert_eq!(port_series(&daemon.scrape(), &netns).len(), 3);
+
+    // A good one: the cap is in force without a restart; a probe setting
+    // is said to need one.
+    std::fs::write(&file, "[limits]\nmax_ports = 1\n[probe]\nring_kib = 8192\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("configuration reloaded");
+    assert!(
+        daemon
+            .log
+            .lock()
+            .unwrap()
+            .contains("probe changed in the file and take effect only after a restart")
+    );
+    poll(1);
+    let status = daemon.stop();
+    assert!(
+        status.success(),
+        "SIGHUP never ends it, SIGTERM exits 0: {status}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_configuration_stops_the_daemon_before_it_loads_anything() {
+    let dir = std::env::temp_dir().join(format!("tcpwatch-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[daemon]\n\ninterval = -1\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["daemon", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("bad.toml:3: -1 is not a number of seconds from 0.01 to 3600"),
+        "{err}"
+    );
+    let missing = Command::new(BIN)
+        .args(["daemon", "--config", "/nonexistent/tcpwatch.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
 }

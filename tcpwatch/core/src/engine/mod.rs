@@ -90,6 +90,18 @@ pub struct EngineConfig {
     pub max_open_sockets: usize,
 }
 
+impl EngineConfig {
+    /// The caps a configuration file sets; the rest at their defaults.
+    pub fn from_limits(l: &crate::config::Limits) -> EngineConfig {
+        EngineConfig {
+            max_ports: l.max_ports,
+            max_processes: l.max_processes,
+            max_netns: l.max_netns,
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
@@ -318,6 +330,15 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
+    }
+
+    /// New caps (a reloaded configuration), in force from now: tables over
+    /// their new cap give up their least active keys to `other`.
+    pub fn set_config(&mut self, cfg: EngineConfig) {
+        let sec = self.now_ns / NS_PER_S;
+        self.ports.set_cap(cfg.max_ports, sec);
+        self.processes.set_cap(cfg.max_processes, sec);
+        self.cfg = cfg;
     }
 
     /// The newest time the engine has seen.

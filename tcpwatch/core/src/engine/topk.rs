@@ -171,6 +171,28 @@ impl<K: Ord + Hash + Clone, V: Default> TopK<K, V> {
         true
     }
 
+    /// A new cap (a reloaded configuration). Shrinking evicts the least
+    /// active keys, newest protection or not, into `other`, as admission
+    /// would; growing only makes room.
+    pub fn set_cap(&mut self, cap: usize, sec: u64) {
+        self.cap = cap;
+        while self.tracked.len() > cap {
+            let victim = self
+                .tracked
+                .iter()
+                // The current second counts too: a reload must not drop the busiest.
+                .map(|(k, s)| (s.window.sum(sec + 1, PERIOD_S as usize), k))
+                .min()
+                .map(|(_, k)| k.clone());
+            let Some(victim) = victim else { break };
+            if let Some(old) = self.tracked.remove(&victim) {
+                self.other.window.merge_from(&old.window);
+                self.evicted += 1;
+            }
+        }
+        self.weakest = None;
+    }
+
     /// The least active key old enough to be evicted (ties: the smallest
     /// key, for determinism), cached for the rest of second `sec`.
     fn weakest(&mut self, sec: u64) -> Option<(K, u64)> {
@@ -194,6 +216,24 @@ impl<K: Ord + Hash + Clone, V: Default> TopK<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_smaller_cap_keeps_the_busiest_and_moves_the_rest_to_other() {
+        let mut t: TopK<u16, u64> = TopK::new(4);
+        for (key, hits) in [(1u16, 5), (2, 50), (3, 1), (4, 20)] {
+            for _ in 0..hits {
+                t.record(&key, 100, |v| *v += 1);
+            }
+        }
+        t.set_cap(2, 100);
+        let kept: Vec<u16> = t.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kept, [2, 4]);
+        assert_eq!(t.evicted, 2);
+        assert_eq!(t.other.window.sum(101, 10), 6, "the evicted keys' activity");
+        t.set_cap(8, 100);
+        t.record(&9, 100, |v| *v += 1);
+        assert_eq!(t.len(), 3);
+    }
 
     #[test]
     fn a_spray_fills_at_most_cap_slots() {

@@ -1,0 +1,315 @@
+//! The daemon's configuration: one TOML file, every setting with a default
+//! and a range, unknown keys refused. Parsing and checking are pure (text
+//! in, a [`Config`] or an error naming the line out); reading the file and
+//! applying it is the daemon's.
+use std::{fmt, net::SocketAddr};
+
+use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
+
+/// Where the daemon looks when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/tcpwatch/tcpwatch.toml";
+
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub daemon: Daemon,
+    pub probe: Probe,
+    pub metrics: Metrics,
+    pub limits: Limits,
+}
+
+/// What the sampler and the event loop do; all of it changes live.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Daemon {
+    #[serde(deserialize_with = "interval")]
+    pub interval: f64,
+    #[serde(deserialize_with = "budget")]
+    pub census_budget: f64,
+    #[serde(deserialize_with = "owners_every")]
+    pub owners_every: u32,
+    /// "own", "all", or one namespace (inode, NAME, /run/netns/NAME,
+    /// /proc/PID/ns/net). Needs a restart.
+    pub netns: String,
+}
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Daemon {
+            interval: 1.0,
+            census_budget: 2.0,
+            owners_every: 10,
+            netns: "own".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    Auto,
+    Btf,
+    Classic,
+}
+
+/// The kernel side; needs a restart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Probe {
+    pub hook: Hook,
+    #[serde(deserialize_with = "ring_kib")]
+    pub ring_kib: u32,
+    pub witness: bool,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Probe {
+            hook: Hook::Auto,
+            ring_kib: 4096,
+            witness: true,
+        }
+    }
+}
+
+/// The metrics endpoint; needs a restart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    pub enabled: bool,
+    pub addr: SocketAddr,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            enabled: true,
+            addr: SocketAddr::from(([127, 0, 0, 1], 19100)),
+        }
+    }
+}
+
+/// Cardinality caps; they change live.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    #[serde(deserialize_with = "cap")]
+    pub max_ports: usize,
+    #[serde(deserialize_with = "cap")]
+    pub max_processes: usize,
+    #[serde(deserialize_with = "netns_cap")]
+    pub max_netns: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_ports: 64,
+            max_processes: 64,
+            max_netns: 256,
+        }
+    }
+}
+
+/// Most keys one table may track: each costs a few KiB of windows.
+pub const MAX_CAP: usize = 10_000;
+
+fn ranged<'de, D, T>(d: D, ok: impl Fn(&T) -> bool, what: &str) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + fmt::Display,
+{
+    let v = T::deserialize(d)?;
+    if ok(&v) {
+        Ok(v)
+    } else {
+        Err(D::Error::custom(format!("{v} is not {what}")))
+    }
+}
+
+fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    ranged(
+        d,
+        |v: &f64| (0.01..=3600.0).contains(v),
+        "a number of seconds from 0.01 to 3600",
+    )
+}
+
+fn budget<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    // At least 0.01 %: the interval is stretched by 100/budget.
+    ranged(
+        d,
+        |v: &f64| (0.01..=100.0).contains(v),
+        "a percentage from 0.01 to 100",
+    )
+}
+
+fn owners_every<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(
+        d,
+        |v: &u32| (1..=10_000).contains(v),
+        "a number of censuses from 1 to 10000",
+    )
+}
+
+fn ring_kib<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(
+        d,
+        |v: &u32| (4..=1_048_576).contains(v),
+        "a size from 4 to 1048576 (KiB)",
+    )
+}
+
+fn cap<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    ranged(
+        d,
+        |v: &usize| (1..=MAX_CAP).contains(v),
+        "a cap from 1 to 10000",
+    )
+}
+
+fn netns_cap<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    ranged(
+        d,
+        |v: &usize| (1..=4096).contains(v),
+        "a cap from 1 to 4096",
+    )
+}
+
+/// A configuration that could not be used: where and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line of the offending key or value, when known.
+    pub line: Option<usize>,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses and checks a configuration file's text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError {
+            line: e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+            reason: e.message().trim().to_string(),
+        })
+    }
+
+    /// What differs from `running` and cannot change without a restart,
+    /// by key name.
+    pub fn needs_restart(&self, running: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.daemon.netns != running.daemon.netns {
+            out.push("daemon.netns");
+        }
+        if self.probe != running.probe {
+            out.push("probe");
+        }
+        if self.metrics != running.metrics {
+            out.push("metrics");
+        }
+        out
+    }
+}
+
+/// `tcpwatch config default`: every setting at its default, commented.
+pub const DEFAULT_TEXT: &str = r#"# tcpwatch daemon configuration (/etc/tcpwatch/tcpwatch.toml).
+# Every key is optional; these are the defaults. Command-line flags
+# override the file. SIGHUP reloads it: [daemon] (but netns) and [limits]
+# change live; [probe], [metrics] and daemon.netns need a restart. A file
+# that does not parse is refused with its line, and on SIGHUP the running
+# configuration is kept.
+
+[daemon]
+# Seconds between ticks: snapshots, censuses and counter samples (0.01-3600).
+interval = 1.0
+# Most of one core the census may use, in percent (0.01-100); a census that
+# takes longer stretches its interval.
+census_budget = 2.0
+# Scan /proc for socket owners every N censuses (1-10000).
+owners_every = 10
+# Network namespaces covered: "own" (the daemon's), "all", or one namespace
+# (inode, NAME, /run/netns/NAME, /proc/PID/ns/net). Restart to change.
+netns = "own"
+
+[probe]
+# Kernel hook: "auto" (BTF where the kernel has it), "btf" or "classic".
+hook = "auto"
+# Ring buffer size in KiB (4-1048576), rounded up to a power of two.
+ring_kib = 4096
+# Count tracepoint firings the kernel ran no program for (perf counter).
+witness = true
+
+[metrics]
+enabled = true
+# Loopback by default: any other address exposes this host's connections.
+addr = "127.0.0.1:19100"
+
+[limits]
+# Keys tracked individually; the rest are summed as "other" (1-10000).
+max_ports = 64
+max_processes = 64
+# Network namespaces kept apart (1-4096).
+max_netns = 256
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commented_defaults_are_the_defaults() {
+        assert_eq!(Config::parse(DEFAULT_TEXT).unwrap(), Config::default());
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_line() {
+        let e = Config::parse("[daemon]\ninterval = 2\n\n[limits]\nmax_port = 5\n").unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.reason.contains("unknown field `max_port`"), "{e}");
+        let e = Config::parse("[alerts]\n").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_line_and_range() {
+        for (text, line, says) in [
+            ("[daemon]\ninterval = 0\n", 2, "from 0.01 to 3600"),
+            ("[daemon]\n\ninterval = 1e300\n", 3, "from 0.01 to 3600"),
+            ("[daemon]\ncensus_budget = 0\n", 2, "percentage"),
+            ("[daemon]\nowners_every = -1\n", 2, ""),
+            ("[probe]\nring_kib = 3\n", 2, "from 4 to 1048576"),
+            ("[probe]\nhook = \"fast\"\n", 2, "unknown variant"),
+            ("[metrics]\naddr = \"localhost\"\n", 2, "address"),
+            ("[limits]\nmax_ports = 0\n", 2, "from 1 to 10000"),
+            ("[limits]\nmax_netns = 100000\n", 2, "from 1 to 4096"),
+            ("[daemon]\ninterval = \"fast\"\n", 2, "expected f64"),
+            ("[daemon\n", 1, ""),
+        ] {
+            let e = Config::parse(text).unwrap_err();
+            assert_eq!(e.line, Some(line), "{text:?}: {e}");
+            assert!(e.reason.contains(says), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_cap_changes_live_but_the_probe_needs_a_restart() {
+        let old = Config::default();
+        let caps = Config::parse("[limits]\nmax_ports = 5\n[daemon]\ninterval = 2\n").unwrap();
+        assert!(caps.needs_restart(&old).is_empty());
+        let probe = Config::parse("[probe]\nring_kib = 8192\n[daemon]\nnetns = \"all\"\n").unwrap();
+        assert_eq!(probe.needs_restart(&old), ["daemon.netns", "probe"]);
+    }
+}
