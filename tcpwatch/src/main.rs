@@ -23,6 +23,7 @@ Examples:
   tcpwatch daemon --all-netns --metrics-addr 0.0.0.0:19100
   tcpwatch record --duration 60 t.rec one minute of everything the engine sees
   tcpwatch replay t.rec               the same engine, from the recording
+  tcpwatch snapshot --follow 5        five ticks of the running daemon, as JSON lines
   tcpwatch config default > /etc/tcpwatch/tcpwatch.toml
   tcpwatch config check /etc/tcpwatch/tcpwatch.toml
 
@@ -53,6 +54,8 @@ enum Command {
     Record(cmd::daemon::RecordArgs),
     /// Feed a recording to the engine and print (or serve) the result.
     Replay(cmd::replay::ReplayArgs),
+    /// Print the running daemon's snapshot as JSON (from its control socket).
+    Snapshot(cmd::snapshot::SnapshotArgs),
     /// Print the default configuration, or check a configuration file.
     Config(cmd::config::ConfigArgs),
 }
@@ -194,6 +197,7 @@ fn main() -> ExitCode {
             Command::Record(args) => cmd::daemon::record(args).await,
             Command::Replay(args) => cmd::replay::run(args).await,
             Command::Config(args) => cmd::config::run(args),
+            Command::Snapshot(args) => cmd::snapshot::run(args).await,
         }
     });
     match result {

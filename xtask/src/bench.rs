@@ -569,6 +569,11 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
     let tcpwatch = bin.join("tcpwatch");
     let xtask = bin.join("xtask");
     let tw = tcpwatch.display().to_string();
+    // Its own control socket, as in production, beside any running daemon.
+    let control = std::env::temp_dir()
+        .join(format!("tcpwatch-bench-{}.sock", std::process::id()))
+        .display()
+        .to_string();
     let daemon = |name: &'static str, extra: &[&str]| Config {
         name,
         argv: [
@@ -578,6 +583,8 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
             "{ns}",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--control-socket",
+            control.as_str(),
         ]
         .iter()
         .chain(extra)

@@ -15,6 +15,7 @@ pub struct Config {
     pub daemon: Daemon,
     pub probe: Probe,
     pub metrics: Metrics,
+    pub control: Control,
     pub limits: Limits,
 }
 
@@ -85,6 +86,23 @@ impl Default for Metrics {
         Metrics {
             enabled: true,
             addr: SocketAddr::from(([127, 0, 0, 1], 19100)),
+        }
+    }
+}
+
+/// The control socket (`tcpwatch top`, scripts); needs a restart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Control {
+    pub enabled: bool,
+    pub path: std::path::PathBuf,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            enabled: true,
+            path: "/run/tcpwatch/tcpwatch.sock".into(),
         }
     }
 }
@@ -219,6 +237,9 @@ impl Config {
         if self.metrics != running.metrics {
             out.push("metrics");
         }
+        if self.control != running.control {
+            out.push("control");
+        }
         out
     }
 }
@@ -227,7 +248,8 @@ impl Config {
 pub const DEFAULT_TEXT: &str = r#"# tcpwatch daemon configuration (/etc/tcpwatch/tcpwatch.toml).
 # Every key is optional; these are the defaults. Command-line flags
 # override the file. SIGHUP reloads it: [daemon] (but netns) and [limits]
-# change live; [probe], [metrics] and daemon.netns need a restart. A file
+# change live; [probe], [metrics], [control] and daemon.netns need a
+# restart. A file
 # that does not parse is refused with its line, and on SIGHUP the running
 # configuration is kept.
 
@@ -255,6 +277,12 @@ witness = true
 enabled = true
 # Loopback by default: any other address exposes this host's connections.
 addr = "127.0.0.1:19100"
+
+[control]
+# A Unix socket (mode 0660, group tcpwatch when it exists) where local
+# clients such as `tcpwatch top` read the daemon's snapshots.
+enabled = true
+path = "/run/tcpwatch/tcpwatch.sock"
 
 [limits]
 # Keys tracked individually; the rest are summed as "other" (1-10000).

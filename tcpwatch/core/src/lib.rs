@@ -15,6 +15,7 @@ pub mod counters;
 pub mod engine;
 pub mod metrics;
 pub mod model;
+pub mod protocol;
 pub mod record;
 pub mod snapshot;
 pub mod view;

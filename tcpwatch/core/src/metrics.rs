@@ -25,6 +25,21 @@ pub struct Info {
     pub hook: Option<String>,
     /// Listeners exported per namespace (the rest are summed into `other`).
     pub max_listeners: usize,
+    /// The control socket's own counters, where it runs.
+    #[serde(default)]
+    pub control: Option<ControlCounters>,
+}
+
+/// What the control socket did since the daemon started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ControlCounters {
+    pub clients: u64,
+    pub refused: u64,
+    pub bad_requests: u64,
+    pub snapshots_sent: u64,
+    /// Snapshots a subscriber did not get because it was still reading the
+    /// one before (it gets the newest instead).
+    pub snapshots_missed: u64,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -138,6 +153,40 @@ impl Collector for ViewCollector {
             1u64,
         );
         info.encode(&mut enc)?;
+
+        if let Some(cc) = &about.control {
+            for (name, help, n) in [
+                (
+                    "tcpwatch_control_clients",
+                    "Clients the control socket accepted",
+                    cc.clients,
+                ),
+                (
+                    "tcpwatch_control_refused",
+                    "Control socket connections refused (client caps)",
+                    cc.refused,
+                ),
+                (
+                    "tcpwatch_control_bad_requests",
+                    "Control socket clients dropped for a bad frame or request",
+                    cc.bad_requests,
+                ),
+                (
+                    "tcpwatch_control_snapshots_sent",
+                    "Snapshots sent to control socket clients",
+                    cc.snapshots_sent,
+                ),
+                (
+                    "tcpwatch_control_snapshots_missed",
+                    "Snapshots subscribers did not get because they were still reading the previous one",
+                    cc.snapshots_missed,
+                ),
+            ] {
+                let mut f = Family::new(name, help, c);
+                f.add(vec![], n);
+                f.encode(&mut enc)?;
+            }
+        }
 
         let mut tr = Family::new(
             "tcpwatch_transitions",

@@ -35,6 +35,12 @@ pub struct DaemonArgs {
     /// No metrics endpoint.
     #[arg(long, conflicts_with = "metrics_addr")]
     no_metrics: bool,
+    /// The control socket's path [default: /run/tcpwatch/tcpwatch.sock].
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
+    /// No control socket.
+    #[arg(long, conflicts_with = "control_socket")]
+    no_control: bool,
     /// Seconds between ticks, censuses and kernel-counter samples [default: 1].
     #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
     interval: Option<f64>,
@@ -107,6 +113,13 @@ impl DaemonArgs {
         if self.no_metrics {
             c.metrics.enabled = false;
         }
+        if let Some(p) = &self.control_socket {
+            c.control.path = p.clone();
+            c.control.enabled = true;
+        }
+        if self.no_control {
+            c.control.enabled = false;
+        }
         if let Some(v) = self.interval {
             c.daemon.interval = v;
         }
@@ -172,6 +185,16 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
     } else {
         None
     };
+    // `record` opens a control socket only when asked on its command line.
+    let control = if cfg.control.enabled && (record_to.is_none() || args.control_socket.is_some()) {
+        let listener = serve::control::bind(&cfg.control.path)?;
+        Some(serve::control::Bound {
+            listener,
+            path: cfg.control.path.clone(),
+        })
+    } else {
+        None
+    };
     let overrides = {
         let args = args.clone();
         Arc::new(move |c: &mut Config| args.apply(c))
@@ -204,6 +227,15 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
                 );
                 serve::metrics::spawn(listener, started.snapshots.clone())
                     .context("starting the metrics thread")?;
+            }
+            if let Some(c) = &control {
+                eprintln!("tcpwatch: control socket at {}", c.path.display());
+                serve::control::spawn(
+                    c.listener.try_clone()?,
+                    started.snapshots.clone(),
+                    started.control.clone(),
+                )
+                .context("starting the control socket thread")?;
             }
             eprintln!(
                 "tcpwatch: daemon up via {}; census every {:.2} s (or less often, to stay under {}% of a core){}",

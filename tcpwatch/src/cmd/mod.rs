@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod output;
 pub mod replay;
+pub mod snapshot;
 pub mod states;
 pub mod trace;
 

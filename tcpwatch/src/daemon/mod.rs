@@ -10,7 +10,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use tcpwatch_core::{
     config::Config,
     engine::{Engine, EngineConfig, Input, KernelSample},
-    metrics::Info,
+    metrics::{ControlCounters, Info},
     model::{Accounting, Transition},
     snapshot::Snapshot,
     view::trace::Clock,
@@ -89,6 +89,36 @@ pub struct Outcome {
 pub struct Started {
     pub hook: String,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// The control socket's counters, published with each snapshot.
+    pub control: Arc<ControlStats>,
+}
+
+/// What the control socket did, for the metrics (written here, read by the
+/// daemon at each tick).
+#[derive(Debug, Default)]
+pub struct ControlStats {
+    pub clients: AtomicU64,
+    pub refused: AtomicU64,
+    pub bad_requests: AtomicU64,
+    pub snapshots_sent: AtomicU64,
+    pub snapshots_missed: AtomicU64,
+}
+
+impl ControlStats {
+    pub fn bump(a: &AtomicU64, n: u64) {
+        a.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn read(&self) -> ControlCounters {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ControlCounters {
+            clients: r(&self.clients),
+            refused: r(&self.refused),
+            bad_requests: r(&self.bad_requests),
+            snapshots_sent: r(&self.snapshots_sent),
+            snapshots_missed: r(&self.snapshots_missed),
+        }
+    }
 }
 
 /// When the next census starts, `spent` (CPU) after this one started: one
@@ -118,6 +148,7 @@ pub async fn run(
     let mut info = Info {
         hook: Some(hook.short().into()),
         max_listeners: running.limits.max_ports,
+        control: None,
     };
     let mut engine = Engine::new(EngineConfig::from_limits(&running.limits));
     let mut seq = 0;
@@ -127,9 +158,11 @@ pub async fn run(
         info.clone(),
         engine.view(),
     )));
+    let control = Arc::new(ControlStats::default());
     started(Started {
         hook: hook.to_string(),
         snapshots: snap_rx,
+        control: control.clone(),
     })?;
 
     let (settings, settings_rx) = watch::channel(SamplerSettings::of(&running));
@@ -169,6 +202,7 @@ pub async fn run(
                     r.flush()?;
                 }
                 seq += 1;
+                info.control = Some(control.read());
                 publish(&snap_tx, seq, clock, &info, &engine);
             }
         }

@@ -88,13 +88,24 @@ struct Daemon {
     stderr: String,
     /// Everything it writes to stderr after start-up.
     log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Its control socket.
+    control: std::path::PathBuf,
 }
 
 impl Daemon {
     fn start(args: &[&str]) -> Daemon {
+        // Each daemon its own control socket: tests run side by side.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let control = std::env::temp_dir().join(format!(
+            "tcpwatch-test-{}-{}.sock",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let mut child = Command::new(BIN)
             .arg("daemon")
             .args(["--metrics-addr", "127.0.0.1:0", "--interval", "0.2"])
+            .arg("--control-socket")
+            .arg(&control)
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -134,6 +145,7 @@ impl Daemon {
             addr: addr.expect("metrics address announced"),
             stderr: seen,
             log,
+            control,
         }
     }
 
@@ -213,8 +225,17 @@ fn samples(text: &str, name: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// A series' value; a missing series fails the test (it is not a zero).
 fn value(text: &str, name: &str, labels: &str) -> f64 {
-    samples(text, name).get(labels).copied().unwrap_or(0.0)
+    samples(text, name)
+        .get(labels)
+        .copied()
+        .unwrap_or_else(|| panic!("no series {name}{{{labels}}} in\n{text}"))
+}
+
+/// A series' value, or None while it is not there yet (polling).
+fn value_now(text: &str, name: &str, labels: &str) -> Option<f64> {
+    samples(text, name).get(labels).copied()
 }
 
 fn promtool_check(text: &str) {
@@ -369,15 +390,14 @@ fn daemon_counts_a_known_load_exactly_and_serves_valid_metrics() {
         let l = format!("netns=\"{netns}\",from=\"FIN-WAIT-2\",to=\"CLOSE\"");
         // The kernel's account is sampled once per interval: wait for a
         // sample taken after the load too.
-        let caught_up = value(&text, "tcpwatch_transitions_total", &l) >= N as f64
-            && value(&text, "tcpwatch_kernel_counted_transitions_total", "") >= (10 * N + 1) as f64
-            && value(
-                &text,
+        let v = |name: &str, labels: &str| value_now(&text, name, labels).unwrap_or(-1.0);
+        let caught_up = v("tcpwatch_transitions_total", &l) >= N as f64
+            && v("tcpwatch_kernel_counted_transitions_total", "") >= (10 * N + 1) as f64
+            && v(
                 "tcpwatch_census_last_timestamp_seconds",
                 &format!("netns=\"{netns}\""),
             ) > load_done
-            && value(
-                &text,
+            && v(
                 "tcpwatch_sockets",
                 &format!("netns=\"{netns}\",state=\"LISTEN\""),
             ) == 1.0;
@@ -507,7 +527,7 @@ fn daemon_memory_stays_bounded_under_a_65535_port_spray() {
     let text = loop {
         let text = daemon.scrape();
         let l = format!("netns=\"{netns}\",from=\"SYN-SENT\",to=\"CLOSE\"");
-        if value(&text, "tcpwatch_transitions_total", &l) >= refused as f64
+        if value_now(&text, "tcpwatch_transitions_total", &l).is_some_and(|v| v >= refused as f64)
             || Instant::now() > deadline
         {
             break text;
@@ -564,12 +584,12 @@ fn all_netns_covers_a_namespace_created_after_start() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let text = daemon.scrape();
-        let tw = value(
+        let tw = value_now(
             &text,
             "tcpwatch_sockets",
             &format!("netns=\"{netns}\",state=\"TIME-WAIT\""),
         );
-        if tw == N as f64 || Instant::now() > deadline {
+        if tw == Some(N as f64) || Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -901,4 +921,200 @@ fn a_bad_configuration_stops_the_daemon_before_it_loads_anything() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tcpwatch snapshot` against `socket`: its output lines, or its error.
+fn snapshot_cli(
+    socket: &std::path::Path,
+    extra: &[&str],
+) -> Result<Vec<serde_json::Value>, String> {
+    let out = Command::new(BIN)
+        .args(["snapshot", "--socket"])
+        .arg(socket)
+        .args(extra)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect())
+}
+
+#[test]
+fn control_socket_serves_snapshots_root_only_and_refuses_a_second_daemon() {
+    let test = "control_socket_serves_snapshots_root_only_and_refuses_a_second_daemon";
+    if !root_available(test) || !tool_available(test, "curl", "curl") {
+        return;
+    }
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let ns = NsWorker::new();
+    let daemon = Daemon::start(&["--netns", &ns.path]);
+    let meta = std::fs::metadata(&daemon.control).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.uid(), 0);
+
+    // One snapshot, then three consecutive ticks.
+    let one = snapshot_cli(&daemon.control, &[]).unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0]["type"], "snapshot");
+    assert_eq!(one[0]["body"]["snapshot"]["version"], 1);
+    assert!(one[0]["body"]["snapshot"]["view"]["namespaces"].is_array());
+    let three = snapshot_cli(&daemon.control, &["--follow", "3"]).unwrap();
+    let seqs: Vec<u64> = three
+        .iter()
+        .map(|r| r["body"]["snapshot"]["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "{seqs:?}");
+
+    // Another user cannot connect (0660, root's group here).
+    let path = daemon.control.clone();
+    let denied = std::thread::spawn(move || {
+        become_nobody();
+        std::os::unix::net::UnixStream::connect(&path)
+            .map(|_| ())
+            .map_err(|e| e.kind())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(denied, Err(std::io::ErrorKind::PermissionDenied));
+
+    // A second daemon on the same socket refuses to start, and says why.
+    let second = Command::new(BIN)
+        .args(["daemon", "--no-metrics", "--control-socket"])
+        .arg(&daemon.control)
+        .args(["-d", "5"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(err.contains("another tcpwatch daemon is running"), "{err}");
+    assert!(
+        snapshot_cli(&daemon.control, &[]).is_ok(),
+        "the first still serves"
+    );
+
+    // Killed without a chance to clean up, it leaves a stale socket that
+    // the next daemon replaces.
+    let control = daemon.control.clone();
+    let mut daemon = daemon;
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    assert!(control.exists(), "SIGKILL leaves the socket behind");
+    let next = Command::new(BIN)
+        .args([
+            "daemon",
+            "--no-metrics",
+            "--netns",
+            &ns.path,
+            "--control-socket",
+        ])
+        .arg(&control)
+        .args(["-d", "0.5"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&next.stderr);
+    assert!(next.status.success(), "{err}");
+    assert!(err.contains("control socket at"), "{err}");
+    assert!(!control.exists(), "a clean stop removes its socket");
+}
+
+#[test]
+fn control_socket_abuse_leaves_the_daemon_serving_in_bounded_memory() {
+    let test = "control_socket_abuse_leaves_the_daemon_serving_in_bounded_memory";
+    if !root_available(test) || !tool_available(test, "curl", "curl") {
+        return;
+    }
+    use std::{io::Write, os::unix::net::UnixStream};
+    let ns = NsWorker::new();
+    let daemon = Daemon::start(&["--netns", &ns.path]);
+    let path = daemon.control.clone();
+    let rss0 = daemon.rss_kib();
+    let hello = |s: &mut UnixStream| {
+        let body = br#"{"type":"hello","version":1}"#;
+        s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+        s.write_all(body).unwrap();
+    };
+    // Random bytes, a 4 GiB length prefix, half a frame then hang-up, a
+    // frame that is not a request: each client is dropped, nothing grows.
+    for junk in [
+        b"\x13\x37garbage that is not a frame at all".to_vec(),
+        [0xff, 0xff, 0xff, 0xff, b'x'].to_vec(),
+        [0, 0, 0, 100, b'{'].to_vec(),
+        [&7u32.to_be_bytes()[..], b"nothing"].concat(),
+    ] {
+        let mut s = UnixStream::connect(&path).unwrap();
+        let _ = s.write_all(&junk);
+        drop(s);
+    }
+    // A subscriber that never reads, held open through the rest.
+    let mut sleeper = UnixStream::connect(&path).unwrap();
+    hello(&mut sleeper);
+    let body = br#"{"type":"subscribe"}"#;
+    sleeper
+        .write_all(&(body.len() as u32).to_be_bytes())
+        .unwrap();
+    sleeper.write_all(body).unwrap();
+    // 200 clients that come and go, in waves of 10 at once.
+    for _ in 0..20 {
+        let wave: Vec<UnixStream> = (0..10)
+            .map(|_| {
+                let mut s = UnixStream::connect(&path).unwrap();
+                hello(&mut s);
+                s
+            })
+            .collect();
+        drop(wave);
+    }
+    // More clients at once than a user may hold: the excess is refused,
+    // and the daemon still serves once they leave.
+    let crowd: Vec<UnixStream> = (0..40)
+        .filter_map(|_| UnixStream::connect(&path).ok())
+        .collect();
+    drop(crowd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let served = loop {
+        match snapshot_cli(&path, &[]) {
+            Ok(v) => break v,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never served again: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    assert_eq!(served[0]["type"], "snapshot");
+    // Every connection was either a client or refused (a wave can outrun
+    // the seats its predecessors give back); the counters are published
+    // with the next tick.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = daemon.scrape();
+        let c = |name: &str| value_now(&text, name, "").unwrap_or(0.0);
+        let seen = c("tcpwatch_control_clients_total") + c("tcpwatch_control_refused_total");
+        if seen >= 245.0 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let c = |name: &str| value(&text, name, "");
+    assert!(
+        c("tcpwatch_control_clients_total") + c("tcpwatch_control_refused_total") >= 245.0,
+        "{text}"
+    );
+    assert!(c("tcpwatch_control_bad_requests_total") >= 3.0, "{text}");
+    assert!(
+        c("tcpwatch_control_refused_total") >= 1.0,
+        "the crowd was capped"
+    );
+    let rss = daemon.rss_kib();
+    assert!(
+        rss < rss0 + 16 * 1024,
+        "RSS grew from {rss0} KiB to {rss} KiB under control socket abuse"
+    );
+    drop(sleeper);
+    assert!(daemon.stop().success());
 }

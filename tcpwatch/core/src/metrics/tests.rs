@@ -97,6 +97,7 @@ fn text() -> String {
         &Info {
             hook: Some("btf".into()),
             max_listeners: 2,
+            control: None,
         },
     )
 }
