@@ -95,6 +95,16 @@ pub struct Summary {
     pub processes: Vec<Process>,
 }
 
+impl Summary {
+    /// Adds another namespace's socket counts (for `other`).
+    pub fn add(&mut self, o: &Summary) {
+        self.total += o.total;
+        for (state, n) in &o.states {
+            *self.states.entry(state.clone()).or_default() += n;
+        }
+    }
+}
+
 /// The states every summary lists, zeros included, in the kernel's order.
 pub const SHOWN: [u8; 11] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
 

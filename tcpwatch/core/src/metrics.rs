@@ -405,25 +405,32 @@ impl Collector for ViewCollector {
         port_tr.encode(&mut enc)?;
         let mut proc_tr = Family::new(
             "tcpwatch_process_transitions",
-            "Transitions per owning command, busiest processes; counted since the process entered the table",
+            "Transitions per owning process (pid, comm), busiest processes; counted since the process entered the table; an evicted process's counts move to comm=\"other\"",
             c,
         );
-        let mut by_comm: std::collections::BTreeMap<(String, String, String), u64> =
-            Default::default();
         for p in &v.processes {
             for (&(from, to), &n) in &p.activity.pairs {
-                *by_comm
-                    .entry((p.key.comm.to_string(), from.to_string(), to.to_string()))
-                    .or_default() += n;
+                proc_tr.add(
+                    vec![
+                        ("pid", p.key.pid.to_string()),
+                        ("comm", p.key.comm.to_string()),
+                        ("from", from.to_string()),
+                        ("to", to.to_string()),
+                    ],
+                    n,
+                );
             }
         }
         for (&(from, to), &n) in &v.processes_other.activity.pairs {
-            *by_comm
-                .entry(("other".into(), from.to_string(), to.to_string()))
-                .or_default() += n;
-        }
-        for ((comm, from, to), n) in by_comm {
-            proc_tr.add(vec![("comm", comm), ("from", from), ("to", to)], n);
+            proc_tr.add(
+                vec![
+                    ("pid", String::new()),
+                    ("comm", "other".into()),
+                    ("from", from.to_string()),
+                    ("to", to.to_string()),
+                ],
+                n,
+            );
         }
         proc_tr.encode(&mut enc)?;
 
@@ -505,6 +512,18 @@ impl Collector for ViewCollector {
             c,
             Val::from(v.stats.netns_overflow),
         )?;
+        g1(
+            "tcpwatch_netns_evicted",
+            "Namespaces known only from transitions that made room for one the census covers (their counts moved to netns=\"other\")",
+            c,
+            Val::from(v.stats.netns_evicted),
+        )?;
+        g1(
+            "tcpwatch_netns_gone",
+            "Namespaces dropped from the metrics because they no longer exist",
+            c,
+            Val::from(v.stats.netns_gone),
+        )?;
         if let Some(k) = &v.kernel {
             let a = &k.accounting;
             g1(
@@ -582,24 +601,95 @@ impl Collector for ViewCollector {
 /// Prometheus names are snake_case (promtool insists); the kernel's own
 /// name stays in the HELP text.
 fn snake(name: &str) -> String {
-    let chars: Vec<char> = name.chars().collect();
-    let mut out = String::with_capacity(name.len() + 8);
-    for (i, &c) in chars.iter().enumerate() {
-        if c == '.' {
-            out.push('_');
-            continue;
+    let mut words: Vec<String> = Vec::new();
+    for part in name.split('.') {
+        words.extend(camel_words(part));
+    }
+    words.join("_")
+}
+
+/// The acronyms of the kernel's MIB names, so that an upper-case run splits
+/// at them ("TCPHPHits" is TCP, HP, Hits) and never inside one.
+const ACRONYMS: [&str; 26] = [
+    "DSACK", "MTUP", "PAWS", "SACK", "TCP", "ACK", "SYN", "FIN", "RST", "RTO", "OFO", "MD5", "MTU",
+    "ECN", "PLB", "TLP", "TSO", "GSO", "URG", "HP", "TS", "TW", "IP", "AO", "CE", "PF",
+];
+
+/// "DelayedACKs" -> delayed, acks; "TCPReqQFullDoCookies" -> tcp, req, q,
+/// full, do, cookies.
+fn camel_words(s: &str) -> Vec<String> {
+    let c: Vec<char> = s.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < c.len() {
+        if c[i].is_ascii_uppercase() || c[i].is_ascii_digit() {
+            // An upper-case run (digits ride along: MD5). Its last capital
+            // starts the next word when a lower-case tail follows, unless
+            // that tail is a lone plural "s" (ACKs, RTOs).
+            let mut j = i;
+            while j < c.len() && (c[j].is_ascii_uppercase() || c[j].is_ascii_digit()) {
+                j += 1;
+            }
+            let tail = c[j..].iter().take_while(|x| x.is_ascii_lowercase()).count();
+            let plural = tail == 1 && c[j] == 's';
+            let end = if plural {
+                j + 1
+            } else if tail > 0 && j - i > 1 {
+                j - 1
+            } else if tail > 0 {
+                j + tail
+            } else {
+                j
+            };
+            let run: String = c[i..end].iter().collect();
+            if tail > 0 && !plural && j - i == 1 {
+                out.push(run.to_ascii_lowercase());
+            } else {
+                out.extend(split_acronyms(&run));
+            }
+            i = end;
+        } else {
+            let mut j = i;
+            while j < c.len() && !(c[j].is_ascii_uppercase() || c[j].is_ascii_digit()) {
+                j += 1;
+            }
+            out.push(c[i..j].iter().collect::<String>().to_ascii_lowercase());
+            i = j;
         }
-        if c.is_ascii_uppercase() && i > 0 {
-            let prev = chars[i - 1];
-            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
-            if prev.is_ascii_lowercase()
-                || prev.is_ascii_digit()
-                || (prev.is_ascii_uppercase() && next_lower)
-            {
-                out.push('_');
+    }
+    out
+}
+
+/// An upper-case run cut at the known acronyms, longest first; what is not
+/// one stays one word ("PFX" -> pfx). A trailing plural "s" stays on the
+/// last word.
+fn split_acronyms(run: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = run;
+    let mut other = String::new();
+    while !rest.is_empty() {
+        match ACRONYMS.iter().find(|a| rest.starts_with(**a)) {
+            Some(a) if rest.len() > a.len() || rest == *a => {
+                if !other.is_empty() {
+                    out.push(std::mem::take(&mut other).to_ascii_lowercase());
+                }
+                out.push(a.to_ascii_lowercase());
+                rest = &rest[a.len()..];
+            }
+            _ => {
+                let ch = rest.chars().next().expect("not empty");
+                other.push(ch);
+                rest = &rest[ch.len_utf8()..];
             }
         }
-        out.push(c.to_ascii_lowercase());
+    }
+    if !other.is_empty() {
+        // "ACKs": the plural belongs to the acronym before it.
+        if other == "s" && !out.is_empty() {
+            out.last_mut().expect("not empty").push('s');
+        } else {
+            out.push(other.to_ascii_lowercase());
+        }
     }
     out
 }

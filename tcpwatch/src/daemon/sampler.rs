@@ -26,6 +26,26 @@ pub enum Scope {
     All { max: usize },
 }
 
+/// A namespace to census: a path that opens it (None: the daemon's own)
+/// and its inode.
+type Target = (Option<PathBuf>, Option<u32>);
+
+/// Lower first: the host's own namespace, named ones (`ip netns`), ones
+/// that had a listener, ones a root process is in, the rest.
+fn rank(n: &netns::NamespaceRef, own: Option<u32>, with_listeners: &HashSet<u32>) -> u8 {
+    if Some(n.inode) == own {
+        0
+    } else if n.name.is_some() {
+        1
+    } else if with_listeners.contains(&n.inode) {
+        2
+    } else if n.root {
+        3
+    } else {
+        4
+    }
+}
+
 /// Socket inode -> owner, refreshed by a full /proc scan every
 /// `every`-th census (it costs ~60 ms per 10,000 sockets here, too much for
 /// each second); in between, sockets new since the last scan count as
@@ -56,6 +76,8 @@ impl OwnerCache {
 pub struct Sampler {
     scope: Scope,
     owners: OwnerCache,
+    /// Namespaces whose last census had a listener: they rank high.
+    with_listeners: HashSet<u32>,
     /// Failures so far (a namespace that vanished mid-census, ...).
     pub errors: u64,
 }
@@ -82,29 +104,36 @@ impl Sampler {
                 runs: 0,
             },
             errors: 0,
+            with_listeners: HashSet::new(),
         }
     }
 
-    fn targets(&self) -> Vec<(Option<PathBuf>, Option<u32>)> {
+    /// The namespaces to census, and (for `All`) every one that exists.
+    fn targets(&self) -> (Vec<Target>, Option<Vec<u32>>) {
         match &self.scope {
-            Scope::Own => vec![(None, netns::current().ok())],
-            Scope::One { path, inode } => vec![(Some(path.clone()), Some(*inode))],
+            Scope::Own => (vec![(None, netns::current().ok())], None),
+            Scope::One { path, inode } => (vec![(Some(path.clone()), Some(*inode))], None),
             Scope::All { max } => {
                 let own = netns::current().ok();
-                let mut v: Vec<_> = netns::all()
+                let all = netns::all();
+                let alive: Vec<u32> = all.iter().map(|n| n.inode).collect();
+                let mut v: Vec<_> = all
                     .into_iter()
                     .map(|n| {
+                        let rank = rank(&n, own, &self.with_listeners);
                         if Some(n.inode) == own {
-                            (None, own)
+                            (rank, None, own)
                         } else {
-                            (Some(n.path), Some(n.inode))
+                            (rank, Some(n.path), Some(n.inode))
                         }
                     })
                     .collect();
-                // The own namespace first, so a cap never drops the host.
-                v.sort_by_key(|(p, _)| p.is_some());
+                // The cap keeps the host's, then named ones, then those with
+                // listeners, then root's: namespaces any user can make in
+                // bulk (unshare -rn) come last.
+                v.sort_by_key(|(rank, _, inode)| (*rank, *inode));
                 v.truncate(*max);
-                v
+                (v.into_iter().map(|(_, p, i)| (p, i)).collect(), Some(alive))
             }
         }
     }
@@ -117,7 +146,19 @@ impl Sampler {
 
     pub fn sample(&mut self) -> Vec<Input> {
         let mut raws = Vec::new();
-        for (path, inode) in self.targets() {
+        // Before the enumeration: what the engine saw after this is newer
+        // than the list, and is not dropped by it.
+        let enumerated_ns = monotonic_ns();
+        let (targets, alive) = self.targets();
+        let mut out = Vec::new();
+        if let Some(mut alive) = alive {
+            alive.sort_unstable();
+            out.push(Input::Namespaces {
+                ts_ns: enumerated_ns,
+                alive,
+            });
+        }
+        for (path, inode) in targets {
             let taken_ns = monotonic_ns();
             let t = Instant::now();
             // The daemon only counts TIME-WAIT sockets: listing them is
@@ -163,9 +204,14 @@ impl Sampler {
             .map(|e| e.inode as u64)
             .collect();
         let (owners, scan_ns) = self.owners.owners(&inodes);
-        let mut out = Vec::with_capacity(raws.len() * 2);
+        self.with_listeners.clear();
         for r in raws {
             let summary = summarize(r.netns, &r.census, owners);
+            if let Some(n) = r.netns
+                && !summary.listeners.is_empty()
+            {
+                self.with_listeners.insert(n);
+            }
             out.push(Input::Census(CensusSample {
                 ts_ns: r.taken_ns,
                 duration_ns: r.census_ns + scan_ns.unwrap_or(0),

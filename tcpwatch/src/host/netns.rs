@@ -119,6 +119,9 @@ pub struct NamespaceRef {
     pub path: PathBuf,
     /// Its `ip netns` name, if it has one.
     pub name: Option<String>,
+    /// Named (only root can), or a process of root's is in it: the ones a
+    /// cap must not let other users crowd out.
+    pub root: bool,
 }
 
 /// Every network namespace with a thread in it (/proc/*/task/*/ns/net) or a
@@ -144,6 +147,7 @@ pub fn all() -> Vec<NamespaceRef> {
                     inode,
                     name: Some(entry.file_name().to_string_lossy().into_owned()),
                     path,
+                    root: true,
                 },
             );
         }
@@ -152,14 +156,18 @@ pub fn all() -> Vec<NamespaceRef> {
         // The process's own path first: it lasts as long as the process. A
         // thread that entered another namespace (setns, unshare) shows it
         // only under its task, so the tasks are looked at too.
+        // /proc/PID belongs to the process's effective uid.
+        let root = std::fs::metadata(&pid).is_ok_and(|m| m.uid() == 0);
         let tasks = numbered(&pid.join("task")).map(|t| t.join("ns/net"));
         for path in std::iter::once(pid.join("ns/net")).chain(tasks) {
             if let Some(inode) = inode(&path) {
-                found.entry(inode).or_insert(NamespaceRef {
+                let e = found.entry(inode).or_insert(NamespaceRef {
                     inode,
                     path,
                     name: None,
+                    root,
                 });
+                e.root |= root;
             }
         }
     }

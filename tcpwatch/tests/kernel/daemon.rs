@@ -1118,3 +1118,110 @@ fn control_socket_abuse_leaves_the_daemon_serving_in_bounded_memory() {
     drop(sleeper);
     assert!(daemon.stop().success());
 }
+
+/// Processes of user nobody, each in a network namespace of its own
+/// (`unshare -rn`), killed on drop.
+struct UserNamespaces(Vec<Child>);
+
+impl UserNamespaces {
+    fn spawn(n: usize) -> UserNamespaces {
+        let kids = (0..n)
+            .map(|_| {
+                Command::new("setpriv")
+                    .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+                    .args(["unshare", "-rn", "sleep", "60"])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("setpriv (util-linux)")
+            })
+            .collect();
+        UserNamespaces(kids)
+    }
+}
+
+impl Drop for UserNamespaces {
+    fn drop(&mut self) {
+        for k in &mut self.0 {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
+    }
+}
+
+#[test]
+fn all_netns_keeps_roots_namespace_under_a_users_spray_and_forgets_the_gone() {
+    let test = "all_netns_keeps_roots_namespace_under_a_users_spray_and_forgets_the_gone";
+    if !root_available(test)
+        || !tool_available(test, "curl", "curl")
+        || !tool_available(test, "setpriv", "util-linux")
+    {
+        return;
+    }
+    // Twenty namespaces of user nobody exist before root's (lower inodes),
+    // against a cap of four.
+    let spray = UserNamespaces::spawn(20);
+    let daemon = Daemon::start(&["--all-netns", "--max-netns", "4"]);
+    let ns = NamedNetns::new("spray");
+    use std::os::unix::fs::MetadataExt;
+    let netns = std::fs::metadata(ns.path()).unwrap().ino().to_string();
+    const N: usize = 20;
+    // It is censused (ranked above the spray) within a few rounds, and
+    // from then on has its own series. (Transitions before its first
+    // census count in netns="other": the engine learns its rank there.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while value_now(
+        &daemon.scrape(),
+        "tcpwatch_sockets",
+        &format!("netns=\"{netns}\",state=\"LISTEN\""),
+    )
+    .is_none()
+    {
+        assert!(Instant::now() < deadline, "root's namespace never censused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        connections(&l, N);
+    });
+    let census_of = |text: &str| {
+        value_now(
+            text,
+            "tcpwatch_sockets",
+            &format!("netns=\"{netns}\",state=\"TIME-WAIT\""),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = daemon.scrape();
+        if census_of(&text) == Some(N as f64) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        census_of(&text),
+        Some(N as f64),
+        "root's namespace censused:\n{text}"
+    );
+    let tr = samples(&text, "tcpwatch_transitions_total");
+    assert_eq!(
+        tr.get(&format!("netns=\"{netns}\",from=\"LAST-ACK\",to=\"CLOSE\"")),
+        Some(&(N as f64))
+    );
+
+    // Gone: the spray exits and root's namespace is deleted; within a few
+    // rounds nothing of it is left in the metrics.
+    drop(spray);
+    drop(ns);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = daemon.scrape();
+        if !text.contains(&format!("netns=\"{netns}\"")) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!text.contains(&format!("netns=\"{netns}\"")), "{text}");
+    assert!(value(&text, "tcpwatch_netns_gone_total", "") >= 1.0);
+    assert!(daemon.stop().success());
+}

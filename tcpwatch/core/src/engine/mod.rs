@@ -76,6 +76,12 @@ pub enum Input {
     Tick {
         ts_ns: u64,
     },
+    /// The namespaces that exist now (the sampler's enumeration): every
+    /// other one the engine keeps is gone and is dropped.
+    Namespaces {
+        ts_ns: u64,
+        alive: Vec<u32>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +158,18 @@ pub struct Activity {
     pub aborted: u64,
     /// Per (from, to). A list of `[from, to, count]` in JSON.
     pub pairs: PairMap<u64>,
+}
+
+impl topk::Merge for Activity {
+    fn merge(&mut self, from: &Activity) {
+        self.transitions += from.transitions;
+        self.established += from.established;
+        self.failed_connects += from.failed_connects;
+        self.aborted += from.aborted;
+        for (pair, n) in from.pairs.iter() {
+            *self.pairs.entry(*pair) += *n;
+        }
+    }
 }
 
 impl Activity {
@@ -246,6 +264,11 @@ struct Namespace {
     /// Ports with a listener: from the last census, plus LISTEN transitions
     /// since. A bitmap, so its size does not depend on what is sprayed.
     listening: Box<[u64; 1024]>,
+    /// The newest input about it: a namespace enumerated as gone before
+    /// this is not gone (the enumeration was older).
+    last_seen_ns: u64,
+    /// The sampler's round of its last census (see `Engine::round`).
+    census_round: u64,
 }
 
 impl Default for Namespace {
@@ -257,11 +280,24 @@ impl Default for Namespace {
             counters: None,
             prev_counters: None,
             listening: Box::new([0; 1024]),
+            last_seen_ns: 0,
+            census_round: 0,
         }
     }
 }
 
 impl Namespace {
+    /// Takes in an evicted namespace's transitions (as `other` does), so
+    /// the totals over all namespaces never go down.
+    fn absorb(&mut self, gone: &Namespace) {
+        for (pair, p) in gone.pairs.iter() {
+            let mine = self.pairs.entry(*pair);
+            mine.total += p.total;
+            mine.window.merge_from(&p.window);
+        }
+        topk::Merge::merge(&mut self.activity, &gone.activity);
+    }
+
     fn is_listening(&self, port: u16) -> bool {
         self.listening[port as usize / 64] & (1 << (port % 64)) != 0
     }
@@ -284,6 +320,9 @@ pub struct Engine {
     cfg: EngineConfig,
     now_ns: u64,
     namespaces: BTreeMap<u32, Namespace>,
+    /// Sampler rounds seen (`Input::Namespaces`); a namespace censused in
+    /// the current one is ranked within the cap and keeps its place.
+    round: u64,
     ports: TopK<PortKey, Activity>,
     processes: TopK<ProcessKey, Activity>,
     durations: Durations,
@@ -309,6 +348,13 @@ pub struct EngineStats {
     pub counter_samples: u64,
     /// Namespaces beyond `max_netns`, folded into one.
     pub netns_overflow: u64,
+    /// Namespaces known only from transitions that made room for one the
+    /// sampler censuses (their counts moved to `other`).
+    #[serde(default)]
+    pub netns_evicted: u64,
+    /// Namespaces dropped because they no longer exist.
+    #[serde(default)]
+    pub netns_gone: u64,
     /// CLOSE-WAIT sockets not followed because `max_open_sockets` was full.
     pub open_sockets_overflow: u64,
 }
@@ -319,6 +365,7 @@ impl Engine {
             cfg,
             now_ns: 0,
             namespaces: BTreeMap::new(),
+            round: 1,
             ports: TopK::new(cfg.max_ports),
             processes: TopK::new(cfg.max_processes),
             durations: Durations::default(),
@@ -353,6 +400,7 @@ impl Engine {
             Input::Counters(c) => self.counters(c),
             Input::Kernel(k) => self.kernel(k),
             Input::Tick { ts_ns } => self.tick(ts_ns),
+            Input::Namespaces { ts_ns, alive } => self.namespaces_alive(ts_ns, &alive),
         }
     }
 
@@ -360,15 +408,80 @@ impl Engine {
         self.now_ns = self.now_ns.max(ts_ns);
     }
 
+    /// Whether one more namespace may be kept apart (`other` does not
+    /// count against the cap).
+    fn has_room(&self) -> bool {
+        let other = usize::from(self.namespaces.contains_key(&NETNS_OTHER));
+        self.namespaces.len() - other < self.cfg.max_netns
+    }
+
     fn namespace(&mut self, netns: u32) -> &mut Namespace {
-        let key =
-            if self.namespaces.contains_key(&netns) || self.namespaces.len() < self.cfg.max_netns {
-                netns
-            } else {
-                self.stats.netns_overflow += 1;
-                NETNS_OTHER
-            };
+        let key = if self.namespaces.contains_key(&netns) || self.has_room() {
+            netns
+        } else {
+            self.stats.netns_overflow += 1;
+            NETNS_OTHER
+        };
         self.namespaces.entry(key).or_default()
+    }
+
+    /// A namespace the sampler chose to census (it ranks the host's, named
+    /// ones, and those with listeners or of root's processes first) takes
+    /// the place of one known only from transitions when the table is full:
+    /// a burst of namespaces from any local user cannot keep it out.
+    fn censused_key(&mut self, netns: u32) -> u32 {
+        if !self.namespaces.contains_key(&netns) && !self.has_room() {
+            // Censused this round means ranked within the cap this round.
+            let round = self.round;
+            let victim = self
+                .namespaces
+                .iter()
+                .filter(|(k, ns)| **k != NETNS_OTHER && **k != 0 && ns.census_round < round)
+                .min_by_key(|(k, ns)| (ns.census_round, ns.last_seen_ns, **k))
+                .map(|(k, _)| *k);
+            if let Some(v) = victim
+                && let Some(gone) = self.namespaces.remove(&v)
+            {
+                self.stats.netns_evicted += 1;
+                self.namespaces
+                    .entry(NETNS_OTHER)
+                    .or_default()
+                    .absorb(&gone);
+            }
+        }
+        if self.namespaces.contains_key(&netns) || self.has_room() {
+            netns
+        } else {
+            self.stats.netns_overflow += 1;
+            NETNS_OTHER
+        }
+    }
+
+    /// Drops the namespaces that no longer exist (and their series); one
+    /// that reappears starts afresh.
+    fn namespaces_alive(&mut self, ts_ns: u64, alive: &[u32]) {
+        self.tick(ts_ns);
+        let mut gone = Vec::new();
+        self.namespaces.retain(|k, ns| {
+            let keep = *k == NETNS_OTHER
+                || *k == 0
+                || ns.last_seen_ns >= ts_ns
+                || alive.binary_search(k).is_ok();
+            if !keep {
+                gone.push(*k);
+            }
+            keep
+        });
+        if !gone.is_empty() {
+            // `gone` is in key order (a BTreeMap's).
+            self.ports.forget(|p| gone.binary_search(&p.netns).is_ok());
+        }
+        self.stats.netns_gone += gone.len() as u64;
+        self.round += 1;
+        // A new round of censuses: `other` sums this round's afresh.
+        if let Some(o) = self.namespaces.get_mut(&NETNS_OTHER) {
+            o.census = None;
+        }
     }
 
     pub fn transition(&mut self, t: &Transition) {
@@ -379,6 +492,7 @@ impl Engine {
         let (old, new) = (t.old.raw(), t.new.raw());
 
         let ns = self.namespace(netns);
+        ns.last_seen_ns = ns.last_seen_ns.max(t.ts_ns);
         let pair = ns.pairs.entry((t.old, t.new));
         pair.total += 1;
         let in_window = pair.window.add(sec, 1);
@@ -449,7 +563,30 @@ impl Engine {
     pub fn census(&mut self, c: CensusSample) {
         self.tick(c.ts_ns);
         self.stats.censuses += 1;
-        let ns = self.namespace(c.summary.netns.unwrap_or(0));
+        let netns = c.summary.netns.unwrap_or(0);
+        let key = self.censused_key(netns);
+        let round = self.round;
+        let ns = self.namespaces.entry(key).or_default();
+        ns.last_seen_ns = ns.last_seen_ns.max(c.ts_ns);
+        ns.census_round = round;
+        if key == NETNS_OTHER && netns != NETNS_OTHER {
+            // Past the cap: the namespaces in `other` add up (per round),
+            // none replaces another's census; their listeners and
+            // processes are not kept apart.
+            let mut c = c;
+            c.summary.netns = Some(NETNS_OTHER);
+            c.summary.listeners.clear();
+            c.summary.processes.clear();
+            match &mut ns.census {
+                Some(o) => {
+                    o.summary.add(&c.summary);
+                    o.ts_ns = o.ts_ns.max(c.ts_ns);
+                    o.duration_ns += c.duration_ns;
+                }
+                None => ns.census = Some(c),
+            }
+            return;
+        }
         // The census is the truth about listeners; transitions only add the
         // ones opened since.
         ns.listening.fill(0);
@@ -462,7 +599,15 @@ impl Engine {
     pub fn counters(&mut self, c: CountersSample) {
         self.tick(c.ts_ns);
         self.stats.counter_samples += 1;
-        let ns = self.namespace(c.netns.unwrap_or(0));
+        let netns = c.netns.unwrap_or(0);
+        if !self.namespaces.contains_key(&netns) && !self.has_room() {
+            // Cumulative counters of different namespaces cannot share one
+            // series (it would jump between them): past the cap, dropped.
+            self.stats.netns_overflow += 1;
+            return;
+        }
+        let ns = self.namespace(netns);
+        ns.last_seen_ns = ns.last_seen_ns.max(c.ts_ns);
         ns.prev_counters = ns.counters.replace(c);
     }
 

@@ -287,3 +287,119 @@ fn inputs_survive_serde_and_replay_identically() {
     };
     assert_eq!(run(&inputs), run(&back));
 }
+
+fn census_of(netns: u32, at: u64, established: u64) -> Input {
+    let mut states = BTreeMap::new();
+    states.insert("ESTABLISHED".to_string(), established);
+    Input::Census(CensusSample {
+        ts_ns: at,
+        duration_ns: 1,
+        summary: Summary {
+            netns: Some(netns),
+            total: established,
+            states,
+            listeners: vec![],
+            processes: vec![],
+        },
+    })
+}
+
+fn in_ns(netns: u32, at: u64) -> Transition {
+    Transition {
+        netns: Some(netns),
+        ..t(at, 7, Close, SynSent, "127.0.0.1:0", "127.0.0.1:80")
+    }
+}
+
+fn netns_keys(e: &Engine) -> Vec<u32> {
+    e.view().namespaces.iter().map(|n| n.netns).collect()
+}
+
+#[test]
+fn a_namespace_that_is_gone_leaves_the_view_at_the_next_round() {
+    let mut e = Engine::new(EngineConfig::default());
+    e.transition(&in_ns(10, S));
+    assert!(e.view().ports.iter().any(|p| p.key.netns == 10));
+    e.apply(census_of(11, S, 2));
+    assert_eq!(netns_keys(&e), [10, 11]);
+    e.apply(Input::Namespaces {
+        ts_ns: 2 * S,
+        alive: vec![11],
+    });
+    assert_eq!(netns_keys(&e), [11]);
+    assert_eq!(e.view().stats.netns_gone, 1);
+    assert!(
+        e.view().ports.iter().all(|p| p.key.netns != 10),
+        "its ports go with it"
+    );
+}
+
+#[test]
+fn an_enumeration_older_than_a_namespaces_news_does_not_drop_it() {
+    let mut e = Engine::new(EngineConfig::default());
+    // Listed at 5 s without namespace 10, which made a transition at 6 s.
+    e.transition(&in_ns(10, 6 * S));
+    e.apply(Input::Namespaces {
+        ts_ns: 5 * S,
+        alive: vec![],
+    });
+    assert_eq!(netns_keys(&e), [10]);
+    e.apply(Input::Namespaces {
+        ts_ns: 7 * S,
+        alive: vec![],
+    });
+    assert!(netns_keys(&e).is_empty());
+}
+
+#[test]
+fn a_censused_namespace_takes_the_place_of_one_seen_only_in_transitions() {
+    let mut e = Engine::new(EngineConfig {
+        max_netns: 2,
+        ..Default::default()
+    });
+    // A local user's namespaces fill the table with transitions only.
+    e.transition(&in_ns(20, S));
+    e.transition(&in_ns(21, S));
+    e.transition(&in_ns(22, S));
+    assert_eq!(netns_keys(&e), [20, 21, NETNS_OTHER]);
+    assert_eq!(e.view().stats.netns_overflow, 1);
+    // Root's namespace, chosen by the sampler, gets in anyway; the one it
+    // displaced is counted in `other`, so no total goes down.
+    let total = |e: &Engine| e.view().transitions_total().values().sum::<u64>();
+    let before = total(&e);
+    e.apply(census_of(99, 2 * S, 5));
+    let keys = netns_keys(&e);
+    assert!(
+        keys.contains(&99) && keys.contains(&NETNS_OTHER),
+        "{keys:?}"
+    );
+    assert_eq!(e.view().stats.netns_evicted, 1);
+    assert_eq!(total(&e), before);
+}
+
+#[test]
+fn censuses_past_the_cap_add_up_in_other_each_round() {
+    let mut e = Engine::new(EngineConfig {
+        max_netns: 1,
+        ..Default::default()
+    });
+    for round in 1..=2 {
+        e.apply(Input::Namespaces {
+            ts_ns: round * S,
+            alive: vec![1, 2, 3],
+        });
+        e.apply(census_of(1, round * S, 1));
+        e.apply(census_of(2, round * S, 10));
+        e.apply(census_of(3, round * S, 100));
+        let v = e.view();
+        let other = v
+            .namespaces
+            .iter()
+            .find(|n| n.netns == NETNS_OTHER)
+            .and_then(|n| n.census.as_ref())
+            .expect("other has a census");
+        // Namespaces 2 and 3, this round only.
+        assert_eq!(other.summary.states["ESTABLISHED"], 110, "round {round}");
+        assert_eq!(other.summary.total, 110);
+    }
+}

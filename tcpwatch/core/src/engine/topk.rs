@@ -9,9 +9,9 @@
 //! are not evicted, so a spray cannot churn the table faster than `cap`
 //! keys per ten seconds, and a busy key pushes out the junk in at most that.
 //!
-//! Per-key totals count from the key's admission (an evicted key's total is
-//! dropped with it); its per-second activity moves to `other`, so the rates
-//! of all slots always add up to the global rate.
+//! Per-key totals count from the key's admission; an evicted key's totals
+//! and per-second activity move to `other`, so the totals of all slots
+//! never go down and their rates always add up to the global rate.
 use std::{
     collections::BTreeMap,
     hash::{DefaultHasher, Hash, Hasher},
@@ -93,7 +93,20 @@ pub struct TopK<K, V> {
     pub evicted: u64,
 }
 
-impl<K: Ord + Hash + Clone, V: Default> TopK<K, V> {
+/// What an evicted key leaves to `other`: its totals, so that the sum over
+/// all keys and `other` never goes down (Prometheus reads a drop as a
+/// counter reset).
+pub trait Merge {
+    fn merge(&mut self, from: &Self);
+}
+
+impl Merge for u64 {
+    fn merge(&mut self, from: &u64) {
+        *self += from;
+    }
+}
+
+impl<K: Ord + Hash + Clone, V: Default + Merge> TopK<K, V> {
     pub fn new(cap: usize) -> Self {
         TopK {
             cap,
@@ -163,12 +176,23 @@ impl<K: Ord + Hash + Clone, V: Default> TopK<K, V> {
         }
         if let Some(old) = self.tracked.remove(&victim) {
             self.other.window.merge_from(&old.window);
+            self.other.value.merge(&old.value);
             self.evicted += 1;
         }
         self.tracked.insert(key.clone(), Slot::new(sec));
         self.admitted += 1;
         self.weakest = None;
         true
+    }
+
+    /// Forgets the keys `gone` says no longer exist (a deleted namespace's
+    /// ports): their series end, nothing moves to `other`.
+    pub fn forget(&mut self, gone: impl Fn(&K) -> bool) {
+        let before = self.tracked.len();
+        self.tracked.retain(|k, _| !gone(k));
+        if self.tracked.len() != before {
+            self.weakest = None;
+        }
     }
 
     /// A new cap (a reloaded configuration). Shrinking evicts the least
@@ -187,6 +211,8 @@ impl<K: Ord + Hash + Clone, V: Default> TopK<K, V> {
             let Some(victim) = victim else { break };
             if let Some(old) = self.tracked.remove(&victim) {
                 self.other.window.merge_from(&old.window);
+                self.other.value.merge(&old.value);
+                self.other.value.merge(&old.value);
                 self.evicted += 1;
             }
         }

@@ -114,7 +114,7 @@ fn exposition_has_the_documented_series() {
         "# TYPE tcpwatch_netstat_tcp_curr_estab gauge",
         "tcpwatch_netstat_tcp_ext_listen_overflows_total{netns=\"4026531840\"} 3",
         "tcpwatch_port_transitions_total{netns=\"4026531840\",port=\"443\",direction=\"out\",from=\"CLOSE\",to=\"SYN-SENT\"} 1",
-        "tcpwatch_process_transitions_total{comm=\"curl\",from=\"CLOSE\",to=\"SYN-SENT\"} 1",
+        "tcpwatch_process_transitions_total{pid=\"7\",comm=\"curl\",from=\"CLOSE\",to=\"SYN-SENT\"} 1",
         "tcpwatch_connect_duration_seconds_count 1",
         "tcpwatch_connect_duration_seconds_bucket{le=\"5e-05\"} 1",
         "tcpwatch_connect_duration_seconds_bucket{le=\"+Inf\"} 1",
@@ -199,7 +199,114 @@ fn kernel_counter_names_become_snake_case() {
             "tcp_ext_ip_reverse_path_filter",
         ),
         ("Tcp.InCsumErrors", "tcp_in_csum_errors"),
+        // The names a plain camel-case split got wrong.
+        ("TcpExt.DelayedACKs", "tcp_ext_delayed_acks"),
+        ("TcpExt.TCPSpuriousRTOs", "tcp_ext_tcp_spurious_rtos"),
+        ("TcpExt.TCPACKSkippedPAWS", "tcp_ext_tcp_ack_skipped_paws"),
+        ("TcpExt.TCPHPHits", "tcp_ext_tcp_hp_hits"),
+        ("TcpExt.TCPHPAcks", "tcp_ext_tcp_hp_acks"),
+        ("TcpExt.TCPDSACKOfoSent", "tcp_ext_tcp_dsack_ofo_sent"),
+        ("TcpExt.TCPMD5NotFound", "tcp_ext_tcp_md5_not_found"),
+        ("TcpExt.TCPSYNChallenge", "tcp_ext_tcp_syn_challenge"),
+        ("TcpExt.TCPTSReorder", "tcp_ext_tcp_ts_reorder"),
+        ("TcpExt.TCPOFOQueue", "tcp_ext_tcp_ofo_queue"),
+        ("TcpExt.TCPChallengeACK", "tcp_ext_tcp_challenge_ack"),
+        ("TcpExt.PFMemallocDrop", "tcp_ext_pf_memalloc_drop"),
+        ("TcpExt.TWRecycled", "tcp_ext_tw_recycled"),
+        ("TcpExt.TSEcrRejected", "tcp_ext_ts_ecr_rejected"),
+        ("TcpExt.TCPWqueueTooBig", "tcp_ext_tcp_wqueue_too_big"),
+        ("TcpExt.TCPRcvQDrop", "tcp_ext_tcp_rcv_q_drop"),
+        ("TcpExt.TCPDeliveredCE", "tcp_ext_tcp_delivered_ce"),
+        ("TcpExt.TCPMTUPFail", "tcp_ext_tcp_mtup_fail"),
+        ("TcpExt.ListenOverflows", "tcp_ext_listen_overflows"),
     ] {
-        assert_eq!(snake(kernel), ours);
+        assert_eq!(snake(kernel), ours, "{kernel}");
     }
+}
+
+#[test]
+fn every_real_kernel_counter_gets_a_distinct_prometheus_name() {
+    let mut m = BTreeMap::new();
+    crate::counters::parse(include_str!("../../../tests/data/proc_net_snmp"), &mut m).unwrap();
+    crate::counters::parse(include_str!("../../../tests/data/proc_net_netstat"), &mut m).unwrap();
+    let mut seen = BTreeMap::new();
+    for kernel in m.keys() {
+        let ours = snake(kernel);
+        assert!(
+            ours.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && !ours.contains("__"),
+            "{kernel} -> {ours}"
+        );
+        if let Some(other) = seen.insert(ours.clone(), kernel.clone()) {
+            panic!("{kernel} and {other} both become {ours}");
+        }
+    }
+    assert!(seen.len() > 100);
+}
+
+/// Every sample of a family, by its labels.
+fn series(text: &str, family: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn process_counters_never_go_down_when_a_process_is_evicted() {
+    let mut e = Engine::new(EngineConfig {
+        max_processes: 1,
+        ..Default::default()
+    });
+    let from = |pid: u32, sec: u64, n: usize, e: &mut Engine| {
+        for i in 0..n {
+            e.apply(Input::Transition(Transition {
+                ts_ns: sec * S + i as u64,
+                skaddr: pid as u64,
+                netns: Some(NS),
+                owner: Some(Owner {
+                    pid,
+                    tid: pid,
+                    comm: format!("p{pid}").as_str().into(),
+                }),
+                old: State::Known(Close),
+                new: State::Known(SynSent),
+                protocol: Protocol::Tcp,
+                local: "127.0.0.1:0".parse().unwrap(),
+                remote: "127.0.0.1:443".parse().unwrap(),
+                in_old: None,
+                caught: false,
+            }));
+        }
+    };
+    let render_now = |e: &Engine| render(e.view(), Clock { offset_ns: 0 }, &Info::default());
+    from(7, 5, 3, &mut e);
+    let before = render_now(&e);
+    // Past its ten protected seconds, a busier process takes the slot.
+    for sec in 20..23 {
+        from(8, sec, 50, &mut e);
+    }
+    let after = render_now(&e);
+    let (b, a) = (
+        series(&before, "tcpwatch_process_transitions_total"),
+        series(&after, "tcpwatch_process_transitions_total"),
+    );
+    assert!(b.keys().any(|k| k.contains("pid=\"7\"")), "{before}");
+    assert!(
+        !a.keys().any(|k| k.contains("pid=\"7\"")),
+        "evicted: {after}"
+    );
+    for (k, v) in &b {
+        assert!(a.get(k).is_none_or(|now| now >= v), "{k} went down");
+    }
+    assert!(a.values().sum::<f64>() >= b.values().sum::<f64>() + 150.0);
+    assert_eq!(
+        a.get("tcpwatch_process_transitions_total{pid=\"\",comm=\"other\",from=\"CLOSE\",to=\"SYN-SENT\"}"),
+        Some(&3.0),
+        "pid 7's count moved to other: {after}"
+    );
 }
