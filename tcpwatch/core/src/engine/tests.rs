@@ -403,3 +403,29 @@ fn censuses_past_the_cap_add_up_in_other_each_round() {
         assert_eq!(other.summary.total, 110);
     }
 }
+
+#[test]
+fn a_child_stays_inbound_after_its_listener_closed() {
+    let mut e = Engine::new(EngineConfig::default());
+    let s = "127.0.0.1:8080";
+    let c = "127.0.0.1:40000";
+    listen(&mut e, S);
+    e.transition(&t(S, 20, Close, SynSent, "127.0.0.1:0", s));
+    e.transition(&t(S, 21, Listen, SynRecv, s, c));
+    e.transition(&t(S, 21, SynRecv, Established, s, c));
+    e.transition(&t(S, 20, SynSent, Established, c, s));
+    // The listener goes first; its children live on.
+    e.transition(&t(2 * S, 1, Listen, Close, s, "0.0.0.0:0"));
+    e.transition(&t(3 * S, 20, Established, FinWait1, c, s));
+    e.transition(&t(3 * S, 21, Established, CloseWait, s, c));
+    e.transition(&t(3 * S, 21, CloseWait, LastAck, s, c));
+    e.transition(&t(3 * S, 20, FinWait1, FinWait2, c, s));
+    e.transition(&t(3 * S, 20, FinWait2, Close, c, s));
+    e.transition(&t(3 * S, 21, LastAck, Close, s, c));
+    let v = e.view();
+    // Server side: every transition under 8080 "in", nothing under the
+    // client's ephemeral port 40000.
+    assert_eq!(port(&v, 8080, Direction::In).activity.transitions, 2 + 5);
+    assert_eq!(port(&v, 8080, Direction::Out).activity.transitions, 5);
+    assert!(v.ports.iter().all(|p| p.key.port != 40000), "{:?}", v.ports);
+}
