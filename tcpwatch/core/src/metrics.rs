@@ -238,6 +238,11 @@ impl Collector for ViewCollector {
             "Unix time of the last census of a namespace",
             g,
         );
+        let mut listeners_ts = Family::new(
+            "tcpwatch_listeners_last_timestamp_seconds",
+            "Unix time the listener gauges of a namespace were last refreshed (every interval, between full censuses)",
+            g,
+        );
         let mut kc = Vec::<Family<Val>>::new();
         let mut kc_names = Vec::<(String, String)>::new();
         for ns in &v.namespaces {
@@ -323,6 +328,12 @@ impl Collector for ViewCollector {
                     vec![("netns", netns.clone())],
                     clock.unix_ns(census.ts_ns) as f64 / 1e9,
                 );
+                if let Some(ts) = ns.listeners_ts_ns {
+                    listeners_ts.add(
+                        vec![("netns", netns.clone())],
+                        clock.unix_ns(ts) as f64 / 1e9,
+                    );
+                }
             }
             if let Some(values) = &ns.counters {
                 for (name, cv) in values {
@@ -354,6 +365,7 @@ impl Collector for ViewCollector {
             &p_sockets,
             &census_dur,
             &census_ts,
+            &listeners_ts,
         ] {
             f.encode(&mut enc)?;
         }

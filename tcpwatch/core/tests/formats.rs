@@ -111,8 +111,7 @@ fn metrics_exposition() {
         max_listeners: 64,
         control: None,
     };
-    let text = render(e.view(), clock(&h), &info)
-        .replace(env!("CARGO_PKG_VERSION"), "VERSION");
+    let text = render(e.view(), clock(&h), &info).replace(env!("CARGO_PKG_VERSION"), "VERSION");
     insta::assert_snapshot!(text);
 }
 

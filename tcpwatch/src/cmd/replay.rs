@@ -55,7 +55,7 @@ fn parse_speed(s: &str) -> Result<f64, String> {
 fn input_ts(i: &Input) -> u64 {
     match i {
         Input::Transition(t) => t.ts_ns,
-        Input::Census(c) => c.ts_ns,
+        Input::Census(c) | Input::Listeners(c) => c.ts_ns,
         Input::Counters(c) => c.ts_ns,
         Input::Kernel(k) => k.ts_ns,
         Input::Tick { ts_ns } => *ts_ns,

@@ -344,16 +344,28 @@ fn spawn_sampler(
         std::thread::Builder::new()
             .name("tcpwatch-census".into())
             .spawn(move || {
+                // Full censuses are spaced by their CPU budget; in between,
+                // every interval, a listeners-only one keeps the per-listener
+                // signals fresh (they matter most in a flood, exactly when a
+                // full census is dearest).
                 let mut next = Instant::now();
+                let mut next_full = next;
                 while !stop.load(Ordering::Relaxed) {
                     let s = *settings.borrow();
                     sampler.set_owners_every(s.owners_every);
-                    let cpu = netns::thread_cpu_with_helpers_ns();
-                    let inputs = sampler.sample();
-                    let spent = Duration::from_nanos(
-                        netns::thread_cpu_with_helpers_ns().saturating_sub(cpu),
-                    );
-                    next += census_delay(s.interval, spent, s.budget_pct);
+                    let started = Instant::now();
+                    let inputs = if started >= next_full {
+                        let cpu = netns::thread_cpu_with_helpers_ns();
+                        let inputs = sampler.sample();
+                        let spent = Duration::from_nanos(
+                            netns::thread_cpu_with_helpers_ns().saturating_sub(cpu),
+                        );
+                        next_full = started + census_delay(s.interval, spent, s.budget_pct);
+                        inputs
+                    } else {
+                        sampler.sample_listeners()
+                    };
+                    next += s.interval;
                     if tx.blocking_send(inputs).is_err() {
                         break;
                     }
@@ -361,7 +373,7 @@ fn spawn_sampler(
                     while !stop.load(Ordering::Relaxed) && Instant::now() < next {
                         std::thread::sleep((next - Instant::now()).min(Duration::from_millis(50)));
                     }
-                    // A census slower than the interval: start the next now,
+                    // A round slower than the interval: start the next now,
                     // not a burst of catch-ups.
                     next = next.max(Instant::now());
                 }

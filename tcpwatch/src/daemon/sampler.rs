@@ -78,6 +78,8 @@ pub struct Sampler {
     owners: OwnerCache,
     /// Namespaces whose last census had a listener: they rank high.
     with_listeners: HashSet<u32>,
+    /// The last full round's namespaces, for listeners-only rounds.
+    last_targets: Vec<Target>,
     /// Failures so far (a namespace that vanished mid-census, ...).
     pub errors: u64,
 }
@@ -105,6 +107,7 @@ impl Sampler {
             },
             errors: 0,
             with_listeners: HashSet::new(),
+            last_targets: Vec::new(),
         }
     }
 
@@ -144,6 +147,33 @@ impl Sampler {
         self.owners.every = every;
     }
 
+    /// A listeners-only round over the last full round's namespaces:
+    /// cheap enough for every interval, whatever the budget does to full
+    /// censuses. Owners come from the cache, never a new /proc scan.
+    pub fn sample_listeners(&mut self) -> Vec<Input> {
+        let mut out = Vec::new();
+        for (path, inode) in &self.last_targets {
+            let taken_ns = monotonic_ns();
+            let t = Instant::now();
+            let census = match path {
+                None => census::take_listening(),
+                Some(p) => census::take_listening_in(p),
+            };
+            match census {
+                Ok(census) => out.push(Input::Listeners(CensusSample {
+                    ts_ns: taken_ns,
+                    duration_ns: t.elapsed().as_nanos() as u64,
+                    summary: summarize(*inode, &census, &self.owners.map),
+                })),
+                Err(e) => {
+                    self.errors += 1;
+                    tracing::debug!(?inode, "listeners census: {e}");
+                }
+            }
+        }
+        out
+    }
+
     pub fn sample(&mut self) -> Vec<Input> {
         let mut raws = Vec::new();
         // Before the enumeration: what the engine saw after this is newer
@@ -158,6 +188,7 @@ impl Sampler {
                 alive,
             });
         }
+        self.last_targets = targets.clone();
         for (path, inode) in targets {
             let taken_ns = monotonic_ns();
             let t = Instant::now();

@@ -1225,3 +1225,69 @@ fn all_netns_keeps_roots_namespace_under_a_users_spray_and_forgets_the_gone() {
     assert!(value(&text, "tcpwatch_netns_gone_total", "") >= 1.0);
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn listener_queues_refresh_every_interval_when_the_budget_spaces_out_censuses() {
+    let test = "listener_queues_refresh_every_interval_when_the_budget_spaces_out_censuses";
+    if !root_available(test) || !tool_available(test, "curl", "curl") {
+        return;
+    }
+    let ns = NsWorker::new();
+    // A budget so small that after the first census the next full one is
+    // tens of seconds away.
+    let daemon = Daemon::start(&["--netns", &ns.path, "--census-budget", "0.01"]);
+    let netns = ns.inode.to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        let t = value_now(
+            &daemon.scrape(),
+            "tcpwatch_census_last_timestamp_seconds",
+            &format!("netns=\"{netns}\""),
+        );
+        if let Some(t) = t {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no first census");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Five connections wait in a listener's accept queue.
+    const K: usize = 5;
+    let (port, _held) = ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let clients: Vec<TcpStream> = (0..K)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        (port, (l, clients))
+    });
+    let labels = format!("netns=\"{netns}\",address=\"127.0.0.1\",port=\"{port}\"");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = daemon.scrape();
+        if value_now(&text, "tcpwatch_listener_accept_queue", &labels) == Some(K as f64)
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        value_now(&text, "tcpwatch_listener_accept_queue", &labels),
+        Some(K as f64),
+        "{text}"
+    );
+    // Seen by a listeners-only census: the full one has not run again.
+    let ns_label = format!("netns=\"{netns}\"");
+    assert_eq!(
+        value(&text, "tcpwatch_census_last_timestamp_seconds", &ns_label),
+        first
+    );
+    assert!(
+        value(
+            &text,
+            "tcpwatch_listeners_last_timestamp_seconds",
+            &ns_label
+        ) > first
+    );
+    assert!(daemon.stop().success());
+}

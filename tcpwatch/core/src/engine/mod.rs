@@ -76,6 +76,10 @@ pub enum Input {
     Tick {
         ts_ns: u64,
     },
+    /// A listeners-only census (LISTEN and request sockets): between full
+    /// censuses, which a CPU budget may space out, it keeps the listener
+    /// signals (queues, SYN-RECV) fresh.
+    Listeners(CensusSample),
     /// The namespaces that exist now (the sampler's enumeration): every
     /// other one the engine keeps is gone and is dropped.
     Namespaces {
@@ -269,6 +273,8 @@ struct Namespace {
     last_seen_ns: u64,
     /// The sampler's round of its last census (see `Engine::round`).
     census_round: u64,
+    /// When the listeners in `census` were last refreshed.
+    listeners_ts_ns: Option<u64>,
 }
 
 impl Default for Namespace {
@@ -282,6 +288,7 @@ impl Default for Namespace {
             listening: Box::new([0; 1024]),
             last_seen_ns: 0,
             census_round: 0,
+            listeners_ts_ns: None,
         }
     }
 }
@@ -404,6 +411,7 @@ impl Engine {
         match input {
             Input::Transition(t) => self.transition(&t),
             Input::Census(c) => self.census(c),
+            Input::Listeners(c) => self.listeners(c),
             Input::Counters(c) => self.counters(c),
             Input::Kernel(k) => self.kernel(k),
             Input::Tick { ts_ns } => self.tick(ts_ns),
@@ -623,7 +631,58 @@ impl Engine {
         for l in &c.summary.listeners {
             ns.set_listening(l.port, true);
         }
+        ns.listeners_ts_ns = Some(c.ts_ns);
         ns.census = Some(c);
+    }
+
+    /// Refreshes a censused namespace's listeners, their queues and its
+    /// LISTEN and SYN-RECV counts; owners stay those of the full census.
+    pub fn listeners(&mut self, c: CensusSample) {
+        self.tick(c.ts_ns);
+        let Some(ns) = c.summary.netns.and_then(|n| self.namespaces.get_mut(&n)) else {
+            return;
+        };
+        let Some(census) = &mut ns.census else {
+            return;
+        };
+        if census.ts_ns > c.ts_ns {
+            return;
+        }
+        let s = &mut census.summary;
+        for state in [TCP_LISTEN, TCP_SYN_RECV] {
+            let name = State::from_raw(state).to_string();
+            let fresh = c.summary.states.get(&name).copied().unwrap_or(0);
+            let old = s.states.insert(name, fresh).unwrap_or(0);
+            s.total = s.total - old.min(s.total) + fresh;
+        }
+        // The full census's owners, by listening address.
+        let owners: HashMap<(&str, u16), &crate::census::Listener> = s
+            .listeners
+            .iter()
+            .map(|l| ((l.address.as_str(), l.port), l))
+            .collect();
+        let listeners = c
+            .summary
+            .listeners
+            .iter()
+            .map(|l| {
+                let mut l = l.clone();
+                if l.pid.is_none()
+                    && let Some(o) = owners.get(&(l.address.as_str(), l.port))
+                {
+                    l.pid = o.pid;
+                    l.comm = o.comm.clone();
+                }
+                l
+            })
+            .collect();
+        s.listeners = listeners;
+        ns.listening.fill(0);
+        for l in &c.summary.listeners {
+            ns.set_listening(l.port, true);
+        }
+        ns.listeners_ts_ns = Some(c.ts_ns);
+        ns.last_seen_ns = ns.last_seen_ns.max(c.ts_ns);
     }
 
     pub fn counters(&mut self, c: CountersSample) {
@@ -667,6 +726,7 @@ impl Engine {
                     .collect(),
                 activity: ns.activity.clone(),
                 census: ns.census.clone(),
+                listeners_ts_ns: ns.listeners_ts_ns.or(ns.census.as_ref().map(|c| c.ts_ns)),
                 counters: ns.counters.as_ref().map(|cur| {
                     cur.values
                         .iter()
@@ -766,6 +826,10 @@ pub struct NamespaceView {
     pub transitions: Vec<PairView>,
     pub activity: Activity,
     pub census: Option<CensusSample>,
+    /// When the census's listeners were last refreshed (listeners-only
+    /// censuses between full ones).
+    #[serde(default)]
+    pub listeners_ts_ns: Option<u64>,
     pub counters: Option<BTreeMap<String, CounterView>>,
 }
 

@@ -429,3 +429,48 @@ fn a_child_stays_inbound_after_its_listener_closed() {
     assert_eq!(port(&v, 8080, Direction::Out).activity.transitions, 5);
     assert!(v.ports.iter().all(|p| p.key.port != 40000), "{:?}", v.ports);
 }
+
+#[test]
+fn a_listeners_census_refreshes_queues_between_full_ones_and_keeps_owners() {
+    let mut e = Engine::new(EngineConfig::default());
+    let listener = |accept_queue, syn_recv, pid: Option<u32>| crate::census::Listener {
+        address: "0.0.0.0".into(),
+        port: 80,
+        accept_queue,
+        backlog: 128,
+        syn_recv,
+        pid,
+        comm: pid.map(|_| "nginx".to_string()),
+    };
+    let sample = |ts_ns, l: crate::census::Listener, syn: u64| CensusSample {
+        ts_ns,
+        duration_ns: 1,
+        summary: Summary {
+            netns: Some(5),
+            total: 1 + syn + 40,
+            states: [
+                ("LISTEN".to_string(), 1),
+                ("SYN-RECV".to_string(), syn),
+                ("ESTABLISHED".to_string(), 40),
+            ]
+            .into(),
+            listeners: vec![l],
+            processes: vec![],
+        },
+    };
+    e.apply(Input::Census(sample(S, listener(0, 0, Some(9)), 0)));
+    // A flood starts; the next full census is far off.
+    let mut fresh = sample(2 * S, listener(3, 128, None), 128);
+    fresh.summary.states.remove("ESTABLISHED");
+    fresh.summary.total = 129;
+    e.apply(Input::Listeners(fresh));
+    let v = e.view();
+    let ns = v.namespaces.iter().find(|n| n.netns == 5).unwrap();
+    let c = ns.census.as_ref().unwrap();
+    assert_eq!(c.ts_ns, S, "the full census's time");
+    assert_eq!(ns.listeners_ts_ns, Some(2 * S));
+    assert_eq!(c.summary.listeners, vec![listener(3, 128, Some(9))]);
+    assert_eq!(c.summary.states["SYN-RECV"], 128);
+    assert_eq!(c.summary.states["ESTABLISHED"], 40, "from the full census");
+    assert_eq!(c.summary.total, 1 + 128 + 40);
+}
