@@ -40,6 +40,10 @@ use crate::{
     probe::{capture::Capture, loader::LoadOptions},
 };
 
+/// How often, at most, namespaces the engine just met are censused outside
+/// the rounds.
+const FIRST_SEEN_EVERY: Duration = Duration::from_millis(200);
+
 /// Events read from the ring buffer per wake-up, at most.
 const BATCH: usize = 8192;
 
@@ -170,6 +174,7 @@ pub async fn run(
         handle: sampler,
         mut samples,
         stop: sampler_stop,
+        first_seen,
     } = spawn_sampler(opts.scope.clone(), settings_rx).context("starting the census thread")?;
     let mut tick = ticker(&running);
     // SIGHUP reloads; it never ends the daemon.
@@ -193,6 +198,13 @@ pub async fn run(
             r = capture.ready() => {
                 r.context("reading the ring buffer")?;
                 capture.drain_each(BATCH, |t| apply_transition(&mut engine, &mut recorder, t))?;
+                // New namespaces are censused at once (bounded; never waited for).
+                let fresh = engine.take_first_seen();
+                if let Some(tx) = &first_seen
+                    && !fresh.is_empty()
+                {
+                    let _ = tx.try_send(fresh);
+                }
             }
             Some(inputs) = samples.recv() => apply(&mut engine, &mut recorder, inputs)?,
             _ = tick.tick() => {
@@ -330,6 +342,8 @@ struct SamplerThread {
     handle: JoinHandle<()>,
     samples: mpsc::Receiver<Vec<Input>>,
     stop: Arc<AtomicBool>,
+    /// Namespaces the engine just met, for an immediate census (`All`).
+    first_seen: Option<std::sync::mpsc::SyncSender<Vec<u32>>>,
 }
 
 fn spawn_sampler(
@@ -338,6 +352,8 @@ fn spawn_sampler(
 ) -> std::io::Result<SamplerThread> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<Vec<Input>>(4);
+    let (first_seen, fresh) = std::sync::mpsc::sync_channel::<Vec<u32>>(4);
+    let first_seen = matches!(scope, Scope::All { .. }).then_some(first_seen);
     let mut sampler = Sampler::new(scope, settings.borrow().owners_every);
     let handle = {
         let stop = stop.clone();
@@ -350,6 +366,7 @@ fn spawn_sampler(
                 // full census is dearest).
                 let mut next = Instant::now();
                 let mut next_full = next;
+                let mut last_first_seen = next;
                 while !stop.load(Ordering::Relaxed) {
                     let s = *settings.borrow();
                     sampler.set_owners_every(s.owners_every);
@@ -369,9 +386,34 @@ fn spawn_sampler(
                     if tx.blocking_send(inputs).is_err() {
                         break;
                     }
-                    // Sleep in short steps so a stop is seen quickly.
+                    // Sleep in short steps so a stop is seen quickly, and
+                    // census namespaces met meanwhile at once (at most one
+                    // such round per FIRST_SEEN_EVERY, what arrives between
+                    // merged).
                     while !stop.load(Ordering::Relaxed) && Instant::now() < next {
-                        std::thread::sleep((next - Instant::now()).min(Duration::from_millis(50)));
+                        let step = (next - Instant::now()).min(Duration::from_millis(50));
+                        let mut inodes = match fresh.recv_timeout(step) {
+                            Ok(inodes) => inodes,
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                                std::thread::sleep(step);
+                                continue;
+                            }
+                        };
+                        if let Some(wait) = FIRST_SEEN_EVERY.checked_sub(last_first_seen.elapsed())
+                        {
+                            std::thread::sleep(wait);
+                        }
+                        while let Ok(more) = fresh.try_recv() {
+                            inodes.extend(more);
+                        }
+                        inodes.sort_unstable();
+                        inodes.dedup();
+                        last_first_seen = Instant::now();
+                        let inputs = sampler.sample_first_seen(&inodes);
+                        if !inputs.is_empty() && tx.blocking_send(inputs).is_err() {
+                            return;
+                        }
                     }
                     // A round slower than the interval: start the next now,
                     // not a burst of catch-ups.
@@ -383,6 +425,7 @@ fn spawn_sampler(
         handle,
         samples: rx,
         stop,
+        first_seen,
     })
 }
 

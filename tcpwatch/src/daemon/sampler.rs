@@ -7,6 +7,7 @@ use std::{
     time::Instant,
 };
 
+use tcpwatch_common::state::TCP_LISTEN;
 use tcpwatch_core::{
     census::{Census, TimeWait, summarize},
     engine::{CensusSample, CountersSample, Input},
@@ -174,8 +175,9 @@ impl Sampler {
         out
     }
 
+    /// A full round: the enumeration (for `All`), then a census and a
+    /// counter sample per namespace in scope.
     pub fn sample(&mut self) -> Vec<Input> {
-        let mut raws = Vec::new();
         // Before the enumeration: what the engine saw after this is newer
         // than the list, and is not dropped by it.
         let enumerated_ns = monotonic_ns();
@@ -189,17 +191,59 @@ impl Sampler {
             });
         }
         self.last_targets = targets.clone();
+        let raws = self.take(&targets);
+        let inodes: HashSet<u64> = raws
+            .iter()
+            .flat_map(|r| r.census.entries.iter())
+            .filter(|e| e.inode != 0)
+            .map(|e| e.inode as u64)
+            .collect();
+        let (owners, scan_ns) = self.owners.owners(&inodes);
+        self.with_listeners.clear();
+        for r in &raws {
+            if let Some(n) = r.netns
+                && r.census.entries.iter().any(|e| e.state == TCP_LISTEN)
+            {
+                self.with_listeners.insert(n);
+            }
+        }
+        push_inputs(&mut out, raws, owners, scan_ns.unwrap_or(0));
+        out
+    }
+
+    /// Namespaces the engine has just seen for the first time (`All`
+    /// only): a census and counters at once, so one that lives less than
+    /// an interval is sampled too. At most `FIRST_SEEN_ROUND` of them;
+    /// owners from the cache.
+    pub fn sample_first_seen(&mut self, inodes: &[u32]) -> Vec<Input> {
+        if !matches!(self.scope, Scope::All { .. }) || inodes.is_empty() {
+            return Vec::new();
+        }
+        let targets: Vec<Target> = netns::all()
+            .into_iter()
+            .filter(|n| inodes.contains(&n.inode))
+            .take(FIRST_SEEN_ROUND)
+            .map(|n| (Some(n.path), Some(n.inode)))
+            .collect();
+        let raws = self.take(&targets);
+        let mut out = Vec::new();
+        push_inputs(&mut out, raws, &self.owners.map, 0);
+        out
+    }
+
+    fn take(&mut self, targets: &[Target]) -> Vec<Raw> {
+        let mut raws = Vec::new();
         for (path, inode) in targets {
             let taken_ns = monotonic_ns();
             let t = Instant::now();
             // The daemon only counts TIME-WAIT sockets: listing them is
             // most of a census's cost under churn.
-            let entries = match &path {
+            let entries = match path {
                 None => census::take(TimeWait::Counted),
                 Some(p) => census::take_in(p, TimeWait::Counted),
             };
             let census_ns = t.elapsed().as_nanos() as u64;
-            let counters = match &path {
+            let counters = match path {
                 None => counters::read_current(),
                 Some(p) => counters::read_in(p),
             };
@@ -214,7 +258,7 @@ impl Sampler {
             };
             match entries {
                 Ok(census) => raws.push(Raw {
-                    netns: inode,
+                    netns: *inode,
                     census,
                     census_ns,
                     taken_ns,
@@ -228,34 +272,28 @@ impl Sampler {
                 }
             }
         }
-        let inodes: HashSet<u64> = raws
-            .iter()
-            .flat_map(|r| r.census.entries.iter())
-            .filter(|e| e.inode != 0)
-            .map(|e| e.inode as u64)
-            .collect();
-        let (owners, scan_ns) = self.owners.owners(&inodes);
-        self.with_listeners.clear();
-        for r in raws {
-            let summary = summarize(r.netns, &r.census, owners);
-            if let Some(n) = r.netns
-                && !summary.listeners.is_empty()
-            {
-                self.with_listeners.insert(n);
-            }
-            out.push(Input::Census(CensusSample {
-                ts_ns: r.taken_ns,
-                duration_ns: r.census_ns + scan_ns.unwrap_or(0),
-                summary,
+        raws
+    }
+}
+
+/// Namespaces censused at once when first seen, per round at most.
+const FIRST_SEEN_ROUND: usize = 16;
+
+/// Censuses (summarized with `owners`) and counter samples as inputs.
+fn push_inputs(out: &mut Vec<Input>, raws: Vec<Raw>, owners: &HashMap<u64, Owner>, scan_ns: u64) {
+    for r in raws {
+        let summary = summarize(r.netns, &r.census, owners);
+        out.push(Input::Census(CensusSample {
+            ts_ns: r.taken_ns,
+            duration_ns: r.census_ns + scan_ns,
+            summary,
+        }));
+        if let Some(values) = r.counters {
+            out.push(Input::Counters(CountersSample {
+                ts_ns: r.counters_ns,
+                netns: r.netns,
+                values,
             }));
-            if let Some(values) = r.counters {
-                out.push(Input::Counters(CountersSample {
-                    ts_ns: r.counters_ns,
-                    netns: r.netns,
-                    values,
-                }));
-            }
         }
-        out
     }
 }

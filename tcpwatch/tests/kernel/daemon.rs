@@ -1291,3 +1291,67 @@ fn listener_queues_refresh_every_interval_when_the_budget_spaces_out_censuses() 
     );
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn a_namespace_that_lives_a_third_of_a_second_is_censused_and_counted() {
+    let test = "a_namespace_that_lives_a_third_of_a_second_is_censused_and_counted";
+    if !root_available(test) {
+        return;
+    }
+    const N: usize = 20;
+    let dir = std::env::temp_dir().join(format!("tcpwatch-short-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("t.rec");
+    // Rounds 10 s apart: only a census on first sight can see it.
+    let mut child = Command::new(BIN)
+        .args(["record", file.to_str().unwrap(), "--all-netns"])
+        .args(["--interval", "10", "--duration", "3"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("daemon up") {
+        assert!(lines.read_line(&mut seen).unwrap() > 0, "{seen}");
+    }
+    let born = Instant::now();
+    let ns = NamedNetns::new("short");
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(ns.path()).unwrap().ino();
+    let held = ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        connections(&l, N);
+        l
+    });
+    // It lives 0.3 s in all (the listener with it), then is deleted.
+    std::thread::sleep(Duration::from_millis(300).saturating_sub(born.elapsed()));
+    drop(held);
+    drop(ns);
+    let st = child.wait().unwrap();
+    lines.read_to_string(&mut seen).unwrap();
+    assert!(st.success(), "{seen}");
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    let inputs: Vec<serde_json::Value> = text
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let census = inputs
+        .iter()
+        .find(|i| i["census"]["summary"]["netns"] == inode)
+        .unwrap_or_else(|| panic!("no census of namespace {inode}"));
+    assert!(census["census"]["summary"]["total"].as_u64().unwrap() >= 1);
+    let counters = inputs
+        .iter()
+        .find(|i| i["counters"]["netns"] == inode)
+        .unwrap_or_else(|| panic!("no counters of namespace {inode}"));
+    // Taken after its first transition: at least that connect is in.
+    assert!(
+        counters["counters"]["values"]["Tcp.ActiveOpens"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -319,6 +319,9 @@ impl Namespace {
     }
 }
 
+/// First-seen namespaces remembered between two `take_first_seen` calls.
+const FIRST_SEEN_MAX: usize = 32;
+
 /// Namespace key used when `max_netns` is reached.
 pub const NETNS_OTHER: u32 = u32::MAX;
 
@@ -330,6 +333,8 @@ pub struct Engine {
     /// Sampler rounds seen (`Input::Namespaces`); a namespace censused in
     /// the current one is ranked within the cap and keeps its place.
     round: u64,
+    /// See `take_first_seen`.
+    first_seen: Vec<u32>,
     ports: TopK<PortKey, Activity>,
     processes: TopK<ProcessKey, Activity>,
     durations: Durations,
@@ -379,6 +384,7 @@ impl Engine {
             now_ns: 0,
             namespaces: BTreeMap::new(),
             round: 1,
+            first_seen: Vec::new(),
             ports: TopK::new(cfg.max_ports),
             processes: TopK::new(cfg.max_processes),
             durations: Durations::default(),
@@ -431,13 +437,25 @@ impl Engine {
     }
 
     fn namespace(&mut self, netns: u32) -> &mut Namespace {
-        let key = if self.namespaces.contains_key(&netns) || self.has_room() {
+        let key = if self.namespaces.contains_key(&netns) {
+            netns
+        } else if self.has_room() {
+            if self.first_seen.len() < FIRST_SEEN_MAX && netns != 0 {
+                self.first_seen.push(netns);
+            }
             netns
         } else {
             self.stats.netns_overflow += 1;
             NETNS_OTHER
         };
         self.namespaces.entry(key).or_default()
+    }
+
+    /// Namespaces first seen since the last call (at most a few dozen): the
+    /// daemon censuses them at once, so one that lives less than an
+    /// interval still has its census and counters taken.
+    pub fn take_first_seen(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.first_seen)
     }
 
     /// A namespace the sampler chose to census (it ranks the host's, named

@@ -474,3 +474,17 @@ fn a_listeners_census_refreshes_queues_between_full_ones_and_keeps_owners() {
     assert_eq!(c.summary.states["ESTABLISHED"], 40, "from the full census");
     assert_eq!(c.summary.total, 1 + 128 + 40);
 }
+
+#[test]
+fn new_namespaces_are_reported_once_and_at_most_a_few_dozen() {
+    let mut e = Engine::new(EngineConfig::default());
+    e.transition(&in_ns(10, S));
+    e.transition(&in_ns(10, S));
+    e.transition(&in_ns(11, S));
+    assert_eq!(e.take_first_seen(), [10, 11]);
+    assert!(e.take_first_seen().is_empty());
+    for n in 100..200 {
+        e.transition(&in_ns(n, S));
+    }
+    assert_eq!(e.take_first_seen().len(), 32);
+}
