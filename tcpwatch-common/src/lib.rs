@@ -13,7 +13,7 @@ pub use state::TcpState;
 /// Bumped whenever the layout of [`TransitionEvent`], [`ProbeConfig`],
 /// [`SockInfo`] or the statistics array changes. The eBPF object carries it in
 /// its configuration; user space refuses to run an object of another version.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// `sk_protocol` values the programs report (everything else is ignored).
 pub const IPPROTO_TCP: u16 = 6;
@@ -44,6 +44,25 @@ pub const FLAG_CAUGHT: u16 = 1 << 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskComm(pub [u8; 16]);
 
+/// What every ring-buffer record starts with: its kind and size, so user
+/// space dispatches records of several kinds (and counts the ones it does
+/// not know) without guessing from sizes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u16,
+    /// The whole record's size in bytes, header included.
+    pub size: u16,
+    pub _pad: u32,
+}
+
+/// Record kinds ([`EventHeader::kind`]).
+pub mod kind {
+    /// A [`super::TransitionEvent`].
+    pub const TRANSITION: u16 = 1;
+}
+
 /// One TCP state transition, as written into the ring buffer.
 ///
 /// Addresses are in network byte order, IPv4 in the first 4 bytes; ports in
@@ -51,6 +70,8 @@ pub struct TaskComm(pub [u8; 16]);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransitionEvent {
+    /// `kind::TRANSITION`, `size_of::<TransitionEvent>()`.
+    pub header: EventHeader,
     pub ts_ns: u64,
     pub skaddr: u64,
     /// Time spent in `oldstate`, valid when `FLAG_DELTA_KNOWN` is set.
@@ -72,7 +93,7 @@ pub struct TransitionEvent {
     pub comm: TaskComm,
 }
 
-const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 104);
 const _: () = assert!(core::mem::align_of::<TransitionEvent>() == 8);
 
 /// Per-socket state the programs keep between transitions (keyed by skaddr,
@@ -269,6 +290,14 @@ pub const PROG_SLOTS: u32 = TRANSITION_SLOTS + stat::COUNT;
 /// Length of the per-CPU statistics array.
 pub const STATS_LEN: u32 = NUM_PROGS * PROG_SLOTS;
 
+/// Every per-CPU counter, as one value of a one-entry per-CPU array: user
+/// space reads them all with one lookup per tick (it took one per slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Stats {
+    pub slots: [u64; STATS_LEN as usize],
+}
+
 /// Index of the counter of `old -> new` for `prog`, or `None` for states
 /// outside 0..STATE_SLOTS.
 #[inline(always)]
@@ -353,6 +382,10 @@ mod pod {
     unsafe impl aya::Pod for super::ProbeConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Recent {}
+    // SAFETY: as above: an array of u64, no padding.
+    unsafe impl aya::Pod for super::Stats {}
+    // SAFETY: as above (its padding is an explicit field).
+    unsafe impl aya::Pod for super::EventHeader {}
 }
 
 #[cfg(test)]
@@ -363,26 +396,29 @@ mod tests {
     #[test]
     fn event_layout_is_stable() {
         assert_eq!(
-            LAYOUT_VERSION, 2,
+            LAYOUT_VERSION, 3,
             "layout changed: bump LAYOUT_VERSION and these offsets"
         );
-        assert_eq!(core::mem::size_of::<TransitionEvent>(), 96);
-        assert_eq!(offset_of!(TransitionEvent, ts_ns), 0);
-        assert_eq!(offset_of!(TransitionEvent, skaddr), 8);
-        assert_eq!(offset_of!(TransitionEvent, delta_ns), 16);
-        assert_eq!(offset_of!(TransitionEvent, netns), 24);
-        assert_eq!(offset_of!(TransitionEvent, pid), 28);
-        assert_eq!(offset_of!(TransitionEvent, tgid), 32);
-        assert_eq!(offset_of!(TransitionEvent, oldstate), 36);
-        assert_eq!(offset_of!(TransitionEvent, newstate), 37);
-        assert_eq!(offset_of!(TransitionEvent, family), 38);
-        assert_eq!(offset_of!(TransitionEvent, protocol), 40);
-        assert_eq!(offset_of!(TransitionEvent, sport), 42);
-        assert_eq!(offset_of!(TransitionEvent, dport), 44);
-        assert_eq!(offset_of!(TransitionEvent, flags), 46);
-        assert_eq!(offset_of!(TransitionEvent, saddr), 48);
-        assert_eq!(offset_of!(TransitionEvent, daddr), 64);
-        assert_eq!(offset_of!(TransitionEvent, comm), 80);
+        assert_eq!(core::mem::size_of::<EventHeader>(), 8);
+        assert_eq!(core::mem::size_of::<TransitionEvent>(), 104);
+        assert_eq!(offset_of!(TransitionEvent, header), 0);
+        assert_eq!(offset_of!(TransitionEvent, ts_ns), 8);
+        assert_eq!(offset_of!(TransitionEvent, skaddr), 16);
+        assert_eq!(offset_of!(TransitionEvent, delta_ns), 24);
+        assert_eq!(offset_of!(TransitionEvent, netns), 32);
+        assert_eq!(offset_of!(TransitionEvent, pid), 36);
+        assert_eq!(offset_of!(TransitionEvent, tgid), 40);
+        assert_eq!(offset_of!(TransitionEvent, oldstate), 44);
+        assert_eq!(offset_of!(TransitionEvent, newstate), 45);
+        assert_eq!(offset_of!(TransitionEvent, family), 46);
+        assert_eq!(offset_of!(TransitionEvent, protocol), 48);
+        assert_eq!(offset_of!(TransitionEvent, sport), 50);
+        assert_eq!(offset_of!(TransitionEvent, dport), 52);
+        assert_eq!(offset_of!(TransitionEvent, flags), 54);
+        assert_eq!(offset_of!(TransitionEvent, saddr), 56);
+        assert_eq!(offset_of!(TransitionEvent, daddr), 72);
+        assert_eq!(offset_of!(TransitionEvent, comm), 88);
+        assert_eq!(core::mem::size_of::<Stats>(), STATS_LEN as usize * 8);
     }
 
     #[test]

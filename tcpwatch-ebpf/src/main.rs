@@ -27,10 +27,11 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tcpwatch_common::{
-    AF_INET6, FLAG_CAUGHT, FLAG_DELTA_KNOWN, FLAG_OWNER_KNOWN, HOOK_BTF, HOOK_CLASSIC,
+    AF_INET6, EventHeader, FLAG_CAUGHT, FLAG_DELTA_KNOWN, FLAG_OWNER_KNOWN, HOOK_BTF, HOOK_CLASSIC,
     IPPROTO_MPTCP, IPPROTO_TCP, PF_KTHREAD, PROG_CATCHER, PROG_MAIN, ProbeConfig, RECENT_SLOTS,
-    Recent, STATS_LEN, SockInfo, TP_RECORD_READ, TaskComm, TransitionEvent, listener_key,
-    owner_runs_transition, stat, stat_index, state::*, transition_id, transition_index,
+    Recent, STATS_LEN, SockInfo, Stats, TP_RECORD_READ, TaskComm, TransitionEvent, kind,
+    listener_key, owner_runs_transition, stat, stat_index, state::*, transition_id,
+    transition_index,
 };
 
 /// Filled in by user space before load (read-only data).
@@ -42,9 +43,10 @@ static CONFIG: ProbeConfig = ProbeConfig::UNSET;
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
 /// Per-CPU counters: every transition per (old, new), plus event statistics
-/// (layout in tcpwatch_common).
+/// (layout in tcpwatch_common), in one value so user space reads them with
+/// one lookup.
 #[map]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+static STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-socket owner and last-transition time, keyed by skaddr. LRU so that
 /// sockets we never see close cannot fill it; an evicted socket reports an
@@ -98,12 +100,27 @@ fn config() -> ProbeConfig {
 
 #[inline(always)]
 fn bump(index: u32) {
-    if let Some(p) = STATS.get_ptr_mut(index) {
-        // SAFETY: the pointer is this CPU's slot of a per-CPU array. Each
-        // program has its own slots and a program never nests inside itself
-        // on one CPU (the kernel skips it instead), so nothing interrupts
-        // this read-modify-write with a write to the same slot.
-        unsafe { *p += 1 };
+    // Through memory, so the compiler cannot drop the check below on the
+    // strength of a bound it proved but the verifier cannot follow (it
+    // tracked the catcher's index up to 764 of 538 slots).
+    // SAFETY: a read of a local.
+    let index = unsafe { core::ptr::read_volatile(&index) };
+    if index >= STATS_LEN {
+        return;
+    }
+    if let Some(p) = STATS.get_ptr_mut(0) {
+        // SAFETY: the pointer is this CPU's value of a per-CPU array, and
+        // `index` is within its slots (checked above, which also bounds the
+        // access for the verifier). Each program has its own slots and a
+        // program never nests inside itself on one CPU (the kernel skips it
+        // instead), so nothing interrupts this read-modify-write with a
+        // write to the same slot.
+        unsafe {
+            let slot = core::ptr::addr_of_mut!((*p).slots)
+                .cast::<u64>()
+                .add(index as usize);
+            *slot += 1;
+        }
     }
 }
 
@@ -492,6 +509,11 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
     match EVENTS.reserve::<TransitionEvent>(0) {
         Some(mut entry) => {
             entry.write(TransitionEvent {
+                header: EventHeader {
+                    kind: kind::TRANSITION,
+                    size: core::mem::size_of::<TransitionEvent>() as u16,
+                    _pad: 0,
+                },
                 ts_ns: now,
                 skaddr: t.skaddr,
                 delta_ns,

@@ -452,6 +452,11 @@ mod tests {
 
     fn raw() -> TransitionEvent {
         TransitionEvent {
+            header: tcpwatch_common::EventHeader {
+                kind: tcpwatch_common::kind::TRANSITION,
+                size: 104,
+                _pad: 0,
+            },
             ts_ns: 5,
             skaddr: 0xffff_8880_0000_1000,
             delta_ns: 1_500_000,

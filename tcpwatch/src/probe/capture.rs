@@ -12,8 +12,8 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use tcpwatch_common::{
-    FLAG_OWNER_KNOWN, PROG_MAIN, STATS_LEN, SockInfo, TaskComm, TransitionEvent, listener_key,
-    stat, stat_index,
+    EventHeader, FLAG_OWNER_KNOWN, PROG_MAIN, STATS_LEN, SockInfo, Stats, TaskComm,
+    TransitionEvent, kind, listener_key, stat, stat_index,
 };
 
 use tcpwatch_core::model::{KernelCounters, Owner, ProgCounters, Slot, Transition, stats_slot};
@@ -39,7 +39,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 pub struct Capture {
     loaded: Loaded,
     ring: AsyncFd<RingBuf<MapData>>,
-    stats: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, Stats>,
     /// Records of an unexpected size (an object built from other sources).
     malformed: u64,
     /// The main program's `recursion_misses` before arming: skips of runs
@@ -324,12 +324,13 @@ impl Capture {
     pub fn counters(&self) -> Result<KernelCounters, CaptureError> {
         let mut main = ProgCounters::new();
         let mut catcher = ProgCounters::new();
+        // One lookup: every CPU's counters.
+        let per_cpu = self
+            .stats
+            .get(&0, 0)
+            .map_err(|e| CaptureError::Map("STATS", e))?;
         for index in 0..STATS_LEN {
-            let values = self
-                .stats
-                .get(&index, 0)
-                .map_err(|e| CaptureError::Map("STATS", e))?;
-            let sum: u64 = values.iter().sum();
+            let sum: u64 = per_cpu.iter().map(|s| s.slots[index as usize]).sum();
             let Some((prog, slot)) = stats_slot(index) else {
                 continue;
             };
@@ -389,7 +390,7 @@ impl Capture {
 /// on without it.
 fn open_witness(
     loaded: &Loaded,
-    stats: &PerCpuArray<MapData, u64>,
+    stats: &PerCpuArray<MapData, Stats>,
 ) -> Result<(Witness, Reading), String> {
     if loaded.hook != Hook::Btf {
         return Err("the classic tracepoint hook has none".into());
@@ -407,12 +408,14 @@ fn open_witness(
 /// The main program's runs (summed over CPUs) and its `recursion_misses`.
 fn main_runs_and_misses(
     loaded: &Loaded,
-    stats: &PerCpuArray<MapData, u64>,
+    stats: &PerCpuArray<MapData, Stats>,
 ) -> io::Result<(u64, u64)> {
+    let runs_at = stat_index(PROG_MAIN, stat::RUNS) as usize;
     let runs: u64 = stats
-        .get(&stat_index(PROG_MAIN, stat::RUNS), 0)
+        .get(&0, 0)
         .map_err(io::Error::other)?
         .iter()
+        .map(|s| s.slots[runs_at])
         .sum();
     let main = loader::program_names(loaded.hook)[0];
     let misses = prog_info(loaded, main)
@@ -421,8 +424,9 @@ fn main_runs_and_misses(
     Ok((runs, misses))
 }
 
-/// Hands up to `max` events to `f` (counting in `malformed` records of
-/// another size), until the ring is empty or `f` fails.
+/// Hands up to `max` transitions to `f` (counting in `malformed` records of
+/// another kind or of the wrong size for theirs), until the ring is empty or
+/// `f` fails.
 fn drain<E>(
     ring: &mut RingBuf<MapData>,
     max: usize,
@@ -432,7 +436,7 @@ fn drain<E>(
     let mut n = 0;
     while n < max {
         let Some(item) = ring.next() else { break };
-        if item.len() != size_of::<TransitionEvent>() {
+        if !is_transition(&item) {
             *malformed += 1;
             continue;
         }
@@ -465,6 +469,17 @@ fn drain<E>(
         f(&t)?;
     }
     Ok(())
+}
+
+/// Whether a record is a whole transition event: by its header's kind and
+/// size (the only kind the programs write today).
+fn is_transition(record: &[u8]) -> bool {
+    let Some(h) = record.get(..size_of::<EventHeader>()) else {
+        return false;
+    };
+    let kind_of = u16::from_ne_bytes([h[0], h[1]]);
+    let size = u16::from_ne_bytes([h[2], h[3]]) as usize;
+    kind_of == kind::TRANSITION && size == size_of::<TransitionEvent>() && record.len() == size
 }
 
 /// The part of `struct bpf_prog_info` we read, via BPF_OBJ_GET_INFO_BY_FD
