@@ -38,6 +38,12 @@ use tcpwatch_common::{
 #[unsafe(no_mangle)]
 static CONFIG: ProbeConfig = ProbeConfig::UNSET;
 
+/// The shared layouts this object was built with: user space reads it from
+/// the object and refuses to load one built from other sources (CONFIG's
+/// own copy is overwritten by user space, so it cannot tell).
+#[unsafe(no_mangle)]
+static TCPWATCH_LAYOUT: u32 = tcpwatch_common::LAYOUT_VERSION;
+
 /// Transition events for user space. Size is set by the loader.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);

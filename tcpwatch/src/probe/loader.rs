@@ -304,7 +304,46 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     }
 }
 
+/// The layout version the embedded object was built with (its
+/// `TCPWATCH_LAYOUT` symbol), or why it cannot be read.
+pub fn object_layout(object: &[u8]) -> Result<u32, String> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    let file = object::File::parse(object).map_err(|e| format!("not an ELF object: {e}"))?;
+    let sym = file
+        .symbols()
+        .find(|s| s.name() == Ok("TCPWATCH_LAYOUT"))
+        .ok_or("no TCPWATCH_LAYOUT symbol")?;
+    let section = sym
+        .section_index()
+        .and_then(|i| file.section_by_index(i).ok())
+        .ok_or("TCPWATCH_LAYOUT has no section")?;
+    let data = section.data().map_err(|e| e.to_string())?;
+    // In a relocatable object a symbol's value is its offset in its section.
+    let at = usize::try_from(sym.address() - section.address()).map_err(|e| e.to_string())?;
+    let bytes = data
+        .get(at..at + 4)
+        .ok_or("TCPWATCH_LAYOUT lies outside its section")?;
+    Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
+}
+
+fn check_layout(object: &[u8]) -> Result<(), LoadError> {
+    match object_layout(object) {
+        Ok(v) if v == LAYOUT_VERSION => Ok(()),
+        Ok(v) => Err(LoadError::other(
+            "checking the eBPF object",
+            io::Error::other(format!(
+                "it was built with layout version {v}, this tcpwatch reads version {LAYOUT_VERSION}: rebuild tcpwatch"
+            )),
+        )),
+        Err(e) => Err(LoadError::other(
+            "checking the eBPF object",
+            io::Error::other(e),
+        )),
+    }
+}
+
 fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    check_layout(OBJECT)?;
     if let Some(ns) = opts.netns {
         if ns == 0 {
             return Err(LoadError::Usage("--netns 0 names no namespace".into()));
@@ -424,5 +463,35 @@ fn rejected(program: &'static str, e: ProgramError, verbose: bool) -> LoadError 
             }
         }
         e => LoadError::other(format!("loading {program}"), e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_object_carries_this_layout_version() {
+        assert_eq!(object_layout(OBJECT), Ok(LAYOUT_VERSION));
+        assert!(check_layout(OBJECT).is_ok());
+        assert!(object_layout(b"not an object").is_err());
+    }
+
+    #[test]
+    fn an_object_of_another_layout_is_refused() {
+        use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+        let file = object::File::parse(OBJECT).unwrap();
+        let sym = file
+            .symbols()
+            .find(|s| s.name() == Ok("TCPWATCH_LAYOUT"))
+            .unwrap();
+        let section = file.section_by_index(sym.section_index().unwrap()).unwrap();
+        let (start, _) = section.file_range().unwrap();
+        let at = (start + sym.address() - section.address()) as usize;
+        let mut other = OBJECT.to_vec();
+        other[at..at + 4].copy_from_slice(&(LAYOUT_VERSION + 1).to_le_bytes());
+        assert_eq!(object_layout(&other), Ok(LAYOUT_VERSION + 1));
+        let e = check_layout(&other).unwrap_err().to_string();
+        assert!(e.contains("rebuild tcpwatch"), "{e}");
     }
 }
