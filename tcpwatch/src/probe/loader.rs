@@ -156,25 +156,91 @@ impl LoadError {
     }
 }
 
+/// Where a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// A BTF-typed tracepoint (tp_btf) on this kernel function's tracepoint.
+    Btf { tracepoint: &'static str },
+    /// A classic tracepoint (needs tracefs).
+    Tracepoint {
+        category: &'static str,
+        name: &'static str,
+    },
+}
+
+/// What a kernel without a program's hook means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfMissing {
+    /// Loading fails (the program is what tcpwatch is for).
+    Fail,
+    /// It is left out, said once in the log and kept in `Loaded::skipped`
+    /// (programs that add signals, such as the detection tracepoints).
+    Skip,
+}
+
+/// One program of the object.
+#[derive(Clone, Copy, Debug)]
+pub struct ProgramSpec {
+    pub name: &'static str,
+    /// The hook mode it belongs to.
+    pub hook: Hook,
+    pub attach: Attach,
+    pub if_missing: IfMissing,
+}
+
+/// Every program, in attach order within a hook: the kernel runs a hook's
+/// programs in that order, and the catcher must run after the program
+/// whose skips it catches. Adding a program is a line here.
+pub const PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec {
+        name: "tcpwatch_main",
+        hook: Hook::Btf,
+        attach: Attach::Btf {
+            tracepoint: "inet_sock_set_state",
+        },
+        if_missing: IfMissing::Fail,
+    },
+    ProgramSpec {
+        name: "tcpwatch_catch",
+        hook: Hook::Btf,
+        attach: Attach::Btf {
+            tracepoint: "inet_sock_set_state",
+        },
+        if_missing: IfMissing::Fail,
+    },
+    ProgramSpec {
+        name: "tcpwatch_classic",
+        hook: Hook::Classic,
+        attach: Attach::Tracepoint {
+            category: "sock",
+            name: "inet_sock_set_state",
+        },
+        if_missing: IfMissing::Fail,
+    },
+];
+
 /// Loaded and attached programs; dropping it detaches them.
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub hook: Hook,
     pub config: ProbeConfig,
-    links: Links,
+    /// Optional programs left out, with why.
+    pub skipped: Vec<(&'static str, String)>,
+    links: Vec<(&'static str, Link)>,
 }
 
-enum Links {
-    Btf(Vec<(&'static str, BtfTracePointLinkId)>),
-    Classic(Option<TracePointLinkId>),
+enum Link {
+    Btf(BtfTracePointLinkId),
+    Tracepoint(TracePointLinkId),
 }
 
-/// Names of the programs in use, main program first.
-pub fn program_names(hook: Hook) -> &'static [&'static str] {
-    match hook {
-        Hook::Btf => &["tcpwatch_main", "tcpwatch_catch"],
-        Hook::Classic => &["tcpwatch_classic"],
-    }
+/// Names of the programs of a hook mode, main program first.
+pub fn program_names(hook: Hook) -> Vec<&'static str> {
+    PROGRAMS
+        .iter()
+        .filter(|p| p.hook == hook)
+        .map(|p| p.name)
+        .collect()
 }
 
 impl Loaded {
@@ -198,21 +264,12 @@ impl Loaded {
     /// arrives in between) but keeps them loaded, so their counters and
     /// statistics can still be read for the final accounting.
     pub fn detach(&mut self) -> Result<(), LoadError> {
-        match &mut self.links {
-            Links::Btf(links) => {
-                for (name, id) in links.drain(..) {
-                    let prog: &mut BtfTracePoint = program(&mut self.ebpf, name)?;
-                    prog.detach(id)
-                        .map_err(|e| LoadError::other(format!("detaching {name}"), e))?;
-                }
-            }
-            Links::Classic(link) => {
-                if let Some(id) = link.take() {
-                    let prog: &mut TracePoint = program(&mut self.ebpf, "tcpwatch_classic")?;
-                    prog.detach(id)
-                        .map_err(|e| LoadError::other("detaching tcpwatch_classic", e))?;
-                }
-            }
+        for (name, link) in self.links.drain(..) {
+            let detached = match link {
+                Link::Btf(id) => program::<BtfTracePoint>(&mut self.ebpf, name)?.detach(id),
+                Link::Tracepoint(id) => program::<TracePoint>(&mut self.ebpf, name)?.detach(id),
+            };
+            detached.map_err(|e| LoadError::other(format!("detaching {name}"), e))?;
         }
         Ok(())
     }
@@ -390,41 +447,86 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
             e => LoadError::other("loading the eBPF object", e),
         })?;
 
-    let links = match hook {
-        Hook::Btf => {
-            let btf = Btf::from_sys_fs().map_err(|e| LoadError::other("reading kernel BTF", e))?;
-            // Main first: the kernel runs a hook's programs in attach order,
-            // and the catcher must run after the program whose skips it catches.
-            let mut links = Vec::new();
-            for &name in program_names(Hook::Btf) {
-                let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
-                prog.load("inet_sock_set_state", &btf)
-                    .map_err(|e| rejected(name, e, opts.verbose))?;
-                let id = prog
-                    .attach()
-                    .map_err(|e| LoadError::other(format!("attaching {name}"), e))?;
-                links.push((name, id));
+    let mut links = Vec::new();
+    let mut skipped = Vec::new();
+    let mut btf = None;
+    for spec in PROGRAMS.iter().filter(|p| p.hook == hook) {
+        match attach(&mut ebpf, spec, &mut btf, opts.verbose) {
+            Ok(link) => links.push((spec.name, link)),
+            Err(Missing::Hook(why)) if spec.if_missing == IfMissing::Skip => {
+                tracing::warn!(
+                    program = spec.name,
+                    "left out: this kernel lacks its hook ({why})"
+                );
+                skipped.push((spec.name, why));
             }
-            Links::Btf(links)
+            Err(Missing::Hook(why)) => {
+                return Err(LoadError::other(
+                    format!("attaching {}", spec.name),
+                    io::Error::other(why),
+                ));
+            }
+            Err(Missing::Error(e)) => return Err(e),
         }
-        Hook::Classic => {
-            ensure_tracefs()?;
-            let prog: &mut TracePoint = program(&mut ebpf, "tcpwatch_classic")?;
-            prog.load()
-                .map_err(|e| rejected("tcpwatch_classic", e, opts.verbose))?;
-            let id = prog
-                .attach("sock", "inet_sock_set_state")
-                .map_err(|e| LoadError::other("attaching tcpwatch_classic", e))?;
-            Links::Classic(Some(id))
-        }
-    };
+    }
     debug_assert!(hook != Hook::Btf || config.hook == HOOK_BTF);
     Ok(Loaded {
         ebpf,
         hook,
         config,
+        skipped,
         links,
     })
+}
+
+/// Why a program did not attach: its hook is not in this kernel (which
+/// `IfMissing` decides about), or anything else (always an error).
+enum Missing {
+    Hook(String),
+    Error(LoadError),
+}
+
+/// Loads one program of the table and attaches it.
+fn attach(
+    ebpf: &mut Ebpf,
+    spec: &ProgramSpec,
+    btf: &mut Option<Btf>,
+    verbose: bool,
+) -> Result<Link, Missing> {
+    match spec.attach {
+        Attach::Btf { tracepoint } => {
+            if btf.is_none() {
+                *btf = Some(
+                    Btf::from_sys_fs()
+                        .map_err(|e| Missing::Error(LoadError::other("reading kernel BTF", e)))?,
+                );
+            }
+            let btf = btf.as_ref().expect("just read");
+            let prog: &mut BtfTracePoint = program(ebpf, spec.name).map_err(Missing::Error)?;
+            prog.load(tracepoint, btf).map_err(|e| match e {
+                // The kernel has no such tracepoint function in its BTF.
+                ProgramError::Btf(b) => Missing::Hook(format!("no BTF for {tracepoint}: {b}")),
+                e => Missing::Error(rejected(spec.name, e, verbose)),
+            })?;
+            prog.attach().map(Link::Btf).map_err(|e| {
+                Missing::Error(LoadError::other(format!("attaching {}", spec.name), e))
+            })
+        }
+        Attach::Tracepoint { category, name } => {
+            let tracefs = ensure_tracefs().map_err(Missing::Error)?;
+            let prog: &mut TracePoint = program(ebpf, spec.name).map_err(Missing::Error)?;
+            prog.load()
+                .map_err(|e| Missing::Error(rejected(spec.name, e, verbose)))?;
+            if !tracefs.join("events").join(category).join(name).exists() {
+                return Err(Missing::Hook(format!("no tracepoint {category}:{name}")));
+            }
+            prog.attach(category, name)
+                .map(Link::Tracepoint)
+                .map_err(|e| {
+                    Missing::Error(LoadError::other(format!("attaching {}", spec.name), e))
+                })
+        }
+    }
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
@@ -475,6 +577,70 @@ mod tests {
         assert_eq!(object_layout(OBJECT), Ok(LAYOUT_VERSION));
         assert!(check_layout(OBJECT).is_ok());
         assert!(object_layout(b"not an object").is_err());
+    }
+
+    #[test]
+    fn every_program_of_the_table_is_in_the_object_and_mains_come_first() {
+        use object::{Object as _, ObjectSymbol as _};
+        let file = object::File::parse(OBJECT).unwrap();
+        let names: Vec<&str> = file.symbols().filter_map(|s| s.name().ok()).collect();
+        for p in PROGRAMS {
+            assert!(names.contains(&p.name), "{} not in the object", p.name);
+        }
+        assert_eq!(
+            program_names(Hook::Btf),
+            ["tcpwatch_main", "tcpwatch_catch"]
+        );
+        assert_eq!(program_names(Hook::Classic), ["tcpwatch_classic"]);
+    }
+
+    /// A program whose hook this kernel lacks reads as a missing hook, with
+    /// its reason (which the table's `IfMissing` turns into a skip or a
+    /// failure), never as a load error. Needs BPF (root).
+    #[test]
+    fn a_missing_hook_reads_as_missing_not_as_an_error() {
+        if !permitted() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs as root: BPF must load"
+            );
+            eprintln!("\n!!! SKIPPED a_missing_hook_reads_as_missing_not_as_an_error: not root\n");
+            return;
+        }
+        let config = layout::btf_config(Path::new(BTF_PATH)).unwrap();
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .load(OBJECT)
+            .unwrap();
+        let mut btf = None;
+        let spec = |if_missing| ProgramSpec {
+            name: "tcpwatch_main",
+            hook: Hook::Btf,
+            attach: Attach::Btf {
+                tracepoint: "tcpwatch_no_such_tracepoint",
+            },
+            if_missing,
+        };
+        match attach(&mut ebpf, &spec(IfMissing::Skip), &mut btf, false) {
+            Err(Missing::Hook(why)) => {
+                assert!(why.contains("tcpwatch_no_such_tracepoint"), "{why}")
+            }
+            Ok(_) => panic!("attached to a tracepoint that does not exist"),
+            Err(Missing::Error(e)) => panic!("a missing hook read as an error: {e}"),
+        }
+        let spec = ProgramSpec {
+            name: "tcpwatch_classic",
+            hook: Hook::Classic,
+            attach: Attach::Tracepoint {
+                category: "sock",
+                name: "tcpwatch_no_such_tracepoint",
+            },
+            if_missing: IfMissing::Skip,
+        };
+        assert!(matches!(
+            attach(&mut ebpf, &spec, &mut btf, false),
+            Err(Missing::Hook(_))
+        ));
     }
 
     #[test]
