@@ -54,7 +54,28 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         }],
         Toolchain::Custom(&toolchain),
-    )
+    )?;
+    // Tests' fault injection lives in a second object, built only for
+    // `--features fault-injection`; the production one has none of it.
+    // Both builds write OUT_DIR/tcpwatch-probes, so the test one is renamed.
+    if env::var_os("CARGO_FEATURE_FAULT_INJECTION").is_some() {
+        let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+        let prod = out_dir.join("tcpwatch-probes");
+        let keep = out_dir.join("tcpwatch-probes.prod");
+        fs::rename(&prod, &keep)?;
+        aya_build::build_ebpf(
+            [Package {
+                name: "tcpwatch-ebpf",
+                root_dir,
+                features: &["fault-injection"],
+                ..Default::default()
+            }],
+            Toolchain::Custom(&toolchain),
+        )?;
+        fs::rename(&prod, out_dir.join("tcpwatch-probes-fault"))?;
+        fs::rename(&keep, &prod)?;
+    }
+    Ok(())
 }
 
 /// The toolchain rustup runs us with, else the channel rust-toolchain.toml pins.

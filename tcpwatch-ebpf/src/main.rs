@@ -585,10 +585,7 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
         // catcher was attached) is stale.
         r.top = 0;
     }
-    let seq = r.next;
-    r.next = seq.wrapping_add(1);
-    let not_run_every = cfg.simulate_not_run_every as u64;
-    let not_run = armed && not_run_every != 0 && seq % not_run_every == 0;
+    let (not_run, skip) = simulated(r, &cfg, armed);
     if not_run {
         bump(stat_index(PROG_MAIN, stat::SIMULATED_NOT_RUN));
     } else {
@@ -596,10 +593,7 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
         // with a perf counter of the tracepoint's firings.
         bump(stat_index(PROG_MAIN, stat::RUNS));
     }
-    let every = cfg.simulate_skip_every as u64;
-    // The two injections are exclusive: a run both skipped and never run
-    // would be caught by the catcher and still counted as not run.
-    if !not_run && armed && every != 0 && seq % every == 0 {
+    if skip {
         // Behave exactly like a skipped run: leave no identity.
         bump(stat_index(PROG_MAIN, stat::SIMULATED_SKIP));
     } else {
@@ -622,6 +616,28 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
     }
     r.depth -= 1;
     0
+}
+
+/// Fault injection (test builds): whether this run acts as never run, or as
+/// skipped. The two are exclusive: a run both skipped and never run would
+/// be caught by the catcher and still counted as not run.
+#[cfg(feature = "fault-injection")]
+#[inline(always)]
+fn simulated(r: &mut Recent, cfg: &ProbeConfig, armed: bool) -> (bool, bool) {
+    let seq = r.next;
+    r.next = seq.wrapping_add(1);
+    let not_run_every = cfg.simulate_not_run_every as u64;
+    let not_run = armed && not_run_every != 0 && seq % not_run_every == 0;
+    let every = cfg.simulate_skip_every as u64;
+    let skip = !not_run && armed && every != 0 && seq % every == 0;
+    (not_run, skip)
+}
+
+/// The production object injects nothing.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+fn simulated(_: &mut Recent, _: &ProbeConfig, _: bool) -> (bool, bool) {
+    (false, false)
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]

@@ -20,6 +20,21 @@ use crate::probe::layout;
 /// The eBPF object built by build.rs from tcpwatch-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpwatch-probes"));
 
+/// The same programs with fault injection, for tests only.
+#[cfg(feature = "fault-injection")]
+static FAULT_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpwatch-probes-fault"));
+
+/// The object to load: the test one only when a fault is asked for.
+fn object_for(opts: &LoadOptions) -> &'static [u8] {
+    #[cfg(feature = "fault-injection")]
+    if opts.simulate_skip_every != 0 || opts.simulate_not_run_every != 0 {
+        return FAULT_OBJECT;
+    }
+    let _ = opts;
+    OBJECT
+}
+
 pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 const TP_FORMAT: &str = "events/sock/inet_sock_set_state/format";
@@ -48,10 +63,13 @@ pub struct LoadOptions {
     /// Show the verifier's log when a program is rejected.
     pub verbose: bool,
     /// Fault injection for tests: act as if the kernel skipped the main
-    /// program every n-th run per CPU (0: never).
+    /// program every n-th run per CPU (0: never). Loads the test object.
+    #[cfg(feature = "fault-injection")]
     pub simulate_skip_every: u32,
     /// Fault injection for tests: act as if the kernel never ran the
-    /// programs for every n-th armed firing per CPU (0: never).
+    /// programs for every n-th armed firing per CPU (0: never). Loads the
+    /// test object.
+    #[cfg(feature = "fault-injection")]
     pub simulate_not_run_every: u16,
     /// Count the tracepoint's firings with a perf counter beside the
     /// programs (see `crate::probe::witness`).
@@ -66,7 +84,9 @@ impl Default for LoadOptions {
             ring_bytes: 4 << 20,
             max_sockets: 131_072,
             verbose: false,
+            #[cfg(feature = "fault-injection")]
             simulate_skip_every: 0,
+            #[cfg(feature = "fault-injection")]
             simulate_not_run_every: 0,
             witness: true,
         }
@@ -400,7 +420,8 @@ fn check_layout(object: &[u8]) -> Result<(), LoadError> {
 }
 
 fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<Loaded, LoadError> {
-    check_layout(OBJECT)?;
+    let object = object_for(opts);
+    check_layout(object)?;
     if let Some(ns) = opts.netns {
         if ns == 0 {
             return Err(LoadError::Usage("--netns 0 names no namespace".into()));
@@ -416,8 +437,11 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
         }
     }
     config.filter_netns = opts.netns.unwrap_or(0);
-    config.simulate_skip_every = opts.simulate_skip_every;
-    config.simulate_not_run_every = opts.simulate_not_run_every;
+    #[cfg(feature = "fault-injection")]
+    {
+        config.simulate_skip_every = opts.simulate_skip_every;
+        config.simulate_not_run_every = opts.simulate_not_run_every;
+    }
     let ring_bytes = opts
         .ring_bytes
         .max(4096)
@@ -437,7 +461,7 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
         .override_global("CONFIG", &config, true)
         .map_max_entries("EVENTS", ring_bytes)
         .map_max_entries("SOCKS", opts.max_sockets.max(1024))
-        .load(OBJECT)
+        .load(object)
         .map_err(|e| match e {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
                 if io_error.raw_os_error() == Some(libc::EPERM) =>
@@ -641,6 +665,28 @@ mod tests {
             attach(&mut ebpf, &spec, &mut btf, false),
             Err(Missing::Hook(_))
         ));
+    }
+
+    /// The production object's main program has no fault-injection code:
+    /// it is shorter than the test object's.
+    #[cfg(feature = "fault-injection")]
+    #[test]
+    fn the_production_main_program_has_no_fault_injection() {
+        use object::{Object as _, ObjectSymbol as _};
+        let size = |obj: &[u8]| {
+            object::File::parse(obj)
+                .unwrap()
+                .symbols()
+                .find(|s| s.name() == Ok("tcpwatch_main"))
+                .unwrap()
+                .size()
+        };
+        assert!(
+            size(OBJECT) < size(FAULT_OBJECT),
+            "{} {}",
+            size(OBJECT),
+            size(FAULT_OBJECT)
+        );
     }
 
     #[test]

@@ -82,10 +82,20 @@ fn run(ring_bytes: u32, simulate_skip_every: u32, simulate_not_run_every: u16) -
     let opts = LoadOptions {
         netns: Some(ino),
         ring_bytes,
-        simulate_skip_every,
-        simulate_not_run_every,
         ..LoadOptions::default()
     };
+    #[cfg(feature = "fault-injection")]
+    let opts = LoadOptions {
+        simulate_skip_every,
+        simulate_not_run_every,
+        ..opts
+    };
+    #[cfg(not(feature = "fault-injection"))]
+    assert_eq!(
+        (simulate_skip_every, simulate_not_run_every),
+        (0, 0),
+        "fault injection needs --features fault-injection"
+    );
     let cap = capture_during(opts, Duration::from_millis(500), move || {
         go.send(()).unwrap();
         worker.join().unwrap()
@@ -194,6 +204,8 @@ fn churn_counts_every_transition_and_accounts_for_every_event() {
         "a delivered event from elsewhere"
     );
     assert_eq!(r.acct.read_failed, 0);
+    // Whatever the catcher delivered (real skips are rare) it also counted.
+    assert!(r.caught_in_netns <= r.acct.caught, "{:?}", r.acct);
 
     // A one-page ring: drops are certain, counted, and the counters stay exact.
     let r = run(4096, 0, 0);
@@ -213,10 +225,26 @@ fn churn_counts_every_transition_and_accounts_for_every_event() {
     );
 }
 
+/// The fault-injection tests below exist only in a test build with the
+/// fault-injection object (cargo xtask test builds it); in CI their absence
+/// is a failure, elsewhere it is said.
+#[cfg(not(feature = "fault-injection"))]
+#[test]
+fn fault_injection_tests_are_built() {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the kernel tests with --features fault-injection (cargo xtask test does)"
+    );
+    eprintln!(
+        "\n!!! SKIPPED the fault-injection tests: build with --features fault-injection (cargo xtask test)\n"
+    );
+}
+
 /// Real recursion skips are rare and cannot be provoked on demand, so the
 /// main program is told to skip every 7th run exactly as the kernel would
 /// (no identity left behind). The catcher must handle exactly those: the
 /// counters stay exact and every skip is caught once.
+#[cfg(feature = "fault-injection")]
 #[test]
 fn catcher_handles_exactly_the_runs_the_main_program_missed() {
     if !root_available("catcher_handles_exactly_the_runs_the_main_program_missed") {
@@ -259,6 +287,7 @@ fn catcher_handles_exactly_the_runs_the_main_program_missed() {
 /// out. Only the perf witness sees those firings: `not_run` must count
 /// every one of them (and at most a few real ones on top, the witness
 /// being host-wide), and the counters' shortfall must be named by it.
+#[cfg(feature = "fault-injection")]
 #[test]
 fn witness_counts_exactly_the_firings_no_program_ran_for() {
     if !root_available("witness_counts_exactly_the_firings_no_program_ran_for") {
