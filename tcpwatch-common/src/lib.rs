@@ -33,6 +33,13 @@ pub const FLAG_DELTA_KNOWN: u16 = 1 << 1;
 /// [`TransitionEvent::flags`]: delivered by the catcher program because the
 /// kernel skipped the main program for this transition (recursion guard).
 pub const FLAG_CAUGHT: u16 = 1 << 2;
+/// [`TransitionEvent::flags`] and [`SockInfo::flags`]: a server's socket
+/// (its first transition was LISTEN -> SYN-RECV), to the end of its life.
+pub const FLAG_PASSIVE: u16 = 1 << 3;
+/// [`TransitionEvent::flags`] and [`SockInfo::flags`]: a client's socket
+/// (its first transition was CLOSE -> SYN-SENT). With neither flag the
+/// socket's side is unknown (older than the probe, or its entry evicted).
+pub const FLAG_ACTIVE: u16 = 1 << 4;
 
 /// A task's command name as the kernel keeps it: 16 bytes, NUL-padded.
 ///

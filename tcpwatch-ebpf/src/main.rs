@@ -27,11 +27,11 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tcpwatch_common::{
-    AF_INET6, EventHeader, FLAG_CAUGHT, FLAG_DELTA_KNOWN, FLAG_OWNER_KNOWN, HOOK_BTF, HOOK_CLASSIC,
-    IPPROTO_MPTCP, IPPROTO_TCP, PF_KTHREAD, PROG_CATCHER, PROG_MAIN, ProbeConfig, RECENT_SLOTS,
-    Recent, STATS_LEN, SockInfo, Stats, TP_RECORD_READ, TaskComm, TransitionEvent, kind,
-    listener_key, owner_runs_transition, stat, stat_index, state::*, transition_id,
-    transition_index,
+    AF_INET6, EventHeader, FLAG_ACTIVE, FLAG_CAUGHT, FLAG_DELTA_KNOWN, FLAG_OWNER_KNOWN,
+    FLAG_PASSIVE, HOOK_BTF, HOOK_CLASSIC, IPPROTO_MPTCP, IPPROTO_TCP, PF_KTHREAD, PROG_CATCHER,
+    PROG_MAIN, ProbeConfig, RECENT_SLOTS, Recent, STATS_LEN, SockInfo, Stats, TP_RECORD_READ,
+    TaskComm, TransitionEvent, kind, listener_key, owner_runs_transition, stat, stat_index,
+    state::*, transition_id, transition_index,
 };
 
 /// Filled in by user space before load (read-only data).
@@ -419,6 +419,9 @@ fn words_to_bytes(w: [u32; 4]) -> [u8; 16] {
 
 /// Counts one transition, keeps per-socket owner and timing, and emits the
 /// event. Never fails: whatever cannot be done is counted in `STATS`.
+/// The side bits of `SockInfo::flags`.
+const SIDES: u32 = (FLAG_PASSIVE | FLAG_ACTIVE) as u32;
+
 #[inline(always)]
 fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
     if t.protocol != IPPROTO_TCP && t.protocol != IPPROTO_MPTCP {
@@ -455,7 +458,8 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
                 e.pid = cur.pid;
                 e.tgid = cur.tgid;
                 e.comm = cur.comm;
-                e.flags = cur.flags;
+                // The side stays what the socket's first transition said.
+                e.flags = cur.flags | (e.flags & SIDES);
             }
             e.last_ns = now;
             *e
@@ -473,6 +477,12 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
                 unknown_owner()
             };
             info.last_ns = now;
+            // A socket's first transition says its side for good.
+            if t.oldstate == TCP_LISTEN && t.newstate == TCP_SYN_RECV {
+                info.flags |= FLAG_PASSIVE as u32;
+            } else if t.oldstate == TCP_CLOSE && t.newstate == TCP_SYN_SENT {
+                info.flags |= FLAG_ACTIVE as u32;
+            }
             if t.newstate != TCP_CLOSE && SOCKS.insert(&t.skaddr, &info, 0).is_err() {
                 bump(stat_index(prog, stat::MAP_UPDATE_FAILED));
             }
@@ -511,7 +521,7 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
         }
     }
 
-    let owner_known = info.flags as u16 & FLAG_OWNER_KNOWN;
+    let known = info.flags as u16 & (FLAG_OWNER_KNOWN | FLAG_PASSIVE | FLAG_ACTIVE);
     match EVENTS.reserve::<TransitionEvent>(0) {
         Some(mut entry) => {
             entry.write(TransitionEvent {
@@ -532,7 +542,7 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
                 protocol: t.protocol,
                 sport: t.sport,
                 dport: t.dport,
-                flags: flags | owner_known,
+                flags: flags | known,
                 saddr: words_to_bytes(t.saddr),
                 daddr: words_to_bytes(t.daddr),
                 comm: info.comm,

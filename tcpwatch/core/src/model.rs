@@ -7,8 +7,9 @@ use std::{
 };
 
 use tcpwatch_common::{
-    AF_INET6, FLAG_CAUGHT, FLAG_DELTA_KNOWN, FLAG_OWNER_KNOWN, IPPROTO_MPTCP, NUM_PROGS,
-    PROG_SLOTS, STATE_SLOTS, TRANSITION_SLOTS, TcpState, TransitionEvent, stat,
+    AF_INET6, FLAG_ACTIVE, FLAG_CAUGHT, FLAG_DELTA_KNOWN, FLAG_OWNER_KNOWN, FLAG_PASSIVE,
+    IPPROTO_MPTCP, NUM_PROGS, PROG_SLOTS, STATE_SLOTS, TRANSITION_SLOTS, TcpState, TransitionEvent,
+    stat,
 };
 
 /// A state as reported: known to tcpwatch, or a number it does not know.
@@ -190,6 +191,12 @@ pub struct Transition {
     pub in_old: Option<Duration>,
     /// Delivered by the catcher program (the kernel skipped the main one).
     pub caught: bool,
+    /// The socket's side as the kernel showed it at its first transition:
+    /// a server's (LISTEN -> SYN-RECV, true) or a client's (CLOSE ->
+    /// SYN-SENT, false). None when unknown: the socket is older than the
+    /// probe, or the probe's entry for it was evicted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive: Option<bool>,
 }
 
 /// Durations as whole nanoseconds (exact, unlike float seconds).
@@ -241,6 +248,13 @@ impl Transition {
             remote: SocketAddr::new(daddr, e.dport),
             in_old: (e.flags & FLAG_DELTA_KNOWN != 0).then(|| Duration::from_nanos(e.delta_ns)),
             caught: e.flags & FLAG_CAUGHT != 0,
+            passive: if e.flags & FLAG_PASSIVE != 0 {
+                Some(true)
+            } else if e.flags & FLAG_ACTIVE != 0 {
+                Some(false)
+            } else {
+                None
+            },
         }
     }
 

@@ -1355,3 +1355,71 @@ fn a_namespace_that_lives_a_third_of_a_second_is_censused_and_counted() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn children_stay_under_the_service_port_after_their_listener_closed() {
+    let test = "children_stay_under_the_service_port_after_their_listener_closed";
+    if !root_available(test) || !tool_available(test, "curl", "curl") {
+        return;
+    }
+    const K: usize = 20;
+    let ns = NsWorker::new();
+    let daemon = Daemon::start(&["--netns", &ns.path]);
+    let netns = ns.inode.to_string();
+    let port = ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let pairs: Vec<(TcpStream, TcpStream)> = (0..K)
+            .map(|_| {
+                let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                (c, l.accept().unwrap().0)
+            })
+            .collect();
+        // The listener goes first; then each client closes, then its server.
+        drop(l);
+        for (c, s) in pairs {
+            drop(c);
+            let _ = (&s).read(&mut [0u8; 1]);
+            drop(s);
+        }
+        port
+    });
+    let in_label = |from: &str, to: &str| {
+        format!("netns=\"{netns}\",port=\"{port}\",direction=\"in\",from=\"{from}\",to=\"{to}\"")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = daemon.scrape();
+        if value_now(
+            &text,
+            "tcpwatch_port_transitions_total",
+            &in_label("LAST-ACK", "CLOSE"),
+        ) == Some(K as f64)
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for (from, to) in [
+        ("ESTABLISHED", "CLOSE-WAIT"),
+        ("CLOSE-WAIT", "LAST-ACK"),
+        ("LAST-ACK", "CLOSE"),
+    ] {
+        assert_eq!(
+            value_now(
+                &text,
+                "tcpwatch_port_transitions_total",
+                &in_label(from, to)
+            ),
+            Some(K as f64),
+            "{from} -> {to}\n{text}"
+        );
+    }
+    assert_eq!(
+        port_series(&text, &netns),
+        [port.to_string()].into(),
+        "no ephemeral port"
+    );
+    assert!(daemon.stop().success());
+}

@@ -343,12 +343,6 @@ pub struct Engine {
     /// thread's time under full churn. Keys are kernel socket addresses,
     /// which no client chooses, and the seed is random per process.
     close_wait: HashMap<u64, OpenCloseWait, foldhash::fast::RandomState>,
-    /// Each open socket's side, learnt where the kernel says it (LISTEN ->
-    /// SYN-RECV: a server's child; CLOSE -> SYN-SENT: a client), so a
-    /// child stays "in" after its listener closed. At most
-    /// `max_open_sockets`; a socket not in it falls back to whether its
-    /// local port has a listener.
-    sides: HashMap<u64, Direction, foldhash::fast::RandomState>,
     kernel: Option<KernelSample>,
     stats: EngineStats,
 }
@@ -389,7 +383,6 @@ impl Engine {
             processes: TopK::new(cfg.max_processes),
             durations: Durations::default(),
             close_wait: HashMap::default(),
-            sides: HashMap::default(),
             kernel: None,
             stats: EngineStats::default(),
         }
@@ -545,27 +538,14 @@ impl Engine {
             self.stats.late += 1;
         }
 
-        let side = match (old, new) {
-            (TCP_LISTEN, TCP_SYN_RECV) => Some(Direction::In),
-            (TCP_CLOSE, TCP_SYN_SENT) => Some(Direction::Out),
-            _ => None,
-        };
-        let known = match side {
-            Some(d) => {
-                if self.sides.len() < self.cfg.max_open_sockets {
-                    self.sides.insert(t.skaddr, d);
-                } else {
-                    self.stats.open_sockets_overflow += 1;
-                }
-                Some(d)
-            }
-            None if new == TCP_CLOSE => self.sides.remove(&t.skaddr),
-            None => self.sides.get(&t.skaddr).copied(),
-        };
-        let inbound = match known {
+        // The kernel says a socket's side where it happens (the probe
+        // carries it per socket), so a child stays "in" after its listener
+        // closed; a socket older than the probe falls back to whether its
+        // local port has a listener.
+        let inbound = match t.passive {
             // A listener's own transitions are its port's.
             _ if old == TCP_LISTEN && new == TCP_CLOSE => true,
-            Some(d) => d == Direction::In,
+            Some(passive) => passive,
             None => on_listening_port,
         };
         let key = if inbound {

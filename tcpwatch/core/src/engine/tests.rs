@@ -24,6 +24,7 @@ fn t(ts_ns: u64, sk: u64, old: TcpState, new: TcpState, local: &str, remote: &st
         remote: remote.parse().unwrap(),
         in_old: Some(Duration::from_micros(40)),
         caught: false,
+        passive: None,
     }
 }
 
@@ -409,19 +410,25 @@ fn a_child_stays_inbound_after_its_listener_closed() {
     let mut e = Engine::new(EngineConfig::default());
     let s = "127.0.0.1:8080";
     let c = "127.0.0.1:40000";
+    // As the probe reports them: each socket's side from its first
+    // transition on.
+    let side = |x: Transition, passive| Transition {
+        passive: Some(passive),
+        ..x
+    };
     listen(&mut e, S);
-    e.transition(&t(S, 20, Close, SynSent, "127.0.0.1:0", s));
-    e.transition(&t(S, 21, Listen, SynRecv, s, c));
-    e.transition(&t(S, 21, SynRecv, Established, s, c));
-    e.transition(&t(S, 20, SynSent, Established, c, s));
+    e.transition(&side(t(S, 20, Close, SynSent, "127.0.0.1:0", s), false));
+    e.transition(&side(t(S, 21, Listen, SynRecv, s, c), true));
+    e.transition(&side(t(S, 21, SynRecv, Established, s, c), true));
+    e.transition(&side(t(S, 20, SynSent, Established, c, s), false));
     // The listener goes first; its children live on.
     e.transition(&t(2 * S, 1, Listen, Close, s, "0.0.0.0:0"));
-    e.transition(&t(3 * S, 20, Established, FinWait1, c, s));
-    e.transition(&t(3 * S, 21, Established, CloseWait, s, c));
-    e.transition(&t(3 * S, 21, CloseWait, LastAck, s, c));
-    e.transition(&t(3 * S, 20, FinWait1, FinWait2, c, s));
-    e.transition(&t(3 * S, 20, FinWait2, Close, c, s));
-    e.transition(&t(3 * S, 21, LastAck, Close, s, c));
+    e.transition(&side(t(3 * S, 20, Established, FinWait1, c, s), false));
+    e.transition(&side(t(3 * S, 21, Established, CloseWait, s, c), true));
+    e.transition(&side(t(3 * S, 21, CloseWait, LastAck, s, c), true));
+    e.transition(&side(t(3 * S, 20, FinWait1, FinWait2, c, s), false));
+    e.transition(&side(t(3 * S, 20, FinWait2, Close, c, s), false));
+    e.transition(&side(t(3 * S, 21, LastAck, Close, s, c), true));
     let v = e.view();
     // Server side: every transition under 8080 "in", nothing under the
     // client's ephemeral port 40000.

@@ -30,6 +30,7 @@ fn engine() -> Engine {
         remote: remote.parse().unwrap(),
         in_old: Some(Duration::from_micros(30)),
         caught: false,
+        passive: None,
     };
     e.apply(Input::Transition(tr(
         Close,
@@ -280,6 +281,7 @@ fn process_counters_never_go_down_when_a_process_is_evicted() {
                 remote: "127.0.0.1:443".parse().unwrap(),
                 in_old: None,
                 caught: false,
+                passive: None,
             }));
         }
     };

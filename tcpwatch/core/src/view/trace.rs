@@ -210,6 +210,7 @@ mod tests {
             remote: "127.0.0.1:8080".parse().unwrap(),
             in_old: Some(Duration::from_micros(1250)),
             caught: false,
+            passive: None,
         }
     }
 
