@@ -93,7 +93,21 @@ pub struct Summary {
     pub states: BTreeMap<String, u64>,
     pub listeners: Vec<Listener>,
     pub processes: Vec<Process>,
+    /// Listeners and processes past `MAX_LISTED` (the least busy), counted
+    /// here instead of listed: any user can open sockets and processes in
+    /// bulk, and every snapshot carries the summary.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub listeners_dropped: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub processes_dropped: u64,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Listeners, and processes, a summary lists at most.
+pub const MAX_LISTED: usize = 4096;
 
 impl Summary {
     /// Adds another namespace's socket counts (for `other`).
@@ -208,12 +222,24 @@ pub fn summarize(netns: Option<u32>, census: &Census, owners: &HashMap<u64, Owne
             .then(a.pid.cmp(&b.pid))
     });
 
+    let processes_dropped = processes.len().saturating_sub(MAX_LISTED) as u64;
+    processes.truncate(MAX_LISTED);
+    let listeners_dropped = listeners.len().saturating_sub(MAX_LISTED) as u64;
+    if listeners_dropped > 0 {
+        // The busiest stay (half-open plus queued), then in port order.
+        listeners.sort_by_key(|l| std::cmp::Reverse(l.syn_recv + l.accept_queue as u64));
+        listeners.truncate(MAX_LISTED);
+        listeners.sort_by(|a, b| (a.port, &a.address).cmp(&(b.port, &b.address)));
+    }
+
     Summary {
         netns,
         total: entries.len() as u64 + census.time_wait_unlisted,
         states,
         listeners,
         processes,
+        listeners_dropped,
+        processes_dropped,
     }
 }
 
@@ -330,5 +356,44 @@ mod tests {
             table.contains("100     nginx            4      ESTABLISHED=1 LISTEN=1 SYN-RECV=2"),
             "{table}"
         );
+    }
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+    use tcpwatch_common::state::TCP_LISTEN;
+
+    #[test]
+    fn a_census_lists_at_most_max_listed_listeners_keeping_the_busiest() {
+        let n = MAX_LISTED + 10;
+        let entries = (0..n)
+            .map(|i| SockEntry {
+                state: TCP_LISTEN,
+                local: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+                // The last ten have a queue.
+                rqueue: u32::from(i >= MAX_LISTED),
+                wqueue: 128,
+                inode: 0,
+                uid: 0,
+                minisock: false,
+            })
+            .collect();
+        let s = summarize(
+            Some(1),
+            &Census {
+                entries,
+                time_wait_unlisted: 0,
+            },
+            &HashMap::new(),
+        );
+        assert_eq!(s.listeners.len(), MAX_LISTED);
+        assert_eq!(s.listeners_dropped, 10);
+        assert_eq!(
+            s.listeners.iter().filter(|l| l.accept_queue == 1).count(),
+            10
+        );
+        assert_eq!(s.states["LISTEN"], n as u64, "counts stay whole");
     }
 }

@@ -187,11 +187,7 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
     };
     // `record` opens a control socket only when asked on its command line.
     let control = if cfg.control.enabled && (record_to.is_none() || args.control_socket.is_some()) {
-        let listener = serve::control::bind(&cfg.control.path)?;
-        Some(serve::control::Bound {
-            listener,
-            path: cfg.control.path.clone(),
-        })
+        Some(serve::control::bind(&cfg.control.path)?)
     } else {
         None
     };

@@ -44,6 +44,9 @@ use crate::{
 /// the rounds.
 const FIRST_SEEN_EVERY: Duration = Duration::from_millis(200);
 
+/// First-seen namespaces kept while the sampler is busy, at most.
+const FIRST_SEEN_PENDING: usize = 64;
+
 /// Events read from the ring buffer per wake-up, at most.
 const BATCH: usize = 8192;
 
@@ -68,6 +71,7 @@ struct SamplerSettings {
     interval: Duration,
     budget_pct: f64,
     owners_every: u32,
+    max_netns: usize,
 }
 
 impl SamplerSettings {
@@ -76,6 +80,7 @@ impl SamplerSettings {
             interval: Duration::from_secs_f64(c.daemon.interval),
             budget_pct: c.daemon.census_budget,
             owners_every: c.daemon.owners_every,
+            max_netns: c.limits.max_netns,
         }
     }
 }
@@ -139,6 +144,10 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
     started: impl FnOnce(Started) -> anyhow::Result<()>,
 ) -> anyhow::Result<Outcome> {
+    // SIGHUP reloads; it never ends the daemon, not even while it starts
+    // (its default action would).
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     // The recording is created only after the probe is up, so a run that
     // cannot load leaves no empty file behind.
     let mut capture = Capture::start(&opts.probe).context("cannot start the probe")?;
@@ -177,9 +186,7 @@ pub async fn run(
         first_seen,
     } = spawn_sampler(opts.scope.clone(), settings_rx).context("starting the census thread")?;
     let mut tick = ticker(&running);
-    // SIGHUP reloads; it never ends the daemon.
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing the SIGHUP handler")?;
+    let mut pending: Vec<u32> = Vec::new();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -198,12 +205,17 @@ pub async fn run(
             r = capture.ready() => {
                 r.context("reading the ring buffer")?;
                 capture.drain_each(BATCH, |t| apply_transition(&mut engine, &mut recorder, t))?;
-                // New namespaces are censused at once (bounded; never waited for).
-                let fresh = engine.take_first_seen();
-                if let Some(tx) = &first_seen
-                    && !fresh.is_empty()
-                {
-                    let _ = tx.try_send(fresh);
+                // New namespaces are censused at once (bounded; never waited
+                // for); what the sampler cannot take yet waits for the next.
+                if let Some(tx) = &first_seen {
+                    pending.extend(engine.take_first_seen());
+                    pending.truncate(FIRST_SEEN_PENDING);
+                    if !pending.is_empty()
+                        && let Err(std::sync::mpsc::TrySendError::Full(back)) =
+                            tx.try_send(std::mem::take(&mut pending))
+                    {
+                        pending = back;
+                    }
                 }
             }
             Some(inputs) = samples.recv() => apply(&mut engine, &mut recorder, inputs)?,
@@ -348,7 +360,7 @@ struct SamplerThread {
 
 fn spawn_sampler(
     scope: Scope,
-    settings: watch::Receiver<SamplerSettings>,
+    mut settings: watch::Receiver<SamplerSettings>,
 ) -> std::io::Result<SamplerThread> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<Vec<Input>>(4);
@@ -368,8 +380,9 @@ fn spawn_sampler(
                 let mut next_full = next;
                 let mut last_first_seen = next;
                 while !stop.load(Ordering::Relaxed) {
-                    let s = *settings.borrow();
+                    let s = *settings.borrow_and_update();
                     sampler.set_owners_every(s.owners_every);
+                    sampler.set_max_netns(s.max_netns);
                     let started = Instant::now();
                     let inputs = if started >= next_full {
                         let cpu = netns::thread_cpu_with_helpers_ns();
@@ -391,6 +404,12 @@ fn spawn_sampler(
                     // such round per FIRST_SEEN_EVERY, what arrives between
                     // merged).
                     while !stop.load(Ordering::Relaxed) && Instant::now() < next {
+                        // A reload applies now, not after the old interval.
+                        if settings.has_changed().unwrap_or(false) {
+                            next = Instant::now();
+                            next_full = next_full.min(next + s.interval);
+                            break;
+                        }
                         let step = (next - Instant::now()).min(Duration::from_millis(50));
                         let mut inodes = match fresh.recv_timeout(step) {
                             Ok(inodes) => inodes,
@@ -410,7 +429,13 @@ fn spawn_sampler(
                         inodes.sort_unstable();
                         inodes.dedup();
                         last_first_seen = Instant::now();
+                        // Charged to the budget like a full round's census.
+                        let cpu = netns::thread_cpu_with_helpers_ns();
                         let inputs = sampler.sample_first_seen(&inodes);
+                        let spent = Duration::from_nanos(
+                            netns::thread_cpu_with_helpers_ns().saturating_sub(cpu),
+                        );
+                        next_full += spent.mul_f64(100.0 / s.budget_pct);
                         if !inputs.is_empty() && tx.blocking_send(inputs).is_err() {
                             return;
                         }

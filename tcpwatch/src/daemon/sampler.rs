@@ -31,19 +31,20 @@ pub enum Scope {
 /// and its inode.
 type Target = (Option<PathBuf>, Option<u32>);
 
-/// Lower first: the host's own namespace, named ones (`ip netns`), ones
-/// that had a listener, ones a root process is in, the rest.
+/// Lower first: the host's own namespace, named ones (`ip netns`), those of
+/// root's processes, then any user's; within each, those that had a
+/// listener first. Any user can make namespaces with listeners in bulk, so
+/// that never lifts one above root's.
 fn rank(n: &netns::NamespaceRef, own: Option<u32>, with_listeners: &HashSet<u32>) -> u8 {
+    let listening = u8::from(!with_listeners.contains(&n.inode));
     if Some(n.inode) == own {
         0
     } else if n.name.is_some() {
-        1
-    } else if with_listeners.contains(&n.inode) {
-        2
+        1 + listening
     } else if n.root {
-        3
+        3 + listening
     } else {
-        4
+        5 + listening
     }
 }
 
@@ -146,6 +147,13 @@ impl Sampler {
     /// A reloaded configuration's owner-scan period.
     pub fn set_owners_every(&mut self, every: u32) {
         self.owners.every = every;
+    }
+
+    /// A reloaded configuration's namespace cap (`All` only).
+    pub fn set_max_netns(&mut self, max_netns: usize) {
+        if let Scope::All { max } = &mut self.scope {
+            *max = max_netns;
+        }
     }
 
     /// A listeners-only round over the last full round's namespaces:
@@ -295,5 +303,42 @@ fn push_inputs(out: &mut Vec<Input>, raws: Vec<Raw>, owners: &HashMap<u64, Owner
                 values,
             }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(inode: u32, name: Option<&str>, root: bool) -> netns::NamespaceRef {
+        netns::NamespaceRef {
+            inode,
+            path: PathBuf::from("/x"),
+            name: name.map(String::from),
+            root,
+        }
+    }
+
+    #[test]
+    fn a_users_listening_namespaces_never_rank_above_roots() {
+        let listening: HashSet<u32> = [3, 4].into();
+        let r = |n: &netns::NamespaceRef| rank(n, Some(1), &listening);
+        let (own, named, root, root_l, user, user_l) = (
+            ns(1, None, true),
+            ns(2, Some("blue"), true),
+            ns(5, None, true),
+            ns(3, None, true),
+            ns(6, None, false),
+            ns(4, None, false),
+        );
+        let order = [
+            r(&own),
+            r(&named),
+            r(&root_l),
+            r(&root),
+            r(&user_l),
+            r(&user),
+        ];
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
     }
 }

@@ -400,7 +400,12 @@ pub fn object_layout(object: &[u8]) -> Result<u32, String> {
     let bytes = data
         .get(at..at + 4)
         .ok_or("TCPWATCH_LAYOUT lies outside its section")?;
-    Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
+    let bytes: [u8; 4] = bytes.try_into().expect("4 bytes");
+    Ok(if file.is_little_endian() {
+        u32::from_le_bytes(bytes)
+    } else {
+        u32::from_be_bytes(bytes)
+    })
 }
 
 fn check_layout(object: &[u8]) -> Result<(), LoadError> {

@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     io,
-    os::unix::fs::{FileTypeExt, PermissionsExt},
+    os::unix::fs::FileTypeExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     thread::JoinHandle,
@@ -33,18 +33,49 @@ pub const DEFAULT_PATH: &str = "/run/tcpwatch/tcpwatch.sock";
 pub const GROUP: &str = "tcpwatch";
 pub const MAX_CLIENTS: usize = 64;
 pub const MAX_PER_USER: usize = 16;
+/// Seats only root may take, so other users filling the table never lock
+/// the operator out.
+pub const ROOT_RESERVE: usize = 4;
+/// A client that asks nothing for this long (and has not subscribed) is
+/// dropped, so idle connections do not hold seats for good.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time to say hello, and to send each request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client that takes longer to read one frame is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Binds the socket: refuses when another daemon answers on it, replaces a
-/// stale one left by a crash, and leaves it mode 0660, group `tcpwatch`
-/// when that group exists (else root's).
-pub fn bind(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+/// Binds the socket: one daemon per path (a lock held for its life; a
+/// socket that still answers also refuses), a stale socket left by a crash
+/// replaced, created mode 0660 (through the umask, never a chmod that could
+/// follow a planted link), group `tcpwatch` when that group exists (else
+/// root's).
+pub fn bind(path: &Path) -> anyhow::Result<Bound> {
+    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("control socket: creating {}", dir.display()))?;
+    }
+    let lock_path = path.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&lock_path)
+        .with_context(|| format!("control socket: opening {}", lock_path.display()))?;
+    // SAFETY: flock on a descriptor we own; non-blocking.
+    if unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&lock),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } != 0
+    {
+        bail!(
+            "another tcpwatch daemon is running: it holds {} (stop it, or give this one --control-socket)",
+            lock_path.display()
+        );
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
@@ -72,13 +103,17 @@ pub fn bind(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
     // SAFETY: as above.
     unsafe { libc::umask(old) };
     let listener = bound.with_context(|| format!("control socket: binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     if let Some(gid) = group_id(GROUP) {
-        std::os::unix::fs::chown(path, Some(0), Some(gid))
+        // lchown: never through a link planted in its place.
+        std::os::unix::fs::lchown(path, Some(0), Some(gid))
             .with_context(|| format!("control socket: chown {}", path.display()))?;
     }
     listener.set_nonblocking(true)?;
-    Ok(listener)
+    Ok(Bound {
+        listener,
+        path: path.to_owned(),
+        _lock: lock,
+    })
 }
 
 fn group_id(name: &str) -> Option<u32> {
@@ -90,10 +125,12 @@ fn group_id(name: &str) -> Option<u32> {
     (!g.is_null()).then(|| unsafe { (*g).gr_gid })
 }
 
-/// Removes the socket when the daemon stops.
+/// The bound socket; the daemon's lock on its path is held while this
+/// lives, and the socket is removed when it goes.
 pub struct Bound {
     pub listener: std::os::unix::net::UnixListener,
     pub path: PathBuf,
+    _lock: std::fs::File,
 }
 
 impl Drop for Bound {
@@ -139,6 +176,34 @@ pub fn spawn(
 
 type Users = Arc<Mutex<HashMap<u32, usize>>>;
 
+/// The JSON of the latest snapshot, by its seq: encoded once per tick
+/// whatever the number of clients.
+#[derive(Clone, Default)]
+struct Encoded(Arc<Mutex<Option<(u64, Bytes)>>>);
+
+impl Encoded {
+    /// The frame of a snapshot reply (as `Reply::Snapshot` serializes).
+    fn frame(&self, snapshot: &Snapshot, missed: u64) -> anyhow::Result<Bytes> {
+        let json = {
+            let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            match &*cache {
+                Some((seq, json)) if *seq == snapshot.seq => json.clone(),
+                _ => {
+                    let json = Bytes::from(serde_json::to_vec(snapshot)?);
+                    *cache = Some((snapshot.seq, json.clone()));
+                    json
+                }
+            }
+        };
+        let head = format!(r#"{{"type":"snapshot","body":{{"missed":{missed},"snapshot":"#);
+        let mut frame = Vec::with_capacity(head.len() + json.len() + 2);
+        frame.extend_from_slice(head.as_bytes());
+        frame.extend_from_slice(&json);
+        frame.extend_from_slice(b"}}");
+        Ok(Bytes::from(frame))
+    }
+}
+
 /// A client's place in the per-user count; given back when it leaves.
 struct Seat {
     users: Users,
@@ -160,8 +225,13 @@ impl Drop for Seat {
 fn seat(users: &Users, uid: u32) -> Option<Seat> {
     let mut u = users.lock().unwrap_or_else(|p| p.into_inner());
     let total: usize = u.values().sum();
+    let cap = if uid == 0 {
+        MAX_CLIENTS + ROOT_RESERVE
+    } else {
+        MAX_CLIENTS
+    };
     let mine = u.entry(uid).or_default();
-    if *mine >= MAX_PER_USER || total >= MAX_CLIENTS {
+    if *mine >= MAX_PER_USER || total >= cap {
         return None;
     }
     *mine += 1;
@@ -177,6 +247,7 @@ async fn accept_loop(
     counters: Arc<Counters>,
 ) {
     let users: Users = Arc::default();
+    let encoded = Encoded::default();
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -199,9 +270,9 @@ async fn accept_loop(
             continue;
         };
         Counters::bump(&counters.clients, 1);
-        let (snapshots, counters) = (snapshots.clone(), counters.clone());
+        let (snapshots, counters, encoded) = (snapshots.clone(), counters.clone(), encoded.clone());
         tokio::spawn(async move {
-            if let Err(e) = client(stream, snapshots, &counters).await {
+            if let Err(e) = client(stream, snapshots, &counters, &encoded).await {
                 tracing::debug!(uid, "control client: {e}");
             }
             drop(seat);
@@ -213,6 +284,7 @@ async fn client(
     stream: UnixStream,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     counters: &Counters,
+    encoded: &Encoded,
 ) -> anyhow::Result<()> {
     let (rd, wr) = stream.into_split();
     let mut rx = FramedRead::new(
@@ -229,10 +301,10 @@ async fn client(
     );
     let mut hello = false;
     loop {
-        let frame = match tokio::time::timeout(REQUEST_TIMEOUT, rx.next()).await {
+        let wait = if hello { IDLE_TIMEOUT } else { REQUEST_TIMEOUT };
+        let frame = match tokio::time::timeout(wait, rx.next()).await {
             Err(_) if !hello => bail!("no hello in time"),
-            // Quiet between one-shot requests is fine.
-            Err(_) => continue,
+            Err(_) => bail!("idle for {IDLE_TIMEOUT:?}"),
             Ok(None) => return Ok(()),
             Ok(Some(Err(e))) => {
                 Counters::bump(&counters.bad_requests, 1);
@@ -273,21 +345,16 @@ async fn client(
             }
             (true, Request::Snapshot) => {
                 let snapshot = snapshots.borrow_and_update().clone();
-                send(
-                    &mut tx,
-                    &Reply::Snapshot {
-                        missed: 0,
-                        snapshot,
-                    },
-                )
-                .await?;
+                send_frame(&mut tx, encoded.frame(&snapshot, 0)?).await?;
                 Counters::bump(&counters.snapshots_sent, 1);
             }
             (true, Request::Accounting) => {
                 let kernel = snapshots.borrow().view.kernel.clone();
                 send(&mut tx, &Reply::Accounting { kernel }).await?;
             }
-            (true, Request::Subscribe) => return subscribe(&mut tx, snapshots, counters).await,
+            (true, Request::Subscribe) => {
+                return subscribe(&mut tx, snapshots, counters, encoded).await;
+            }
         }
     }
 }
@@ -298,6 +365,7 @@ async fn subscribe(
     tx: &mut FramedWrite<tokio::net::unix::OwnedWriteHalf, LengthDelimitedCodec>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     counters: &Counters,
+    encoded: &Encoded,
 ) -> anyhow::Result<()> {
     let mut last: Option<u64> = None;
     loop {
@@ -305,7 +373,7 @@ async fn subscribe(
         let missed = last.map_or(0, |l| snapshot.seq.saturating_sub(l + 1));
         last = Some(snapshot.seq);
         Counters::bump(&counters.snapshots_missed, missed);
-        send(tx, &Reply::Snapshot { missed, snapshot }).await?;
+        send_frame(tx, encoded.frame(&snapshot, missed)?).await?;
         Counters::bump(&counters.snapshots_sent, 1);
         if snapshots.changed().await.is_err() {
             return Ok(());
@@ -321,7 +389,13 @@ async fn send<W: tokio::io::AsyncWrite + Unpin>(
     tx: &mut FramedWrite<W, LengthDelimitedCodec>,
     reply: &Reply,
 ) -> anyhow::Result<()> {
-    let bytes = Bytes::from(serde_json::to_vec(reply)?);
+    send_frame(tx, Bytes::from(serde_json::to_vec(reply)?)).await
+}
+
+async fn send_frame<W: tokio::io::AsyncWrite + Unpin>(
+    tx: &mut FramedWrite<W, LengthDelimitedCodec>,
+    bytes: Bytes,
+) -> anyhow::Result<()> {
     tokio::time::timeout(WRITE_TIMEOUT, tx.send(bytes))
         .await
         .context("client did not read in time")??;
@@ -386,6 +460,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_shared_encoding_reads_back_as_the_snapshot_reply() {
+        use tcpwatch_core::{
+            engine::{Engine, EngineConfig},
+            metrics::Info,
+            view::trace::Clock,
+        };
+        let snap = Snapshot::new(
+            9,
+            Clock { offset_ns: 5 },
+            Info::default(),
+            Engine::new(EngineConfig::default()).view(),
+        );
+        let enc = Encoded::default();
+        let frame = enc.frame(&snap, 3).unwrap();
+        assert_eq!(
+            frame,
+            serde_json::to_vec(&Reply::Snapshot {
+                missed: 3,
+                snapshot: Arc::new(snap.clone()),
+            })
+            .unwrap()
+        );
+        // Encoded once: a second client's frame reuses it.
+        assert!(
+            enc.frame(&snap, 0)
+                .unwrap()
+                .ends_with(&frame[frame.len() - 40..])
+        );
+    }
+
+    #[test]
     fn one_user_holds_at_most_its_share_and_seats_come_back() {
         let users: Users = Arc::default();
         let mine: Vec<Seat> = (0..MAX_PER_USER)
@@ -395,7 +500,13 @@ mod tests {
         let others: Vec<Seat> = (0..MAX_CLIENTS - MAX_PER_USER)
             .map(|i| seat(&users, 2000 + (i / MAX_PER_USER) as u32).unwrap())
             .collect();
-        assert!(seat(&users, 0).is_none(), "the whole table is full");
+        assert!(seat(&users, 7).is_none(), "the whole table is full");
+        // ... but for root, who has seats of its own.
+        let root: Vec<Seat> = (0..ROOT_RESERVE)
+            .map(|_| seat(&users, 0).unwrap())
+            .collect();
+        assert!(seat(&users, 0).is_none());
+        drop(root);
         drop(mine);
         assert!(seat(&users, 1000).is_some());
         drop(others);

@@ -156,8 +156,12 @@ async fn connection(
             } else {
                 Bytes::from_static(b"tcpwatch: try /metrics\n")
             };
-            slot.idle(Instant::now());
-            std::future::ready(resp.body(Full::new(body)))
+            // Idle again only once the body is written (the body is
+            // dropped then), so a connection being answered is never evicted.
+            std::future::ready(resp.body(IdleWhenDone {
+                body: Full::new(body),
+                slot: slot.clone(),
+            }))
         })
     };
     let conn = hyper::server::conn::http1::Builder::new()
@@ -184,7 +188,12 @@ enum PeerKey {
 
 /// On loopback, the local user behind the client socket; else its address.
 fn peer_key(peer: SocketAddr, local: Option<SocketAddr>) -> PeerKey {
+    // A v4 client of a [::] listener shows as ::ffff:a.b.c.d.
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    let local = local.map(|l| SocketAddr::new(l.ip().to_canonical(), l.port()));
     match local {
+        // Any loopback source (all of 127/8, ::1) or our own address is a
+        // local user, whatever address it binds: key it by its uid.
         Some(local) if peer.ip().is_loopback() || peer.ip() == local.ip() => {
             match crate::host::census::socket_uid(peer, local) {
                 Ok(uid) => PeerKey::Uid(uid),
@@ -194,7 +203,51 @@ fn peer_key(peer: SocketAddr, local: Option<SocketAddr>) -> PeerKey {
                 }
             }
         }
-        _ => PeerKey::Addr(peer.ip()),
+        _ => PeerKey::Addr(network_of(peer.ip())),
+    }
+}
+
+/// A remote peer's share is per address, and per /64 for IPv6 (one host
+/// holds a /64 and could take a slot per address in it).
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// A response body that marks its connection idle when it has been sent.
+struct IdleWhenDone {
+    body: http_body_util::Full<Bytes>,
+    slot: Slot,
+}
+
+impl hyper::body::Body for IdleWhenDone {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for IdleWhenDone {
+    fn drop(&mut self) {
+        self.slot.idle(Instant::now());
     }
 }
 
@@ -334,6 +387,14 @@ fn held(slots: &Slots) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_ipv6_peers_share_per_64_and_v4_stays_whole() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(network_of(ip("2001:db8:1:2:aa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(network_of(ip("2001:db8:1:2:bb::9")), ip("2001:db8:1:2::"));
+        assert_eq!(network_of(ip("192.0.2.7")), ip("192.0.2.7"));
+    }
 
     fn user(uid: u32) -> PeerKey {
         PeerKey::Uid(uid)

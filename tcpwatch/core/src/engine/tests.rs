@@ -204,6 +204,8 @@ fn census_listeners_decide_the_direction() {
             comm: None,
         }],
         processes: vec![],
+        listeners_dropped: 0,
+        processes_dropped: 0,
     };
     e.apply(Input::Census(CensusSample {
         ts_ns: S,
@@ -301,6 +303,8 @@ fn census_of(netns: u32, at: u64, established: u64) -> Input {
             states,
             listeners: vec![],
             processes: vec![],
+            listeners_dropped: 0,
+            processes_dropped: 0,
         },
     })
 }
@@ -463,6 +467,8 @@ fn a_listeners_census_refreshes_queues_between_full_ones_and_keeps_owners() {
             .into(),
             listeners: vec![l],
             processes: vec![],
+            listeners_dropped: 0,
+            processes_dropped: 0,
         },
     };
     e.apply(Input::Census(sample(S, listener(0, 0, Some(9)), 0)));

@@ -212,7 +212,6 @@ impl<K: Ord + Hash + Clone, V: Default + Merge> TopK<K, V> {
             if let Some(old) = self.tracked.remove(&victim) {
                 self.other.window.merge_from(&old.window);
                 self.other.value.merge(&old.value);
-                self.other.value.merge(&old.value);
                 self.evicted += 1;
             }
         }
@@ -255,6 +254,7 @@ mod tests {
         let kept: Vec<u16> = t.iter().map(|(k, _)| *k).collect();
         assert_eq!(kept, [2, 4]);
         assert_eq!(t.evicted, 2);
+        assert_eq!(t.other.value, 6, "the evicted keys' totals, once");
         assert_eq!(t.other.window.sum(101, 10), 6, "the evicted keys' activity");
         t.set_cap(8, 100);
         t.record(&9, 100, |v| *v += 1);

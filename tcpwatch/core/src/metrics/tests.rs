@@ -67,6 +67,8 @@ fn engine() -> Engine {
                 total: 3,
                 states: BTreeMap::from([("LISTEN".into(), 3)]),
             }],
+            listeners_dropped: 0,
+            processes_dropped: 0,
         },
     }));
     e.apply(Input::Counters(CountersSample {
