@@ -146,32 +146,18 @@ pub fn spawn(
     snapshots: watch::Receiver<Arc<Snapshot>>,
     counters: Arc<Counters>,
 ) -> io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("tcpwatch-control".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("control socket: no runtime, serving nothing: {e}");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let listener = match tokio::net::UnixListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => return tracing::error!("control socket: cannot serve: {e}"),
-                };
-                let mut closed = snapshots.clone();
-                tokio::select! {
-                    _ = accept_loop(&listener, snapshots, counters) => {}
-                    // The daemon is stopping.
-                    _ = async { while closed.changed().await.is_ok() {} } => {}
-                }
-            })
-        })
+    super::spawn_serving("control", move || async move {
+        let listener = match tokio::net::UnixListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => return tracing::error!("control socket: cannot serve: {e}"),
+        };
+        let mut closed = snapshots.clone();
+        tokio::select! {
+            _ = accept_loop(&listener, snapshots, counters) => {}
+            // The daemon is stopping.
+            _ = async { while closed.changed().await.is_ok() {} } => {}
+        }
+    })
 }
 
 type Users = Arc<Mutex<HashMap<u32, usize>>>;

@@ -58,26 +58,12 @@ pub fn spawn(
     listener: std::net::TcpListener,
     snapshots: watch::Receiver<Arc<Snapshot>>,
 ) -> io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("tcpwatch-metrics".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("metrics: no runtime, serving nothing: {e}");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => serve(l, snapshots).await,
-                    Err(e) => tracing::error!("metrics: cannot serve: {e}"),
-                }
-            })
-        })
+    super::spawn_serving("metrics", move || async move {
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => serve(l, snapshots).await,
+            Err(e) => tracing::error!("metrics: cannot serve: {e}"),
+        }
+    })
 }
 
 /// One rendering per snapshot, shared by every scrape until the next.

@@ -629,6 +629,39 @@ fn all_netns_covers_a_namespace_created_after_start() {
     assert!(daemon.stop().success());
 }
 
+/// `tcpwatch record FILE ARGS --duration 3`, up and recording.
+struct Recording {
+    child: Child,
+    lines: BufReader<std::process::ChildStderr>,
+    seen: String,
+}
+
+impl Recording {
+    fn start(file: &std::path::Path, args: &[&str]) -> Recording {
+        let mut child = Command::new(BIN)
+            .arg("record")
+            .arg(file)
+            .args(args)
+            .args(["--duration", "3"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        while !seen.contains("daemon up") {
+            assert!(lines.read_line(&mut seen).unwrap() > 0, "{seen}");
+        }
+        Recording { child, lines, seen }
+    }
+
+    /// Waits for its end, which must be a success.
+    fn finish(mut self) {
+        let st = self.child.wait().unwrap();
+        self.lines.read_to_string(&mut self.seen).unwrap();
+        assert!(st.success(), "{}", self.seen);
+    }
+}
+
 #[test]
 fn record_then_replay_gives_the_live_numbers() {
     let test = "record_then_replay_gives_the_live_numbers";
@@ -643,24 +676,12 @@ fn record_then_replay_gives_the_live_numbers() {
     let dir = std::env::temp_dir().join(format!("tcpwatch-record-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("t.rec");
-    let mut child = Command::new(BIN)
-        .args(["record", file.to_str().unwrap(), "--netns", &ns.path])
-        .args(["--interval", "0.2", "--duration", "3"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    while !seen.contains("daemon up") {
-        assert!(lines.read_line(&mut seen).unwrap() > 0, "{seen}");
-    }
+    let rec = Recording::start(&file, &["--netns", &ns.path, "--interval", "0.2"]);
     ns.run(|| {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         connections(&l, N);
     });
-    let st = child.wait().unwrap();
-    lines.read_to_string(&mut seen).unwrap();
-    assert!(st.success(), "{seen}");
+    rec.finish();
 
     let out = Command::new(BIN)
         .args(["replay", "--json", file.to_str().unwrap()])
@@ -1309,17 +1330,7 @@ fn a_namespace_that_lives_a_third_of_a_second_is_censused_and_counted() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("t.rec");
     // Rounds 10 s apart: only a census on first sight can see it.
-    let mut child = Command::new(BIN)
-        .args(["record", file.to_str().unwrap(), "--all-netns"])
-        .args(["--interval", "10", "--duration", "3"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    while !seen.contains("daemon up") {
-        assert!(lines.read_line(&mut seen).unwrap() > 0, "{seen}");
-    }
+    let rec = Recording::start(&file, &["--all-netns", "--interval", "10"]);
     let born = Instant::now();
     let ns = NamedNetns::new("short");
     use std::os::unix::fs::MetadataExt;
@@ -1333,9 +1344,7 @@ fn a_namespace_that_lives_a_third_of_a_second_is_censused_and_counted() {
     std::thread::sleep(Duration::from_millis(300).saturating_sub(born.elapsed()));
     drop(held);
     drop(ns);
-    let st = child.wait().unwrap();
-    lines.read_to_string(&mut seen).unwrap();
-    assert!(st.success(), "{seen}");
+    rec.finish();
 
     let text = std::fs::read_to_string(&file).unwrap();
     let inputs: Vec<serde_json::Value> = text
