@@ -417,13 +417,14 @@ impl Collector for ViewCollector {
         port_tr.encode(&mut enc)?;
         let mut proc_tr = Family::new(
             "tcpwatch_process_transitions",
-            "Transitions per owning process (pid, comm), busiest processes; counted since the process entered the table; an evicted process's counts move to comm=\"other\"",
+            "Transitions per owning process (netns, pid, comm), busiest processes; counted since the process entered the table; an evicted process's counts move to comm=\"other\"",
             c,
         );
         for p in &v.processes {
             for (&(from, to), &n) in &p.activity.pairs {
                 proc_tr.add(
                     vec![
+                        ("netns", netns_label(p.key.netns)),
                         ("pid", p.key.pid.to_string()),
                         ("comm", p.key.comm.to_string()),
                         ("from", from.to_string()),
@@ -436,6 +437,7 @@ impl Collector for ViewCollector {
         for (&(from, to), &n) in &v.processes_other.activity.pairs {
             proc_tr.add(
                 vec![
+                    ("netns", String::new()),
                     ("pid", String::new()),
                     ("comm", "other".into()),
                     ("from", from.to_string()),

@@ -146,6 +146,10 @@ pub struct PortKey {
 pub struct ProcessKey {
     pub pid: u32,
     pub comm: Comm,
+    /// The namespace of the socket (a process with sockets in several
+    /// namespaces is one key per namespace; 0 when unknown).
+    #[serde(default)]
+    pub netns: u32,
 }
 
 /// What the engine keeps per port, per process and per namespace.
@@ -567,6 +571,7 @@ impl Engine {
                 let key = ProcessKey {
                     pid: o.pid,
                     comm: o.comm,
+                    netns,
                 };
                 self.processes.record(&key, sec, |a| a.count(t));
             }

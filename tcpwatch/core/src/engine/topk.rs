@@ -5,7 +5,8 @@
 //! Admission: while there is room, any key. When full, a new key takes the
 //! slot of the least active tracked key (fewest transitions in the last ten
 //! complete seconds) once the sketch says it has been busier than that in
-//! the current ten-second period. Keys admitted less than ten seconds ago
+//! the current ten-second period, and seen at least three times in it (a
+//! spray of one-off keys never churns the table). Keys admitted less than ten seconds ago
 //! are not evicted, so a spray cannot churn the table faster than `cap`
 //! keys per ten seconds, and a busy key pushes out the junk in at most that.
 //!
@@ -21,6 +22,10 @@ use super::window::Window;
 
 /// Seconds a newcomer must prove itself over, and is protected for.
 const PERIOD_S: u64 = 10;
+
+/// Hits in the current period a newcomer needs, at least, to take a slot
+/// from a tracked key once the table is full.
+const ADMIT_MIN_HITS: u64 = 3;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Slot<V> {
@@ -171,7 +176,10 @@ impl<K: Ord + Hash + Clone, V: Default + Merge> TopK<K, V> {
         let Some((victim, activity)) = self.weakest(sec) else {
             return false;
         };
-        if est <= activity {
+        // A key seen once or twice is not worth a series: without this, a
+        // spray of one-off names (a process renamed per connect) would
+        // churn every slot once its ten protected seconds are over.
+        if est <= activity || est < ADMIT_MIN_HITS {
             return false;
         }
         if let Some(old) = self.tracked.remove(&victim) {
@@ -285,13 +293,17 @@ mod tests {
             }
         }
         // A third key, busier than key 2's last ten seconds (zero): admitted
-        // at once, key 2 evicted, key 1 kept.
+        // at its third hit (one-off keys never are), key 2 evicted, key 1
+        // kept.
+        assert!(!t.record(&3, 20, |v| *v += 1));
+        assert!(!t.record(&3, 20, |v| *v += 1));
         assert!(t.record(&3, 20, |v| *v += 1));
         let keys: Vec<u16> = t.iter().map(|(k, _)| *k).collect();
         assert_eq!(keys, vec![1, 3]);
         assert_eq!(t.evicted, 1);
-        // Key 2's activity moved to other; rates still add up.
-        assert_eq!(t.other.window.sum(21, 59), 1);
+        // Key 2's activity moved to other, with key 3's two hits before it
+        // was admitted; rates still add up.
+        assert_eq!(t.other.window.sum(21, 59), 3);
     }
 
     #[test]
