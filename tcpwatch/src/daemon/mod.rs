@@ -133,7 +133,22 @@ impl ControlStats {
 /// When the next census starts, `spent` (CPU) after this one started: one
 /// interval, or longer so that the census uses at most `budget_pct` of a core.
 pub fn census_delay(interval: Duration, spent: Duration, budget_pct: f64) -> Duration {
-    interval.max(spent.mul_f64(100.0 / budget_pct))
+    interval.max(budget_time(spent, budget_pct))
+}
+
+/// The wall time that `spent` CPU takes up of a budget of `budget_pct` of
+/// a core.
+fn budget_time(spent: Duration, budget_pct: f64) -> Duration {
+    spent.mul_f64(100.0 / budget_pct)
+}
+
+/// `f`'s result, and the CPU it cost this thread and the namespace helper
+/// threads it ran.
+fn cpu_of<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let before = netns::thread_cpu_with_helpers_ns();
+    let out = f();
+    let spent = netns::thread_cpu_with_helpers_ns().saturating_sub(before);
+    (out, Duration::from_nanos(spent))
 }
 
 /// Runs the daemon until `stop` resolves. `started` is called once the probe
@@ -360,91 +375,18 @@ struct SamplerThread {
 
 fn spawn_sampler(
     scope: Scope,
-    mut settings: watch::Receiver<SamplerSettings>,
+    settings: watch::Receiver<SamplerSettings>,
 ) -> std::io::Result<SamplerThread> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<Vec<Input>>(4);
     let (first_seen, fresh) = std::sync::mpsc::sync_channel::<Vec<u32>>(4);
     let first_seen = matches!(scope, Scope::All { .. }).then_some(first_seen);
-    let mut sampler = Sampler::new(scope, settings.borrow().owners_every);
+    let sampler = Sampler::new(scope, settings.borrow().owners_every);
     let handle = {
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("tcpwatch-census".into())
-            .spawn(move || {
-                // Full censuses are spaced by their CPU budget; in between,
-                // every interval, a listeners-only one keeps the per-listener
-                // signals fresh (they matter most in a flood, exactly when a
-                // full census is dearest).
-                let mut next = Instant::now();
-                let mut next_full = next;
-                let mut last_first_seen = next;
-                while !stop.load(Ordering::Relaxed) {
-                    let s = *settings.borrow_and_update();
-                    sampler.set_owners_every(s.owners_every);
-                    sampler.set_max_netns(s.max_netns);
-                    let started = Instant::now();
-                    let inputs = if started >= next_full {
-                        let cpu = netns::thread_cpu_with_helpers_ns();
-                        let inputs = sampler.sample();
-                        let spent = Duration::from_nanos(
-                            netns::thread_cpu_with_helpers_ns().saturating_sub(cpu),
-                        );
-                        next_full = started + census_delay(s.interval, spent, s.budget_pct);
-                        inputs
-                    } else {
-                        sampler.sample_listeners()
-                    };
-                    next += s.interval;
-                    if tx.blocking_send(inputs).is_err() {
-                        break;
-                    }
-                    // Sleep in short steps so a stop is seen quickly, and
-                    // census namespaces met meanwhile at once (at most one
-                    // such round per FIRST_SEEN_EVERY, what arrives between
-                    // merged).
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < next {
-                        // A reload applies now, not after the old interval.
-                        if settings.has_changed().unwrap_or(false) {
-                            next = Instant::now();
-                            next_full = next_full.min(next + s.interval);
-                            break;
-                        }
-                        let step = (next - Instant::now()).min(Duration::from_millis(50));
-                        let mut inodes = match fresh.recv_timeout(step) {
-                            Ok(inodes) => inodes,
-                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                                std::thread::sleep(step);
-                                continue;
-                            }
-                        };
-                        if let Some(wait) = FIRST_SEEN_EVERY.checked_sub(last_first_seen.elapsed())
-                        {
-                            std::thread::sleep(wait);
-                        }
-                        while let Ok(more) = fresh.try_recv() {
-                            inodes.extend(more);
-                        }
-                        inodes.sort_unstable();
-                        inodes.dedup();
-                        last_first_seen = Instant::now();
-                        // Charged to the budget like a full round's census.
-                        let cpu = netns::thread_cpu_with_helpers_ns();
-                        let inputs = sampler.sample_first_seen(&inodes);
-                        let spent = Duration::from_nanos(
-                            netns::thread_cpu_with_helpers_ns().saturating_sub(cpu),
-                        );
-                        next_full += spent.mul_f64(100.0 / s.budget_pct);
-                        if !inputs.is_empty() && tx.blocking_send(inputs).is_err() {
-                            return;
-                        }
-                    }
-                    // A round slower than the interval: start the next now,
-                    // not a burst of catch-ups.
-                    next = next.max(Instant::now());
-                }
-            })?
+            .spawn(move || census_loop(sampler, settings, fresh, tx, stop))?
     };
     Ok(SamplerThread {
         handle,
@@ -452,6 +394,79 @@ fn spawn_sampler(
         stop,
         first_seen,
     })
+}
+
+/// The census thread's loop, until `stop` or the event loop is gone.
+fn census_loop(
+    mut sampler: Sampler,
+    mut settings: watch::Receiver<SamplerSettings>,
+    fresh: std::sync::mpsc::Receiver<Vec<u32>>,
+    tx: mpsc::Sender<Vec<Input>>,
+    stop: Arc<AtomicBool>,
+) {
+    // Full censuses are spaced by their CPU budget; in between,
+    // every interval, a listeners-only one keeps the per-listener
+    // signals fresh (they matter most in a flood, exactly when a
+    // full census is dearest).
+    let mut next = Instant::now();
+    let mut next_full = next;
+    let mut last_first_seen = next;
+    while !stop.load(Ordering::Relaxed) {
+        let s = *settings.borrow_and_update();
+        sampler.set_owners_every(s.owners_every);
+        sampler.set_max_netns(s.max_netns);
+        let started = Instant::now();
+        let inputs = if started >= next_full {
+            let (inputs, spent) = cpu_of(|| sampler.sample());
+            next_full = started + census_delay(s.interval, spent, s.budget_pct);
+            inputs
+        } else {
+            sampler.sample_listeners()
+        };
+        next += s.interval;
+        if tx.blocking_send(inputs).is_err() {
+            break;
+        }
+        // Sleep in short steps so a stop is seen quickly, and
+        // census namespaces met meanwhile at once (at most one
+        // such round per FIRST_SEEN_EVERY, what arrives between
+        // merged).
+        while !stop.load(Ordering::Relaxed) && Instant::now() < next {
+            // A reload applies now, not after the old interval.
+            if settings.has_changed().unwrap_or(false) {
+                next = Instant::now();
+                next_full = next_full.min(next + s.interval);
+                break;
+            }
+            let step = (next - Instant::now()).min(Duration::from_millis(50));
+            let mut inodes = match fresh.recv_timeout(step) {
+                Ok(inodes) => inodes,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(step);
+                    continue;
+                }
+            };
+            if let Some(wait) = FIRST_SEEN_EVERY.checked_sub(last_first_seen.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            while let Ok(more) = fresh.try_recv() {
+                inodes.extend(more);
+            }
+            inodes.sort_unstable();
+            inodes.dedup();
+            last_first_seen = Instant::now();
+            // Charged to the budget like a full round's census.
+            let (inputs, spent) = cpu_of(|| sampler.sample_first_seen(&inodes));
+            next_full += budget_time(spent, s.budget_pct);
+            if !inputs.is_empty() && tx.blocking_send(inputs).is_err() {
+                return;
+            }
+        }
+        // A round slower than the interval: start the next now,
+        // not a burst of catch-ups.
+        next = next.max(Instant::now());
+    }
 }
 
 #[cfg(test)]

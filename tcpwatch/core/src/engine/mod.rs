@@ -124,8 +124,8 @@ impl Default for EngineConfig {
 }
 
 /// Which way a connection goes, seen from the port it is counted under:
-/// `In` for sockets on a listening port (the local port), `Out` for the
-/// rest (the remote port: the service this host connects to). Ephemeral
+/// `In` for a server's sockets (the local port), `Out` for a client's (the
+/// remote port: the service this host connects to). Ephemeral
 /// client ports would otherwise swamp every per-port view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -309,6 +309,16 @@ impl Namespace {
         topk::Merge::merge(&mut self.activity, &gone.activity);
     }
 
+    /// A census's listeners are the truth about which ports listen;
+    /// transitions only add the ones opened since.
+    fn listeners_seen(&mut self, listeners: &[crate::census::Listener], ts_ns: u64) {
+        self.listening.fill(0);
+        for l in listeners {
+            self.set_listening(l.port, true);
+        }
+        self.listeners_ts_ns = Some(ts_ns);
+    }
+
     fn is_listening(&self, port: u16) -> bool {
         self.listening[port as usize / 64] & (1 << (port % 64)) != 0
     }
@@ -433,19 +443,30 @@ impl Engine {
         self.namespaces.len() - other < self.cfg.max_netns
     }
 
-    fn namespace(&mut self, netns: u32) -> &mut Namespace {
-        let key = if self.namespaces.contains_key(&netns) {
-            netns
-        } else if self.has_room() {
-            if self.first_seen.len() < FIRST_SEEN_MAX && netns != 0 {
-                self.first_seen.push(netns);
-            }
+    /// Where a namespace's data goes: its own entry while it has one or
+    /// there is room, else `other` (counted).
+    fn key_for(&mut self, netns: u32) -> u32 {
+        if self.namespaces.contains_key(&netns) || self.has_room() {
             netns
         } else {
             self.stats.netns_overflow += 1;
             NETNS_OTHER
-        };
-        self.namespaces.entry(key).or_default()
+        }
+    }
+
+    /// A transition's namespace; one met for the first time is reported by
+    /// `take_first_seen`.
+    fn namespace(&mut self, netns: u32) -> &mut Namespace {
+        let key = self.key_for(netns);
+        match self.namespaces.entry(key) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                if key != NETNS_OTHER && key != 0 && self.first_seen.len() < FIRST_SEEN_MAX {
+                    self.first_seen.push(key);
+                }
+                v.insert(Namespace::default())
+            }
+        }
     }
 
     /// Namespaces first seen since the last call (at most a few dozen): the
@@ -479,12 +500,7 @@ impl Engine {
                     .absorb(&gone);
             }
         }
-        if self.namespaces.contains_key(&netns) || self.has_room() {
-            netns
-        } else {
-            self.stats.netns_overflow += 1;
-            NETNS_OTHER
-        }
+        self.key_for(netns)
     }
 
     /// Drops the namespaces that no longer exist (and their series); one
@@ -628,13 +644,7 @@ impl Engine {
             }
             return;
         }
-        // The census is the truth about listeners; transitions only add the
-        // ones opened since.
-        ns.listening.fill(0);
-        for l in &c.summary.listeners {
-            ns.set_listening(l.port, true);
-        }
-        ns.listeners_ts_ns = Some(c.ts_ns);
+        ns.listeners_seen(&c.summary.listeners, c.ts_ns);
         ns.census = Some(c);
     }
 
@@ -680,11 +690,7 @@ impl Engine {
             })
             .collect();
         s.listeners = listeners;
-        ns.listening.fill(0);
-        for l in &c.summary.listeners {
-            ns.set_listening(l.port, true);
-        }
-        ns.listeners_ts_ns = Some(c.ts_ns);
+        ns.listeners_seen(&c.summary.listeners, c.ts_ns);
         ns.last_seen_ns = ns.last_seen_ns.max(c.ts_ns);
     }
 
@@ -692,13 +698,13 @@ impl Engine {
         self.tick(c.ts_ns);
         self.stats.counter_samples += 1;
         let netns = c.netns.unwrap_or(0);
-        if !self.namespaces.contains_key(&netns) && !self.has_room() {
+        let key = self.key_for(netns);
+        if key != netns {
             // Cumulative counters of different namespaces cannot share one
             // series (it would jump between them): past the cap, dropped.
-            self.stats.netns_overflow += 1;
             return;
         }
-        let ns = self.namespace(netns);
+        let ns = self.namespaces.entry(key).or_default();
         ns.last_seen_ns = ns.last_seen_ns.max(c.ts_ns);
         ns.prev_counters = ns.counters.replace(c);
     }
