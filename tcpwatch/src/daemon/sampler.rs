@@ -133,9 +133,9 @@ impl Sampler {
                         }
                     })
                     .collect();
-                // The cap keeps the host's, then named ones, then those with
-                // listeners, then root's: namespaces any user can make in
-                // bulk (unshare -rn) come last.
+                // The cap keeps the host's, then named ones, then root's
+                // (see `rank`): namespaces any user can make in bulk
+                // (unshare -rn) come last.
                 v.sort_by_key(|(rank, _, inode)| (*rank, *inode));
                 v.truncate(*max);
                 (v.into_iter().map(|(_, p, i)| (p, i)).collect(), Some(alive))

@@ -36,40 +36,23 @@ pub enum CensusError {
 /// SYN_RECV): their queues and half-open counts, at a fraction of a full
 /// census's cost.
 pub fn take_listening() -> Result<Census, CensusError> {
-    let mut socket = open()?;
-    let mut census = Census::default();
-    for family in [AF_INET, AF_INET6] {
-        dump(
-            &mut socket,
-            family,
-            StateFlags::LISTEN | StateFlags::SYN_RECV,
-            &mut census.entries,
-        )?;
-    }
-    Ok(census)
+    dump_both(StateFlags::LISTEN | StateFlags::SYN_RECV)
 }
 
 /// `take_listening` in another namespace.
 pub fn take_listening_in(netns: &Path) -> Result<Census, CensusError> {
-    crate::host::netns::run_in(netns, take_listening).map_err(|source| CensusError::Netns {
-        path: netns.display().to_string(),
-        source,
-    })?
+    in_netns(netns, take_listening)
 }
 
 /// A census of the caller's network namespace (IPv4 and IPv6, all states).
 pub fn take(time_wait: TimeWait) -> Result<Census, CensusError> {
-    let mut socket = open()?;
     let mut states = StateFlags::all();
     if time_wait == TimeWait::Counted {
         // The kernel filters minisockets by their substate: FIN-WAIT-2 ones
         // still come, as `ss` lists them.
         states.remove(StateFlags::TIME_WAIT);
     }
-    let mut census = Census::default();
-    for family in [AF_INET, AF_INET6] {
-        dump(&mut socket, family, states.clone(), &mut census.entries)?;
-    }
+    let mut census = dump_both(states)?;
     if time_wait == TimeWait::Counted {
         let text =
             std::fs::read_to_string(SOCKSTAT).map_err(|e| CensusError::Sockstat(e.to_string()))?;
@@ -81,14 +64,32 @@ pub fn take(time_wait: TimeWait) -> Result<Census, CensusError> {
 }
 
 /// The census of another network namespace (a path such as
-/// `/run/netns/NAME` or `/proc/PID/ns/net`): a netlink socket belongs to
-/// the namespace it was created in, so it is created on a thread that
-/// entered that namespace.
+/// `/run/netns/NAME` or `/proc/PID/ns/net`).
 pub fn take_in(netns: &Path, time_wait: TimeWait) -> Result<Census, CensusError> {
-    crate::host::netns::run_in(netns, || take(time_wait)).map_err(|source| CensusError::Netns {
+    in_netns(netns, || take(time_wait))
+}
+
+/// Runs a census in another namespace: a netlink socket belongs to the
+/// namespace it was created in, so it is created on a thread that entered
+/// that namespace.
+fn in_netns(
+    netns: &Path,
+    f: impl FnOnce() -> Result<Census, CensusError> + Send,
+) -> Result<Census, CensusError> {
+    crate::host::netns::run_in(netns, f).map_err(|source| CensusError::Netns {
         path: netns.display().to_string(),
         source,
     })?
+}
+
+/// The sockets in `states`, IPv4 then IPv6, over one sock_diag socket.
+fn dump_both(states: StateFlags) -> Result<Census, CensusError> {
+    let mut socket = open()?;
+    let mut census = Census::default();
+    for family in [AF_INET, AF_INET6] {
+        dump(&mut socket, family, states.clone(), &mut census.entries)?;
+    }
+    Ok(census)
 }
 
 /// The calling thread's namespace's socket statistics (a thread that
