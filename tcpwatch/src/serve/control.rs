@@ -293,19 +293,13 @@ async fn client(
             Err(_) => bail!("idle for {IDLE_TIMEOUT:?}"),
             Ok(None) => return Ok(()),
             Ok(Some(Err(e))) => {
-                Counters::bump(&counters.bad_requests, 1);
-                let _ = send(&mut tx, &error(format!("bad frame: {e}"))).await;
-                bail!("bad frame: {e}");
+                return Err(refuse(&mut tx, Some(counters), format!("bad frame: {e}")).await);
             }
             Ok(Some(Ok(f))) => f,
         };
         let req = match Request::decode(&frame) {
             Ok(r) => r,
-            Err(e) => {
-                Counters::bump(&counters.bad_requests, 1);
-                let _ = send(&mut tx, &error(e.clone())).await;
-                bail!(e);
-            }
+            Err(e) => return Err(refuse(&mut tx, Some(counters), e).await),
         };
         match (hello, req) {
             (false, Request::Hello { version }) if version == PROTOCOL_VERSION => {
@@ -321,13 +315,11 @@ async fn client(
             }
             (false, Request::Hello { version }) => {
                 let m = format!("protocol version {version} is not {PROTOCOL_VERSION}");
-                let _ = send(&mut tx, &error(m.clone())).await;
-                bail!(m);
+                return Err(refuse(&mut tx, None, m).await);
             }
             (false, _) | (true, Request::Hello { .. }) => {
-                Counters::bump(&counters.bad_requests, 1);
-                let _ = send(&mut tx, &error("say hello first, once".into())).await;
-                bail!("out of order");
+                let m = "say hello first, once".to_string();
+                return Err(refuse(&mut tx, Some(counters), m).await);
             }
             (true, Request::Snapshot) => {
                 let snapshot = snapshots.borrow_and_update().clone();
@@ -367,8 +359,24 @@ async fn subscribe(
     }
 }
 
-fn error(message: String) -> Reply {
-    Reply::Error { message }
+/// Tells the client why it is dropped (if it still listens), counts a bad
+/// request where `counters` is given, and returns the error that ends it.
+async fn refuse<W: tokio::io::AsyncWrite + Unpin>(
+    tx: &mut FramedWrite<W, LengthDelimitedCodec>,
+    counters: Option<&Counters>,
+    message: String,
+) -> anyhow::Error {
+    if let Some(c) = counters {
+        Counters::bump(&c.bad_requests, 1);
+    }
+    let _ = send(
+        tx,
+        &Reply::Error {
+            message: message.clone(),
+        },
+    )
+    .await;
+    anyhow::anyhow!(message)
 }
 
 async fn send<W: tokio::io::AsyncWrite + Unpin>(

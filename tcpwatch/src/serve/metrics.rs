@@ -126,22 +126,20 @@ async fn connection(
         service_fn(move |req: Request<hyper::body::Incoming>| {
             slot.busy();
             let n = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            let mut resp = if req.method() == Method::GET && req.uri().path() == "/metrics" {
-                Response::builder().header(
+            let (mut resp, body) = if req.method() == Method::GET && req.uri().path() == "/metrics"
+            {
+                let ok = Response::builder().header(
                     "content-type",
                     prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-                )
+                );
+                (ok, cache.borrow().clone())
             } else {
-                Response::builder().status(StatusCode::NOT_FOUND)
+                let not_found = Response::builder().status(StatusCode::NOT_FOUND);
+                (not_found, Bytes::from_static(b"tcpwatch: try /metrics\n"))
             };
             if n >= MAX_REQUESTS_PER_CONNECTION {
                 resp = resp.header("connection", "close");
             }
-            let body = if req.uri().path() == "/metrics" && req.method() == Method::GET {
-                cache.borrow().clone()
-            } else {
-                Bytes::from_static(b"tcpwatch: try /metrics\n")
-            };
             // Idle again only once the body is written (the body is
             // dropped then), so a connection being answered is never evicted.
             std::future::ready(resp.body(IdleWhenDone {
