@@ -68,8 +68,7 @@ pub struct ProbeArgs {
     #[arg(long, value_enum)]
     hook: Option<HookChoice>,
     /// Ring buffer size in KiB, rounded up to a power of two [default: 4096].
-    #[arg(long, value_name = "KIB",
-          value_parser = clap::value_parser!(u32).range(4..=1_048_576))]
+    #[arg(long, value_name = "KIB", value_parser = in_range(config::range::RING_KIB))]
     ring_kib: Option<u32>,
     /// Show the verifier's log when the kernel rejects a program, and debug logs.
     #[arg(short, long)]
@@ -86,29 +85,29 @@ pub struct ProbeArgs {
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
     /// Namespaces kept apart; the rest are summed as "other" [default: 256].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    max_netns: Option<u64>,
+    #[arg(long, value_parser = in_range(config::range::NETNS_CAP))]
+    max_netns: Option<usize>,
     /// Ports tracked one by one (busiest first; the rest are "other")
     /// [default: 64].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    max_ports: Option<u64>,
+    #[arg(long, value_parser = in_range(config::range::CAP))]
+    max_ports: Option<usize>,
     /// Processes tracked one by one (busiest first; the rest are "other")
     /// [default: 64].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    max_processes: Option<u64>,
+    #[arg(long, value_parser = in_range(config::range::CAP))]
+    max_processes: Option<usize>,
 }
 
 impl EngineArgs {
     /// Lays the flags given over `limits`.
     pub fn apply(&self, limits: &mut config::Limits) {
         if let Some(n) = self.max_netns {
-            limits.max_netns = n as usize;
+            limits.max_netns = n;
         }
         if let Some(n) = self.max_ports {
-            limits.max_ports = n as usize;
+            limits.max_ports = n;
         }
         if let Some(n) = self.max_processes {
-            limits.max_processes = n as usize;
+            limits.max_processes = n;
         }
     }
 
@@ -156,6 +155,30 @@ impl ProbeArgs {
             ..LoadOptions::default()
         }
     }
+}
+
+/// A flag's value within a configuration range (`core::config::range`), so
+/// the file and the command line accept the same values.
+pub fn parse_in<T>(s: &str, range: std::ops::RangeInclusive<T>, what: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    match s.parse::<T>() {
+        Ok(v) if range.contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not {what} from {} to {}",
+            range.start(),
+            range.end()
+        )),
+    }
+}
+
+/// `parse_in` as a clap value parser.
+fn in_range<T>(range: std::ops::RangeInclusive<T>) -> impl Fn(&str) -> Result<T, String> + Clone
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Clone + Send + Sync + 'static,
+{
+    move |s| parse_in(s, range.clone(), "a value")
 }
 
 fn main() -> ExitCode {

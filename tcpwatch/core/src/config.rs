@@ -129,69 +129,61 @@ impl Default for Limits {
     }
 }
 
-/// Most keys one table may track: each costs a few KiB of windows.
-pub const MAX_CAP: usize = 10_000;
+/// The ranges of the settings, shared with the command line's flags.
+pub mod range {
+    use std::ops::RangeInclusive;
 
-fn ranged<'de, D, T>(d: D, ok: impl Fn(&T) -> bool, what: &str) -> Result<T, D::Error>
+    /// Seconds between ticks.
+    pub const INTERVAL_S: RangeInclusive<f64> = 0.01..=3600.0;
+    /// At least 0.01 %: the census interval is stretched by 100/budget.
+    pub const BUDGET_PCT: RangeInclusive<f64> = 0.01..=100.0;
+    pub const OWNERS_EVERY: RangeInclusive<u32> = 1..=10_000;
+    pub const RING_KIB: RangeInclusive<u32> = 4..=1_048_576;
+    /// Keys one table may track: each costs a few KiB of windows.
+    pub const CAP: RangeInclusive<usize> = 1..=10_000;
+    pub const NETNS_CAP: RangeInclusive<usize> = 1..=4096;
+}
+
+/// A value in `range`, or an error saying it is not `what` in it.
+fn ranged<'de, D, T>(d: D, range: std::ops::RangeInclusive<T>, what: &str) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
-    T: Deserialize<'de> + fmt::Display,
+    T: Deserialize<'de> + fmt::Display + PartialOrd,
 {
     let v = T::deserialize(d)?;
-    if ok(&v) {
+    if range.contains(&v) {
         Ok(v)
     } else {
-        Err(D::Error::custom(format!("{v} is not {what}")))
+        Err(D::Error::custom(format!(
+            "{v} is not {what} from {} to {}",
+            range.start(),
+            range.end()
+        )))
     }
 }
 
 fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    ranged(
-        d,
-        |v: &f64| (0.01..=3600.0).contains(v),
-        "a number of seconds from 0.01 to 3600",
-    )
+    ranged(d, range::INTERVAL_S, "a number of seconds")
 }
 
 fn budget<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    // At least 0.01 %: the interval is stretched by 100/budget.
-    ranged(
-        d,
-        |v: &f64| (0.01..=100.0).contains(v),
-        "a percentage from 0.01 to 100",
-    )
+    ranged(d, range::BUDGET_PCT, "a percentage")
 }
 
 fn owners_every<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    ranged(
-        d,
-        |v: &u32| (1..=10_000).contains(v),
-        "a number of censuses from 1 to 10000",
-    )
+    ranged(d, range::OWNERS_EVERY, "a number of censuses")
 }
 
 fn ring_kib<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    ranged(
-        d,
-        |v: &u32| (4..=1_048_576).contains(v),
-        "a size from 4 to 1048576 (KiB)",
-    )
+    ranged(d, range::RING_KIB, "a size in KiB")
 }
 
 fn cap<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    ranged(
-        d,
-        |v: &usize| (1..=MAX_CAP).contains(v),
-        "a cap from 1 to 10000",
-    )
+    ranged(d, range::CAP, "a cap")
 }
 
 fn netns_cap<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    ranged(
-        d,
-        |v: &usize| (1..=4096).contains(v),
-        "a cap from 1 to 4096",
-    )
+    ranged(d, range::NETNS_CAP, "a cap")
 }
 
 /// A configuration that could not be used: where and why.

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 use anyhow::Context as _;
 use clap::Args;
 use tcpwatch::{
-    core::config::Config,
+    core::config::{Config, range},
     daemon::{
         self, Options,
         config::{Reload, load},
@@ -52,8 +52,7 @@ pub struct DaemonArgs {
     census_budget: Option<f64>,
     /// Scan /proc for socket owners every N censuses (the scan costs ~60 ms
     /// per 10,000 sockets) [default: 10].
-    #[arg(long, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, value_name = "N", value_parser = crate::in_range(range::OWNERS_EVERY))]
     owners_every: Option<u32>,
     /// Every network namespace (processes' and /run/netns), not only the daemon's.
     #[arg(long, conflicts_with = "netns")]
@@ -79,21 +78,11 @@ pub struct RecordArgs {
 }
 
 fn parse_budget(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        // At least 0.01 %: the interval is stretched by 100/budget, and a
-        // vanishing budget would stretch it past any duration.
-        Ok(v) if (0.01..=100.0).contains(&v) => Ok(v),
-        _ => Err(format!("`{s}` is not a percentage from 0.01 to 100")),
-    }
+    crate::parse_in(s, range::BUDGET_PCT, "a percentage")
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if (0.01..=3600.0).contains(&v) => Ok(v),
-        _ => Err(format!(
-            "`{s}` is not a number of seconds from 0.01 to 3600"
-        )),
-    }
+    crate::parse_in(s, range::INTERVAL_S, "a number of seconds")
 }
 
 fn parse_duration(s: &str) -> Result<f64, String> {
