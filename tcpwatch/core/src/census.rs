@@ -75,6 +75,10 @@ pub struct Listener {
     pub syn_recv: u64,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// The sockets it serves (its port and address) by state, LISTEN and
+    /// TIME-WAIT left out (those have no listener any more); zeros omitted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub states: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -151,21 +155,26 @@ pub fn summarize(netns: Option<u32>, census: &Census, owners: &HashMap<u64, Owne
     };
     let candidates =
         |e: &SockEntry| -> &[usize] { by_port.get(&e.local.port()).map_or(&[], Vec::as_slice) };
-    let mut syn_recv = vec![0u64; listeners_raw.len()];
+    let mut served: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); listeners_raw.len()];
     for e in entries {
-        if shown_state(e.state) == State::from_raw(TCP_SYN_RECV) {
-            for &i in candidates(e) {
-                if serves(listeners_raw[i], e) {
-                    syn_recv[i] += 1;
-                }
+        if e.state == TCP_LISTEN || e.state == TCP_TIME_WAIT {
+            continue;
+        }
+        for &i in candidates(e) {
+            if serves(listeners_raw[i], e) {
+                *served[i]
+                    .entry(shown_state(e.state).to_string())
+                    .or_default() += 1;
             }
         }
     }
+    let syn_recv_name = State::from_raw(TCP_SYN_RECV).to_string();
     let mut listeners: Vec<Listener> = listeners_raw
         .iter()
-        .zip(&syn_recv)
-        .map(|(l, &syn_recv)| {
+        .zip(served)
+        .map(|(l, states)| {
             let owner = owners.get(&(l.inode as u64));
+            let syn_recv = states.get(&syn_recv_name).copied().unwrap_or(0);
             Listener {
                 address: l.local.ip().to_string(),
                 port: l.local.port(),
@@ -174,6 +183,7 @@ pub fn summarize(netns: Option<u32>, census: &Census, owners: &HashMap<u64, Owne
                 syn_recv,
                 pid: owner.map(|o| o.pid),
                 comm: owner.map(|o| o.comm.to_string()),
+                states,
             }
         })
         .collect();
@@ -338,6 +348,7 @@ mod tests {
                 syn_recv: 2,
                 pid: Some(100),
                 comm: Some("nginx".into()),
+                states: [("ESTABLISHED".into(), 1), ("SYN-RECV".into(), 2)].into(),
             }]
         );
     }

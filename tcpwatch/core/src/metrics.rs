@@ -28,6 +28,19 @@ pub struct Info {
     /// The control socket's own counters, where it runs.
     #[serde(default)]
     pub control: Option<ControlCounters>,
+    /// The daemon's own CPU and memory when the snapshot was taken.
+    #[serde(default)]
+    pub usage: Option<Usage>,
+    /// The namespace the daemon is limited to (`--netns`); None: all.
+    #[serde(default)]
+    pub scope: Option<u32>,
+}
+
+/// A process's CPU time so far and its resident memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    pub cpu_ns: u64,
+    pub rss_bytes: u64,
 }
 
 /// What the control socket did since the daemon started.

@@ -109,7 +109,7 @@ fn metrics_exposition() {
     let info = Info {
         hook: h.hook.clone(),
         max_listeners: 64,
-        control: None,
+        ..Default::default()
     };
     let text = render(e.view(), clock(&h), &info).replace(env!("CARGO_PKG_VERSION"), "VERSION");
     insta::assert_snapshot!(text);

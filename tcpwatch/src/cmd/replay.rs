@@ -76,7 +76,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let info = metrics::Info {
         hook: header.hook.clone(),
         max_listeners: cfg.max_ports,
-        control: None,
+        ..Default::default()
     };
     // As the live daemon does: a snapshot per recorded tick, for the
     // metrics endpoint (the sender must outlive the replay).

@@ -35,7 +35,7 @@ use self::{
 use crate::{
     host::{
         clock::{monotonic_ns, wall_clock},
-        netns,
+        netns, usage,
     },
     probe::{capture::Capture, loader::LoadOptions},
 };
@@ -177,6 +177,8 @@ pub async fn run(
         hook: Some(hook.short().into()),
         max_listeners: running.limits.max_ports,
         control: None,
+        usage: usage::myself(),
+        scope: opts.probe.netns,
     };
     let mut engine = Engine::new(EngineConfig::from_limits(&running.limits));
     let mut seq = 0;
@@ -242,6 +244,7 @@ pub async fn run(
                 }
                 seq += 1;
                 info.control = Some(control.read());
+                info.usage = usage::myself();
                 publish(&snap_tx, seq, clock, &info, &engine);
             }
         }

@@ -254,6 +254,7 @@ struct OpenCloseWait {
     since_ns: u64,
     port: u16,
     pid: Option<u32>,
+    netns: u32,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -606,6 +607,7 @@ impl Engine {
                         since_ns: t.ts_ns,
                         port,
                         pid: t.owner.as_ref().map(|o| o.pid),
+                        netns: t.netns.unwrap_or(0),
                     },
                 );
             } else {
@@ -781,10 +783,42 @@ impl Engine {
                     v
                 },
                 by_pid_known: self.close_wait.values().filter(|o| o.pid.is_some()).count() as u64,
+                by_owner: self.close_wait_by_owner(),
             },
             kernel: self.kernel.clone(),
             stats: self.stats.clone(),
         }
+    }
+}
+
+impl Engine {
+    /// Followed CLOSE-WAIT sockets per owning process, most first, as many
+    /// as the process table holds.
+    fn close_wait_by_owner(&self) -> Vec<CloseWaitOwner> {
+        let mut m: HashMap<(u32, u32), (u64, u64)> = HashMap::new();
+        for o in self.close_wait.values() {
+            if let Some(pid) = o.pid {
+                let e = m.entry((o.netns, pid)).or_insert((0, u64::MAX));
+                e.0 += 1;
+                e.1 = e.1.min(o.since_ns);
+            }
+        }
+        let mut v: Vec<CloseWaitOwner> = m
+            .into_iter()
+            .map(|((netns, pid), (sockets, since))| CloseWaitOwner {
+                netns,
+                pid,
+                sockets,
+                oldest_s: self.now_ns.saturating_sub(since) as f64 / 1e9,
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            b.sockets
+                .cmp(&a.sockets)
+                .then((a.netns, a.pid).cmp(&(b.netns, b.pid)))
+        });
+        v.truncate(self.cfg.max_processes);
+        v
     }
 }
 
@@ -870,6 +904,19 @@ pub struct CloseWaitView {
     /// (port, sockets), busiest first.
     pub by_port: Vec<(u16, u64)>,
     pub by_pid_known: u64,
+    /// Per owning process (the busiest, as many as `max_processes`).
+    #[serde(default)]
+    pub by_owner: Vec<CloseWaitOwner>,
+}
+
+/// One process's followed CLOSE-WAIT sockets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CloseWaitOwner {
+    pub netns: u32,
+    pub pid: u32,
+    pub sockets: u64,
+    /// How long the oldest has waited for its owner to close it.
+    pub oldest_s: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

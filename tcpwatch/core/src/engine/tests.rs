@@ -202,6 +202,7 @@ fn census_listeners_decide_the_direction() {
             syn_recv: 0,
             pid: None,
             comm: None,
+            states: Default::default(),
         }],
         processes: vec![],
         listeners_dropped: 0,
@@ -228,6 +229,16 @@ fn census_listeners_decide_the_direction() {
     let v = e.view();
     assert_eq!(v.close_wait_open.older_than_60s, 1);
     assert_eq!(v.close_wait_open.oldest_s, Some(98.0));
+    assert_eq!(
+        v.close_wait_open.by_owner,
+        vec![CloseWaitOwner {
+            netns: 4026531840,
+            pid: 42,
+            sockets: 1,
+            oldest_s: 98.0
+        }],
+        "the process that leaks it, and for how long"
+    );
 }
 
 #[test]
@@ -452,6 +463,7 @@ fn a_listeners_census_refreshes_queues_between_full_ones_and_keeps_owners() {
         syn_recv,
         pid,
         comm: pid.map(|_| "nginx".to_string()),
+        states: Default::default(),
     };
     let sample = |ts_ns, l: crate::census::Listener, syn: u64| CensusSample {
         ts_ns,

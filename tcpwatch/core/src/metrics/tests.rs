@@ -52,6 +52,7 @@ fn engine() -> Engine {
         syn_recv,
         pid: Some(9),
         comm: Some("nginx".into()),
+        states: Default::default(),
     };
     e.apply(Input::Census(CensusSample {
         ts_ns: 6 * S,
@@ -100,7 +101,7 @@ fn text() -> String {
         &Info {
             hook: Some("btf".into()),
             max_listeners: 2,
-            control: None,
+            ..Default::default()
         },
     )
 }
