@@ -1,4 +1,5 @@
 //! What tcpwatch shows, as pure functions of the model.
 pub mod engine;
 pub mod states;
+pub mod top;
 pub mod trace;

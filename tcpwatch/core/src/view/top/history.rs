@@ -1,0 +1,204 @@
+//! What `top` remembers between snapshots: a minute of samples per series
+//! (census counts, cumulative counters), for rates over the chosen window
+//! and for sparklines. Only series present in the newest snapshot are
+//! kept, so its size follows the daemon's caps, not the host's history.
+use std::collections::{BTreeMap, VecDeque};
+
+/// Samples kept per series: a minute at the default one-second tick, plus
+/// the one the window starts from.
+pub const KEPT: usize = 61;
+
+const NS_PER_S: f64 = 1e9;
+
+/// What a series follows. `netns` is an inode; `ALL` sums every namespace.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Series {
+    /// Sockets in a state (census), by its index in the census's order.
+    State {
+        netns: u32,
+        state: String,
+    },
+    /// Connections a listening port completed (cumulative).
+    Accepted {
+        netns: u32,
+        port: u16,
+    },
+    /// A process's transitions, connects and failed connects (cumulative).
+    ProcTransitions {
+        netns: u32,
+        pid: u32,
+    },
+    ProcConnects {
+        netns: u32,
+        pid: u32,
+    },
+    ProcFailed {
+        netns: u32,
+        pid: u32,
+    },
+    /// A namespace's kernel counter (cumulative), e.g. TcpExt.SyncookiesSent.
+    Counter {
+        netns: u32,
+        name: &'static str,
+    },
+    /// Transitions delivered by the probe (cumulative).
+    Delivered,
+    /// The daemon's CPU time in ns (cumulative).
+    DaemonCpu,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    series: BTreeMap<Series, VecDeque<(u64, f64)>>,
+    now_ns: u64,
+}
+
+impl History {
+    /// Starts a sample at `now_ns` (the snapshot's engine time).
+    pub fn begin(&mut self, now_ns: u64) {
+        if now_ns == self.now_ns {
+            // The same instant again: its sample is taken afresh.
+            for q in self.series.values_mut() {
+                if q.back().is_some_and(|&(t, _)| t == now_ns) {
+                    q.pop_back();
+                }
+            }
+        }
+        self.now_ns = now_ns;
+    }
+
+    /// Records one value at the current sample's time; a second value at
+    /// the same time replaces the first (a snapshot without time passing).
+    pub fn put(&mut self, s: Series, v: f64) {
+        let q = self.series.entry(s).or_default();
+        match q.back_mut() {
+            Some(last) if last.0 == self.now_ns => last.1 = v,
+            _ => {
+                q.push_back((self.now_ns, v));
+                if q.len() > KEPT {
+                    q.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Adds to a value of the current sample (sums over namespaces).
+    pub fn add(&mut self, s: Series, v: f64) {
+        let q = self.series.entry(s).or_default();
+        match q.back_mut() {
+            Some(last) if last.0 == self.now_ns => last.1 += v,
+            _ => {
+                q.push_back((self.now_ns, v));
+                if q.len() > KEPT {
+                    q.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Drops the series the current sample did not touch: gone from the
+    /// daemon's tables, so gone from ours.
+    pub fn end(&mut self) {
+        let now = self.now_ns;
+        self.series
+            .retain(|_, q| q.back().is_some_and(|&(t, _)| t == now));
+    }
+
+    /// Change per second over the last `window_s` seconds (or as much of it
+    /// as is known); None with one sample or after a reset (a restarted
+    /// daemon's counters start again from zero).
+    pub fn rate(&self, s: &Series, window_s: u64) -> Option<f64> {
+        let q = self.series.get(s)?;
+        let &(t1, v1) = q.back()?;
+        let from = t1.saturating_sub(window_s.saturating_mul(1_000_000_000));
+        // The newest sample at or before the window's start; the oldest
+        // known when the history is shorter than the window.
+        let &(t0, v0) = q.iter().rev().find(|(t, _)| *t <= from).or(q.front())?;
+        if t1 <= t0 || v1 < v0 {
+            return None;
+        }
+        Some((v1 - v0) * NS_PER_S / (t1 - t0) as f64)
+    }
+
+    /// The last value.
+    pub fn last(&self, s: &Series) -> Option<f64> {
+        self.series.get(s)?.back().map(|&(_, v)| v)
+    }
+
+    /// The values, oldest first (gauges' sparklines).
+    pub fn values(&self, s: &Series) -> Vec<u64> {
+        self.series
+            .get(s)
+            .map_or_else(Vec::new, |q| q.iter().map(|&(_, v)| v as u64).collect())
+    }
+
+    /// Per-sample increases, oldest first (counters' sparklines); a reset
+    /// counts as zero.
+    pub fn deltas(&self, s: &Series) -> Vec<u64> {
+        let Some(q) = self.series.get(s) else {
+            return Vec::new();
+        };
+        q.iter()
+            .zip(q.iter().skip(1))
+            .map(|(a, b)| (b.1 - a.1).max(0.0) as u64)
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn feed(h: &mut History, samples: &[(u64, f64)]) {
+        for &(t, v) in samples {
+            h.begin(t * S);
+            h.put(Series::Delivered, v);
+            h.end();
+        }
+    }
+
+    #[test]
+    fn rates_span_the_window_or_what_is_known_of_it() {
+        let mut h = History::default();
+        feed(&mut h, &[(1, 0.0)]);
+        assert_eq!(h.rate(&Series::Delivered, 10), None, "one sample: unknown");
+        feed(&mut h, &[(2, 100.0), (3, 300.0), (4, 600.0)]);
+        assert_eq!(h.rate(&Series::Delivered, 1), Some(300.0));
+        assert_eq!(h.rate(&Series::Delivered, 10), Some(200.0), "3 s known");
+        assert_eq!(h.deltas(&Series::Delivered), vec![100, 200, 300]);
+    }
+
+    #[test]
+    fn a_restarted_daemon_gives_no_rate_instead_of_a_negative_one() {
+        let mut h = History::default();
+        feed(&mut h, &[(1, 500.0), (2, 10.0)]);
+        assert_eq!(h.rate(&Series::Delivered, 1), None);
+        assert_eq!(h.deltas(&Series::Delivered), vec![0]);
+    }
+
+    #[test]
+    fn it_keeps_a_minute_and_only_what_the_last_snapshot_had() {
+        let mut h = History::default();
+        for t in 0..200 {
+            h.begin(t * S);
+            h.put(Series::Delivered, t as f64);
+            if t < 5 {
+                h.put(Series::DaemonCpu, 0.0);
+            }
+            h.end();
+        }
+        assert_eq!(h.values(&Series::Delivered).len(), KEPT);
+        assert_eq!(h.len(), 1, "the CPU series left with its snapshot");
+        assert_eq!(h.rate(&Series::Delivered, 60), Some(1.0));
+    }
+}
