@@ -6,7 +6,8 @@
 //! [`probe`] (the kernel edge: loader, BTF layout, capture, loss witness),
 //! [`host`] (sock_diag census, /proc/net counters, namespaces, owners,
 //! clocks), [`daemon`] (the runtime that feeds the engine and publishes its
-//! snapshots), [`serve`] (what the daemon serves: metrics over HTTP). The
+//! snapshots), [`serve`] (what the daemon serves: metrics over HTTP, the
+//! control socket), [`tui`] (`top`, the live view: a client of either). The
 //! binary's `cmd` modules only parse, wire and print.
 pub use tcpwatch_core as core;
 
@@ -14,3 +15,4 @@ pub mod daemon;
 pub mod host;
 pub mod probe;
 pub mod serve;
+pub mod tui;

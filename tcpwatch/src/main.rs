@@ -54,6 +54,8 @@ enum Command {
     Record(cmd::daemon::RecordArgs),
     /// Feed a recording to the engine and print (or serve) the result.
     Replay(cmd::replay::ReplayArgs),
+    /// Watch TCP live: sockets by state, transitions, listeners, processes.
+    Top(cmd::top::TopArgs),
     /// Print the running daemon's snapshot as JSON (from its control socket).
     Snapshot(cmd::snapshot::SnapshotArgs),
     /// Print the default configuration, or check a configuration file.
@@ -190,6 +192,8 @@ fn main() -> ExitCode {
         Command::Daemon(a) if a.probe.verbose => "debug",
         Command::Record(a) if a.daemon.probe.verbose => "debug",
         Command::Daemon(_) | Command::Record(_) => "info",
+        // Logs would scribble over the screen (TCPWATCH_LOG still applies).
+        Command::Top(_) => "off",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -221,6 +225,7 @@ fn main() -> ExitCode {
             Command::Replay(args) => cmd::replay::run(args).await,
             Command::Config(args) => cmd::config::run(args),
             Command::Snapshot(args) => cmd::snapshot::run(args).await,
+            Command::Top(args) => cmd::top::run(args).await,
         }
     });
     match result {

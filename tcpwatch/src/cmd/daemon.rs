@@ -157,6 +157,27 @@ fn scope(netns_setting: &str, max_netns: usize) -> anyhow::Result<(Scope, Option
     })
 }
 
+/// The runtime's options for a daemon inside another command (`top`
+/// without a daemon): the configuration file's settings (or defaults), this
+/// interval and namespace scope (`all`, `own` or one), nothing served.
+pub fn embedded(probe: &ProbeArgs, interval: f64, netns: &str) -> anyhow::Result<Options> {
+    let (path, mut cfg) = load(None)?;
+    cfg.daemon.interval = interval;
+    cfg.daemon.netns = netns.into();
+    probe.apply(&mut cfg.probe);
+    let (scope, filter) = scope(&cfg.daemon.netns, cfg.limits.max_netns)?;
+    Ok(Options {
+        probe: probe.load_options(&cfg.probe, filter),
+        scope,
+        config: cfg,
+        reload: Reload {
+            path,
+            overrides: Arc::new(|_: &mut Config| {}),
+        },
+        record_to: None,
+    })
+}
+
 async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let (path, mut cfg) = load(args.config.as_deref())?;
     args.apply(&mut cfg);

@@ -13,6 +13,7 @@ pub mod output;
 pub mod replay;
 pub mod snapshot;
 pub mod states;
+pub mod top;
 pub mod trace;
 
 /// Why a run ended.
@@ -58,12 +59,38 @@ impl Stop {
     }
 }
 
+/// A usage error found after parsing (exit 2), said in one sentence.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+/// Not permitted (exit 77), with what to do about it.
+#[derive(Debug)]
+pub struct NotPermitted(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for NotPermitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+impl std::error::Error for NotPermitted {}
+
 /// The documented exit code for an error: the loader's codes (69, 77) where
 /// loading failed, 2 for a configuration that cannot be used, 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if cause.downcast_ref::<ConfigFileError>().is_some() {
+        if cause.downcast_ref::<ConfigFileError>().is_some() || cause.is::<Usage>() {
             return 2;
+        }
+        if cause.is::<NotPermitted>() {
+            return 77;
         }
         if let Some(l) = cause.downcast_ref::<LoadError>() {
             return l.exit_code() as u8;

@@ -51,16 +51,40 @@ fn rank(n: &netns::NamespaceRef, own: Option<u32>, with_listeners: &HashSet<u32>
 /// Socket inode -> owner, refreshed by a full /proc scan every
 /// `every`-th census (it costs ~60 ms per 10,000 sockets here, too much for
 /// each second); in between, sockets new since the last scan count as
-/// unattributed in the per-process census.
+/// unattributed in the per-process census. A listener nobody is known to
+/// own brings the scan forward (at most every other census): a new service
+/// is named within seconds, and the census's CPU budget, which the scan is
+/// charged to, still bounds what a user opening listeners can cost.
 struct OwnerCache {
     map: HashMap<u64, Owner>,
     every: u32,
     runs: u64,
+    last_scan: Option<u64>,
+    /// Listeners the last scan found no owner for (a process /proc hides):
+    /// they do not bring the next scan forward again.
+    ownerless: HashSet<u64>,
 }
 
+/// Censuses between two scans brought forward by an unowned listener.
+const UNOWNED_LISTENER_SCAN_GAP: u64 = 2;
+
 impl OwnerCache {
-    fn owners(&mut self, inodes: &HashSet<u64>) -> (&HashMap<u64, Owner>, Option<u64>) {
-        let due = self.runs.is_multiple_of(self.every.max(1) as u64);
+    fn owners(
+        &mut self,
+        inodes: &HashSet<u64>,
+        listeners: &[u64],
+    ) -> (&HashMap<u64, Owner>, Option<u64>) {
+        let unowned = listeners
+            .iter()
+            .any(|i| !self.map.contains_key(i) && !self.ownerless.contains(i));
+        let due = self.runs.is_multiple_of(self.every.max(1) as u64)
+            || (unowned
+                && self
+                    .last_scan
+                    .is_none_or(|l| self.runs - l >= UNOWNED_LISTENER_SCAN_GAP));
+        if due {
+            self.last_scan = Some(self.runs);
+        }
         self.runs += 1;
         let mut took = None;
         if due {
@@ -69,6 +93,11 @@ impl OwnerCache {
                 Ok(m) => self.map = m,
                 Err(e) => tracing::warn!("socket owners unknown: {e:#}"),
             }
+            self.ownerless = listeners
+                .iter()
+                .filter(|i| !self.map.contains_key(i))
+                .copied()
+                .collect();
             took = Some(t.elapsed().as_nanos() as u64);
         }
         (&self.map, took)
@@ -106,6 +135,8 @@ impl Sampler {
                 map: HashMap::new(),
                 every: owner_scan_every,
                 runs: 0,
+                last_scan: None,
+                ownerless: HashSet::new(),
             },
             errors: 0,
             with_listeners: HashSet::new(),
@@ -206,7 +237,13 @@ impl Sampler {
             .filter(|e| e.inode != 0)
             .map(|e| e.inode as u64)
             .collect();
-        let (owners, scan_ns) = self.owners.owners(&inodes);
+        let listeners: Vec<u64> = raws
+            .iter()
+            .flat_map(|r| r.census.entries.iter())
+            .filter(|e| e.state == TCP_LISTEN && e.inode != 0)
+            .map(|e| e.inode as u64)
+            .collect();
+        let (owners, scan_ns) = self.owners.owners(&inodes, &listeners);
         self.with_listeners.clear();
         for r in &raws {
             if let Some(n) = r.netns

@@ -670,6 +670,7 @@ impl Engine {
             let old = s.states.insert(name, fresh).unwrap_or(0);
             s.total = s.total - old.min(s.total) + fresh;
         }
+        let syn_recv = State::from_raw(TCP_SYN_RECV).to_string();
         // The full census's owners, by listening address.
         let owners: HashMap<(&str, u16), &crate::census::Listener> = s
             .listeners
@@ -682,11 +683,19 @@ impl Engine {
             .iter()
             .map(|l| {
                 let mut l = l.clone();
-                if l.pid.is_none()
-                    && let Some(o) = owners.get(&(l.address.as_str(), l.port))
-                {
-                    l.pid = o.pid;
-                    l.comm = o.comm.clone();
+                if let Some(o) = owners.get(&(l.address.as_str(), l.port)) {
+                    if l.pid.is_none() {
+                        l.pid = o.pid;
+                        l.comm = o.comm.clone();
+                    }
+                    // Its other sockets as the full census saw them; the
+                    // half-open ones fresh.
+                    let fresh = l.states.get(&syn_recv).copied();
+                    l.states = o.states.clone();
+                    l.states.remove(&syn_recv);
+                    if let Some(n) = fresh {
+                        l.states.insert(syn_recv.clone(), n);
+                    }
                 }
                 l
             })

@@ -483,9 +483,13 @@ fn a_listeners_census_refreshes_queues_between_full_ones_and_keeps_owners() {
             processes_dropped: 0,
         },
     };
-    e.apply(Input::Census(sample(S, listener(0, 0, Some(9)), 0)));
+    let mut served = listener(0, 0, Some(9));
+    served.states = [("ESTABLISHED".to_string(), 40)].into();
+    e.apply(Input::Census(sample(S, served, 0)));
     // A flood starts; the next full census is far off.
-    let mut fresh = sample(2 * S, listener(3, 128, None), 128);
+    let mut flooded = listener(3, 128, None);
+    flooded.states = [("SYN-RECV".to_string(), 128)].into();
+    let mut fresh = sample(2 * S, flooded, 128);
     fresh.summary.states.remove("ESTABLISHED");
     fresh.summary.total = 129;
     e.apply(Input::Listeners(fresh));
@@ -494,7 +498,17 @@ fn a_listeners_census_refreshes_queues_between_full_ones_and_keeps_owners() {
     let c = ns.census.as_ref().unwrap();
     assert_eq!(c.ts_ns, S, "the full census's time");
     assert_eq!(ns.listeners_ts_ns, Some(2 * S));
-    assert_eq!(c.summary.listeners, vec![listener(3, 128, Some(9))]);
+    let mut want = listener(3, 128, Some(9));
+    want.states = [
+        ("ESTABLISHED".to_string(), 40),
+        ("SYN-RECV".to_string(), 128),
+    ]
+    .into();
+    assert_eq!(
+        c.summary.listeners,
+        vec![want],
+        "owner and served sockets from the full census, half-open ones fresh"
+    );
     assert_eq!(c.summary.states["SYN-RECV"], 128);
     assert_eq!(c.summary.states["ESTABLISHED"], 40, "from the full census");
     assert_eq!(c.summary.total, 1 + 128 + 40);

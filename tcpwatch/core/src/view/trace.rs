@@ -62,6 +62,12 @@ impl Clock {
     pub fn unix_ns(&self, ts_ns: u64) -> i128 {
         ts_ns as i128 + self.offset_ns
     }
+
+    /// `HH:MM:SS UTC` of a monotonic timestamp (headers).
+    pub fn wall_hms(&self, ts_ns: u64) -> String {
+        let t = time_of_day(self.unix_ns(ts_ns));
+        format!("{} UTC", &t[..8])
+    }
 }
 
 /// `HH:MM:SS.ffffff` in UTC.

@@ -4,6 +4,8 @@
 //! kept, so its size follows the daemon's caps, not the host's history.
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::model::State;
+
 /// Samples kept per series: a minute at the default one-second tick, plus
 /// the one the window starts from.
 pub const KEPT: usize = 61;
@@ -17,6 +19,12 @@ pub enum Series {
     State {
         netns: u32,
         state: String,
+    },
+    /// Transitions of one (from, to) pair in a namespace (cumulative).
+    Pair {
+        netns: u32,
+        from: State,
+        to: State,
     },
     /// Connections a listening port completed (cumulative).
     Accepted {

@@ -206,7 +206,7 @@ impl Top {
         let Some(s) = &self.snapshot else {
             return Vec::new();
         };
-        let mut v: Vec<PairRow> = rows::pairs(s, self.scope, self.window.secs())
+        let mut v: Vec<PairRow> = rows::pairs(s, &self.history, self.scope, self.window.secs())
             .into_iter()
             .filter(|p| self.matches(&format!("{} {}", p.from, p.to)))
             .collect();

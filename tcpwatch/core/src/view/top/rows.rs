@@ -94,6 +94,10 @@ pub struct Footer {
     /// included so a clean run says so.
     pub losses: Vec<(&'static str, u64)>,
     pub witness: Option<bool>,
+    /// Transitions delivered twice (main program and catcher both ran).
+    pub double_counted: u64,
+    /// Runs of the main program nested in another (counters may race).
+    pub nested: u64,
     pub daemon_cpu_pct: Option<f64>,
     pub daemon_rss: Option<u64>,
     pub hook: Option<String>,
@@ -112,6 +116,16 @@ pub fn record(h: &mut History, snap: &Snapshot) {
     h.begin(v.now_ns);
     let names = state_names();
     for ns in &v.namespaces {
+        for p in &ns.transitions {
+            h.put(
+                Series::Pair {
+                    netns: ns.netns,
+                    from: p.from,
+                    to: p.to,
+                },
+                p.total as f64,
+            );
+        }
         if let Some(c) = &ns.census {
             for name in &names {
                 let n = c.summary.states.get(name).copied().unwrap_or(0) as f64;
@@ -205,17 +219,22 @@ pub fn states(snap: &Snapshot, h: &History, scope: Option<u32>) -> Vec<StateRow>
         .collect()
 }
 
-pub fn pairs(snap: &Snapshot, scope: Option<u32>, window_s: u64) -> Vec<PairRow> {
+/// Per pair: its rate over the window from the history (over what is
+/// known of it, like every other rate on the screen), and its total.
+pub fn pairs(snap: &Snapshot, h: &History, scope: Option<u32>, window_s: u64) -> Vec<PairRow> {
     let mut m: BTreeMap<(State, State), (f64, u64)> = BTreeMap::new();
     for ns in snap.view.namespaces.iter().filter(|n| in_scope(n, scope)) {
         for p in &ns.transitions {
-            let r = match window_s {
-                1 => p.rates.per_s_1s,
-                10 => p.rates.per_s_10s,
-                _ => p.rates.per_s_60s,
-            };
+            let r = h.rate(
+                &Series::Pair {
+                    netns: ns.netns,
+                    from: p.from,
+                    to: p.to,
+                },
+                window_s,
+            );
             let e = m.entry((p.from, p.to)).or_default();
-            e.0 += r;
+            e.0 += r.unwrap_or(0.0);
             e.1 += p.total;
         }
     }
@@ -359,10 +378,10 @@ pub fn footer(snap: &Snapshot, h: &History, window_s: u64, missed: u64) -> Foote
                 ("ring full", a.ringbuf_full),
                 ("skipped", a.unrecovered),
                 ("not run", a.not_run),
-                ("double", a.double_counted),
-                ("nested", a.nested),
             ]
         }),
+        double_counted: a.map_or(0, |a| a.double_counted),
+        nested: a.map_or(0, |a| a.nested),
         witness: a.map(|a| a.has_witness),
         daemon_cpu_pct: h.rate(&Series::DaemonCpu, window_s).map(|ns| ns / 1e7),
         daemon_rss: snap.info.usage.map(|u| u.rss_bytes),
