@@ -241,7 +241,7 @@ fn draw_listeners(f: &mut Frame, top: &Top, area: Rect) {
         .iter()
         .map(|l| {
             let full = l.backlog > 0 && l.syn_recv >= u64::from(l.backlog);
-            let half = l.backlog > 0 && l.syn_recv * 2 >= u64::from(l.backlog);
+            let half = l.backlog > 0 && l.syn_recv.saturating_mul(2) >= u64::from(l.backlog);
             let syn_style = if full {
                 BAD
             } else if half {
