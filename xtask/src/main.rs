@@ -53,6 +53,8 @@ const TOOLS: &[(&str, &str)] = &[
     // exposition with Prometheus' own linter.
     ("curl", "curl"),
     ("promtool", "prometheus"),
+    // `top` is tested in a real terminal.
+    ("tmux", "tmux"),
 ];
 
 fn main() -> ExitCode {

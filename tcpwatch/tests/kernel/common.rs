@@ -254,3 +254,19 @@ impl Drop for NamedNetns {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
+
+/// Whether `tool` runs here; in CI its absence fails the test (the
+/// project's set-up installs it), elsewhere the test is skipped loudly.
+pub fn tool_available(test: &str, tool: &str, package: &str) -> bool {
+    if Command::new(tool).arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: {tool} missing in CI: cargo xtask setup installs {package}"
+    );
+    eprintln!(
+        "\n!!! SKIPPED {test}: no `{tool}` (apt-get install {package}, or cargo xtask setup)\n"
+    );
+    false
+}

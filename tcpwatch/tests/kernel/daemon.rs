@@ -10,26 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::common::{NamedNetns, enter_new_netns, root_available};
+use crate::common::{NamedNetns, enter_new_netns, root_available, tool_available};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpwatch");
 
 /// Whether `tool` runs here; in CI its absence is a failure (cargo xtask
 /// setup installs it), elsewhere the test is skipped loudly.
-fn tool_available(test: &str, tool: &str, package: &str) -> bool {
-    if Command::new(tool).arg("--version").output().is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: {tool} missing in CI: cargo xtask setup installs {package}"
-    );
-    eprintln!(
-        "\n!!! SKIPPED {test}: no `{tool}` (apt-get install {package}, or cargo xtask setup)\n"
-    );
-    false
-}
-
 /// A thread in a fresh namespace that waits for orders. The namespace lives
 /// as long as the thread; `path` opens it for the daemon.
 struct NsWorker {

@@ -8,4 +8,5 @@ mod common;
 mod daemon;
 mod netns;
 mod synflood;
+mod top;
 mod transitions;

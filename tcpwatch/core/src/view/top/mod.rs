@@ -187,7 +187,7 @@ impl Top {
             self.snapshot.as_ref().and_then(|s| s.info.scope),
         ) {
             (Some(n), _) => format!("netns {}", netns_name(n)),
-            (None, Some(d)) => format!("netns {} (daemon's scope)", netns_name(d)),
+            (None, Some(d)) => format!("netns {} (the only one watched)", netns_name(d)),
             (None, None) => "all namespaces".into(),
         }
     }
