@@ -257,3 +257,17 @@ async fn a_failed_source_ends_the_app_with_its_reason() {
     .unwrap_err();
     assert_eq!(e.to_string(), "the probe stopped");
 }
+
+#[test]
+fn a_terminal_smaller_than_80x24_still_draws_without_panicking() {
+    let mut top = top_of(&snapshots("top-busy"));
+    for size in [(79, 23), (40, 12), (20, 5), (1, 1)] {
+        let text = screen(&top, size);
+        assert_eq!(text.lines().count(), size.1 as usize);
+    }
+    top.key(Key::Char('?'));
+    top.key(Key::Enter);
+    for size in [(30, 8), (1, 1)] {
+        screen(&top, size);
+    }
+}

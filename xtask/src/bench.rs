@@ -262,12 +262,71 @@ fn start_tracer(c: &Config, ns: &str, out: &Path) -> anyhow::Result<(Child, Stde
     Ok((child, rx))
 }
 
+/// `tcpwatch top` sessions in real terminals (tmux), subscribed to a
+/// daemon's control socket for as long as this lives.
+struct TopClients(Vec<String>);
+
+impl TopClients {
+    fn start(tcpwatch: &Path, socket: &str, n: usize) -> anyhow::Result<TopClients> {
+        let mut t = TopClients(Vec::new());
+        for i in 0..n {
+            let server = format!("tcpwatch-bench-{}-{i}", std::process::id());
+            let st = Command::new("tmux")
+                .args(["-L", &server, "-f", "/dev/null", "new-session", "-d"])
+                .args(["-x", "120", "-y", "40"])
+                .arg(format!("{} top --socket {socket}", tcpwatch.display()))
+                .status()
+                .context("tmux (cargo xtask setup installs it)")?;
+            anyhow::ensure!(st.success(), "tmux new-session for top client {i}");
+            t.0.push(server);
+        }
+        // Attached when each screen shows the daemon as its source (not
+        // the in-process fallback, which would load a probe of its own).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for s in &t.0 {
+            loop {
+                let out = Command::new("tmux")
+                    .args(["-L", s, "capture-pane", "-p"])
+                    .output()?;
+                let screen = String::from_utf8_lossy(&out.stdout);
+                if screen.contains("daemon at") && screen.contains("events ") {
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "top client {s} never showed the daemon:\n{screen}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(t)
+    }
+}
+
+impl Drop for TopClients {
+    fn drop(&mut self) {
+        for s in &self.0 {
+            let _ = Command::new("tmux").args(["-L", s, "kill-server"]).status();
+        }
+    }
+}
+
+/// Extra work attached to a tracer while it runs.
+#[derive(Clone, Copy)]
+struct Attach<'a> {
+    /// `top` clients on this control socket.
+    top_clients: Option<(&'a Path, &'a str, usize)>,
+}
+
+const NOTHING: Attach<'static> = Attach { top_clients: None };
+
 fn run_one(
     xtask: &Path,
     c: &Config,
     conns: u64,
     rate: Option<f64>,
     dir: &Path,
+    attach: Attach,
 ) -> anyhow::Result<Value> {
     let mut load_args: Vec<String> = vec![
         "--wait".into(),
@@ -284,6 +343,10 @@ fn run_one(
     let tracer = match c.kind {
         Kind::None => None,
         _ => Some(start_tracer(c, &load.path, &out)?),
+    };
+    let _clients = match attach.top_clients {
+        Some((bin, socket, n)) => Some(TopClients::start(bin, socket, n)?),
+        None => None,
     };
     let ticks0 = tracer.as_ref().and_then(|(t, _)| cpu_ticks(t.id()));
     let main0 = tracer.as_ref().and_then(|(t, _)| main_thread_ns(t.id()));
@@ -667,7 +730,7 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
     let mut rows: Vec<Value> = Vec::new();
     for round in 0..rounds {
         for c in &configs {
-            let row = match run_one(&xtask, c, conns, None, &dir) {
+            let row = match run_one(&xtask, c, conns, None, &dir, NOTHING) {
                 Ok(row) => row,
                 // A peer that cannot run here (BCC without kernel headers,
                 // say) is reported, not fatal; our own configurations are.
@@ -686,7 +749,7 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
     stats.set(true)?;
     for round in 0..rounds {
         for c in configs.iter().filter(|c| c.kind != Kind::None) {
-            let mut row = match run_one(&xtask, c, conns, None, &dir) {
+            let mut row = match run_one(&xtask, c, conns, None, &dir, NOTHING) {
                 Ok(row) => row,
                 Err(e) if c.kind != Kind::Tcpwatch => {
                     json!({"config": c.name, "error": format!("{e:#}")})
@@ -704,7 +767,7 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
     // which a ~1 s round cannot show (one census of a round's TIME-WAIT
     // sockets is several % of that second).
     let sustained = {
-        let row = run_one(&xtask, &configs[1], conns * 10, None, &dir)?;
+        let row = run_one(&xtask, &configs[1], conns * 10, None, &dir, NOTHING)?;
         eprintln!("bench: sustained {row}");
         row
     };
@@ -718,13 +781,50 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
     };
     for &tps in targets {
         let cps = tps as f64 / 10.0;
-        let row = run_one(&xtask, &configs[1], (cps * 5.0) as u64, Some(cps), &dir)?;
+        let row = run_one(
+            &xtask,
+            &configs[1],
+            (cps * 5.0) as u64,
+            Some(cps),
+            &dir,
+            NOTHING,
+        )?;
         eprintln!("bench: scaling {tps} transitions/s {row}");
         scaling.push(json!({
             "transitions_per_s": tps,
             "achieved_conn_per_s": row["conn_per_s"],
             "daemon_cpu_pct": row["cpu_pct"],
             "unaccounted": row["unaccounted"],
+        }));
+    }
+    // What `top` costs the daemon: paced 100k transitions/s, with and
+    // without five `top` sessions attached, in pairs whose order alternates.
+    // 10 s runs: CPU comes from 10 ms ticks.
+    let mut top_cost = Vec::new();
+    for pair in 0..rounds.max(5) {
+        let cps = 10_000.0;
+        let mut both = [Value::Null, Value::Null];
+        for step in 0..2 {
+            let with = (pair + step) % 2 == 1;
+            let attach = Attach {
+                top_clients: with.then_some((tcpwatch.as_path(), control.as_str(), 5)),
+            };
+            let row = run_one(
+                &xtask,
+                &configs[1],
+                (cps * 5.0) as u64,
+                Some(cps),
+                &dir,
+                attach,
+            )?;
+            eprintln!("bench: top clients {} {row}", if with { 5 } else { 0 });
+            both[usize::from(with)] = row;
+        }
+        top_cost.push(json!({
+            "without": both[0]["cpu_pct"], "with_5": both[1]["cpu_pct"],
+            "rss_mib_without": both[0]["rss_mib"], "rss_mib_with_5": both[1]["rss_mib"],
+            "conn_per_s_without": both[0]["conn_per_s"], "conn_per_s_with_5": both[1]["conn_per_s"],
+            "unaccounted": both[0]["unaccounted"].as_u64().unwrap_or(0) + both[1]["unaccounted"].as_u64().unwrap_or(0),
         }));
     }
     let census: Vec<Value> = if args.quick {
@@ -851,6 +951,30 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
             r["unaccounted"]
         ));
     }
+    md.push_str("\n| 5 `top` clients, paced 100k transitions/s | daemon CPU % without | with | difference | RSS MiB without | with | unaccounted |\n|---|---|---|---|---|---|---|\n");
+    for (i, r) in top_cost.iter().enumerate() {
+        let g = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        md.push_str(&format!(
+            "| pair {} | {:.1} | {:.1} | {:+.1} | {:.1} | {:.1} | {} |\n",
+            i + 1,
+            g("without"),
+            g("with_5"),
+            g("with_5") - g("without"),
+            g("rss_mib_without"),
+            g("rss_mib_with_5"),
+            r["unaccounted"]
+        ));
+    }
+    let diffs: Vec<f64> = top_cost
+        .iter()
+        .filter_map(|r| Some(r["with_5"].as_f64()? - r["without"].as_f64()?))
+        .collect();
+    md.push_str(&format!(
+        "| median difference | | | {:+.1} (spread {:+.1} to {:+.1}) | | | |\n",
+        median(diffs.clone()),
+        diffs.iter().copied().fold(f64::INFINITY, f64::min),
+        diffs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    ));
     md.push_str("\n| census of | sock_diag ms | owner scan ms | `tcpwatch states` wall ms | `ss -tan` ms |\n|---|---|---|---|---|\n");
     for c in &census {
         md.push_str(&format!(
@@ -872,7 +996,7 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
         "commit": commit, "quick": args.quick, "rounds": rounds, "connections": conns,
         "seconds": started.elapsed().as_secs_f64(),
         "summary": summary, "runs": rows, "census": census, "scaling": scaling,
-        "sustained": sustained,
+        "sustained": sustained, "top_clients": top_cost,
     });
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
