@@ -812,7 +812,7 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
             let row = run_one(
                 &xtask,
                 &configs[1],
-                (cps * 5.0) as u64,
+                (cps * 10.0) as u64,
                 Some(cps),
                 &dir,
                 attach,

@@ -77,23 +77,29 @@ pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     }
     let (tx, mut rx) = mpsc::channel::<Event>(64);
     let mut stop_embedded = None;
-    let label = match (args.standalone, Client::connect(&args.socket).await) {
-        (false, Ok(client)) => {
+    let daemon = if args.standalone {
+        Err("--standalone".to_string())
+    } else {
+        match connect(&args.socket).await {
+            Ok(c) => Ok(c),
+            Err(Reach::Denied) => anyhow::bail!(NotPermitted(format!(
+                "not permitted to reach the daemon at {}: ask to be added to group {GROUP}, or run `sudo tcpwatch top`",
+                args.socket.display()
+            ))),
+            Err(Reach::Hung) => anyhow::bail!(
+                "the daemon at {} did not answer within {} s",
+                args.socket.display(),
+                HELLO_WITHIN.as_secs()
+            ),
+            Err(Reach::Absent) => Err(format!("no daemon at {}", args.socket.display())),
+        }
+    };
+    let label = match daemon {
+        Ok(client) => {
             source::from_daemon(args.socket.clone(), client, tx.clone());
             format!("daemon at {}", args.socket.display())
         }
-        (standalone, reached) => {
-            let why = match &reached {
-                _ if standalone => "--standalone".to_string(),
-                Err(e) if denied(e) => {
-                    anyhow::bail!(NotPermitted(format!(
-                        "not permitted to reach the daemon at {}: ask to be added to group {GROUP}, or run `sudo tcpwatch top`",
-                        args.socket.display()
-                    )))
-                }
-                Err(_) => format!("no daemon at {}", args.socket.display()),
-                Ok(_) => unreachable!("a reachable daemon is used unless --standalone"),
-            };
+        Err(why) => {
             // SAFETY: geteuid has no preconditions and cannot fail.
             if unsafe { libc::geteuid() } != 0 {
                 anyhow::bail!(NotPermitted(format!(
@@ -114,6 +120,28 @@ pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         let _ = stop.send(());
     }
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// How long a daemon may take to answer hello before `top` gives up on it.
+const HELLO_WITHIN: Duration = Duration::from_secs(3);
+
+/// Why the daemon could not be used.
+enum Reach {
+    /// No socket, or nobody listening: run in-process instead.
+    Absent,
+    /// The socket's mode keeps this user out.
+    Denied,
+    /// It accepted and never said hello.
+    Hung,
+}
+
+async fn connect(path: &std::path::Path) -> Result<Client, Reach> {
+    match tokio::time::timeout(HELLO_WITHIN, Client::connect(path)).await {
+        Err(_) => Err(Reach::Hung),
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) if denied(&e) => Err(Reach::Denied),
+        Ok(Err(_)) => Err(Reach::Absent),
+    }
 }
 
 fn denied(e: &anyhow::Error) -> bool {

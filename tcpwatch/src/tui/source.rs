@@ -21,7 +21,9 @@ pub fn from_daemon(path: PathBuf, client: Client, tx: mpsc::Sender<Event>) {
         loop {
             let c = match client.take() {
                 Some(c) => Ok(c),
-                None => Client::connect(&path).await,
+                None => tokio::time::timeout(RETRY * 3, Client::connect(&path))
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer to hello"))),
             };
             let why = match c {
                 Ok(c) => {

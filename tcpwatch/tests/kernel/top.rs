@@ -260,10 +260,13 @@ fn restored(t: &Tmux) -> bool {
 }
 
 fn live_screen_checks(t: &Tmux) -> String {
+    // The owner comes with the first owner scan after the listener
+    // appeared (an unowned listener brings it forward, within the census
+    // budget): seconds, not the tenth census.
     let s = t.wait_for(
-        "the port with a non-zero accept rate and ESTABLISHED sockets",
+        "the port with its owner, a non-zero accept rate and ESTABLISHED sockets",
         |s| {
-            listener_row(s).is_some_and(|(_, _, r)| r > 0.0)
+            listener_row(s).is_some_and(|(pid, _, r)| r > 0.0 && pid != "-")
                 && census(s, "ESTABLISHED").is_some_and(|n| n >= 10)
         },
     );
