@@ -78,30 +78,25 @@ impl History {
     /// Records one value at the current sample's time; a second value at
     /// the same time replaces the first (a snapshot without time passing).
     pub fn put(&mut self, s: Series, v: f64) {
-        let q = self.series.entry(s).or_default();
-        match q.back_mut() {
-            Some(last) if last.0 == self.now_ns => last.1 = v,
-            _ => {
-                q.push_back((self.now_ns, v));
-                if q.len() > KEPT {
-                    q.pop_front();
-                }
-            }
-        }
+        *self.current(s) = v;
     }
 
     /// Adds to a value of the current sample (sums over namespaces).
     pub fn add(&mut self, s: Series, v: f64) {
+        *self.current(s) += v;
+    }
+
+    /// The current sample's value of a series, 0 when new.
+    fn current(&mut self, s: Series) -> &mut f64 {
+        let now = self.now_ns;
         let q = self.series.entry(s).or_default();
-        match q.back_mut() {
-            Some(last) if last.0 == self.now_ns => last.1 += v,
-            _ => {
-                q.push_back((self.now_ns, v));
-                if q.len() > KEPT {
-                    q.pop_front();
-                }
+        if q.back().is_none_or(|last| last.0 != now) {
+            q.push_back((now, 0.0));
+            if q.len() > KEPT {
+                q.pop_front();
             }
         }
+        &mut q.back_mut().expect("just pushed").1
     }
 
     /// Drops the series the current sample did not touch: gone from the
