@@ -11,6 +11,7 @@ use ratatui::{
 use tcpwatch_core::view::top::{
     Detail, Pane, RateWindow, Top,
     fmt::{self, bar, count, rate, sparkline},
+    netns_name,
 };
 
 const TITLE: Style = Style::new().add_modifier(Modifier::BOLD);
@@ -224,7 +225,33 @@ fn draw_alerts(f: &mut Frame, area: Rect) {
     );
 }
 
+/// A NETNS cell first when the rows come from several namespaces.
+fn ns_cell(many: bool, netns: u32) -> Vec<Cell<'static>> {
+    if many {
+        vec![Cell::from(netns_name(netns))]
+    } else {
+        Vec::new()
+    }
+}
+
+fn with_ns(many: bool, header: &[&'static str]) -> Vec<&'static str> {
+    let mut v = if many { vec!["NETNS"] } else { Vec::new() };
+    v.extend_from_slice(header);
+    v
+}
+
+fn with_ns_width(many: bool, widths: &[Constraint]) -> Vec<Constraint> {
+    let mut v = if many {
+        vec![Constraint::Length(10)]
+    } else {
+        Vec::new()
+    };
+    v.extend_from_slice(widths);
+    v
+}
+
 fn draw_listeners(f: &mut Frame, top: &Top, area: Rect) {
+    let many = top.many_namespaces();
     let ls = top.listeners();
     let counters: Vec<String> = top
         .counters()
@@ -254,7 +281,8 @@ fn draw_listeners(f: &mut Frame, top: &Top, area: Rect) {
             } else {
                 Style::new()
             };
-            Row::new([
+            let mut cells = ns_cell(many, l.netns);
+            cells.extend([
                 Cell::from(format!("{}:{}", bracketed(&l.address), l.port)),
                 Cell::from(fmt::pid(l.pid)),
                 Cell::from(fmt::comm(l.comm.as_deref())),
@@ -264,33 +292,40 @@ fn draw_listeners(f: &mut Frame, top: &Top, area: Rect) {
                 Cell::from(rate(l.accepted_per_s)),
                 Cell::from(count(l.states.get("ESTABLISHED").copied().unwrap_or(0))),
                 Cell::from(count(l.states.get("CLOSE-WAIT").copied().unwrap_or(0))),
-            ])
+            ]);
+            Row::new(cells)
         })
         .collect();
     let mut state = selected_state(top, Pane::Listeners, ls.len());
     f.render_stateful_widget(
         table(
             rows,
-            &[
-                "ADDRESS:PORT",
-                "PID",
-                "COMM",
-                "SYNRQ/BKLG",
-                "ACCQ",
-                "ACC/s",
-                "ESTAB",
-                "CLOSE-WAIT",
-            ],
-            &[
-                Constraint::Fill(2),
-                Constraint::Length(7),
-                Constraint::Fill(1),
-                Constraint::Length(11),
-                Constraint::Length(5),
-                Constraint::Length(6),
-                Constraint::Length(6),
-                Constraint::Length(10),
-            ],
+            &with_ns(
+                many,
+                &[
+                    "ADDRESS:PORT",
+                    "PID",
+                    "COMM",
+                    "SYNRQ/BKLG",
+                    "ACCQ",
+                    "ACC/s",
+                    "ESTAB",
+                    "CLOSE-WAIT",
+                ],
+            ),
+            &with_ns_width(
+                many,
+                &[
+                    Constraint::Fill(2),
+                    Constraint::Length(7),
+                    Constraint::Fill(1),
+                    Constraint::Length(11),
+                    Constraint::Length(5),
+                    Constraint::Length(6),
+                    Constraint::Length(6),
+                    Constraint::Length(10),
+                ],
+            ),
             titled(title, top.pane == Pane::Listeners),
         ),
         area,
@@ -307,6 +342,7 @@ fn bracketed(a: &str) -> String {
 }
 
 fn draw_processes(f: &mut Frame, top: &Top, area: Rect) {
+    let many = top.many_namespaces();
     let ps = top.processes();
     let title = format!(
         "Processes ({}, by {})",
@@ -327,7 +363,8 @@ fn draw_processes(f: &mut Frame, top: &Top, area: Rect) {
                 Some(age) if age >= 60.0 => BAD,
                 _ => WARN,
             };
-            Row::new([
+            let mut cells = ns_cell(many, p.netns);
+            cells.extend([
                 Cell::from(fmt::pid(p.pid)),
                 Cell::from(fmt::comm(p.comm.as_deref())),
                 Cell::from(count(p.sockets)),
@@ -337,35 +374,42 @@ fn draw_processes(f: &mut Frame, top: &Top, area: Rect) {
                 Cell::from(rate(p.connects_per_s)),
                 Cell::from(count(p.failed)).style(if p.failed > 0 { WARN } else { Style::new() }),
                 Cell::from(rate(p.transitions_per_s)),
-            ])
+            ]);
+            Row::new(cells)
         })
         .collect();
     let mut state = selected_state(top, Pane::Processes, ps.len());
     f.render_stateful_widget(
         table(
             rows,
-            &[
-                "PID",
-                "COMM",
-                "SOCKS",
-                "ESTAB",
-                "CLOSE-WAIT",
-                "TIME-W",
-                "CONN/s",
-                "FAILED",
-                "TRANS/s",
-            ],
-            &[
-                Constraint::Length(7),
-                Constraint::Fill(1),
-                Constraint::Length(6),
-                Constraint::Length(6),
-                Constraint::Length(11),
-                Constraint::Length(6),
-                Constraint::Length(6),
-                Constraint::Length(6),
-                Constraint::Length(7),
-            ],
+            &with_ns(
+                many,
+                &[
+                    "PID",
+                    "COMM",
+                    "SOCKS",
+                    "ESTAB",
+                    "CLOSE-WAIT",
+                    "TIME-W",
+                    "CONN/s",
+                    "FAILED",
+                    "TRANS/s",
+                ],
+            ),
+            &with_ns_width(
+                many,
+                &[
+                    Constraint::Length(7),
+                    Constraint::Fill(1),
+                    Constraint::Length(6),
+                    Constraint::Length(6),
+                    Constraint::Length(11),
+                    Constraint::Length(6),
+                    Constraint::Length(6),
+                    Constraint::Length(6),
+                    Constraint::Length(7),
+                ],
+            ),
             titled(title, top.pane == Pane::Processes),
         ),
         area,

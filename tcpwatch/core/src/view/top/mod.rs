@@ -8,8 +8,9 @@ pub mod rows;
 
 use std::sync::Arc;
 
+use self::history::History;
+pub use self::rows::netns_name;
 pub use self::rows::{CounterRate, Footer, ListenerRow, PairRow, ProcessRow, StateRow};
-use self::{history::History, rows::netns_name};
 use crate::snapshot::Snapshot;
 
 /// A key as `top` understands it (the terminal edge maps its own events).
@@ -178,6 +179,16 @@ impl Top {
 
     pub fn selected(&self, pane: Pane) -> usize {
         self.selected[pane.index()]
+    }
+
+    /// Whether the rows come from more than one namespace (the tables then
+    /// say which).
+    pub fn many_namespaces(&self) -> bool {
+        self.scope.is_none()
+            && self
+                .snapshot
+                .as_ref()
+                .is_some_and(|s| s.view.namespaces.len() > 1)
     }
 
     /// The namespace scope as the header says it.

@@ -270,8 +270,10 @@ fn pause_holds_the_screen_and_resumes_at_the_newest() {
 fn namespaces_cycle_and_come_back_to_all() {
     let mut top = top_after(2);
     assert_eq!(top.scope, None);
+    assert!(top.many_namespaces(), "rows of two namespaces say which");
     top.key(Key::Char('n'));
     assert_eq!(top.scope, Some(NS));
+    assert!(!top.many_namespaces());
     assert_eq!(
         top.states()
             .iter()
