@@ -228,7 +228,7 @@ async fn the_app_runs_on_events_and_quits_on_q() {
     });
     tokio::time::timeout(
         Duration::from_secs(10),
-        tui::run(&mut term, &mut top, &mut rx, Duration::from_millis(10)),
+        tui::run(&mut term, &mut top, &mut rx, Duration::from_nanos(1)),
     )
     .await
     .expect("q ends the app")

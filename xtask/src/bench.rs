@@ -289,7 +289,9 @@ impl TopClients {
                     .args(["-L", s, "capture-pane", "-p"])
                     .output()?;
                 let screen = String::from_utf8_lossy(&out.stdout);
-                if screen.contains("daemon at") && screen.contains("events ") {
+                // The header names the source: "top · daemon at PATH", not
+                // "in-process (no daemon at ...)" or "daemon lost".
+                if screen.contains("top · daemon at ") && screen.contains("events ") {
                     break;
                 }
                 anyhow::ensure!(

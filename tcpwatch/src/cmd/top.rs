@@ -111,10 +111,12 @@ pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
             format!("in-process ({why})")
         }
     };
+    let mut top = Top::new(label);
+    top.in_process = stop_embedded.is_some();
     let result = if interactive {
-        interactive_run(label, tx, &mut rx, Duration::from_secs_f64(args.delay)).await
+        interactive_run(top, tx, &mut rx, Duration::from_secs_f64(args.delay)).await
     } else {
-        one_shot(&args, label, &mut rx).await
+        one_shot(&args, top, &mut rx).await
     };
     if let Some(stop) = stop_embedded {
         let _ = stop.send(());
@@ -152,7 +154,7 @@ fn denied(e: &anyhow::Error) -> bool {
 }
 
 async fn interactive_run(
-    label: String,
+    mut top: Top,
     tx: mpsc::Sender<Event>,
     rx: &mut mpsc::Receiver<Event>,
     refresh: Duration,
@@ -173,7 +175,6 @@ async fn interactive_run(
     }
     let (mut term, restore) = terminal::enter().context("setting up the terminal")?;
     terminal::spawn_keys(tx).context("reading keys")?;
-    let mut top = Top::new(label);
     let r = tui::run(&mut term, &mut top, rx, refresh).await;
     drop(restore);
     r
@@ -181,7 +182,7 @@ async fn interactive_run(
 
 async fn one_shot(
     args: &TopArgs,
-    label: String,
+    mut top: Top,
     rx: &mut mpsc::Receiver<Event>,
 ) -> anyhow::Result<()> {
     let mut got: Vec<Arc<Snapshot>> = Vec::new();
@@ -209,7 +210,6 @@ async fn one_shot(
             .filter(|&(c, r)| c >= 80 && r >= 24 && std::io::stdout().is_terminal())
             .unwrap_or((120, 40))
     });
-    let mut top = Top::new(label);
     for (i, s) in got.iter().enumerate() {
         top.update(s.clone(), if i == 0 { missed } else { 0 });
     }

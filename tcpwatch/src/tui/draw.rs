@@ -60,7 +60,9 @@ pub fn draw(f: &mut Frame, top: &Top) {
         Some(d) => draw_detail(f, &d, lower),
         None => {
             // Listeners take what they need up to half; processes the rest.
-            let want = top.listeners().len() as u16 + 2;
+            let want = u16::try_from(top.listeners().len())
+                .unwrap_or(u16::MAX)
+                .saturating_add(2);
             let [l, p] = Layout::vertical([
                 Constraint::Length(want.min(lower.height / 2).max(3)),
                 Constraint::Fill(1),
@@ -283,7 +285,7 @@ fn draw_listeners(f: &mut Frame, top: &Top, area: Rect) {
             };
             let mut cells = ns_cell(many, l.netns);
             cells.extend([
-                Cell::from(format!("{}:{}", bracketed(&l.address), l.port)),
+                Cell::from(format!("{}:{}", fmt::address(&l.address), l.port)),
                 Cell::from(fmt::pid(l.pid)),
                 Cell::from(fmt::comm(l.comm.as_deref())),
                 Cell::from(format!("{}/{}", count(l.syn_recv), count(l.backlog.into())))
@@ -331,14 +333,6 @@ fn draw_listeners(f: &mut Frame, top: &Top, area: Rect) {
         area,
         &mut state,
     );
-}
-
-fn bracketed(a: &str) -> String {
-    if a.contains(':') {
-        format!("[{a}]")
-    } else {
-        a.into()
-    }
 }
 
 fn draw_processes(f: &mut Frame, top: &Top, area: Rect) {
@@ -515,7 +509,12 @@ fn draw_footer(f: &mut Frame, top: &Top, area: Rect) {
         witness,
         surplus,
         Span::raw(format!(
-            " · daemon CPU {} RSS {}",
+            " · {} CPU {} RSS {}",
+            if top.in_process {
+                "this process"
+            } else {
+                "daemon"
+            },
             ft.daemon_cpu_pct.map_or("-".into(), |c| format!("{c:.1}%")),
             ft.daemon_rss.map_or("-".into(), fmt::bytes),
         )),

@@ -6,7 +6,10 @@ pub mod draw;
 pub mod source;
 pub mod terminal;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use ratatui::{Terminal, backend::Backend, buffer::Buffer};
 use tcpwatch_core::{
@@ -30,8 +33,12 @@ pub enum Event {
     Failed(String),
 }
 
+/// Snapshots held between two refreshes at most (a refresh of a minute
+/// at a 10 ms tick would hold 6,000).
+const PENDING_MAX: usize = 120;
+
 /// Runs until `q` (or the channel closes): keys redraw at once, snapshots
-/// at most every `refresh`.
+/// at most every `refresh`; the first screen is drawn at once.
 pub async fn run<B: Backend>(
     terminal: &mut Terminal<B>,
     top: &mut Top,
@@ -43,16 +50,28 @@ where
 {
     let mut tick = tokio::time::interval(refresh);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut dirty = true;
+    // A snapshot goes to the model only when it is drawn at once: keys then
+    // act on what the screen shows (the selected row). Between refreshes
+    // they wait, all of them, for the history.
+    let mut pending: Vec<(Arc<Snapshot>, u64)> = Vec::new();
+    let mut last_draw: Option<Instant> = None;
     loop {
         tokio::select! {
             ev = events.recv() => {
                 let Some(ev) = ev else { return Ok(()) };
                 match ev {
                     Event::Snapshot(s, missed) => {
-                        top.update(s, missed);
-                        dirty = true;
-                        continue;
+                        if pending.len() >= PENDING_MAX {
+                            let (_, m) = pending.remove(0);
+                            top.count_missed(m + 1);
+                        }
+                        pending.push((s, missed));
+                        if last_draw.is_some_and(|t| t.elapsed() < refresh) {
+                            continue;
+                        }
+                        for (s, missed) in pending.drain(..) {
+                            top.update(s, missed);
+                        }
                     }
                     Event::Source(s) => top.source = s,
                     Event::Key(k) => {
@@ -64,12 +83,15 @@ where
                     Event::Failed(e) => anyhow::bail!(e),
                 }
                 terminal.draw(|f| draw::draw(f, top))?;
-                dirty = false;
+                last_draw = Some(Instant::now());
             }
             _ = tick.tick() => {
-                if dirty {
+                if !pending.is_empty() {
+                    for (s, missed) in pending.drain(..) {
+                        top.update(s, missed);
+                    }
                     terminal.draw(|f| draw::draw(f, top))?;
-                    dirty = false;
+                    last_draw = Some(Instant::now());
                 }
             }
         }

@@ -16,7 +16,7 @@ const RETRY: Duration = Duration::from_secs(1);
 /// and forwards its snapshots; when the daemon goes away, says so and
 /// reconnects, so a restarted daemon is picked up again.
 pub fn from_daemon(path: PathBuf, client: Client, tx: mpsc::Sender<Event>) {
-    tokio::spawn(async move {
+    spawn_reporting(tx.clone(), async move {
         let mut client = Some(client);
         loop {
             let c = match client.take() {
@@ -41,6 +41,24 @@ pub fn from_daemon(path: PathBuf, client: Client, tx: mpsc::Sender<Event>) {
                 .send(Event::Source(format!("daemon lost ({why}); retrying")))
                 .await;
             tokio::time::sleep(RETRY).await;
+        }
+    });
+}
+
+/// Spawns `task`; if it panics, the app is told (and ends, restoring the
+/// terminal) instead of drawing on without its source.
+fn spawn_reporting(
+    tx: mpsc::Sender<Event>,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let handle = tokio::spawn(task);
+    tokio::spawn(async move {
+        if let Err(e) = handle.await
+            && e.is_panic()
+        {
+            let _ = tx
+                .send(Event::Failed(format!("the snapshot source failed: {e}")))
+                .await;
         }
     });
 }
@@ -80,7 +98,7 @@ pub async fn in_process(
         }
     };
     let tell_started = tell.clone();
-    tokio::spawn(async move {
+    spawn_reporting(tx.clone(), async move {
         let fwd = tx.clone();
         let r = daemon::run(
             opts,

@@ -106,6 +106,15 @@ pub fn comm(c: Option<&str>) -> String {
     o
 }
 
+/// An address as it is written before `:port`: IPv6 in brackets.
+pub fn address(a: &str) -> String {
+    if a.contains(':') {
+        format!("[{a}]")
+    } else {
+        a.into()
+    }
+}
+
 /// `s` cut to `width` characters, the cut marked with `…`.
 pub fn fit(s: &str, width: usize) -> String {
     if s.chars().count() <= width {

@@ -6,9 +6,18 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::model::State;
 
-/// Samples kept per series: a minute at the default one-second tick, plus
-/// the one the window starts from.
-pub const KEPT: usize = 61;
+/// How far back samples go: the longest window, plus the sample it
+/// starts from.
+const SPAN_NS: u64 = 61_000_000_000;
+
+/// Samples closer than this to the one before are merged into it (the
+/// newest moves forward), so a fast tick (down to 10 ms) still keeps a
+/// minute in a bounded number of samples (a half-second tick keeps all
+/// of its samples, give or take its jitter).
+const MIN_GAP_NS: u64 = 450_000_000;
+
+/// Samples per series at most: a minute at the gap above, with room.
+pub const KEPT: usize = 2 * (SPAN_NS / MIN_GAP_NS) as usize;
 
 const NS_PER_S: f64 = 1e9;
 
@@ -59,19 +68,33 @@ pub enum Series {
 pub struct History {
     series: BTreeMap<Series, VecDeque<(u64, f64)>>,
     now_ns: u64,
+    /// When the newest sample was taken (all series sample together), and
+    /// the one before it, which stays.
+    newest: Option<u64>,
+    settled: Option<u64>,
 }
 
 impl History {
-    /// Starts a sample at `now_ns` (the snapshot's engine time).
+    /// Starts a sample at `now_ns` (the snapshot's engine time). The
+    /// newest sample stays when it is `MIN_GAP_NS` past the one before it
+    /// (and this is a new instant); otherwise this one takes its place.
     pub fn begin(&mut self, now_ns: u64) {
-        if now_ns == self.now_ns {
-            // The same instant again: its sample is taken afresh.
-            for q in self.series.values_mut() {
-                if q.back().is_some_and(|&(t, _)| t == now_ns) {
-                    q.pop_back();
+        if let Some(newest) = self.newest {
+            let stays = now_ns != newest
+                && self
+                    .settled
+                    .is_none_or(|s| newest.saturating_sub(s) >= MIN_GAP_NS);
+            if stays {
+                self.settled = Some(newest);
+            } else {
+                for q in self.series.values_mut() {
+                    if q.back().is_some_and(|&(t, _)| t == newest) {
+                        q.pop_back();
+                    }
                 }
             }
         }
+        self.newest = Some(now_ns);
         self.now_ns = now_ns;
     }
 
@@ -92,7 +115,9 @@ impl History {
         let q = self.series.entry(s).or_default();
         if q.back().is_none_or(|last| last.0 != now) {
             q.push_back((now, 0.0));
-            if q.len() > KEPT {
+            // Older than the longest window needs, but for the one sample
+            // it starts from.
+            while q.len() > KEPT || q.get(1).is_some_and(|&(t, _)| now - t >= SPAN_NS) {
                 q.pop_front();
             }
         }
@@ -108,17 +133,28 @@ impl History {
     }
 
     /// Change per second over the last `window_s` seconds (or as much of it
-    /// as is known); None with one sample or after a reset (a restarted
-    /// daemon's counters start again from zero).
+    /// as is known); None with one sample, after a reset (a counter that
+    /// went down), or when the samples around the window are so far apart
+    /// (a pause, a lost daemon) that the rate would not be the window's.
     pub fn rate(&self, s: &Series, window_s: u64) -> Option<f64> {
         let q = self.series.get(s)?;
         let &(t1, v1) = q.back()?;
-        let from = t1.saturating_sub(window_s.saturating_mul(1_000_000_000));
+        let window_ns = window_s.saturating_mul(1_000_000_000);
+        let from = t1.saturating_sub(window_ns);
         // The newest sample at or before the window's start; the oldest
         // known when the history is shorter than the window.
         let &(t0, v0) = q.iter().rev().find(|(t, _)| *t <= from).or(q.front())?;
-        if t1 <= t0 || v1 < v0 {
+        let too_long = window_ns + window_ns.max(2_000_000_000);
+        if t1 <= t0 || t1 - t0 > too_long {
             return None;
+        }
+        // A counter that went down anywhere in between was reset.
+        let mut prev = v0;
+        for &(_, v) in q.iter().filter(|(t, _)| *t >= t0) {
+            if v < prev {
+                return None;
+            }
+            prev = v;
         }
         Some((v1 - v0) * NS_PER_S / (t1 - t0) as f64)
     }
@@ -200,8 +236,52 @@ mod tests {
             }
             h.end();
         }
-        assert_eq!(h.values(&Series::Delivered).len(), KEPT);
+        assert_eq!(
+            h.values(&Series::Delivered).len(),
+            62,
+            "a minute and its base"
+        );
         assert_eq!(h.len(), 1, "the CPU series left with its snapshot");
         assert_eq!(h.rate(&Series::Delivered, 60), Some(1.0));
+    }
+
+    #[test]
+    fn a_fast_tick_still_keeps_a_minute_in_bounded_samples() {
+        let mut h = History::default();
+        // 100 transitions a second, a snapshot every 10 ms, for 2 minutes.
+        for i in 0..12_000u64 {
+            h.begin(i * 10_000_000);
+            h.put(Series::Delivered, i as f64);
+            h.end();
+        }
+        assert!(h.values(&Series::Delivered).len() <= KEPT);
+        let r60 = h.rate(&Series::Delivered, 60).unwrap();
+        assert!((r60 - 100.0).abs() < 1.0, "{r60}");
+        let r1 = h.rate(&Series::Delivered, 1).unwrap();
+        assert!((r1 - 100.0).abs() < 1.0, "{r1}");
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_window_gives_no_rate() {
+        let mut h = History::default();
+        feed(&mut h, &[(1, 0.0), (2, 10.0), (40, 400.0)]);
+        assert_eq!(
+            h.rate(&Series::Delivered, 1),
+            None,
+            "38 s is not the last second"
+        );
+        assert_eq!(h.rate(&Series::Delivered, 60), Some(400.0 / 39.0));
+    }
+
+    #[test]
+    fn a_counter_reset_inside_the_window_gives_no_rate() {
+        let mut h = History::default();
+        feed(&mut h, &[(1, 0.0), (2, 1.0), (3, 5.0), (4, 2.0), (5, 8.0)]);
+        assert_eq!(
+            h.rate(&Series::Delivered, 60),
+            None,
+            "8 > 0 but it restarted"
+        );
+        assert_eq!(h.rate(&Series::Delivered, 1), Some(6.0));
     }
 }

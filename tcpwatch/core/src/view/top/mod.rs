@@ -127,6 +127,9 @@ pub struct Top {
     pub filter: String,
     /// `/` typed and not yet ended with Enter or Esc.
     pub editing: bool,
+    /// The snapshots come from a runtime in this process: its usage is
+    /// this process's, `top` included.
+    pub in_process: bool,
     pub help: bool,
     pub detail: Option<Target>,
     sort: [usize; 3],
@@ -147,6 +150,7 @@ impl Top {
             paused: false,
             filter: String::new(),
             editing: false,
+            in_process: false,
             help: false,
             detail: None,
             sort: [0; 3],
@@ -161,8 +165,19 @@ impl Top {
             self.held = Some(snap);
             return;
         }
+        // A daemon counts its snapshots from 1: a lower number is a new
+        // daemon, whose counters started again; the old history would make
+        // rates of the difference.
+        if self.snapshot.as_ref().is_some_and(|s| snap.seq < s.seq) {
+            self.history = History::default();
+        }
         rows::record(&mut self.history, &snap);
         self.snapshot = Some(snap);
+    }
+
+    /// Snapshots dropped before they reached the model.
+    pub fn count_missed(&mut self, n: u64) {
+        self.missed += n;
     }
 
     pub fn snapshot(&self) -> Option<&Arc<Snapshot>> {
@@ -238,7 +253,7 @@ impl Top {
                 .filter(|l| {
                     self.matches(&format!(
                         "{}:{} {} {}",
-                        l.address,
+                        fmt::address(&l.address),
                         l.port,
                         fmt::pid(l.pid),
                         fmt::comm(l.comm.as_deref())
@@ -458,7 +473,7 @@ impl Top {
     }
 
     fn open_detail(&mut self) {
-        let i = self.selected[self.pane.index()];
+        let i = self.selected_in(self.pane, self.rows_in(self.pane));
         self.detail = match self.pane {
             Pane::Listeners => self.listeners().get(i).map(|l| Target::Listener {
                 netns: l.netns,

@@ -225,14 +225,25 @@ pub fn pairs(snap: &Snapshot, h: &History, scope: Option<u32>, window_s: u64) ->
     let mut m: BTreeMap<(State, State), (f64, u64)> = BTreeMap::new();
     for ns in snap.view.namespaces.iter().filter(|n| in_scope(n, scope)) {
         for p in &ns.transitions {
-            let r = h.rate(
-                &Series::Pair {
-                    netns: ns.netns,
-                    from: p.from,
-                    to: p.to,
-                },
-                window_s,
-            );
+            let r = if ns.netns == NETNS_OTHER {
+                // `other` takes in an evicted namespace's whole total at
+                // once: a difference of totals would be a false spike, so
+                // its rates are the engine's own windows.
+                Some(match window_s {
+                    1 => p.rates.per_s_1s,
+                    10 => p.rates.per_s_10s,
+                    _ => p.rates.per_s_60s,
+                })
+            } else {
+                h.rate(
+                    &Series::Pair {
+                        netns: ns.netns,
+                        from: p.from,
+                        to: p.to,
+                    },
+                    window_s,
+                )
+            };
             let e = m.entry((p.from, p.to)).or_default();
             e.0 += r.unwrap_or(0.0);
             e.1 += p.total;

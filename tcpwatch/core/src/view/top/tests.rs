@@ -338,3 +338,70 @@ fn an_empty_snapshot_and_no_snapshot_show_empty_tables() {
     assert!(top.states().iter().all(|s| s.count == 0));
     assert!(top.processes().is_empty());
 }
+
+#[test]
+fn a_restarted_daemon_starts_the_history_again() {
+    let before = busy(5);
+    let after = busy(3);
+    let mut top = Top::new("test");
+    for s in &before {
+        top.update(s.clone(), 0);
+    }
+    // The new daemon's first snapshots: seq 1 again, counters from zero.
+    top.update(after[0].clone(), 0);
+    let curl = |top: &Top| {
+        top.processes()
+            .into_iter()
+            .find(|p| p.pid == Some(200))
+            .unwrap()
+    };
+    assert_eq!(
+        curl(&top).connects_per_s,
+        None,
+        "one sample of the new daemon"
+    );
+    top.update(after[1].clone(), 0);
+    top.update(after[2].clone(), 0);
+    assert_eq!(curl(&top).connects_per_s, Some(100.0));
+}
+
+#[test]
+fn enter_opens_the_last_row_when_the_selection_fell_off_the_end() {
+    let mut top = top_after(3);
+    top.key(Key::Tab);
+    top.key(Key::End);
+    assert_eq!(top.selected(Pane::Processes), top.processes().len() - 1);
+    // The next snapshot has fewer processes than the selected index.
+    let mut e = Engine::new(EngineConfig::default());
+    e.apply(census(9 * S, NS, 0, 0));
+    let fewer = Snapshot::new(9, Clock { offset_ns: 0 }, Info::default(), e.view());
+    top.update(Arc::new(fewer), 0);
+    assert_eq!(top.processes().len(), 2);
+    top.key(Key::Enter);
+    assert!(top.detail().is_some(), "the highlighted (last) row opens");
+}
+
+#[test]
+fn an_ipv6_listener_is_found_as_it_is_written() {
+    let mut e = Engine::new(EngineConfig::default());
+    let mut c = census(S, NS, 0, 0);
+    if let Input::Census(c) = &mut c {
+        c.summary.listeners[0].address = "::1".into();
+    }
+    e.apply(c);
+    let mut top = Top::new("test");
+    top.update(
+        Arc::new(Snapshot::new(
+            1,
+            Clock { offset_ns: 0 },
+            Info::default(),
+            e.view(),
+        )),
+        0,
+    );
+    top.key(Key::Char('/'));
+    for c in "[::1]:8080".chars() {
+        top.key(Key::Char(c));
+    }
+    assert_eq!(top.listeners().len(), 1, "typed as the screen shows it");
+}
