@@ -17,6 +17,48 @@ pub struct Config {
     pub metrics: Metrics,
     pub control: Control,
     pub limits: Limits,
+    pub detect: Detect,
+}
+
+/// The detectors' thresholds (`crate::detect`); they change live.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Detect {
+    /// Seconds after start before anything fires.
+    #[serde(deserialize_with = "seconds")]
+    pub warmup: f64,
+    /// Seconds a condition must be clear before its alert resolves.
+    #[serde(deserialize_with = "seconds")]
+    pub resolve_after: f64,
+    /// SYN flood: request sockets at this fraction of the backlog or more.
+    #[serde(deserialize_with = "fraction")]
+    pub syn_flood_fill: f64,
+    /// Seconds the SYN flood condition holds before it fires.
+    #[serde(deserialize_with = "seconds")]
+    pub syn_flood_hold: f64,
+    /// Seconds the accept-queue overflow condition holds before it fires.
+    #[serde(deserialize_with = "seconds")]
+    pub accept_overflow_hold: f64,
+    /// CLOSE-WAIT leak: at least this many sockets of one process...
+    #[serde(deserialize_with = "count")]
+    pub close_wait_min: u64,
+    /// ...the oldest waiting this many seconds.
+    #[serde(deserialize_with = "seconds")]
+    pub close_wait_age: f64,
+}
+
+impl Default for Detect {
+    fn default() -> Self {
+        Detect {
+            warmup: 5.0,
+            resolve_after: 10.0,
+            syn_flood_fill: 0.9,
+            syn_flood_hold: 1.0,
+            accept_overflow_hold: 2.0,
+            close_wait_min: 16,
+            close_wait_age: 60.0,
+        }
+    }
 }
 
 /// What the sampler and the event loop do; all of it changes live.
@@ -142,6 +184,10 @@ pub mod range {
     /// Keys one table may track: each costs a few KiB of windows.
     pub const CAP: RangeInclusive<usize> = 1..=10_000;
     pub const NETNS_CAP: RangeInclusive<usize> = 1..=4096;
+    /// Detector delays and ages, in seconds.
+    pub const SECONDS: RangeInclusive<f64> = 0.0..=86_400.0;
+    pub const FRACTION: RangeInclusive<f64> = 0.01..=1.0;
+    pub const COUNT: RangeInclusive<u64> = 1..=1_000_000;
 }
 
 /// A value in `range`, or an error saying it is not `what` in it.
@@ -160,6 +206,18 @@ where
             range.end()
         )))
     }
+}
+
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    ranged(d, range::SECONDS, "a number of seconds")
+}
+
+fn fraction<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    ranged(d, range::FRACTION, "a fraction")
+}
+
+fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(d, range::COUNT, "a count")
 }
 
 fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
@@ -240,8 +298,8 @@ impl Config {
 pub const DEFAULT_TEXT: &str = r#"# tcpwatch daemon configuration (/etc/tcpwatch/tcpwatch.toml).
 # Every key is optional; these are the defaults. Command-line flags
 # override the file. SIGHUP reloads it: [daemon] (but netns) and [limits]
-# change live; [probe], [metrics], [control] and daemon.netns need a
-# restart. A file
+# change live, as does [detect]; [probe], [metrics], [control] and
+# daemon.netns need a restart. A file
 # that does not parse is refused with its line, and on SIGHUP the running
 # configuration is kept.
 
@@ -282,6 +340,25 @@ max_ports = 64
 max_processes = 64
 # Network namespaces kept apart (1-4096).
 max_netns = 256
+
+[detect]
+# Seconds after start before any alert fires (0-86400).
+warmup = 5.0
+# Seconds a condition must stay clear before its alert resolves.
+resolve_after = 10.0
+# SYN flood: a listener's half-open request sockets at this fraction of its
+# backlog (0.01-1), while its namespace sends syncookies or drops SYNs,
+# for syn_flood_hold seconds. Warning while cookies absorb it, critical
+# when SYNs are dropped.
+syn_flood_fill = 0.9
+syn_flood_hold = 1.0
+# Accept-queue overflow: the accept queue at the backlog and ListenOverflows
+# rising, for this many seconds.
+accept_overflow_hold = 2.0
+# CLOSE-WAIT leak: one process holding at least close_wait_min sockets in
+# CLOSE-WAIT (1-1000000), the oldest for close_wait_age seconds.
+close_wait_min = 16
+close_wait_age = 60.0
 "#;
 
 #[cfg(test)]

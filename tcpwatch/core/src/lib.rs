@@ -5,13 +5,15 @@
 //!
 //! [`model`] (transitions, accounting), [`census`] (sockets and their
 //! summary), [`counters`] (the kernel's TCP MIB counters by name),
-//! [`engine`] (rates, per-port and per-process activity), [`snapshot`]
+//! [`engine`] (rates, per-port and per-process activity), [`detect`]
+//! (alerts from the engine's view), [`snapshot`]
 //! (what the daemon publishes each tick), [`view`] (trace
 //! lines, tables), [`metrics`] (the Prometheus exposition), [`record`] (the
 //! recording format).
 pub mod census;
 pub mod config;
 pub mod counters;
+pub mod detect;
 pub mod engine;
 pub mod metrics;
 pub mod model;

@@ -1,0 +1,339 @@
+//! Detection: the classic TCP failure modes, per listener and per process,
+//! from what each snapshot's view already holds (census, queues, kernel
+//! counter rates, CLOSE-WAIT ages). Pure: time is the view's. Each alert
+//! fires after its condition has held for its hold time, resolves after it
+//! has been clear for `resolve_after`, and none fires during the warm-up
+//! after the daemon starts (counter rates need two samples, and a restart
+//! must not look like an event).
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::Detect,
+    engine::{NETNS_OTHER, NamespaceView, View},
+};
+
+const NS_PER_S: f64 = 1e9;
+
+/// Resolved alerts kept for `tcpwatch alerts` and `top` (newest last).
+pub const RECENT_KEPT: usize = 32;
+
+/// Alerts active at once, at most: keys come from listeners and processes,
+/// which any local user can multiply.
+pub const ACTIVE_MAX: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+/// What an alert is about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Subject {
+    Listener { address: String, port: u16 },
+    Process { pid: u32, comm: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AlertKey {
+    /// `SynFlood`, `AcceptQueueOverflow`, `CloseWaitLeak`.
+    pub name: String,
+    pub netns: u32,
+    pub subject: Subject,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub key: AlertKey,
+    pub severity: Severity,
+    /// One line: what, where.
+    pub summary: String,
+    /// The states, the likely cause and the usual fix, with the evidence.
+    pub description: String,
+    /// The numbers the condition was decided on, at the last evaluation.
+    pub evidence: BTreeMap<String, f64>,
+    /// CLOCK_MONOTONIC when it fired, and when it resolved.
+    pub since_ns: u64,
+    pub resolved_ns: Option<u64>,
+}
+
+/// What the detector publishes with each snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Alerts {
+    pub active: Vec<Alert>,
+    pub recent: Vec<Alert>,
+    /// Conditions not followed because `ACTIVE_MAX` were already.
+    #[serde(default)]
+    pub dropped: u64,
+}
+
+/// One evaluation's finding for a key.
+struct Finding {
+    key: AlertKey,
+    severity: Severity,
+    hold_s: f64,
+    summary: String,
+    description: String,
+    evidence: BTreeMap<String, f64>,
+}
+
+#[derive(Clone, Debug)]
+struct Track {
+    /// When the condition started holding (uninterrupted).
+    holding_since: u64,
+    /// When it was last seen holding.
+    last_true: u64,
+    alert: Option<Alert>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Detector {
+    started_ns: Option<u64>,
+    tracks: BTreeMap<AlertKey, Track>,
+    recent: VecDeque<Alert>,
+    dropped: u64,
+}
+
+/// A change worth a log line.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Fired(Alert),
+    Resolved(Alert),
+}
+
+fn rate(ns: &NamespaceView, name: &str) -> f64 {
+    ns.counters
+        .as_ref()
+        .and_then(|c| c.get(name))
+        .and_then(|c| c.per_s)
+        .unwrap_or(0.0)
+}
+
+fn findings(view: &View, cfg: &Detect) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for ns in &view.namespaces {
+        if ns.netns == NETNS_OTHER {
+            continue;
+        }
+        let Some(census) = &ns.census else { continue };
+        let cookies = rate(ns, "TcpExt.SyncookiesSent");
+        let q_cookies = rate(ns, "TcpExt.TCPReqQFullDoCookies");
+        let q_drops = rate(ns, "TcpExt.TCPReqQFullDrop");
+        let listen_drops = rate(ns, "TcpExt.ListenDrops");
+        let overflows = rate(ns, "TcpExt.ListenOverflows");
+        for l in &census.summary.listeners {
+            let subject = Subject::Listener {
+                address: l.address.clone(),
+                port: l.port,
+            };
+            let backlog = f64::from(l.backlog.max(1));
+            let fill = l.syn_recv as f64 / backlog;
+            let owner = match (&l.pid, &l.comm) {
+                (Some(p), Some(c)) => format!("{c} (pid {p})"),
+                _ => "an unknown process".into(),
+            };
+            if fill >= cfg.syn_flood_fill && (cookies + q_cookies + q_drops) > 0.0 {
+                // Dropped SYNs: legitimate clients fail too.
+                let critical = q_drops > 0.0;
+                let mut evidence = BTreeMap::new();
+                evidence.insert("syn_recv".into(), l.syn_recv as f64);
+                evidence.insert("backlog".into(), f64::from(l.backlog));
+                evidence.insert("syncookies_per_s".into(), cookies.max(q_cookies));
+                evidence.insert("syn_drops_per_s".into(), q_drops);
+                evidence.insert("listen_drops_per_s".into(), listen_drops);
+                out.push(Finding {
+                    key: AlertKey {
+                        name: "SynFlood".into(),
+                        netns: ns.netns,
+                        subject: subject.clone(),
+                    },
+                    severity: if critical { Severity::Critical } else { Severity::Warning },
+                    hold_s: cfg.syn_flood_hold,
+                    summary: format!(
+                        "SYN flood on {}:{} (netns {}): {} half-open of backlog {}",
+                        l.address, l.port, ns.netns, l.syn_recv, l.backlog
+                    ),
+                    description: format!(
+                        "The listener {}:{} of {owner} holds {} request sockets in SYN-RECV against a backlog of {}: SYNs arrive that never complete the handshake. {} Usual fixes: keep net.ipv4.tcp_syncookies=1, raise net.ipv4.tcp_max_syn_backlog and the listen() backlog, and filter the sources upstream.",
+                        l.address,
+                        l.port,
+                        l.syn_recv,
+                        l.backlog,
+                        if critical {
+                            format!("SYNs are being dropped ({q_drops:.0}/s): legitimate clients time out.")
+                        } else {
+                            format!(
+                                "Syncookies absorb it ({:.0}/s sent): legitimate clients are still served.",
+                                cookies.max(q_cookies)
+                            )
+                        }
+                    ),
+                    evidence,
+                });
+            } else if l.backlog > 0 && l.accept_queue >= l.backlog && overflows > 0.0 {
+                let mut evidence = BTreeMap::new();
+                evidence.insert("accept_queue".into(), f64::from(l.accept_queue));
+                evidence.insert("backlog".into(), f64::from(l.backlog));
+                evidence.insert("listen_overflows_per_s".into(), overflows);
+                out.push(Finding {
+                    key: AlertKey {
+                        name: "AcceptQueueOverflow".into(),
+                        netns: ns.netns,
+                        subject,
+                    },
+                    severity: Severity::Warning,
+                    hold_s: cfg.accept_overflow_hold,
+                    summary: format!(
+                        "accept queue full on {}:{} (netns {}): {} waiting, backlog {}",
+                        l.address, l.port, ns.netns, l.accept_queue, l.backlog
+                    ),
+                    description: format!(
+                        "Connections to {}:{} complete their handshake but {owner} does not accept() them fast enough: {} wait in the accept queue (backlog {}) and the kernel drops new ones ({overflows:.0}/s ListenOverflows). Not a flood: the handshakes complete. Usual fixes: more accept() workers in the application, a larger listen() backlog and net.core.somaxconn.",
+                        l.address, l.port, l.accept_queue, l.backlog
+                    ),
+                    evidence,
+                });
+            }
+        }
+        for p in &census.summary.processes {
+            let (Some(pid), Some(comm)) = (p.pid, &p.comm) else {
+                continue;
+            };
+            let n = p.states.get("CLOSE-WAIT").copied().unwrap_or(0);
+            if n < cfg.close_wait_min {
+                continue;
+            }
+            let oldest = view
+                .close_wait_open
+                .by_owner
+                .iter()
+                .find(|o| o.netns == ns.netns && o.pid == pid)
+                .map(|o| o.oldest_s);
+            if oldest.is_none_or(|o| o < cfg.close_wait_age) {
+                continue;
+            }
+            let oldest = oldest.unwrap_or(0.0);
+            let mut evidence = BTreeMap::new();
+            evidence.insert("close_wait".into(), n as f64);
+            evidence.insert("oldest_s".into(), oldest);
+            out.push(Finding {
+                key: AlertKey {
+                    name: "CloseWaitLeak".into(),
+                    netns: ns.netns,
+                    subject: Subject::Process {
+                        pid,
+                        comm: comm.clone(),
+                    },
+                },
+                severity: Severity::Warning,
+                hold_s: 0.0,
+                summary: format!(
+                    "CLOSE-WAIT leak in {comm} (pid {pid}, netns {}): {n} sockets, oldest {oldest:.0} s",
+                    ns.netns
+                ),
+                description: format!(
+                    "{comm} (pid {pid}) holds {n} sockets in CLOSE-WAIT, the oldest for {oldest:.0} s: their peers closed, and the application never called close(). Each holds a file descriptor and memory until it does. Usual fix: close sockets in the application when a read returns 0 (end of stream), including on error paths."
+                ),
+                evidence,
+            });
+        }
+    }
+    out
+}
+
+impl Detector {
+    /// Evaluates one view; returns what fired and what resolved.
+    pub fn evaluate(&mut self, view: &View, cfg: &Detect) -> Vec<Change> {
+        let now = view.now_ns;
+        let started = *self.started_ns.get_or_insert(now);
+        let warm = now.saturating_sub(started) as f64 / NS_PER_S >= cfg.warmup;
+        let mut changes = Vec::new();
+        let mut seen = Vec::new();
+        for f in findings(view, cfg) {
+            seen.push(f.key.clone());
+            if !self.tracks.contains_key(&f.key) && self.tracks.len() >= ACTIVE_MAX {
+                self.dropped += 1;
+                continue;
+            }
+            let t = self.tracks.entry(f.key.clone()).or_insert(Track {
+                holding_since: now,
+                last_true: now,
+                alert: None,
+            });
+            t.last_true = now;
+            let held = now.saturating_sub(t.holding_since) as f64 / NS_PER_S;
+            match &mut t.alert {
+                Some(a) => {
+                    // Escalates (or eases) in place; the evidence is fresh.
+                    a.severity = f.severity;
+                    a.summary = f.summary;
+                    a.description = f.description;
+                    a.evidence = f.evidence;
+                }
+                None if warm && held >= f.hold_s => {
+                    let a = Alert {
+                        key: f.key,
+                        severity: f.severity,
+                        summary: f.summary,
+                        description: f.description,
+                        evidence: f.evidence,
+                        since_ns: now,
+                        resolved_ns: None,
+                    };
+                    changes.push(Change::Fired(a.clone()));
+                    t.alert = Some(a);
+                }
+                None => {}
+            }
+        }
+        // Clear conditions: a firing alert resolves once clear long enough;
+        // a condition that never fired is forgotten at once.
+        let resolve_ns = (cfg.resolve_after * NS_PER_S) as u64;
+        let mut gone = Vec::new();
+        for (k, t) in &mut self.tracks {
+            if seen.contains(k) {
+                continue;
+            }
+            match &mut t.alert {
+                Some(a) if now.saturating_sub(t.last_true) >= resolve_ns => {
+                    a.resolved_ns = Some(now);
+                    changes.push(Change::Resolved(a.clone()));
+                    gone.push(k.clone());
+                }
+                // Within the resolve delay: a flap keeps the same alert.
+                Some(_) => {}
+                None => gone.push(k.clone()),
+            }
+        }
+        for k in gone {
+            if let Some(Track { alert: Some(a), .. }) = self.tracks.remove(&k)
+                && a.resolved_ns.is_some()
+            {
+                if self.recent.len() >= RECENT_KEPT {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(a);
+            }
+        }
+        changes
+    }
+
+    pub fn alerts(&self) -> Alerts {
+        Alerts {
+            active: self
+                .tracks
+                .values()
+                .filter_map(|t| t.alert.clone())
+                .collect(),
+            recent: self.recent.iter().cloned().collect(),
+            dropped: self.dropped,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
