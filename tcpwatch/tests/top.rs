@@ -9,6 +9,8 @@ use std::{fs::File, io::BufReader, sync::Arc, time::Duration};
 use ratatui::{Terminal, backend::TestBackend};
 use tcpwatch::{
     core::{
+        config::Detect,
+        detect::Detector,
         engine::{Engine, EngineConfig, Input},
         metrics::{Info, Usage},
         record::Reader,
@@ -36,6 +38,13 @@ fn snapshots(name: &str) -> Vec<Arc<Snapshot>> {
         offset_ns: header.unix_ns - header.monotonic_ns as i128,
     };
     let mut engine = Engine::new(EngineConfig::default());
+    // The daemon's detectors, as it runs them each tick; a one-second
+    // warm-up, since the recordings last four.
+    let mut detector = Detector::default();
+    let detect = Detect {
+        warmup: 1.0,
+        ..Detect::default()
+    };
     let mut out = Vec::new();
     for input in reader {
         let input = input.unwrap();
@@ -52,7 +61,11 @@ fn snapshots(name: &str) -> Vec<Arc<Snapshot>> {
                 }),
                 ..Default::default()
             };
-            out.push(Arc::new(Snapshot::new(seq, clock, info, engine.view())));
+            let view = engine.view();
+            detector.evaluate(&view, &detect);
+            out.push(Arc::new(
+                Snapshot::new(seq, clock, info, view).with_alerts(detector.alerts()),
+            ));
         }
     }
     assert!(out.len() >= 4, "{name}: {} ticks", out.len());
@@ -141,6 +154,15 @@ fn syn_flood() {
         l.syn_recv >= u64::from(l.backlog),
         "half-open at the backlog: {l:?}"
     );
+    let (active, _) = top.alerts();
+    assert_eq!(active.len(), 1, "{active:?}");
+    assert_eq!(active[0].key.name, "SynFlood");
+    assert_eq!(
+        active[0].severity,
+        tcpwatch::core::detect::Severity::Warning,
+        "syncookies absorbed it"
+    );
+    assert!(screen(&top, (120, 40)).contains("WARN SYN flood on 0.0.0.0:8080"));
     check_all_sizes("synflood", &top);
 }
 

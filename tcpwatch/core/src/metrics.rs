@@ -201,6 +201,46 @@ impl Collector for ViewCollector {
             }
         }
 
+        // Alerts: one series per active alert (absent once resolved, as
+        // Prometheus' own ALERTS series), and how many were dropped.
+        let mut alerts = Family::new(
+            "tcpwatch_alert_active",
+            "An alert of tcpwatch's detectors is firing (1), by alert and subject",
+            g,
+        );
+        for a in &self.0.alerts.active {
+            let mut labels: Labels = vec![
+                ("alertname", a.key.name.clone()),
+                (
+                    "severity",
+                    match a.severity {
+                        crate::detect::Severity::Warning => "warning".into(),
+                        crate::detect::Severity::Critical => "critical".into(),
+                    },
+                ),
+                ("netns", netns_label(a.key.netns)),
+            ];
+            match &a.key.subject {
+                crate::detect::Subject::Listener { address, port } => {
+                    labels.push(("address", address.clone()));
+                    labels.push(("port", port.to_string()));
+                }
+                crate::detect::Subject::Process { pid, comm } => {
+                    labels.push(("pid", pid.to_string()));
+                    labels.push(("comm", comm.clone()));
+                }
+            }
+            alerts.add(labels, 1u64);
+        }
+        alerts.encode(&mut enc)?;
+        let mut dropped = Family::new(
+            "tcpwatch_alert_conditions_dropped",
+            "Alert conditions not followed because the most active alerts were",
+            c,
+        );
+        dropped.add(vec![], self.0.alerts.dropped);
+        dropped.encode(&mut enc)?;
+
         let mut tr = Family::new(
             "tcpwatch_transitions",
             "TCP state transitions delivered to tcpwatch, by namespace",

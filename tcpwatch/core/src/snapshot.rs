@@ -4,7 +4,7 @@
 //! Serialized with a version, because it travels to other processes.
 use serde::{Deserialize, Serialize};
 
-use crate::{engine::View, metrics::Info, view::trace::Clock};
+use crate::{detect::Alerts, engine::View, metrics::Info, view::trace::Clock};
 
 /// Bumped on any change a reader of an older version would misread.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -18,6 +18,9 @@ pub struct Snapshot {
     pub clock: Clock,
     pub info: Info,
     pub view: View,
+    /// The detectors' active and recently resolved alerts.
+    #[serde(default)]
+    pub alerts: Alerts,
 }
 
 impl Snapshot {
@@ -28,7 +31,13 @@ impl Snapshot {
             clock,
             info,
             view,
+            alerts: Alerts::default(),
         }
+    }
+
+    pub fn with_alerts(mut self, alerts: Alerts) -> Snapshot {
+        self.alerts = alerts;
+        self
     }
 }
 

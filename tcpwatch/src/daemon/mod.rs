@@ -18,7 +18,8 @@ use std::{
 
 use anyhow::Context as _;
 use tcpwatch_core::{
-    config::Config,
+    config::{Config, Detect},
+    detect::{Change, Detector},
     engine::{Engine, EngineConfig, Input, KernelSample},
     metrics::{ControlCounters, Info},
     model::{Accounting, Transition},
@@ -181,6 +182,7 @@ pub async fn run(
         scope: opts.probe.netns,
     };
     let mut engine = Engine::new(EngineConfig::from_limits(&running.limits));
+    let mut detector = Detector::default();
     let mut seq = 0;
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::new(
         seq,
@@ -245,7 +247,7 @@ pub async fn run(
                 seq += 1;
                 info.control = Some(control.read());
                 info.usage = usage::myself();
-                publish(&snap_tx, seq, clock, &info, &engine);
+                publish(&snap_tx, seq, clock, &info, &engine, &mut detector, &running.detect);
             }
         }
     }
@@ -258,7 +260,15 @@ pub async fn run(
     }
     let k = kernel_sample(&capture)?;
     apply(&mut engine, &mut recorder, [k])?;
-    publish(&snap_tx, seq + 1, clock, &info, &engine);
+    publish(
+        &snap_tx,
+        seq + 1,
+        clock,
+        &info,
+        &engine,
+        &mut detector,
+        &running.detect,
+    );
     let recorded = match &mut recorder {
         Some(r) => {
             r.flush()?;
@@ -307,6 +317,7 @@ fn reload(r: &Reload, running: &Config) -> Option<Config> {
             new.daemon.census_budget = wanted.daemon.census_budget;
             new.daemon.owners_every = wanted.daemon.owners_every;
             new.limits = wanted.limits;
+            new.detect = wanted.detect;
             tracing::info!(
                 interval = new.daemon.interval,
                 census_budget = new.daemon.census_budget,
@@ -321,8 +332,34 @@ fn reload(r: &Reload, running: &Config) -> Option<Config> {
     }
 }
 
-fn publish(tx: &watch::Sender<Arc<Snapshot>>, seq: u64, clock: Clock, info: &Info, e: &Engine) {
-    tx.send_replace(Arc::new(Snapshot::new(seq, clock, info.clone(), e.view())));
+/// Evaluates the detectors on the engine's view (logging what fired and
+/// resolved) and publishes both.
+fn publish(
+    tx: &watch::Sender<Arc<Snapshot>>,
+    seq: u64,
+    clock: Clock,
+    info: &Info,
+    e: &Engine,
+    detector: &mut Detector,
+    detect: &Detect,
+) {
+    let view = e.view();
+    for change in detector.evaluate(&view, detect) {
+        match change {
+            Change::Fired(a) => tracing::warn!(
+                alertname = a.key.name,
+                severity = ?a.severity,
+                "alert: {}",
+                a.summary
+            ),
+            Change::Resolved(a) => {
+                tracing::info!(alertname = a.key.name, "resolved: {}", a.summary)
+            }
+        }
+    }
+    tx.send_replace(Arc::new(
+        Snapshot::new(seq, clock, info.clone(), view).with_alerts(detector.alerts()),
+    ));
 }
 
 fn apply_transition(

@@ -8,10 +8,13 @@ use ratatui::{
     text::{Line, Span},
     widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, TableState},
 };
-use tcpwatch_core::view::top::{
-    Detail, Pane, RateWindow, Top,
-    fmt::{self, bar, count, rate, sparkline},
-    netns_name,
+use tcpwatch_core::{
+    detect::{Alert, Severity},
+    view::top::{
+        Detail, Pane, RateWindow, Top,
+        fmt::{self, bar, count, rate, sparkline},
+        netns_name,
+    },
 };
 
 const TITLE: Style = Style::new().add_modifier(Modifier::BOLD);
@@ -42,10 +45,13 @@ pub fn draw(f: &mut Frame, top: &Top) {
     let area = f.area();
     let footer_h = if area.height >= 30 { 2 } else { 1 };
     let upper_h = 12.min(area.height.saturating_sub(footer_h + 6));
+    let (active, recent) = top.alerts();
+    // One line, or one per active alert up to three (more are counted).
+    let alerts_h = (active.len() as u16).clamp(1, 3);
     let [header, upper, alerts, lower, footer] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(upper_h),
-        Constraint::Length(1),
+        Constraint::Length(alerts_h),
         Constraint::Fill(1),
         Constraint::Length(footer_h),
     ])
@@ -55,7 +61,7 @@ pub fn draw(f: &mut Frame, top: &Top) {
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(upper);
     draw_census(f, top, census);
     draw_pairs(f, top, pairs);
-    draw_alerts(f, alerts);
+    draw_alerts(f, &active, recent, alerts);
     match top.detail() {
         Some(d) => draw_detail(f, &d, lower),
         None => {
@@ -216,15 +222,57 @@ fn draw_pairs(f: &mut Frame, top: &Top, area: Rect) {
     );
 }
 
-fn draw_alerts(f: &mut Frame, area: Rect) {
-    // Detection is not built yet: the pane says so instead of an empty box.
-    f.render_widget(
-        Paragraph::new(Line::from(vec![
-            Span::styled("Alerts ", TITLE),
-            Span::styled("none (no detectors in this version)", DIM),
-        ])),
-        area,
-    );
+fn draw_alerts(f: &mut Frame, active: &[Alert], recent: usize, area: Rect) {
+    let title = Span::styled("Alerts ", TITLE);
+    if active.is_empty() {
+        let rest = if recent > 0 {
+            format!("none active ({recent} resolved recently: `tcpwatch alerts`)")
+        } else {
+            "none".to_string()
+        };
+        f.render_widget(
+            Paragraph::new(Line::from(vec![title, Span::styled(rest, DIM)])),
+            area,
+        );
+        return;
+    }
+    let shown = area.height as usize;
+    let lines: Vec<Line> = active
+        .iter()
+        .take(shown)
+        .enumerate()
+        .map(|(i, a)| {
+            let style = match a.severity {
+                Severity::Critical => BAD,
+                Severity::Warning => WARN,
+            };
+            let more = if i + 1 == shown && active.len() > shown {
+                format!(" (+{} more)", active.len() - shown)
+            } else {
+                String::new()
+            };
+            Line::from(vec![
+                if i == 0 {
+                    title.clone()
+                } else {
+                    Span::raw("       ")
+                },
+                Span::styled(
+                    format!(
+                        "{} {}",
+                        match a.severity {
+                            Severity::Critical => "CRIT",
+                            Severity::Warning => "WARN",
+                        },
+                        fmt::comm(Some(&a.summary))
+                    ),
+                    style,
+                ),
+                Span::raw(more),
+            ])
+        })
+        .collect();
+    f.render_widget(Paragraph::new(lines), area);
 }
 
 /// A NETNS cell first when the rows come from several namespaces.

@@ -313,6 +313,27 @@ impl Top {
         v
     }
 
+    /// Active alerts in scope (critical first), and how many resolved
+    /// recently.
+    pub fn alerts(&self) -> (Vec<crate::detect::Alert>, usize) {
+        let Some(s) = &self.snapshot else {
+            return (Vec::new(), 0);
+        };
+        let mut active: Vec<_> = s
+            .alerts
+            .active
+            .iter()
+            .filter(|a| self.scope.is_none_or(|n| n == a.key.netns))
+            .cloned()
+            .collect();
+        active.sort_by(|a, b| {
+            b.severity
+                .cmp(&a.severity)
+                .then(a.since_ns.cmp(&b.since_ns))
+        });
+        (active, s.alerts.recent.len())
+    }
+
     pub fn counters(&self) -> Vec<CounterRate> {
         self.snapshot.as_ref().map_or_else(Vec::new, |s| {
             rows::counters(s, &self.history, self.scope, self.window.secs())
