@@ -56,6 +56,8 @@ enum Command {
     Replay(cmd::replay::ReplayArgs),
     /// Watch TCP live: sockets by state, transitions, listeners, processes.
     Top(cmd::top::TopArgs),
+    /// The running daemon's alerts: active and recently resolved, or followed.
+    Alerts(cmd::alerts::AlertsArgs),
     /// Print the running daemon's snapshot as JSON (from its control socket).
     Snapshot(cmd::snapshot::SnapshotArgs),
     /// Print the default configuration, or check a configuration file.
@@ -226,6 +228,7 @@ fn main() -> ExitCode {
             Command::Config(args) => cmd::config::run(args),
             Command::Snapshot(args) => cmd::snapshot::run(args).await,
             Command::Top(args) => cmd::top::run(args).await,
+            Command::Alerts(args) => cmd::alerts::run(args).await,
         }
     });
     match result {

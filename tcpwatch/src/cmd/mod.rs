@@ -7,6 +7,7 @@ use tcpwatch::{
     probe::{capture::CaptureError, loader::LoadError},
 };
 
+pub mod alerts;
 pub mod config;
 pub mod daemon;
 pub mod output;

@@ -18,15 +18,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_tcpwatch");
 /// setup installs it), elsewhere the test is skipped loudly.
 /// A thread in a fresh namespace that waits for orders. The namespace lives
 /// as long as the thread; `path` opens it for the daemon.
-struct NsWorker {
-    inode: u32,
-    path: String,
+pub(crate) struct NsWorker {
+    pub(crate) inode: u32,
+    pub(crate) path: String,
     orders: mpsc::Sender<Box<dyn FnOnce() + Send>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl NsWorker {
-    fn new() -> NsWorker {
+    pub(crate) fn new() -> NsWorker {
         let (tx, rx) = mpsc::channel();
         let (orders, inbox) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
         let handle = std::thread::spawn(move || {
@@ -48,7 +48,7 @@ impl NsWorker {
     }
 
     /// Runs `f` inside the namespace and waits for its result.
-    fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+    pub(crate) fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
         let (tx, rx) = mpsc::channel();
         self.orders
             .send(Box::new(move || tx.send(f()).unwrap()))
@@ -68,18 +68,18 @@ impl Drop for NsWorker {
 }
 
 /// A running `tcpwatch daemon`, killed on drop.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     addr: String,
     stderr: String,
     /// Everything it writes to stderr after start-up.
     log: std::sync::Arc<std::sync::Mutex<String>>,
     /// Its control socket.
-    control: std::path::PathBuf,
+    pub(crate) control: std::path::PathBuf,
 }
 
 impl Daemon {
-    fn start(args: &[&str]) -> Daemon {
+    pub(crate) fn start(args: &[&str]) -> Daemon {
         // Each daemon its own control socket: tests run side by side.
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let control = std::env::temp_dir().join(format!(
@@ -136,7 +136,7 @@ impl Daemon {
     }
 
     /// Waits (up to 10 s) until its log has a line containing `what`.
-    fn wait_for_log(&self, what: &str) {
+    pub(crate) fn wait_for_log(&self, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.log.lock().unwrap().contains(what) {
             assert!(
@@ -153,7 +153,7 @@ impl Daemon {
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
     }
 
-    fn scrape(&self) -> String {
+    pub(crate) fn scrape(&self) -> String {
         let out = Command::new("curl")
             .args(["-sf", "--max-time", "5"])
             .arg(format!("http://{}/metrics", self.addr))
@@ -173,7 +173,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
+    pub(crate) fn stop(mut self) -> std::process::ExitStatus {
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(15);

@@ -1,0 +1,141 @@
+//! `tcpwatch alerts`: the running daemon's active and recently resolved
+//! alerts, from its control socket; `--follow` prints each one as it fires
+//! and resolves, as JSON lines.
+use std::{collections::BTreeSet, io::Write as _, path::PathBuf, process::ExitCode};
+
+use anyhow::bail;
+use clap::Args;
+use tcpwatch::{
+    core::{
+        detect::{Alert, AlertKey, Severity, Subject},
+        protocol::{Reply, Request},
+        snapshot::Snapshot,
+        view::top::fmt,
+    },
+    serve::control::{Client, DEFAULT_PATH},
+};
+
+#[derive(Args, Debug)]
+pub struct AlertsArgs {
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_PATH)]
+    socket: PathBuf,
+    /// The alerts as one JSON object (`active`, `recent`, `dropped`).
+    #[arg(long, conflicts_with = "follow")]
+    json: bool,
+    /// Print every alert as it fires and resolves, one JSON object per line
+    /// (`{"event":"fired"|"resolved","alert":{...}}`), until interrupted.
+    #[arg(long)]
+    follow: bool,
+}
+
+fn snapshot_of(reply: Reply) -> anyhow::Result<std::sync::Arc<Snapshot>> {
+    match reply {
+        Reply::Snapshot { snapshot, .. } => Ok(snapshot),
+        Reply::Error { message } => bail!("the daemon refused: {message}"),
+        other => bail!("unexpected reply: {other:?}"),
+    }
+}
+
+pub async fn run(args: AlertsArgs) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(&args.socket).await?;
+    let mut out = std::io::stdout().lock();
+    if !args.follow {
+        let s = snapshot_of(client.ask(&Request::Snapshot).await?)?;
+        if args.json {
+            serde_json::to_writer(&mut out, &s.alerts)?;
+            writeln!(out)?;
+        } else {
+            write!(out, "{}", text(&s))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Following: what is active when we start is printed as fired; from
+    // then on, each change between consecutive snapshots.
+    let mut reply = client.ask(&Request::Subscribe).await?;
+    let mut active: BTreeSet<AlertKey> = BTreeSet::new();
+    let mut reported_recent: BTreeSet<(AlertKey, u64)> = BTreeSet::new();
+    let mut first = true;
+    loop {
+        let s = snapshot_of(reply)?;
+        for a in &s.alerts.active {
+            if active.insert(a.key.clone()) {
+                event(&mut out, "fired", a)?;
+            }
+        }
+        for a in &s.alerts.recent {
+            let id = (a.key.clone(), a.since_ns);
+            if first {
+                // Resolved before we came: history, not news.
+                reported_recent.insert(id);
+            } else if reported_recent.insert(id) {
+                active.remove(&a.key);
+                event(&mut out, "resolved", a)?;
+            }
+        }
+        // Bounded like the daemon's own list.
+        if reported_recent.len() > 4 * tcpwatch::core::detect::RECENT_KEPT {
+            reported_recent = s
+                .alerts
+                .recent
+                .iter()
+                .map(|a| (a.key.clone(), a.since_ns))
+                .collect();
+        }
+        first = false;
+        reply = client.next().await?;
+    }
+}
+
+fn event(out: &mut impl std::io::Write, what: &str, a: &Alert) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *out, &serde_json::json!({"event": what, "alert": a}))?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn subject(s: &Subject) -> String {
+    match s {
+        Subject::Listener { address, port } => format!("{}:{port}", fmt::address(address)),
+        Subject::Process { pid, comm } => format!("{} (pid {pid})", fmt::comm(Some(comm))),
+    }
+}
+
+/// The alerts as a person reads them: active first, with their
+/// description, then the recently resolved.
+fn text(s: &Snapshot) -> String {
+    let age = |since: u64, until: u64| fmt::age(until.saturating_sub(since) as f64 / 1e9);
+    let mut o = String::new();
+    if s.alerts.active.is_empty() {
+        o.push_str("no active alerts\n");
+    }
+    for a in &s.alerts.active {
+        o.push_str(&format!(
+            "{} {} {} netns {} for {}\n  {}\n  {}\n",
+            match a.severity {
+                Severity::Critical => "CRITICAL",
+                Severity::Warning => "WARNING",
+            },
+            a.key.name,
+            subject(&a.key.subject),
+            a.key.netns,
+            age(a.since_ns, s.view.now_ns),
+            fmt::comm(Some(&a.summary)),
+            fmt::comm(Some(&a.description)),
+        ));
+    }
+    if !s.alerts.recent.is_empty() {
+        o.push_str("recently resolved:\n");
+    }
+    for a in s.alerts.recent.iter().rev() {
+        o.push_str(&format!(
+            "  {} {} netns {}: lasted {}, resolved {} ago\n",
+            a.key.name,
+            subject(&a.key.subject),
+            a.key.netns,
+            age(a.since_ns, a.resolved_ns.unwrap_or(a.since_ns)),
+            age(a.resolved_ns.unwrap_or(s.view.now_ns), s.view.now_ns),
+        ));
+    }
+    o
+}
