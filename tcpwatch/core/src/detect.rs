@@ -207,19 +207,22 @@ fn findings(view: &View, cfg: &Detect) -> Vec<Finding> {
             if n < cfg.close_wait_min {
                 continue;
             }
-            let oldest = view
+            let Some(followed) = view
                 .close_wait_open
                 .by_owner
                 .iter()
                 .find(|o| o.netns == ns.netns && o.pid == pid)
-                .map(|o| o.oldest_s);
-            if oldest.is_none_or(|o| o < cfg.close_wait_age) {
+            else {
+                continue;
+            };
+            let (oldest, port) = (followed.oldest_s, followed.port);
+            if oldest < cfg.close_wait_age {
                 continue;
             }
-            let oldest = oldest.unwrap_or(0.0);
             let mut evidence = BTreeMap::new();
             evidence.insert("close_wait".into(), n as f64);
             evidence.insert("oldest_s".into(), oldest);
+            evidence.insert("port".into(), f64::from(port));
             out.push(Finding {
                 key: AlertKey {
                     name: "CloseWaitLeak".into(),
@@ -232,11 +235,11 @@ fn findings(view: &View, cfg: &Detect) -> Vec<Finding> {
                 severity: Severity::Warning,
                 hold_s: 0.0,
                 summary: format!(
-                    "CLOSE-WAIT leak in {comm} (pid {pid}, netns {}): {n} sockets, oldest {oldest:.0} s",
+                    "CLOSE-WAIT leak in {comm} (pid {pid}, netns {}): {n} sockets, oldest {oldest:.0} s on port {port}",
                     ns.netns
                 ),
                 description: format!(
-                    "{comm} (pid {pid}) holds {n} sockets in CLOSE-WAIT, the oldest for {oldest:.0} s: their peers closed, and the application never called close(). Each holds a file descriptor and memory until it does. Usual fix: close sockets in the application when a read returns 0 (end of stream), including on error paths."
+                    "{comm} (pid {pid}) holds {n} sockets in CLOSE-WAIT, the oldest for {oldest:.0} s (port {port}): their peers closed, and the application never called close(). Each holds a file descriptor and memory until it does. Usual fix: close sockets in the application when a read returns 0 (end of stream), including on error paths."
                 ),
                 evidence,
             });

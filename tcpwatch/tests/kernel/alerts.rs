@@ -83,10 +83,17 @@ fn flood(ns: &NsWorker, dst: SocketAddrV4, secs: f64) -> u32 {
 }
 
 fn daemon_for(ns: &NsWorker, dir: &tempdir::Dir) -> Daemon {
-    // A short warm-up: the test waits for it below rather than for 5 s.
+    daemon_with(ns, dir, "", &[])
+}
+
+/// A daemon on the namespace with `[detect]` settings added to a short
+/// warm-up (the test waits for it below rather than for 5 s).
+fn daemon_with(ns: &NsWorker, dir: &tempdir::Dir, detect: &str, args: &[&str]) -> Daemon {
     let cfg = dir.0.join("tcpwatch.toml");
-    std::fs::write(&cfg, "[detect]\nwarmup = 1.0\n").unwrap();
-    let d = Daemon::start(&["--netns", &ns.path, "--config", cfg.to_str().unwrap()]);
+    std::fs::write(&cfg, format!("[detect]\nwarmup = 1.0\n{detect}")).unwrap();
+    let mut all = vec!["--netns", &ns.path, "--config", cfg.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let d = Daemon::start(&all);
     // Past the warm-up: snapshots for more than a second.
     let started = Instant::now();
     until(
@@ -207,5 +214,130 @@ fn a_syn_flood_without_syncookies_is_critical() {
         );
         eprintln!("{test}: critical {fired:?} after the flood began");
         h.join().unwrap();
+    });
+}
+
+fn active_named(d: &Daemon, name: &str) -> Vec<serde_json::Value> {
+    alerts(d)["active"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["key"]["name"] == name)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_server_that_never_closes_what_its_peers_closed_is_a_close_wait_leak() {
+    let test = "a_server_that_never_closes_what_its_peers_closed_is_a_close_wait_leak";
+    if !root_available(test) {
+        return;
+    }
+    let ns = NsWorker::new();
+    let dir = tempdir::Dir::new("alerts-cw");
+    // Thresholds a test can reach: 10 sockets, 2 s old; owners every 2nd
+    // census, so the new sockets are attributed soon.
+    let d = daemon_with(
+        &ns,
+        &dir,
+        "close_wait_min = 10\nclose_wait_age = 2.0\n",
+        &["--owners-every", "2"],
+    );
+    let (port, held) = ns.run(|| {
+        use std::io::Read;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut held = Vec::new();
+        for _ in 0..12 {
+            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let mut s = l.accept().unwrap().0;
+            drop(c);
+            // The peer's FIN is in: this side is in CLOSE-WAIT, and stays.
+            assert_eq!(s.read(&mut [0u8; 1]).unwrap(), 0);
+            held.push(s);
+        }
+        (l.local_addr().unwrap().port(), (l, held))
+    });
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let took = until(
+        start,
+        Duration::from_secs(20),
+        "the CLOSE-WAIT leak alert",
+        || {
+            seen = active_named(&d, "CloseWaitLeak");
+            !seen.is_empty()
+        },
+    );
+    let a = &seen[0];
+    assert_eq!(
+        a["key"]["subject"]["process"]["pid"],
+        std::process::id(),
+        "{a}"
+    );
+    let summary = a["summary"].as_str().unwrap();
+    assert!(summary.contains("12 sockets"), "{summary}");
+    assert!(summary.contains(&format!("port {port}")), "{summary}");
+    eprintln!("{test}: fired {took:?} after the sockets entered CLOSE-WAIT (age threshold 2 s)");
+    drop(held);
+}
+
+#[test]
+fn a_listener_that_never_accepts_is_an_accept_queue_overflow_not_a_flood() {
+    let test = "a_listener_that_never_accepts_is_an_accept_queue_overflow_not_a_flood";
+    if !root_available(test) {
+        return;
+    }
+    let ns = NsWorker::new();
+    let dir = tempdir::Dir::new("alerts-accq");
+    let d = daemon_for(&ns, &dir);
+    // Backlog 8, never accepted; legitimate clients keep connecting for
+    // up to 8 s (each connect beyond the queue times out after 50 ms).
+    let addr = ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: listen(2) on a listening socket we own sets its backlog.
+        assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 8) }, 0);
+        let a = l.local_addr().unwrap();
+        std::mem::forget(l);
+        a
+    });
+    let start = Instant::now();
+    let worker = &ns;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let stop_clients = stop.clone();
+        s.spawn(move || {
+            // The clients run on the namespace's thread.
+            worker.run(move || {
+                let mut clients = Vec::new();
+                let t = Instant::now();
+                while !stop_clients.load(std::sync::atomic::Ordering::Relaxed)
+                    && t.elapsed() < Duration::from_secs(8)
+                {
+                    if let Ok(c) =
+                        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50))
+                    {
+                        clients.push(c);
+                    }
+                }
+                clients.len()
+            });
+        });
+        let mut seen = Vec::new();
+        let took = until(
+            start,
+            Duration::from_secs(8),
+            "the accept-queue alert",
+            || {
+                seen = active_named(&d, "AcceptQueueOverflow");
+                !seen.is_empty()
+            },
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(seen[0]["key"]["subject"]["listener"]["port"], addr.port());
+        assert!(
+            active_named(&d, "SynFlood").is_empty(),
+            "handshakes complete: not a flood"
+        );
+        eprintln!("{test}: fired {took:?} after the clients began");
     });
 }

@@ -273,6 +273,7 @@ fn a_close_wait_leak_names_the_process_once_old_enough() {
         }
     );
     assert!(f[0].summary.contains("20 sockets"), "{}", f[0].summary);
+    assert!(f[0].summary.contains("port 7070"), "{}", f[0].summary);
 }
 
 #[test]

@@ -804,21 +804,25 @@ impl Engine {
     /// Followed CLOSE-WAIT sockets per owning process, most first, as many
     /// as the process table holds.
     fn close_wait_by_owner(&self) -> Vec<CloseWaitOwner> {
-        let mut m: HashMap<(u32, u32), (u64, u64)> = HashMap::new();
+        // (sockets, oldest since, its port) per (netns, pid).
+        let mut m: HashMap<(u32, u32), (u64, u64, u16)> = HashMap::new();
         for o in self.close_wait.values() {
             if let Some(pid) = o.pid {
-                let e = m.entry((o.netns, pid)).or_insert((0, u64::MAX));
+                let e = m.entry((o.netns, pid)).or_insert((0, u64::MAX, 0));
                 e.0 += 1;
-                e.1 = e.1.min(o.since_ns);
+                if o.since_ns < e.1 {
+                    (e.1, e.2) = (o.since_ns, o.port);
+                }
             }
         }
         let mut v: Vec<CloseWaitOwner> = m
             .into_iter()
-            .map(|((netns, pid), (sockets, since))| CloseWaitOwner {
+            .map(|((netns, pid), (sockets, since, port))| CloseWaitOwner {
                 netns,
                 pid,
                 sockets,
                 oldest_s: self.now_ns.saturating_sub(since) as f64 / 1e9,
+                port,
             })
             .collect();
         v.sort_by(|a, b| {
@@ -926,6 +930,9 @@ pub struct CloseWaitOwner {
     pub sockets: u64,
     /// How long the oldest has waited for its owner to close it.
     pub oldest_s: f64,
+    /// The oldest one's port (its service's, as ports are counted).
+    #[serde(default)]
+    pub port: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -235,7 +235,8 @@ fn census_listeners_decide_the_direction() {
             netns: 4026531840,
             pid: 42,
             sockets: 1,
-            oldest_s: 98.0
+            oldest_s: 98.0,
+            port: 443,
         }],
         "the process that leaks it, and for how long"
     );
