@@ -341,3 +341,93 @@ fn a_listener_that_never_accepts_is_an_accept_queue_overflow_not_a_flood() {
         eprintln!("{test}: fired {took:?} after the clients began");
     });
 }
+
+/// Every alert either daemon raised, active or resolved.
+fn all_alerts(d: &Daemon) -> Vec<serde_json::Value> {
+    let v = alerts(d);
+    let mut all = v["active"].as_array().unwrap().clone();
+    all.extend(v["recent"].as_array().unwrap().iter().cloned());
+    all
+}
+
+#[test]
+fn legitimate_churn_a_burst_and_a_restart_raise_no_alert() {
+    let test = "legitimate_churn_a_burst_and_a_restart_raise_no_alert";
+    if !root_available(test) {
+        return;
+    }
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    let ns = NsWorker::new();
+    let dir = tempdir::Dir::new("alerts-quiet");
+    let d = daemon_for(&ns, &dir);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    // A server that accepts and closes, and two clients connecting as fast
+    // as they can, all in the namespace, until told to stop.
+    let addr = ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: listen(2) on a listening socket we own sets its backlog.
+        assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 4096) }, 0);
+        let a = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                drop(s);
+            }
+        });
+        a
+    });
+    let load = |n: usize| {
+        let (stop, done, path) = (stop.clone(), done.clone(), ns.path.clone());
+        (0..n)
+            .map(|_| {
+                let (stop, done, path) = (stop.clone(), done.clone(), path.clone());
+                std::thread::spawn(move || {
+                    tcpwatch::host::netns::run_in(std::path::Path::new(&path), || {
+                        while !stop.load(Ordering::Relaxed) {
+                            drop(std::net::TcpStream::connect(addr).unwrap());
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                    .unwrap()
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let churn = load(2);
+    // Full churn for 6 s, with a burst of 5,000 connects from a third
+    // thread in the middle.
+    let t = Instant::now();
+    until(t, Duration::from_secs(10), "3 s of churn", || {
+        t.elapsed() > Duration::from_secs(3)
+    });
+    let before = done.load(Ordering::Relaxed);
+    let burst = load(1);
+    until(
+        t,
+        Duration::from_secs(30),
+        "a burst of 5,000 connects",
+        || done.load(Ordering::Relaxed) >= before + 5_000 && t.elapsed() > Duration::from_secs(6),
+    );
+    assert!(all_alerts(&d).is_empty(), "{:?}", all_alerts(&d));
+    assert!(!d.scrape().contains("tcpwatch_alert_active{"));
+    // A restart during the churn: the new daemon's first counter samples
+    // are baselines, not a jump.
+    assert!(d.stop().success());
+    let d = daemon_for(&ns, &dir);
+    let r = Instant::now();
+    until(r, Duration::from_secs(10), "3 s of the new daemon", || {
+        r.elapsed() > Duration::from_secs(3)
+    });
+    assert!(all_alerts(&d).is_empty(), "{:?}", all_alerts(&d));
+    stop.store(true, Ordering::Relaxed);
+    for h in churn.into_iter().chain(burst) {
+        h.join().unwrap();
+    }
+    let n = done.load(Ordering::Relaxed);
+    eprintln!("{test}: {n} connections, no alert");
+    assert!(n > 10_000, "a real churn: {n}");
+    assert!(d.stop().success());
+}
