@@ -55,6 +55,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     // `top` is tested in a real terminal.
     ("tmux", "tmux"),
+    // The alert sink is tested against a real Alertmanager.
+    ("prometheus-alertmanager", "prometheus-alertmanager"),
 ];
 
 fn main() -> ExitCode {

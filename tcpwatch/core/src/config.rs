@@ -18,6 +18,65 @@ pub struct Config {
     pub control: Control,
     pub limits: Limits,
     pub detect: Detect,
+    pub alertmanager: Alertmanager,
+}
+
+/// Where alerts are sent; a restart applies changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Alertmanager {
+    /// `http://HOST:PORT`; empty: no sink.
+    #[serde(deserialize_with = "am_url")]
+    pub url: String,
+    /// Seconds between re-sends of the unchanged list.
+    #[serde(deserialize_with = "resend")]
+    pub resend: f64,
+    /// The `instance` label; empty: this host's name.
+    pub instance: String,
+}
+
+impl Default for Alertmanager {
+    fn default() -> Self {
+        Alertmanager {
+            url: String::new(),
+            resend: 60.0,
+            instance: String::new(),
+        }
+    }
+}
+
+/// An Alertmanager URL's address and path prefix (plain HTTP only).
+pub fn parse_am_url(url: &str) -> Result<(String, u16, String), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!(
+            "{url:?} is not an http:// URL (HTTPS is not supported; put a local proxy in front)"
+        )
+    })?;
+    let (hostport, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            p.parse::<u16>()
+                .map_err(|_| format!("{url:?}: bad port {p:?}"))?,
+        ),
+        _ => (hostport.to_string(), 80),
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok((host, port, format!("/{}", path.trim_end_matches('/'))))
+}
+
+fn am_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if !s.is_empty() {
+        parse_am_url(&s).map_err(D::Error::custom)?;
+    }
+    Ok(s)
+}
+
+fn resend<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    ranged(d, range::RESEND_S, "a number of seconds")
 }
 
 /// The detectors' thresholds (`crate::detect`); they change live.
@@ -188,6 +247,7 @@ pub mod range {
     pub const SECONDS: RangeInclusive<f64> = 0.0..=86_400.0;
     pub const FRACTION: RangeInclusive<f64> = 0.01..=1.0;
     pub const COUNT: RangeInclusive<u64> = 1..=1_000_000;
+    pub const RESEND_S: RangeInclusive<f64> = 1.0..=3600.0;
 }
 
 /// A value in `range`, or an error saying it is not `what` in it.
@@ -290,6 +350,9 @@ impl Config {
         if self.control != running.control {
             out.push("control");
         }
+        if self.alertmanager != running.alertmanager {
+            out.push("alertmanager");
+        }
         out
     }
 }
@@ -298,8 +361,8 @@ impl Config {
 pub const DEFAULT_TEXT: &str = r#"# tcpwatch daemon configuration (/etc/tcpwatch/tcpwatch.toml).
 # Every key is optional; these are the defaults. Command-line flags
 # override the file. SIGHUP reloads it: [daemon] (but netns) and [limits]
-# change live, as does [detect]; [probe], [metrics], [control] and
-# daemon.netns need a restart. A file
+# change live, as does [detect]; [probe], [metrics], [control],
+# [alertmanager] and daemon.netns need a restart. A file
 # that does not parse is refused with its line, and on SIGHUP the running
 # configuration is kept.
 
@@ -359,11 +422,43 @@ accept_overflow_hold = 2.0
 # CLOSE-WAIT (1-1000000), the oldest for close_wait_age seconds.
 close_wait_min = 16
 close_wait_age = 60.0
+
+[alertmanager]
+# Send alerts to this Alertmanager (plain http://HOST:PORT; empty: none).
+# The whole list is posted to /api/v2/alerts on every change and every
+# `resend` seconds (1-3600); firing alerts end 4 resends ahead, resolved
+# ones are sent for 5 minutes. A dead or slow Alertmanager is retried with
+# backoff and never holds up the daemon.
+url = ""
+resend = 60.0
+# The instance label; empty: this host's name.
+instance = ""
 "#;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alertmanager_urls_are_plain_http_with_a_host() {
+        assert_eq!(
+            parse_am_url("http://127.0.0.1:9093"),
+            Ok(("127.0.0.1".into(), 9093, "/".into()))
+        );
+        assert_eq!(
+            parse_am_url("http://am.example:80/prefix/"),
+            Ok(("am.example".into(), 80, "/prefix".into()))
+        );
+        assert_eq!(
+            parse_am_url("http://[::1]:9093"),
+            Ok(("::1".into(), 9093, "/".into()))
+        );
+        assert!(parse_am_url("https://am:9093").is_err());
+        assert!(parse_am_url("http://:9093").is_err());
+        assert!(parse_am_url("http://am:notaport").is_err());
+        let e = Config::parse("[alertmanager]\nurl = \"ftp://x\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+    }
 
     #[test]
     fn the_commented_defaults_are_the_defaults() {

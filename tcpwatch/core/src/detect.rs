@@ -338,5 +338,7 @@ impl Detector {
     }
 }
 
+pub mod alertmanager;
+
 #[cfg(test)]
 mod tests;

@@ -34,6 +34,17 @@ pub struct Info {
     /// The namespace the daemon is limited to (`--netns`); None: all.
     #[serde(default)]
     pub scope: Option<u32>,
+    /// The Alertmanager sink's counters, where it runs.
+    #[serde(default)]
+    pub alertmanager: Option<SinkCounters>,
+}
+
+/// What the Alertmanager sink did since the daemon started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SinkCounters {
+    pub posts_ok: u64,
+    pub posts_failed: u64,
+    pub alerts_sent: u64,
 }
 
 /// A process's CPU time so far and its resident memory.
@@ -233,6 +244,23 @@ impl Collector for ViewCollector {
             alerts.add(labels, 1u64);
         }
         alerts.encode(&mut enc)?;
+        if let Some(am) = &about.alertmanager {
+            let mut posts = Family::new(
+                "tcpwatch_alertmanager_posts",
+                "Posts of the alert list to Alertmanager, by result",
+                c,
+            );
+            posts.add(vec![("result", "ok".into())], am.posts_ok);
+            posts.add(vec![("result", "failed".into())], am.posts_failed);
+            posts.encode(&mut enc)?;
+            let mut sent = Family::new(
+                "tcpwatch_alertmanager_alerts_sent",
+                "Alerts in the lists Alertmanager accepted",
+                c,
+            );
+            sent.add(vec![], am.alerts_sent);
+            sent.encode(&mut enc)?;
+        }
         let mut dropped = Family::new(
             "tcpwatch_alert_conditions_dropped",
             "Alert conditions not followed because the most active alerts were",

@@ -234,6 +234,30 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
                 serve::metrics::spawn(listener, started.snapshots.clone())
                     .context("starting the metrics thread")?;
             }
+            if !cfg.alertmanager.url.is_empty() {
+                let (host, port, prefix) = tcpwatch::core::config::parse_am_url(&cfg.alertmanager.url)
+                    .map_err(anyhow::Error::msg)?;
+                let instance = if cfg.alertmanager.instance.is_empty() {
+                    tcpwatch::host::hostname()
+                } else {
+                    cfg.alertmanager.instance.clone()
+                };
+                eprintln!(
+                    "tcpwatch: alerts to Alertmanager at {} as instance {instance}",
+                    cfg.alertmanager.url
+                );
+                serve::alertmanager::spawn(
+                    serve::alertmanager::Target { host, port, prefix },
+                    tcpwatch::core::detect::alertmanager::Policy {
+                        instance,
+                        resend_s: cfg.alertmanager.resend,
+                        keep_resolved_s: tcpwatch::core::detect::alertmanager::KEEP_RESOLVED_S,
+                    },
+                    started.snapshots.clone(),
+                    started.sink.clone(),
+                )
+                .context("starting the Alertmanager sink")?;
+            }
             if let Some(c) = &control {
                 eprintln!("tcpwatch: control socket at {}", c.path.display());
                 serve::control::spawn(

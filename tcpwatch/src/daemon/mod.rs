@@ -101,6 +101,8 @@ pub struct Started {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     /// The control socket's counters, published with each snapshot.
     pub control: Arc<ControlStats>,
+    /// The Alertmanager sink's, when one runs (see `Options::sink`).
+    pub sink: Arc<crate::serve::alertmanager::SinkStats>,
 }
 
 /// What the control socket did, for the metrics (written here, read by the
@@ -180,6 +182,7 @@ pub async fn run(
         control: None,
         usage: usage::myself(),
         scope: opts.probe.netns,
+        alertmanager: None,
     };
     let mut engine = Engine::new(EngineConfig::from_limits(&running.limits));
     let mut detector = Detector::default();
@@ -191,10 +194,12 @@ pub async fn run(
         engine.view(),
     )));
     let control = Arc::new(ControlStats::default());
+    let sink = Arc::new(crate::serve::alertmanager::SinkStats::default());
     started(Started {
         hook: hook.to_string(),
         snapshots: snap_rx,
         control: control.clone(),
+        sink: sink.clone(),
     })?;
 
     let (settings, settings_rx) = watch::channel(SamplerSettings::of(&running));
@@ -247,6 +252,9 @@ pub async fn run(
                 seq += 1;
                 info.control = Some(control.read());
                 info.usage = usage::myself();
+                if !running.alertmanager.url.is_empty() {
+                    info.alertmanager = Some(sink.read());
+                }
                 publish(&snap_tx, seq, clock, &info, &engine, &mut detector, &running.detect);
             }
         }

@@ -7,3 +7,12 @@ pub mod counters;
 pub mod netns;
 pub mod owners;
 pub mod usage;
+
+/// This host's name (the kernel's, as `hostname` prints it), for labels.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

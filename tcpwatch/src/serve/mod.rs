@@ -1,5 +1,7 @@
-//! What the daemon serves to others: the metrics endpoint and the control
-//! socket, each on a thread of its own, reading published snapshots.
+//! What the daemon serves to others: the metrics endpoint, the control
+//! socket and the Alertmanager sink, each on a thread of its own, reading
+//! published snapshots.
+pub mod alertmanager;
 pub mod control;
 pub mod metrics;
 

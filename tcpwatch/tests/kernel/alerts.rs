@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    common::root_available,
+    common::{root_available, tool_available},
     daemon::{Daemon, NsWorker},
     synflood::{self, SpoofNet},
 };
@@ -84,6 +84,11 @@ fn flood(ns: &NsWorker, dst: SocketAddrV4, secs: f64) -> u32 {
 
 fn daemon_for(ns: &NsWorker, dir: &tempdir::Dir) -> Daemon {
     daemon_with(ns, dir, "", &[])
+}
+
+/// A daemon with `[detect]` settings and more sections after them.
+fn daemon_config(ns: &NsWorker, dir: &tempdir::Dir, detect: &str, more: &str) -> Daemon {
+    daemon_with(ns, dir, &format!("{detect}\n{more}"), &[])
 }
 
 /// A daemon on the namespace with `[detect]` settings added to a short
@@ -430,4 +435,215 @@ fn legitimate_churn_a_burst_and_a_restart_raise_no_alert() {
     eprintln!("{test}: {n} connections, no alert");
     assert!(n > 10_000, "a real churn: {n}");
     assert!(d.stop().success());
+}
+
+/// Debian's Alertmanager on a loopback port of its own, clustering off,
+/// state in a directory of the test's; stopped on drop.
+struct Alertmanager {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempdir::Dir,
+}
+
+impl Alertmanager {
+    fn start(tag: &str) -> Alertmanager {
+        let dir = tempdir::Dir::new(tag);
+        let cfg = dir.0.join("alertmanager.yml");
+        std::fs::write(
+            &cfg,
+            "route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n",
+        )
+        .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.path={}", dir.0.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus-alertmanager");
+        let am = Alertmanager {
+            child,
+            port,
+            _dir: dir,
+        };
+        let t = Instant::now();
+        until(t, Duration::from_secs(20), "Alertmanager ready", || {
+            Command::new("curl")
+                .args(["-sf", &format!("http://127.0.0.1:{port}/-/ready")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        am
+    }
+
+    /// What its API lists (active alerts: resolved ones drop out).
+    fn alerts(&self) -> Vec<serde_json::Value> {
+        let out = Command::new("curl")
+            .args([
+                "-sf",
+                &format!("http://127.0.0.1:{}/api/v2/alerts", self.port),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "GET /api/v2/alerts");
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn alertmanager_receives_the_flood_alert_and_then_its_resolution() {
+    let test = "alertmanager_receives_the_flood_alert_and_then_its_resolution";
+    if !root_available(test)
+        || !tool_available(test, "prometheus-alertmanager", "prometheus-alertmanager")
+        || !tool_available(test, "curl", "curl")
+    {
+        return;
+    }
+    let am = Alertmanager::start("am");
+    let ns = NsWorker::new();
+    let (_listener, dst) = setup(&ns, true);
+    let dir = tempdir::Dir::new("alerts-am");
+    // A resend of 60 s: a firing alert's endsAt is 4 minutes ahead, so one
+    // that leaves Alertmanager's list within seconds was resolved by us.
+    let d = daemon_config(
+        &ns,
+        &dir,
+        "",
+        &format!(
+            "[alertmanager]\nurl = \"http://127.0.0.1:{}\"\nresend = 60.0\ninstance = \"tcpwatch-test\"\n",
+            am.port
+        ),
+    );
+    let port = dst.port().to_string();
+    let ours = |a: &serde_json::Value| {
+        a["labels"]["alertname"] == "SynFlood"
+            && a["labels"]["port"] == port.as_str()
+            && a["labels"]["instance"] == "tcpwatch-test"
+    };
+    let start = Instant::now();
+    let worker = &ns;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| tx.send(flood(worker, dst, 5.0)).unwrap());
+        let mut got = None;
+        let took = until(
+            start,
+            Duration::from_secs(5),
+            "the alert in Alertmanager",
+            || {
+                got = am.alerts().into_iter().find(|a| ours(a));
+                got.is_some()
+            },
+        );
+        let a = got.unwrap();
+        assert_eq!(a["labels"]["severity"], "warning", "{a}");
+        assert_eq!(a["labels"]["netns"], ns.inode.to_string(), "{a}");
+        assert_eq!(a["status"]["state"], "active", "{a}");
+        assert!(
+            a["annotations"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("tcp_syncookies"),
+            "{a}"
+        );
+        eprintln!("{test}: in Alertmanager {took:?} after the flood began:\n{a}");
+    });
+    rx.recv().unwrap();
+    let ended = Instant::now();
+    let took = until(
+        ended,
+        Duration::from_secs(20),
+        "the resolution in Alertmanager",
+        || !am.alerts().iter().any(ours),
+    );
+    eprintln!("{test}: resolved in Alertmanager {took:?} after the flood ended");
+    let m = d.scrape();
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("tcpwatch_alertmanager_posts_total{result=\"ok\"}")
+                && !l.ends_with(" 0")
+        ),
+        "{m}"
+    );
+    assert!(d.stop().success());
+}
+
+#[test]
+fn an_alertmanager_that_never_answers_slows_nothing() {
+    let test = "an_alertmanager_that_never_answers_slows_nothing";
+    if !root_available(test) {
+        return;
+    }
+    // Accepts connections and never answers: every post times out.
+    let blackhole = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = blackhole.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in blackhole.incoming().take(8) {
+            conns.push(c);
+        }
+        conns.len()
+    });
+    let ns = NsWorker::new();
+    let (_listener, dst) = setup(&ns, true);
+    let dir = tempdir::Dir::new("alerts-blackhole");
+    let d = daemon_config(
+        &ns,
+        &dir,
+        "",
+        &format!("[alertmanager]\nurl = \"http://127.0.0.1:{port}\"\nresend = 1.0\n"),
+    );
+    let seq = |d: &Daemon| -> u64 {
+        let out = Command::new(BIN)
+            .args(["snapshot", "--socket"])
+            .arg(&d.control)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["body"]["snapshot"]["seq"].as_u64().unwrap()
+    };
+    let start = Instant::now();
+    let worker = &ns;
+    std::thread::scope(|s| {
+        s.spawn(|| flood(worker, dst, 4.0));
+        // The alert fires on time locally while its posts hang.
+        until(start, Duration::from_secs(3), "the local alert", || {
+            the_alert(&alerts(&d), dst.port()).is_some()
+        });
+        // Ticks keep coming at the interval (0.2 s): 2 s is ~10 snapshots.
+        let (s0, t0) = (seq(&d), Instant::now());
+        until(t0, Duration::from_secs(10), "2 s of ticks", || {
+            t0.elapsed() > Duration::from_secs(2)
+        });
+        let per_s = (seq(&d) - s0) as f64 / t0.elapsed().as_secs_f64();
+        assert!(
+            per_s > 3.5,
+            "the daemon ticked {per_s:.1}/s with a dead sink"
+        );
+        eprintln!("{test}: {per_s:.1} snapshots/s while every post hung");
+    });
+    // Each post gives up after 5 s; the failure is counted.
+    let t = Instant::now();
+    until(t, Duration::from_secs(15), "a failed post counted", || {
+        d.scrape().lines().any(|l| {
+            l.starts_with("tcpwatch_alertmanager_posts_total{result=\"failed\"}")
+                && !l.ends_with(" 0")
+        })
+    });
+    assert!(d.stop().success());
+    drop(held);
 }

@@ -86,7 +86,7 @@ fn time_of_day(unix_ns: i128) -> String {
 
 /// RFC 3339 UTC with microseconds, from days-since-epoch arithmetic (no tz
 /// database needed for UTC).
-fn rfc3339(unix_ns: i128) -> String {
+pub fn rfc3339(unix_ns: i128) -> String {
     let secs = unix_ns.div_euclid(1_000_000_000) as i64;
     let micros = unix_ns.rem_euclid(1_000_000_000) / 1000;
     let days = secs.div_euclid(86_400);
