@@ -365,6 +365,7 @@ fn legitimate_churn_a_burst_and_a_restart_raise_no_alert() {
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     };
+    let _alone = crate::common::full_churn_elsewhere();
     let ns = NsWorker::new();
     let dir = tempdir::Dir::new("alerts-quiet");
     let d = daemon_for(&ns, &dir);

@@ -78,6 +78,7 @@ struct Run {
 
 fn run(ring_bytes: u32, simulate_skip_every: u32, simulate_not_run_every: u16) -> Run {
     let _witness = crate::common::witness_may_count();
+    let _budget = crate::common::churn_budget_holds();
     let (ino, go, worker) = netns_thread(|| churn(CONNECTIONS));
     let opts = LoadOptions {
         netns: Some(ino),

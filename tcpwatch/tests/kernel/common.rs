@@ -33,6 +33,24 @@ pub fn classic_tracepoint_in_use() -> std::sync::RwLockWriteGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The churn tests' catcher budget (a few unrecovered skips) assumes the
+/// host's connection rate is theirs: they hold this shared, and a test
+/// that drives other full-rate churn holds it exclusively, so the two never
+/// overlap.
+static FULL_CHURN: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub fn churn_budget_holds() -> std::sync::RwLockReadGuard<'static, ()> {
+    FULL_CHURN
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub fn full_churn_elsewhere() -> std::sync::RwLockWriteGuard<'static, ()> {
+    FULL_CHURN
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Whether this test may load BPF programs and make namespaces. In CI (CI set) a missing
 /// privilege is a failure; elsewhere the test is skipped, loudly.
 pub fn root_available(test: &str) -> bool {
