@@ -32,7 +32,26 @@ pub struct Alertmanager {
     #[serde(deserialize_with = "resend")]
     pub resend: f64,
     /// The `instance` label; empty: this host's name.
+    #[serde(deserialize_with = "instance")]
     pub instance: String,
+}
+
+/// Whether a name can be the instance label and sit in a URL as is.
+pub fn valid_instance(s: &str) -> bool {
+    s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
+}
+
+fn instance<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if valid_instance(&s) {
+        Ok(s)
+    } else {
+        Err(D::Error::custom(format!(
+            "{s:?} is not an instance name (letters, digits, - . _ :)"
+        )))
+    }
 }
 
 impl Default for Alertmanager {
@@ -53,13 +72,31 @@ pub fn parse_am_url(url: &str) -> Result<(String, u16, String), String> {
         )
     })?;
     let (hostport, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-            h.trim_start_matches('[').trim_end_matches(']').to_string(),
-            p.parse::<u16>()
-                .map_err(|_| format!("{url:?}: bad port {p:?}"))?,
-        ),
-        _ => (hostport.to_string(), 80),
+    let port_of = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| format!("{url:?}: bad port {p:?}"))
+    };
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        // [v6] or [v6]:port
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{url:?}: unclosed ["))?;
+        let port = match after {
+            "" => 80,
+            p => port_of(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("{url:?}: junk after ]"))?,
+            )?,
+        };
+        (h.to_string(), port)
+    } else {
+        match hostport.split_once(':') {
+            Some((_, p)) if p.contains(':') => {
+                return Err(format!("{url:?}: an IPv6 address goes in brackets"));
+            }
+            Some((h, p)) => (h.to_string(), port_of(p)?),
+            None => (hostport.to_string(), 80),
+        }
     };
     if host.is_empty() {
         return Err(format!("{url:?} has no host"));
@@ -453,11 +490,18 @@ mod tests {
             parse_am_url("http://[::1]:9093"),
             Ok(("::1".into(), 9093, "/".into()))
         );
+        assert_eq!(
+            parse_am_url("http://[::1]/prefix"),
+            Ok(("::1".into(), 80, "/prefix".into()))
+        );
+        assert!(parse_am_url("http://fe80::1").is_err(), "unbracketed v6");
         assert!(parse_am_url("https://am:9093").is_err());
         assert!(parse_am_url("http://:9093").is_err());
         assert!(parse_am_url("http://am:notaport").is_err());
         let e = Config::parse("[alertmanager]\nurl = \"ftp://x\"\n").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
+        let e = Config::parse("[alertmanager]\ninstance = \"web 1\"\n").unwrap_err();
+        assert!(e.to_string().contains("not an instance name"), "{e}");
     }
 
     #[test]

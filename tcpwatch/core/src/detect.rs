@@ -90,8 +90,11 @@ struct Track {
     alert: Option<Alert>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Detector {
+    /// Census data older than this is not evaluated (the daemon sets a
+    /// few intervals).
+    pub stale_after_ns: u64,
     started_ns: Option<u64>,
     tracks: BTreeMap<AlertKey, Track>,
     recent: VecDeque<Alert>,
@@ -113,13 +116,21 @@ fn rate(ns: &NamespaceView, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn findings(view: &View, cfg: &Detect) -> Vec<Finding> {
+fn findings(view: &View, cfg: &Detect, stale_ns: u64) -> Vec<Finding> {
     let mut out = Vec::new();
     for ns in &view.namespaces {
         if ns.netns == NETNS_OTHER {
             continue;
         }
         let Some(census) = &ns.census else { continue };
+        // A namespace no longer sampled (ranked out, or its census failing)
+        // keeps its last numbers: they must not keep an alert alive.
+        if ns
+            .listeners_ts_ns
+            .is_none_or(|t| view.now_ns.saturating_sub(t) > stale_ns)
+        {
+            continue;
+        }
         let cookies = rate(ns, "TcpExt.SyncookiesSent");
         let q_cookies = rate(ns, "TcpExt.TCPReqQFullDoCookies");
         let q_drops = rate(ns, "TcpExt.TCPReqQFullDrop");
@@ -248,6 +259,18 @@ fn findings(view: &View, cfg: &Detect) -> Vec<Finding> {
     out
 }
 
+impl Default for Detector {
+    fn default() -> Self {
+        Detector {
+            stale_after_ns: 30_000_000_000,
+            started_ns: None,
+            tracks: BTreeMap::new(),
+            recent: VecDeque::new(),
+            dropped: 0,
+        }
+    }
+}
+
 impl Detector {
     /// Evaluates one view; returns what fired and what resolved.
     pub fn evaluate(&mut self, view: &View, cfg: &Detect) -> Vec<Change> {
@@ -256,7 +279,7 @@ impl Detector {
         let warm = now.saturating_sub(started) as f64 / NS_PER_S >= cfg.warmup;
         let mut changes = Vec::new();
         let mut seen = Vec::new();
-        for f in findings(view, cfg) {
+        for f in findings(view, cfg, self.stale_after_ns) {
             seen.push(f.key.clone());
             if !self.tracks.contains_key(&f.key) && self.tracks.len() >= ACTIVE_MAX {
                 self.dropped += 1;
@@ -270,9 +293,29 @@ impl Detector {
             t.last_true = now;
             let held = now.saturating_sub(t.holding_since) as f64 / NS_PER_S;
             match &mut t.alert {
+                // A new severity is a new alert (severity is one of its
+                // labels): the old one resolves, the new one fires now.
+                Some(a) if a.severity != f.severity => {
+                    let mut old = a.clone();
+                    old.resolved_ns = Some(now);
+                    changes.push(Change::Resolved(old.clone()));
+                    if self.recent.len() >= RECENT_KEPT {
+                        self.recent.pop_front();
+                    }
+                    self.recent.push_back(old);
+                    *a = Alert {
+                        key: f.key,
+                        severity: f.severity,
+                        summary: f.summary,
+                        description: f.description,
+                        evidence: f.evidence,
+                        since_ns: now,
+                        resolved_ns: None,
+                    };
+                    changes.push(Change::Fired(a.clone()));
+                }
                 Some(a) => {
-                    // Escalates (or eases) in place; the evidence is fresh.
-                    a.severity = f.severity;
+                    // The evidence is fresh each evaluation.
                     a.summary = f.summary;
                     a.description = f.description;
                     a.evidence = f.evidence;

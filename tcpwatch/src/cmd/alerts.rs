@@ -1,7 +1,7 @@
 //! `tcpwatch alerts`: the running daemon's active and recently resolved
 //! alerts, from its control socket; `--follow` prints each one as it fires
 //! and resolves, as JSON lines.
-use std::{collections::BTreeSet, io::Write as _, path::PathBuf, process::ExitCode};
+use std::{collections::BTreeMap, io::Write as _, path::PathBuf, process::ExitCode};
 
 use anyhow::bail;
 use clap::Args;
@@ -51,38 +51,38 @@ pub async fn run(args: AlertsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     // Following: what is active when we start is printed as fired; from
-    // then on, each change between consecutive snapshots.
+    // then on, what appears in the active list fired and what leaves it
+    // resolved (at the daemon's time when its recent list still has it),
+    // so no resolution is missed however many happen at once.
     let mut reply = client.ask(&Request::Subscribe).await?;
-    let mut active: BTreeSet<AlertKey> = BTreeSet::new();
-    let mut reported_recent: BTreeSet<(AlertKey, u64)> = BTreeSet::new();
-    let mut first = true;
+    let mut active: BTreeMap<(AlertKey, u64), Alert> = BTreeMap::new();
     loop {
         let s = snapshot_of(reply)?;
-        for a in &s.alerts.active {
-            if active.insert(a.key.clone()) {
+        let now: BTreeMap<(AlertKey, u64), Alert> = s
+            .alerts
+            .active
+            .iter()
+            .map(|a| ((a.key.clone(), a.since_ns), a.clone()))
+            .collect();
+        let before = std::mem::take(&mut active);
+        for (k, a) in &now {
+            if !before.contains_key(k) {
                 event(&mut out, "fired", a)?;
             }
         }
-        for a in &s.alerts.recent {
-            let id = (a.key.clone(), a.since_ns);
-            if first {
-                // Resolved before we came: history, not news.
-                reported_recent.insert(id);
-            } else if reported_recent.insert(id) {
-                active.remove(&a.key);
-                event(&mut out, "resolved", a)?;
+        for (k, mut a) in before {
+            if !now.contains_key(&k) {
+                a.resolved_ns = s
+                    .alerts
+                    .recent
+                    .iter()
+                    .find(|r| r.key == a.key && r.since_ns == a.since_ns)
+                    .and_then(|r| r.resolved_ns)
+                    .or(Some(s.view.now_ns));
+                event(&mut out, "resolved", &a)?;
             }
         }
-        // Bounded like the daemon's own list.
-        if reported_recent.len() > 4 * tcpwatch::core::detect::RECENT_KEPT {
-            reported_recent = s
-                .alerts
-                .recent
-                .iter()
-                .map(|a| (a.key.clone(), a.since_ns))
-                .collect();
-        }
-        first = false;
+        active = now;
         reply = client.next().await?;
     }
 }

@@ -186,6 +186,7 @@ pub async fn run(
     };
     let mut engine = Engine::new(EngineConfig::from_limits(&running.limits));
     let mut detector = Detector::default();
+    detector.stale_after_ns = stale_after(&running);
     let mut seq = 0;
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::new(
         seq,
@@ -221,6 +222,7 @@ pub async fn run(
                     info.max_listeners = new.limits.max_ports;
                     if new.daemon.interval != running.daemon.interval {
                         tick = ticker(&new);
+                        detector.stale_after_ns = stale_after(&new);
                     }
                     settings.send_replace(SamplerSettings::of(&new));
                     running = new;
@@ -291,6 +293,12 @@ pub async fn run(
         engine_transitions: engine.view().stats.transitions,
         recorded,
     })
+}
+
+/// Listener data older than this is stale to the detectors: a few
+/// intervals (listeners are refreshed every interval).
+fn stale_after(c: &Config) -> u64 {
+    Duration::from_secs_f64((3.0 * c.daemon.interval).max(5.0)).as_nanos() as u64
 }
 
 fn ticker(c: &Config) -> tokio::time::Interval {

@@ -13,6 +13,6 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
-        .filter(|h| !h.is_empty())
+        .filter(|h| !h.is_empty() && tcpwatch_core::config::valid_instance(h))
         .unwrap_or_else(|| "localhost".into())
 }

@@ -14,11 +14,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tcpwatch_core::{
-    detect::alertmanager::{Policy, payload, state},
+    detect::alertmanager::{Outbox, Policy},
     metrics::SinkCounters,
     snapshot::Snapshot,
 };
 use tokio::sync::watch;
+
+use crate::host::clock::wall_clock;
 
 /// How long one post may take, connecting included.
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,7 +63,9 @@ pub fn spawn(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     super::spawn_serving("alertmanager", move || async move {
         let resend = Duration::from_secs_f64(policy.resend_s);
-        let mut sent_state = None;
+        let mut outbox = Outbox::default();
+        // A change not yet posted (a failed post keeps it).
+        let mut dirty = false;
         let mut last_ok: Option<Instant> = None;
         let mut backoff = Duration::from_secs(1);
         let mut retry_at: Option<Instant> = None;
@@ -70,16 +74,17 @@ pub fn spawn(
         // when the daemon does.
         while snapshots.changed().await.is_ok() {
             let snap = snapshots.borrow_and_update().clone();
+            dirty |= outbox.update(&snap.alerts, snap.view.now_ns);
             if retry_at.is_some_and(|t| Instant::now() < t) {
                 continue;
             }
-            let now_state = state(&snap.alerts);
-            let list = payload(&snap.alerts, &snap.clock, snap.view.now_ns, &policy);
-            let changed = sent_state.as_ref() != Some(&now_state);
-            let resend_due = !list.is_empty() && last_ok.is_none_or(|t| t.elapsed() >= resend);
-            if !(changed && (!list.is_empty() || sent_state.is_some())) && !resend_due {
+            let resend_due = !outbox.is_empty() && last_ok.is_none_or(|t| t.elapsed() >= resend);
+            if !dirty && !resend_due {
                 continue;
             }
+            // The wall clock now, not at start: a clock stepped since
+            // (NTP at boot) must not put endsAt in the past.
+            let list = outbox.payload(&wall_clock(), snap.view.now_ns, &policy);
             let n = list.len() as u64;
             let body = match serde_json::to_vec(&list) {
                 Ok(b) => b,
@@ -92,8 +97,8 @@ pub fn spawn(
                     if failing {
                         tracing::info!("alertmanager: posting again");
                     }
-                    (sent_state, last_ok, retry_at, failing) =
-                        (Some(now_state), Some(Instant::now()), None, false);
+                    (dirty, last_ok, retry_at, failing) =
+                        (false, Some(Instant::now()), None, false);
                     backoff = Duration::from_secs(1);
                 }
                 r => {

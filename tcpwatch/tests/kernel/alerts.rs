@@ -151,6 +151,13 @@ fn a_syn_flood_absorbed_by_syncookies_warns_within_3_s_and_resolves_within_15() 
     let dir = tempdir::Dir::new("alerts-warn");
     let d = daemon_for(&ns, &dir);
     assert!(alerts(&d)["active"].as_array().unwrap().is_empty(), "calm");
+    // `tcpwatch alerts --follow` beside it all: a fired and a resolved line.
+    let mut follow = Command::new(BIN)
+        .args(["alerts", "--follow", "--socket"])
+        .arg(&d.control)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
 
     // The flood runs on the namespace's thread; the test polls meanwhile.
     let start = Instant::now();
@@ -191,6 +198,19 @@ fn a_syn_flood_absorbed_by_syncookies_warns_within_3_s_and_resolves_within_15() 
     });
     eprintln!("{test}: {sent} SYNs; resolved {resolved:?} after the flood ended");
     assert!(d.stop().success());
+    // The daemon is gone: --follow ends, having printed what it saw.
+    let out = follow.wait_with_output().unwrap();
+    let events: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ours: Vec<&str> = events
+        .iter()
+        .filter(|e| e["alert"]["key"]["subject"]["listener"]["port"] == dst.port())
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(ours, ["fired", "resolved"], "{events:?}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! by themselves); resolved ones their resolution time, re-sent for a
 //! while so a resolution lost in transit still arrives. Pure: the sender
 //! (`serve::alertmanager`) does the HTTP.
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -74,54 +74,90 @@ fn evidence(a: &Alert) -> String {
         .join(" ")
 }
 
-/// The list to send at `now_ns` (CLOCK_MONOTONIC, as the alerts' times).
-pub fn payload(alerts: &Alerts, clock: &Clock, now_ns: u64, p: &Policy) -> Vec<AmAlert> {
-    let ahead = (4.0 * p.resend_s * NS_PER_S) as u64;
-    let keep = (p.keep_resolved_s * NS_PER_S) as u64;
-    let item = |a: &Alert, ends_ns: u64| {
-        let mut ann = std::collections::BTreeMap::new();
-        ann.insert("summary".into(), a.summary.clone());
-        ann.insert(
-            "description".into(),
-            format!("{} Evidence: {}.", a.description, evidence(a)),
-        );
-        AmAlert {
-            labels: labels(a, &p.instance),
-            annotations: ann,
-            starts_at: rfc3339(clock.unix_ns(a.since_ns)),
-            ends_at: rfc3339(clock.unix_ns(ends_ns)),
-            generator_url: format!("tcpwatch://{}/alerts", p.instance),
-        }
-    };
-    let mut out: Vec<AmAlert> = alerts
-        .active
-        .iter()
-        .map(|a| item(a, now_ns + ahead))
-        .collect();
-    for a in &alerts.recent {
-        if let Some(r) = a.resolved_ns
-            && now_ns.saturating_sub(r) <= keep
-        {
-            out.push(item(a, r));
-        }
+fn item(a: &Alert, ends_ns: u64, clock: &Clock, p: &Policy) -> AmAlert {
+    let mut ann = std::collections::BTreeMap::new();
+    ann.insert("summary".into(), a.summary.clone());
+    ann.insert(
+        "description".into(),
+        format!("{} Evidence: {}.", a.description, evidence(a)),
+    );
+    AmAlert {
+        labels: labels(a, &p.instance),
+        annotations: ann,
+        starts_at: rfc3339(clock.unix_ns(a.since_ns)),
+        ends_at: rfc3339(clock.unix_ns(ends_ns)),
+        generator_url: format!("tcpwatch://{}/alerts", p.instance),
     }
-    out
 }
 
-/// What the list says, for telling a change from a re-send: each alert
-/// and whether it is resolved.
-pub fn state(alerts: &Alerts) -> BTreeSet<(AlertKey, u64, bool)> {
-    alerts
-        .active
-        .iter()
-        .map(|a| (a.key.clone(), a.since_ns, false))
-        .chain(
-            alerts
-                .recent
+/// What the sink has to tell Alertmanager: the firing alerts, and those
+/// that stopped firing since (however many resolved at once, and whatever
+/// the detector's recent list still holds), kept `KEEP_RESOLVED_S`.
+#[derive(Clone, Debug, Default)]
+pub struct Outbox {
+    firing: BTreeMap<(AlertKey, u64), Alert>,
+    resolved: BTreeMap<(AlertKey, u64), Alert>,
+}
+
+impl Outbox {
+    /// Takes a snapshot's alerts at `now_ns`; whether the list changed.
+    pub fn update(&mut self, alerts: &Alerts, now_ns: u64) -> bool {
+        let now_firing: BTreeMap<(AlertKey, u64), Alert> = alerts
+            .active
+            .iter()
+            .map(|a| ((a.key.clone(), a.since_ns), a.clone()))
+            .collect();
+        let mut changed = now_firing.len() != self.firing.len()
+            || now_firing
                 .iter()
-                .map(|a| (a.key.clone(), a.since_ns, true)),
-        )
-        .collect()
+                .any(|(k, a)| self.firing.get(k).is_none_or(|b| b.severity != a.severity));
+        // What fired before and does not now: resolved, at the detector's
+        // time when it still lists it, else now.
+        for (k, mut a) in std::mem::take(&mut self.firing) {
+            if !now_firing.contains_key(&k) {
+                a.resolved_ns = alerts
+                    .recent
+                    .iter()
+                    .find(|r| r.key == a.key && r.since_ns == a.since_ns)
+                    .and_then(|r| r.resolved_ns)
+                    .or(Some(now_ns));
+                // One entry per label set: the latest resolution.
+                self.resolved
+                    .retain(|_, r| !(r.key == a.key && r.severity == a.severity));
+                self.resolved.insert(k, a);
+                changed = true;
+            }
+        }
+        self.firing = now_firing;
+        let keep = (KEEP_RESOLVED_S * NS_PER_S) as u64;
+        let before = self.resolved.len();
+        self.resolved
+            .retain(|_, a| now_ns.saturating_sub(a.resolved_ns.unwrap_or(now_ns)) <= keep);
+        changed || before != self.resolved.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.firing.is_empty() && self.resolved.is_empty()
+    }
+
+    /// The list to post at `now_ns`. A resolved alert whose labels fire
+    /// again is left out: Alertmanager would take the later entry.
+    pub fn payload(&self, clock: &Clock, now_ns: u64, p: &Policy) -> Vec<AmAlert> {
+        let ahead = (4.0 * p.resend_s * NS_PER_S) as u64;
+        let firing: Vec<AmAlert> = self
+            .firing
+            .values()
+            .map(|a| item(a, now_ns + ahead, clock, p))
+            .collect();
+        let mut out: Vec<AmAlert> = self
+            .resolved
+            .values()
+            .map(|a| item(a, a.resolved_ns.unwrap_or(now_ns), clock, p))
+            .filter(|r| !firing.iter().any(|f| f.labels == r.labels))
+            .collect();
+        out.extend(firing);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -157,6 +193,12 @@ mod tests {
         }
     }
 
+    fn outbox(alerts: &Alerts, now: u64) -> Outbox {
+        let mut o = Outbox::default();
+        o.update(alerts, now);
+        o
+    }
+
     #[test]
     fn a_firing_alert_ends_four_resends_ahead_with_its_labels_and_evidence() {
         let alerts = Alerts {
@@ -164,7 +206,7 @@ mod tests {
             ..Default::default()
         };
         let clock = Clock { offset_ns: 0 };
-        let p = payload(&alerts, &clock, 20 * S, &policy());
+        let p = outbox(&alerts, 20 * S).payload(&clock, 20 * S, &policy());
         assert_eq!(p.len(), 1);
         let a = &p[0];
         assert_eq!(a.labels["alertname"], "SynFlood");
@@ -184,27 +226,93 @@ mod tests {
 
     #[test]
     fn a_resolved_alert_is_sent_with_its_end_for_a_while_then_no_more() {
-        let alerts = Alerts {
-            recent: vec![alert(Some(30 * S))],
-            ..Default::default()
-        };
         let clock = Clock { offset_ns: 0 };
-        let p = payload(&alerts, &clock, 40 * S, &policy());
-        assert_eq!(p[0].ends_at, "1970-01-01T00:00:30.000000Z");
-        assert!(payload(&alerts, &clock, 331 * S, &policy()).is_empty());
-    }
-
-    #[test]
-    fn the_state_changes_when_an_alert_resolves() {
-        let firing = Alerts {
-            active: vec![alert(None)],
-            ..Default::default()
-        };
+        let mut o = outbox(
+            &Alerts {
+                active: vec![alert(None)],
+                ..Default::default()
+            },
+            20 * S,
+        );
         let resolved = Alerts {
             recent: vec![alert(Some(30 * S))],
             ..Default::default()
         };
-        assert_ne!(state(&firing), state(&resolved));
-        assert_eq!(state(&firing), state(&firing.clone()));
+        assert!(o.update(&resolved, 31 * S), "a resolution is a change");
+        let p = o.payload(&clock, 40 * S, &policy());
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].ends_at, "1970-01-01T00:00:30.000000Z");
+        assert!(!o.update(&resolved, 40 * S), "nothing new");
+        assert!(o.update(&resolved, 331 * S), "it leaves the list");
+        assert!(o.payload(&clock, 331 * S, &policy()).is_empty());
+    }
+
+    #[test]
+    fn resolutions_are_sent_however_many_the_recent_list_dropped() {
+        // 40 alerts fire, then all resolve in one tick; the detector's
+        // recent list (32) no longer has some of them.
+        let many: Vec<Alert> = (0..40)
+            .map(|i| {
+                let mut a = alert(None);
+                a.key.subject = Subject::Listener {
+                    address: "0.0.0.0".into(),
+                    port: 1000 + i,
+                };
+                a
+            })
+            .collect();
+        let mut o = outbox(
+            &Alerts {
+                active: many.clone(),
+                ..Default::default()
+            },
+            20 * S,
+        );
+        assert!(o.update(&Alerts::default(), 30 * S));
+        let p = o.payload(&Clock { offset_ns: 0 }, 30 * S, &policy());
+        assert_eq!(p.len(), 40);
+        assert!(p.iter().all(|a| a.ends_at == "1970-01-01T00:00:30.000000Z"));
+    }
+
+    #[test]
+    fn a_refired_alert_is_sent_firing_only_and_a_new_severity_resolves_the_old() {
+        let clock = Clock { offset_ns: 0 };
+        let mut o = outbox(
+            &Alerts {
+                active: vec![alert(None)],
+                ..Default::default()
+            },
+            20 * S,
+        );
+        o.update(&Alerts::default(), 30 * S);
+        // Fires again (a new alert: a later since) within the keep time.
+        let mut again = alert(None);
+        again.since_ns = 40 * S;
+        o.update(
+            &Alerts {
+                active: vec![again.clone()],
+                ..Default::default()
+            },
+            40 * S,
+        );
+        let p = o.payload(&clock, 41 * S, &policy());
+        assert_eq!(p.len(), 1, "the same labels once, firing: {p:?}");
+        assert_eq!(p[0].starts_at, "1970-01-01T00:00:40.000000Z");
+        // Escalated: the detector resolves the warning and fires a
+        // critical; both label sets go out.
+        let mut critical = again.clone();
+        critical.severity = Severity::Critical;
+        critical.since_ns = 45 * S;
+        assert!(o.update(
+            &Alerts {
+                active: vec![critical],
+                ..Default::default()
+            },
+            45 * S
+        ));
+        let p = o.payload(&clock, 45 * S, &policy());
+        let sev: Vec<&str> = p.iter().map(|a| a.labels["severity"].as_str()).collect();
+        assert_eq!(sev, ["warning", "critical"], "{p:?}");
+        assert_eq!(p[0].ends_at, "1970-01-01T00:00:45.000000Z");
     }
 }

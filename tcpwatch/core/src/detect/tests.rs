@@ -319,3 +319,45 @@ fn alerts_followed_at_once_are_bounded() {
     assert_eq!(a.active.len(), ACTIVE_MAX);
     assert!(a.dropped > 0);
 }
+
+#[test]
+fn a_flood_that_starts_dropping_syns_is_a_new_critical_alert() {
+    let (mut d, mut e) = (Detector::default(), Engine::new(EngineConfig::default()));
+    run(&mut d, &mut e, 1..8, None);
+    run(&mut d, &mut e, 8..12, Some((3000, 0)));
+    // Cookies turned off mid-flood: SYNs are dropped.
+    let mut changes = Vec::new();
+    for t in 12..14u64 {
+        sample(
+            &mut e,
+            t,
+            128,
+            0,
+            &[
+                ("TcpExt.SyncookiesSent", 3000 * 11),
+                ("TcpExt.TCPReqQFullDrop", 2000 * (t as i64 - 11)),
+            ],
+        );
+        changes.extend(d.evaluate(&e.view(), &cfg()));
+    }
+    assert_eq!(resolved(&changes).len(), 1, "{changes:?}");
+    assert_eq!(resolved(&changes)[0].severity, Severity::Warning);
+    assert_eq!(fired(&changes).len(), 1);
+    assert_eq!(fired(&changes)[0].severity, Severity::Critical);
+    assert_eq!(d.alerts().active.len(), 1);
+}
+
+#[test]
+fn a_namespace_no_longer_censused_resolves_its_alert() {
+    let (mut d, mut e) = (Detector::default(), Engine::new(EngineConfig::default()));
+    run(&mut d, &mut e, 1..8, None);
+    run(&mut d, &mut e, 8..12, Some((3000, 0)));
+    assert_eq!(d.alerts().active.len(), 1);
+    // No more censuses: only time passes.
+    let mut changes = Vec::new();
+    for t in 12..60u64 {
+        e.apply(Input::Tick { ts_ns: t * S });
+        changes.extend(d.evaluate(&e.view(), &cfg()));
+    }
+    assert_eq!(resolved(&changes).len(), 1, "{changes:?}");
+}
