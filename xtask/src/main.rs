@@ -12,8 +12,10 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod demo;
 mod loadgen;
 mod purity;
+mod syn_packet;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -42,6 +44,13 @@ enum Task {
     /// The bench's load generator (loopback, in a fresh network namespace).
     #[command(hide = true)]
     Loadgen(loadgen::LoadArgs),
+    /// Scenarios to watch, in a namespace of their own: `synflood` floods a
+    /// listener with spoofed SYNs (with, then without syncookies) while
+    /// `tcpwatch top` shows it and its alerts (root, a terminal).
+    Demo {
+        #[arg(value_parser = ["synflood"])]
+        scenario: String,
+    },
 }
 
 /// Commands the tests run, and the Debian package that has each.
@@ -107,6 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bench::run(args, &workspace_root())
         }
         Task::Loadgen(args) => loadgen::cli(&args),
+        Task::Demo { .. } => demo::synflood(&workspace_root()),
         Task::Run { args } => {
             cargo(&["build", "--release", "--package", "tcpwatch"], &[])?;
             let bin = workspace_root().join("target/release/tcpwatch");
@@ -185,7 +195,7 @@ fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo(args: &[&str], extra: &[String]) -> anyhow::Result<()> {
+pub fn cargo(args: &[&str], extra: &[String]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root()).args(args);

@@ -152,7 +152,7 @@ fn a_syn_flood_absorbed_by_syncookies_warns_within_3_s_and_resolves_within_15() 
     let d = daemon_for(&ns, &dir);
     assert!(alerts(&d)["active"].as_array().unwrap().is_empty(), "calm");
     // `tcpwatch alerts --follow` beside it all: a fired and a resolved line.
-    let mut follow = Command::new(BIN)
+    let follow = Command::new(BIN)
         .args(["alerts", "--follow", "--socket"])
         .arg(&d.control)
         .stdout(std::process::Stdio::piped())
