@@ -9,7 +9,7 @@
 use std::{
     io::IsTerminal as _,
     net::{Ipv4Addr, SocketAddrV4, TcpListener},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::AsRawFd,
     path::Path,
     process::{Child, Command, Stdio},
     sync::{
@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
-use crate::syn_packet::syn;
+use crate::syn_packet::{RawSender, syn};
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const SPOOFED: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 99);
@@ -165,11 +165,7 @@ fn scenario(name: &str, stop: &AtomicBool) -> anyhow::Result<u32> {
     let l = TcpListener::bind((LOCAL, 8080))?;
     // SAFETY: listen(2) on a listening socket we own sets its backlog.
     ensure!(unsafe { libc::listen(l.as_raw_fd(), 64) } == 0, "listen");
-    // SAFETY: plain socket(2); the fd is owned right below.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-    ensure!(raw >= 0, "raw socket: {}", std::io::Error::last_os_error());
-    // SAFETY: raw is a fresh fd nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let sender = RawSender::open().context("raw socket")?;
     let dst = SocketAddrV4::new(LOCAL, 8080);
     let mut sent = 0u32;
     let wait = |secs: u64| {
@@ -187,30 +183,7 @@ fn scenario(name: &str, stop: &AtomicBool) -> anyhow::Result<u32> {
             for _ in 0..400 {
                 let port = 40_000 + (*sent % 20_000) as u16;
                 let p = syn(SocketAddrV4::new(SPOOFED, port), dst, 0x1000_0000 + *sent);
-                let to = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as u16,
-                    sin_port: 0,
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(LOCAL.octets()),
-                    },
-                    sin_zero: [0; 8],
-                };
-                // SAFETY: p and to outlive the call; the lengths are theirs.
-                let n = unsafe {
-                    libc::sendto(
-                        fd.as_raw_fd(),
-                        p.as_ptr().cast(),
-                        p.len(),
-                        0,
-                        (&to as *const libc::sockaddr_in).cast(),
-                        std::mem::size_of::<libc::sockaddr_in>() as u32,
-                    )
-                };
-                ensure!(
-                    n == p.len() as isize,
-                    "sendto: {}",
-                    std::io::Error::last_os_error()
-                );
+                sender.send(&p, LOCAL).context("sendto")?;
                 *sent += 1;
             }
             std::thread::sleep(Duration::from_millis(200));

@@ -1,7 +1,53 @@
 //! One IPv4 TCP SYN, checksums included: what the SYN-flood demo and the
 //! kernel tests send from a spoofed, unanswered source inside a namespace
 //! of their own (the kernel tests include this file by path).
-use std::net::SocketAddrV4;
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+/// A raw IPv4 socket that sends whole packets, headers included.
+pub struct RawSender(OwnedFd);
+
+impl RawSender {
+    pub fn open() -> std::io::Result<RawSender> {
+        // SAFETY: plain socket(2); on success the fd is owned below.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: raw is a fresh fd nobody else owns; closed on drop.
+        Ok(RawSender(unsafe { OwnedFd::from_raw_fd(raw) }))
+    }
+
+    /// Sends one packet (its own IP header says where) toward `to`.
+    pub fn send(&self, packet: &[u8], to: Ipv4Addr) -> std::io::Result<()> {
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(to.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: packet and to outlive the call; the lengths are theirs.
+        let n = unsafe {
+            libc::sendto(
+                self.0.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if n == packet.len() as isize {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
 
 pub fn checksum(chunks: &[&[u8]]) -> u16 {
     let mut sum = 0u32;

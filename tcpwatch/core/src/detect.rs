@@ -81,6 +81,21 @@ struct Finding {
     evidence: BTreeMap<String, f64>,
 }
 
+impl Finding {
+    /// The alert it becomes, firing from `now`.
+    fn fire(self, now: u64) -> Alert {
+        Alert {
+            key: self.key,
+            severity: self.severity,
+            summary: self.summary,
+            description: self.description,
+            evidence: self.evidence,
+            since_ns: now,
+            resolved_ns: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Track {
     /// When the condition started holding (uninterrupted).
@@ -303,15 +318,7 @@ impl Detector {
                         self.recent.pop_front();
                     }
                     self.recent.push_back(old);
-                    *a = Alert {
-                        key: f.key,
-                        severity: f.severity,
-                        summary: f.summary,
-                        description: f.description,
-                        evidence: f.evidence,
-                        since_ns: now,
-                        resolved_ns: None,
-                    };
+                    *a = f.fire(now);
                     changes.push(Change::Fired(a.clone()));
                 }
                 Some(a) => {
@@ -321,15 +328,7 @@ impl Detector {
                     a.evidence = f.evidence;
                 }
                 None if warm && held >= f.hold_s => {
-                    let a = Alert {
-                        key: f.key,
-                        severity: f.severity,
-                        summary: f.summary,
-                        description: f.description,
-                        evidence: f.evidence,
-                        since_ns: now,
-                        resolved_ns: None,
-                    };
+                    let a = f.fire(now);
                     changes.push(Change::Fired(a.clone()));
                     t.alert = Some(a);
                 }

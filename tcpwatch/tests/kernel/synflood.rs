@@ -7,7 +7,6 @@
 use std::{
     marker::PhantomData,
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -148,19 +147,7 @@ pub fn send_spoofed_syns(src: Ipv4Addr, dst: SocketAddrV4, count: u16) {
         "spoofed SYNs go to a local address only: {route}"
     );
 
-    // SAFETY: plain socket(2); on success the fd is owned below.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-    assert!(raw >= 0, "raw socket: {}", std::io::Error::last_os_error());
-    // SAFETY: raw is a fresh fd nobody else owns; closed on drop, panics included.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let to = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(dst.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    };
+    let sender = syn_packet::RawSender::open().expect("raw socket");
     let first = NEXT_PORT.fetch_add(count as u32, Ordering::Relaxed);
     let started = Instant::now();
     for i in 0..count as u32 {
@@ -174,23 +161,7 @@ pub fn send_spoofed_syns(src: Ipv4Addr, dst: SocketAddrV4, count: u16) {
             dst,
             0x1000_0000u32.wrapping_add(first + i),
         );
-        // SAFETY: p and to outlive the call; the lengths are theirs.
-        let n = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                p.as_ptr().cast(),
-                p.len(),
-                0,
-                (&to as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
-        assert_eq!(
-            n,
-            p.len() as isize,
-            "sendto: {}",
-            std::io::Error::last_os_error()
-        );
+        sender.send(&p, *dst.ip()).expect("sendto");
     }
 }
 
