@@ -23,6 +23,9 @@ Examples:
   tcpwatch daemon --all-netns --metrics-addr 0.0.0.0:19100
   tcpwatch record --duration 60 t.rec one minute of everything the engine sees
   tcpwatch replay t.rec               the same engine, from the recording
+  tcpwatch top                        live view (the daemon's, or the probe here as root)
+  tcpwatch top --once                 one screen as text
+  tcpwatch alerts --follow            alerts as they fire and resolve, as JSON lines
   tcpwatch snapshot --follow 5        five ticks of the running daemon, as JSON lines
   tcpwatch config default > /etc/tcpwatch/tcpwatch.toml
   tcpwatch config check /etc/tcpwatch/tcpwatch.toml
