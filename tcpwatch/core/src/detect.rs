@@ -30,6 +30,16 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    /// As the `severity` label says it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
 /// What an alert is about.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,6 +54,18 @@ pub struct AlertKey {
     pub name: String,
     pub netns: u32,
     pub subject: Subject,
+}
+
+impl AlertKey {
+    /// The labels that name its subject: address and port, or pid and comm.
+    pub fn subject_labels(&self) -> [(&'static str, String); 2] {
+        match &self.subject {
+            Subject::Listener { address, port } => {
+                [("address", address.clone()), ("port", port.to_string())]
+            }
+            Subject::Process { pid, comm } => [("pid", pid.to_string()), ("comm", comm.clone())],
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,6 +91,24 @@ pub struct Alerts {
     /// Conditions not followed because `ACTIVE_MAX` were already.
     #[serde(default)]
     pub dropped: u64,
+}
+
+impl Alerts {
+    /// When `a` resolved, if the recent list still has it.
+    pub fn resolved_at(&self, a: &Alert) -> Option<u64> {
+        self.recent
+            .iter()
+            .find(|r| r.key == a.key && r.since_ns == a.since_ns)
+            .and_then(|r| r.resolved_ns)
+    }
+}
+
+/// Keeps a resolved alert among the recent ones, the oldest making room.
+fn remember(recent: &mut VecDeque<Alert>, a: Alert) {
+    if recent.len() >= RECENT_KEPT {
+        recent.pop_front();
+    }
+    recent.push_back(a);
 }
 
 /// One evaluation's finding for a key.
@@ -314,10 +354,7 @@ impl Detector {
                     let mut old = a.clone();
                     old.resolved_ns = Some(now);
                     changes.push(Change::Resolved(old.clone()));
-                    if self.recent.len() >= RECENT_KEPT {
-                        self.recent.pop_front();
-                    }
-                    self.recent.push_back(old);
+                    remember(&mut self.recent, old);
                     *a = f.fire(now);
                     changes.push(Change::Fired(a.clone()));
                 }
@@ -358,10 +395,7 @@ impl Detector {
             if let Some(Track { alert: Some(a), .. }) = self.tracks.remove(&k)
                 && a.resolved_ns.is_some()
             {
-                if self.recent.len() >= RECENT_KEPT {
-                    self.recent.pop_front();
-                }
-                self.recent.push_back(a);
+                remember(&mut self.recent, a);
             }
         }
         changes

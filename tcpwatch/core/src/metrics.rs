@@ -222,25 +222,10 @@ impl Collector for ViewCollector {
         for a in &self.0.alerts.active {
             let mut labels: Labels = vec![
                 ("alertname", a.key.name.clone()),
-                (
-                    "severity",
-                    match a.severity {
-                        crate::detect::Severity::Warning => "warning".into(),
-                        crate::detect::Severity::Critical => "critical".into(),
-                    },
-                ),
+                ("severity", a.severity.label().into()),
                 ("netns", netns_label(a.key.netns)),
             ];
-            match &a.key.subject {
-                crate::detect::Subject::Listener { address, port } => {
-                    labels.push(("address", address.clone()));
-                    labels.push(("port", port.to_string()));
-                }
-                crate::detect::Subject::Process { pid, comm } => {
-                    labels.push(("pid", pid.to_string()));
-                    labels.push(("comm", comm.clone()));
-                }
-            }
+            labels.extend(a.key.subject_labels());
             alerts.add(labels, 1u64);
         }
         alerts.encode(&mut enc)?;

@@ -72,13 +72,7 @@ pub async fn run(args: AlertsArgs) -> anyhow::Result<ExitCode> {
         }
         for (k, mut a) in before {
             if !now.contains_key(&k) {
-                a.resolved_ns = s
-                    .alerts
-                    .recent
-                    .iter()
-                    .find(|r| r.key == a.key && r.since_ns == a.since_ns)
-                    .and_then(|r| r.resolved_ns)
-                    .or(Some(s.view.now_ns));
+                a.resolved_ns = s.alerts.resolved_at(&a).or(Some(s.view.now_ns));
                 event(&mut out, "resolved", &a)?;
             }
         }

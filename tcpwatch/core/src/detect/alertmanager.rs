@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Alert, AlertKey, Alerts, Severity, Subject};
+use super::{Alert, AlertKey, Alerts};
 use crate::view::trace::{Clock, rfc3339};
 
 const NS_PER_S: f64 = 1e9;
@@ -43,25 +43,12 @@ pub struct Policy {
 fn labels(a: &Alert, instance: &str) -> std::collections::BTreeMap<String, String> {
     let mut l = std::collections::BTreeMap::new();
     l.insert("alertname".into(), a.key.name.clone());
-    l.insert(
-        "severity".into(),
-        match a.severity {
-            Severity::Warning => "warning".into(),
-            Severity::Critical => "critical".into(),
-        },
-    );
+    l.insert("severity".into(), a.severity.label().into());
     l.insert("instance".into(), instance.into());
     l.insert("netns".into(), a.key.netns.to_string());
     l.insert("job".into(), "tcpwatch".into());
-    match &a.key.subject {
-        Subject::Listener { address, port } => {
-            l.insert("address".into(), address.clone());
-            l.insert("port".into(), port.to_string());
-        }
-        Subject::Process { pid, comm } => {
-            l.insert("pid".into(), pid.to_string());
-            l.insert("comm".into(), comm.clone());
-        }
+    for (k, v) in a.key.subject_labels() {
+        l.insert(k.into(), v);
     }
     l
 }
@@ -115,12 +102,7 @@ impl Outbox {
         // time when it still lists it, else now.
         for (k, mut a) in std::mem::take(&mut self.firing) {
             if !now_firing.contains_key(&k) {
-                a.resolved_ns = alerts
-                    .recent
-                    .iter()
-                    .find(|r| r.key == a.key && r.since_ns == a.since_ns)
-                    .and_then(|r| r.resolved_ns)
-                    .or(Some(now_ns));
+                a.resolved_ns = alerts.resolved_at(&a).or(Some(now_ns));
                 // One entry per label set: the latest resolution.
                 self.resolved
                     .retain(|_, r| !(r.key == a.key && r.severity == a.severity));
@@ -163,6 +145,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::{Severity, Subject};
 
     const S: u64 = 1_000_000_000;
 
