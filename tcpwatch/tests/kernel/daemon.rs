@@ -31,6 +31,11 @@ impl NsWorker {
         let (orders, inbox) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
         let handle = std::thread::spawn(move || {
             let inode = enter_new_netns();
+            // Tests here count TIME-WAIT exactly: the default tw_reuse (2,
+            // loopback) lets a connect() more than 1 s after the first
+            // reuse a port whose TIME-WAIT socket then vanishes (seen in
+            // CI: 2939 of 3000). Per namespace, so only ours.
+            std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "0").unwrap();
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() };
             tx.send((inode, tid)).unwrap();
