@@ -13,7 +13,7 @@ pub use state::TcpState;
 /// Bumped whenever the layout of [`TransitionEvent`], [`ProbeConfig`],
 /// [`SockInfo`] or the statistics array changes. The eBPF object carries it in
 /// its configuration; user space refuses to run an object of another version.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// `sk_protocol` values the programs report (everything else is ignored).
 pub const IPPROTO_TCP: u16 = 6;
@@ -98,9 +98,14 @@ pub struct TransitionEvent {
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     pub comm: TaskComm,
+    /// At `-> CLOSE`: the socket's `sk_err` (ECONNREFUSED, ETIMEDOUT,
+    /// EHOSTUNREACH, ECONNRESET...), which the kernel sets before the
+    /// transition; 0 for a close without error and for other transitions.
+    pub error: u16,
+    pub _pad2: [u16; 3],
 }
 
-const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 112);
 const _: () = assert!(core::mem::align_of::<TransitionEvent>() == 8);
 
 /// Per-socket state the programs keep between transitions (keyed by skaddr,
@@ -197,9 +202,17 @@ pub struct ProbeConfig {
     /// made by a kernel thread (deferred fput, MPTCP path manager, a socket
     /// destroyed by `ss -K`) does not name the owner even in syscall paths.
     pub task_flags: u32,
+    /// Offset of the int `sk_err` in `struct sock` (0: unknown, no errors).
+    pub sk_err: u32,
+    /// Offsets in `struct sk_buff` of `data` and `dev`, and of `nd_net.net`
+    /// in `struct net_device`: a reset sent for a packet no socket wants
+    /// has only that packet to say port and namespace (0: unknown).
+    pub skb_data: u32,
+    pub skb_dev: u32,
+    pub dev_nd_net: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 80);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 96);
 
 impl ProbeConfig {
     /// The configuration compiled into the object: inert until user space
@@ -235,7 +248,66 @@ impl ProbeConfig {
         simulate_not_run_every: 0,
         simulate_skip_every: 0,
         task_flags: 0,
+        sk_err: 0,
+        skb_data: 0,
+        skb_dev: 0,
+        dev_nd_net: 0,
     };
+}
+
+/// Kinds of [`SignalKey`]: what the signal programs count in the kernel,
+/// per port or per process, instead of sending an event each (a reset
+/// storm or a connect loop must not flood the ring buffer).
+pub mod signal {
+    /// A reset sent from local port `port` (`tcp:tcp_send_reset`).
+    pub const RST_SENT: u16 = 1;
+    /// A reset received by a socket on local port `port` (`tcp:tcp_receive_reset`).
+    pub const RST_RECEIVED: u16 = 2;
+    /// A SYN-ACK retransmitted by the listener on `port` (`tcp:tcp_retransmit_synack`).
+    pub const SYNACK_RETRANSMIT: u16 = 3;
+    /// A `connect()` that failed before any packet left (ENETUNREACH,
+    /// EINVAL, EADDRNOTAVAIL...): process `tgid`, destination port `port`.
+    /// Failures after the SYN (ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH) are
+    /// in the transition's `error` instead.
+    pub const CONNECT_FAILED: u16 = 4;
+    /// Kinds are 1..COUNT; index COUNT-1 of [`super::SignalStats`] is unused.
+    pub const COUNT: usize = 5;
+}
+
+/// Key of the in-kernel signal counters (a per-CPU hash, one u64 each).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SignalKey {
+    pub netns: u32,
+    /// The process (`CONNECT_FAILED`), else 0.
+    pub tgid: u32,
+    /// One of [`signal`].
+    pub kind: u16,
+    /// The errno (`CONNECT_FAILED`), else 0.
+    pub errno: u16,
+    /// The port the signal is counted under, as transitions are: a
+    /// server's local port (`DIR_IN`), or for a client's socket the remote
+    /// port, its service's (`DIR_OUT`).
+    pub port: u16,
+    /// `DIR_IN` or `DIR_OUT`.
+    pub direction: u16,
+}
+
+/// [`SignalKey::direction`]: the port is local (a server's, or a closed
+/// port a packet was sent to).
+pub const DIR_IN: u16 = 0;
+/// [`SignalKey::direction`]: the port is the remote one (a client's socket).
+pub const DIR_OUT: u16 = 1;
+
+const _: () = assert!(core::mem::size_of::<SignalKey>() == 16);
+
+/// Per kind, signals counted but not keyed because the map was full (so
+/// the totals stay exact), and signals the programs could not read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SignalStats {
+    pub unkeyed: [u64; signal::COUNT],
+    pub read_failed: [u64; signal::COUNT],
 }
 
 /// Programs that write statistics. Each has its own slots, because the
@@ -393,6 +465,10 @@ mod pod {
     unsafe impl aya::Pod for super::Stats {}
     // SAFETY: as above (its padding is an explicit field).
     unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above (its padding is an explicit field).
+    unsafe impl aya::Pod for super::SignalKey {}
+    // SAFETY: as above: arrays of u64, no padding.
+    unsafe impl aya::Pod for super::SignalStats {}
 }
 
 #[cfg(test)]
@@ -403,11 +479,11 @@ mod tests {
     #[test]
     fn event_layout_is_stable() {
         assert_eq!(
-            LAYOUT_VERSION, 3,
+            LAYOUT_VERSION, 4,
             "layout changed: bump LAYOUT_VERSION and these offsets"
         );
         assert_eq!(core::mem::size_of::<EventHeader>(), 8);
-        assert_eq!(core::mem::size_of::<TransitionEvent>(), 104);
+        assert_eq!(core::mem::size_of::<TransitionEvent>(), 112);
         assert_eq!(offset_of!(TransitionEvent, header), 0);
         assert_eq!(offset_of!(TransitionEvent, ts_ns), 8);
         assert_eq!(offset_of!(TransitionEvent, skaddr), 16);
@@ -425,12 +501,16 @@ mod tests {
         assert_eq!(offset_of!(TransitionEvent, saddr), 56);
         assert_eq!(offset_of!(TransitionEvent, daddr), 72);
         assert_eq!(offset_of!(TransitionEvent, comm), 88);
+        assert_eq!(offset_of!(TransitionEvent, error), 104);
+        assert_eq!(offset_of!(SignalKey, kind), 8);
+        assert_eq!(offset_of!(SignalKey, port), 12);
         assert_eq!(core::mem::size_of::<Stats>(), STATS_LEN as usize * 8);
     }
 
     #[test]
     fn config_and_sockinfo_layout_is_stable() {
-        assert_eq!(core::mem::size_of::<ProbeConfig>(), 80);
+        assert_eq!(core::mem::size_of::<ProbeConfig>(), 96);
+        assert_eq!(offset_of!(ProbeConfig, sk_err), 80);
         assert_eq!(offset_of!(ProbeConfig, sk_protocol), 32);
         assert_eq!(offset_of!(ProbeConfig, inet_sport), 40);
         assert_eq!(offset_of!(ProbeConfig, tp_skaddr), 48);

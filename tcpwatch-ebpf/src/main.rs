@@ -23,15 +23,15 @@ use aya_ebpf::{
         bpf_probe_read_kernel_buf, generated,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tcpwatch_common::{
-    AF_INET6, EventHeader, FLAG_ACTIVE, FLAG_CAUGHT, FLAG_DELTA_KNOWN, FLAG_OWNER_KNOWN,
-    FLAG_PASSIVE, HOOK_BTF, HOOK_CLASSIC, IPPROTO_MPTCP, IPPROTO_TCP, PF_KTHREAD, PROG_CATCHER,
-    PROG_MAIN, ProbeConfig, RECENT_SLOTS, Recent, STATS_LEN, SockInfo, Stats, TP_RECORD_READ,
-    TaskComm, TransitionEvent, kind, listener_key, owner_runs_transition, stat, stat_index,
-    state::*, transition_id, transition_index,
+    AF_INET6, DIR_IN, DIR_OUT, EventHeader, FLAG_ACTIVE, FLAG_CAUGHT, FLAG_DELTA_KNOWN,
+    FLAG_OWNER_KNOWN, FLAG_PASSIVE, HOOK_BTF, HOOK_CLASSIC, IPPROTO_MPTCP, IPPROTO_TCP, PF_KTHREAD,
+    PROG_CATCHER, PROG_MAIN, ProbeConfig, RECENT_SLOTS, Recent, STATS_LEN, SignalKey, SignalStats,
+    SockInfo, Stats, TP_RECORD_READ, TaskComm, TransitionEvent, kind, listener_key,
+    owner_runs_transition, signal, stat, stat_index, state::*, transition_id, transition_index,
 };
 
 /// Filled in by user space before load (read-only data).
@@ -94,6 +94,8 @@ struct Transition {
     netns: u32,
     saddr: [u32; 4],
     daddr: [u32; 4],
+    /// `sk_err` at `-> CLOSE`, else 0.
+    error: u16,
 }
 
 #[inline(always)]
@@ -269,7 +271,13 @@ fn read_btf(
         netns: 0,
         saddr: [0; 4],
         daddr: [0; 4],
+        error: 0,
     };
+    if newstate == TCP_CLOSE && cfg.sk_err != 0 {
+        // SAFETY: `sk_err` is an int at this BTF offset of struct sock.
+        let err: i32 = unsafe { field(sk, off32(&CONFIG.sk_err)) };
+        t.error = err as u16;
+    }
     if family == AF_INET6 {
         let (s, d) = (off(&CONFIG.sk_v6_rcv_saddr), off(&CONFIG.sk_v6_daddr));
         for i in 0..4 {
@@ -315,7 +323,11 @@ fn read_classic(ctx: &TracePointContext, cfg: &ProbeConfig) -> Option<Transition
         netns: 0,
         saddr: [0; 4],
         daddr: [0; 4],
+        error: 0,
     };
+    if t.newstate == TCP_CLOSE && cfg.sk_err != 0 {
+        t.error = read_kernel::<i32>(PROG_MAIN, skaddr + cfg.sk_err as u64).unwrap_or(0) as u16;
+    }
     let word =
         |off: u16, i: usize| bytes_at::<4>(&rec, off as usize + 4 * i).map(u32::from_ne_bytes);
     if family == AF_INET6 {
@@ -546,6 +558,8 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
                 saddr: words_to_bytes(t.saddr),
                 daddr: words_to_bytes(t.daddr),
                 comm: info.comm,
+                error: t.error,
+                _pad2: [0; 3],
             });
             // Wake user space when the unread backlog (this record
             // included, it is reserved) crosses the mark or a multiple of
@@ -697,6 +711,279 @@ pub fn tcpwatch_classic(ctx: TracePointContext) -> u32 {
         handle(PROG_MAIN, &t, &cfg, 0);
     }
     0
+}
+
+/// In-kernel counters of resets, SYN-ACK retransmits and early connect
+/// failures (see `tcpwatch_common::signal`). A plain hash, not LRU: an
+/// entry is never evicted, so no count silently vanishes; once it is full,
+/// new keys are counted in `SIGNAL_STATS.unkeyed`, so totals stay exact.
+#[map]
+static SIGNALS: PerCpuHashMap<SignalKey, u64> = PerCpuHashMap::with_max_entries(16_384, 0);
+
+#[map]
+static SIGNAL_STATS: PerCpuArray<SignalStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Counts one signal in `SIGNAL_STATS` (`unkeyed`, or `read_failed`).
+#[inline(always)]
+fn signal_stat(read_failed: bool, kind: u16) {
+    let k = kind as usize;
+    if k >= signal::COUNT {
+        return;
+    }
+    if let Some(p) = SIGNAL_STATS.get_ptr_mut(0) {
+        // SAFETY: this CPU's value of a per-CPU array, `k` in bounds. Each
+        // kind is counted by programs that never run nested in each other
+        // on one CPU (the kernel skips a program that would nest in itself;
+        // the two connect programs run in process context, one after the
+        // other), so this read-modify-write is not interrupted by another.
+        unsafe {
+            if read_failed {
+                (*p).read_failed[k] += 1;
+            } else {
+                (*p).unkeyed[k] += 1;
+            }
+        }
+    }
+}
+
+/// Adds one to this CPU's counter of `key`.
+#[inline(always)]
+fn count_signal(key: &SignalKey) {
+    let cfg = config();
+    if cfg.filter_netns != 0 && key.netns != cfg.filter_netns {
+        return;
+    }
+    if let Some(p) = SIGNALS.get_ptr_mut(key) {
+        // SAFETY: this CPU's value of the entry (see signal_stat on why
+        // nothing interrupts the increment).
+        unsafe { *p += 1 };
+        return;
+    }
+    // NOEXIST: another CPU may have created the entry meanwhile; a new
+    // entry's other CPUs start at zero.
+    if SIGNALS
+        .insert(key, &1, aya_ebpf::bindings::BPF_NOEXIST as u64)
+        .is_ok()
+    {
+        return;
+    }
+    match SIGNALS.get_ptr_mut(key) {
+        // SAFETY: as above.
+        Some(p) => unsafe { *p += 1 },
+        None => signal_stat(false, key.kind),
+    }
+}
+
+/// Network namespace inode of a socket of any kind (`skc_net` is in
+/// `sock_common`, which request and TIME-WAIT sockets share), 0 if unknown.
+///
+/// # Safety
+/// `sk` must be a non-NULL BTF `struct sock *` argument of the hook.
+#[inline(always)]
+unsafe fn sk_netns(sk: *const u8, cfg: &ProbeConfig) -> u32 {
+    if cfg.netns_readable == 0 {
+        return 0;
+    }
+    // SAFETY: BTF offsets of `skc_net` in struct sock and of `ns.inum` in
+    // struct net, checked by user space and by the verifier.
+    unsafe {
+        let net: *const u8 = field(sk, off(&CONFIG.sk_net));
+        if net.is_null() {
+            return 0;
+        }
+        field(net, off32(&CONFIG.net_ns_inum))
+    }
+}
+
+/// Local port of a full TCP socket, `None` for any other kind.
+///
+/// # Safety
+/// As `sk_netns`.
+#[inline(always)]
+unsafe fn tcp_local_port(sk: *const u8) -> Option<u16> {
+    // SAFETY: the helper checks the socket's type itself.
+    let tp = unsafe { generated::bpf_skc_to_tcp_sock(sk as *mut c_void) };
+    if tp.is_null() {
+        return None;
+    }
+    // SAFETY: `inet_sport` is a u16 at this BTF offset of struct inet_sock,
+    // which starts struct tcp_sock.
+    let be: u16 = unsafe { field(tp as *const u8, off32(&CONFIG.inet_sport)) };
+    Some(u16::from_be(be))
+}
+
+/// Where a signal of a socket is counted: under its local port for a
+/// server's socket, under the remote port for a client's (as transitions
+/// are). The side is the one the transition program noted for the socket;
+/// else a listener on the local port makes it a server's. A packet that
+/// found no socket at all (`skaddr` 0) was sent to a local port.
+#[inline(always)]
+fn signal_key(netns: u32, kind: u16, skaddr: u64, local: u16, remote: u16) -> SignalKey {
+    // SAFETY: the value is read at once.
+    let flags = match unsafe { SOCKS.get(&skaddr) } {
+        Some(info) if skaddr != 0 => info.flags,
+        _ => 0,
+    };
+    let inbound = if flags & FLAG_PASSIVE as u32 != 0 {
+        true
+    } else if flags & FLAG_ACTIVE as u32 != 0 {
+        false
+    } else {
+        // SAFETY: the value is not kept.
+        skaddr == 0 || unsafe { LISTENERS.get(&listener_key(netns, local)) }.is_some()
+    };
+    SignalKey {
+        netns,
+        tgid: 0,
+        kind,
+        errno: 0,
+        port: if inbound { local } else { remote },
+        direction: if inbound { DIR_IN } else { DIR_OUT },
+    }
+}
+
+/// Per program, where a socket pointer becomes a number (see btf_args).
+#[map]
+static SIGNAL_SLOTS: PerCpuArray<[u64; 4]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The socket pointer `sk` as a number (a map key), 0 when NULL.
+#[inline(always)]
+fn sk_number(sk: *const u8, slot: usize) -> u64 {
+    if sk.is_null() || slot >= 4 {
+        return 0;
+    }
+    let Some(p) = SIGNAL_SLOTS.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's value; each program has its own slot and never
+    // nests in itself on one CPU. Volatile, so the round trip through the
+    // map that turns the pointer into a number is not optimized away.
+    unsafe {
+        let at = core::ptr::addr_of_mut!((*p)[slot]);
+        core::ptr::write_volatile(at.cast::<*const u8>(), sk);
+        core::ptr::read_volatile(at)
+    }
+}
+
+/// A signal of full TCP socket `sk` (a reset received or sent by it, a
+/// SYN-ACK its listener retransmitted).
+#[inline(always)]
+fn socket_signal(sk: *const u8, kind: u16, slot: usize, cfg: &ProbeConfig) {
+    if sk.is_null() {
+        signal_stat(true, kind);
+        return;
+    }
+    // SAFETY: a non-NULL socket argument of the hook.
+    let Some(local) = (unsafe { tcp_local_port(sk) }) else {
+        signal_stat(true, kind);
+        return;
+    };
+    // SAFETY: as above; `skc_dport` is a big-endian u16 at this offset.
+    let (netns, remote) = unsafe {
+        (
+            sk_netns(sk, cfg),
+            u16::from_be(field::<u16>(sk, off(&CONFIG.sk_dport))),
+        )
+    };
+    count_signal(&signal_key(netns, kind, sk_number(sk, slot), local, remote));
+}
+
+/// `tcp:tcp_receive_reset(sk)`: a reset arrived for one of our sockets.
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcpwatch_rst_in(ctx: BtfTracePointContext) -> i32 {
+    let cfg = config();
+    if cfg.hook == HOOK_BTF && armed() {
+        socket_signal(ctx.arg(0), signal::RST_RECEIVED, 0, &cfg);
+    }
+    0
+}
+
+/// `tcp:tcp_retransmit_synack(sk, req)`: `sk` is the listener.
+#[btf_tracepoint(function = "tcp_retransmit_synack")]
+pub fn tcpwatch_synack(ctx: BtfTracePointContext) -> i32 {
+    let cfg = config();
+    if cfg.hook == HOOK_BTF && armed() {
+        socket_signal(ctx.arg(0), signal::SYNACK_RETRANSMIT, 1, &cfg);
+    }
+    0
+}
+
+/// `tcp:tcp_send_reset(sk, skb, ...)`. With `skb`, the reset answers that
+/// packet, whose ports are ours reversed; without a socket (a closed port)
+/// its device says the namespace. Without `skb`, a full socket aborts its
+/// own connection.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcpwatch_rst_out(ctx: BtfTracePointContext) -> i32 {
+    let cfg = config();
+    if cfg.hook != HOOK_BTF || !armed() {
+        return 0;
+    }
+    let sk: *const u8 = ctx.arg(0);
+    let skb: *const u8 = ctx.arg(1);
+    if skb.is_null() {
+        socket_signal(sk, signal::RST_SENT, 2, &cfg);
+        return 0;
+    }
+    if cfg.skb_data == 0 {
+        signal_stat(true, signal::RST_SENT);
+        return 0;
+    }
+    // SAFETY: `data` is a pointer at this BTF offset of struct sk_buff;
+    // when the reset is sent it points at the TCP header of the packet
+    // answered: source port at byte 0, destination (ours) at byte 2.
+    let data: u64 = unsafe { field(skb, off32(&CONFIG.skb_data)) };
+    let Some(ports) = read_kernel_quiet::<[u16; 2]>(data) else {
+        signal_stat(true, signal::RST_SENT);
+        return 0;
+    };
+    let netns = if sk.is_null() {
+        // SAFETY: `skb` is the hook's non-NULL packet argument.
+        unsafe { skb_netns(skb, &cfg) }
+    } else {
+        // SAFETY: a non-NULL socket argument of the hook (any kind: its
+        // sock_common is all that is read).
+        unsafe { sk_netns(sk, &cfg) }
+    };
+    let key = signal_key(
+        netns,
+        signal::RST_SENT,
+        sk_number(sk, 2),
+        u16::from_be(ports[1]),
+        u16::from_be(ports[0]),
+    );
+    count_signal(&key);
+    0
+}
+
+/// Namespace of a received packet, by its device (0 if unknown).
+///
+/// # Safety
+/// `skb` must be NULL or the hook's BTF `struct sk_buff *` argument.
+#[inline(always)]
+unsafe fn skb_netns(skb: *const u8, cfg: &ProbeConfig) -> u32 {
+    if skb.is_null() || cfg.skb_dev == 0 || cfg.netns_readable == 0 {
+        return 0;
+    }
+    // SAFETY: see the caller.
+    unsafe {
+        let dev: *const u8 = field(skb, off32(&CONFIG.skb_dev));
+        if dev.is_null() {
+            return 0;
+        }
+        let net: *const u8 = field(dev, off32(&CONFIG.dev_nd_net));
+        if net.is_null() {
+            return 0;
+        }
+        field(net, off32(&CONFIG.net_ns_inum))
+    }
+}
+
+/// Reads a `T` at kernel address `addr` without counting a failure in the
+/// transition statistics (the signal programs count their own).
+#[inline(always)]
+fn read_kernel_quiet<T>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the source address itself.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
 }
 
 #[cfg(not(test))]

@@ -9,7 +9,7 @@
 //! (alerts from the engine's view), [`snapshot`]
 //! (what the daemon publishes each tick), [`view`] (trace
 //! lines, tables), [`metrics`] (the Prometheus exposition), [`record`] (the
-//! recording format).
+//! recording format), [`signals`] (the probe's reset and SYN-ACK counters).
 pub mod census;
 pub mod config;
 pub mod counters;
@@ -19,5 +19,6 @@ pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod record;
+pub mod signals;
 pub mod snapshot;
 pub mod view;

@@ -15,6 +15,7 @@ use prometheus_client::{
 use crate::{
     counters,
     engine::{Direction, NETNS_OTHER, View},
+    model::errno_name,
     snapshot::Snapshot,
     view::trace::Clock,
 };
@@ -269,6 +270,26 @@ impl Collector for ViewCollector {
             "Connections closed without the FIN exchange (reset or aborted), by namespace",
             c,
         );
+        let mut connect_errors = Family::new(
+            "tcpwatch_connect_errors",
+            "Failed connects by the error the kernel closed them with (ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH...), by namespace",
+            c,
+        );
+        let mut close_errors = Family::new(
+            "tcpwatch_close_errors",
+            "Other closes with an error (ECONNRESET: reset received; ETIMEDOUT: retransmissions or keepalive gave up; EPIPE), by namespace",
+            c,
+        );
+        let mut resets = Family::new(
+            "tcpwatch_resets",
+            "TCP resets (RST) sent and received, by namespace",
+            c,
+        );
+        let mut synacks = Family::new(
+            "tcpwatch_synack_retransmits",
+            "SYN-ACKs retransmitted by listeners (handshakes the client never completed), by namespace",
+            c,
+        );
         let mut sockets = Family::new(
             "tcpwatch_sockets",
             "TCP sockets per state at the last census (request sockets count as SYN-RECV)",
@@ -325,6 +346,29 @@ impl Collector for ViewCollector {
             }
             failed.add(vec![("netns", netns.clone())], ns.activity.failed_connects);
             aborted.add(vec![("netns", netns.clone())], ns.activity.aborted);
+            for (fam, errors) in [
+                (&mut connect_errors, &ns.activity.connect_errors),
+                (&mut close_errors, &ns.activity.close_errors),
+            ] {
+                for (&e, &n) in errors {
+                    fam.add(
+                        vec![("netns", netns.clone()), ("error", errno_name(e).into())],
+                        n,
+                    );
+                }
+            }
+            resets.add(
+                vec![("netns", netns.clone()), ("side", "sent".into())],
+                ns.activity.resets_sent,
+            );
+            resets.add(
+                vec![("netns", netns.clone()), ("side", "received".into())],
+                ns.activity.resets_received,
+            );
+            synacks.add(
+                vec![("netns", netns.clone())],
+                ns.activity.synack_retransmits,
+            );
             if let Some(census) = &ns.census {
                 let s = &census.summary;
                 for (state, n) in &s.states {
@@ -424,6 +468,10 @@ impl Collector for ViewCollector {
             &tr,
             &failed,
             &aborted,
+            &connect_errors,
+            &close_errors,
+            &resets,
+            &synacks,
             &sockets,
             &l_acc,
             &l_backlog,
@@ -481,6 +529,7 @@ impl Collector for ViewCollector {
             );
         }
         port_tr.encode(&mut enc)?;
+        port_signals(&mut enc, v)?;
         let mut proc_tr = Family::new(
             "tcpwatch_process_transitions",
             "Transitions per owning process (netns, pid, comm), busiest processes; counted since the process entered the table; an evicted process's counts move to comm=\"other\"",
@@ -603,6 +652,18 @@ impl Collector for ViewCollector {
             "Namespaces dropped from the metrics because they no longer exist",
             c,
             Val::from(v.stats.netns_gone),
+        )?;
+        g1(
+            "tcpwatch_signals_unattributed",
+            "Resets and SYN-ACK retransmits counted in the kernel without their port and namespace (its table was full): in no tcpwatch_resets series",
+            c,
+            Val::from(v.stats.signals_unkeyed),
+        )?;
+        g1(
+            "tcpwatch_signals_unreadable",
+            "Resets and SYN-ACK retransmits whose socket or packet the probe could not read: in no tcpwatch_resets series",
+            c,
+            Val::from(v.stats.signals_unreadable),
         )?;
         if let Some(k) = &v.kernel {
             let a = &k.accounting;
@@ -775,6 +836,75 @@ fn split_acronyms(run: &str) -> Vec<String> {
 }
 
 /// The exposition of a snapshot, in the Prometheus text format 0.0.4.
+/// Per port: resets sent and received, SYN-ACK retransmits and connect
+/// errors, for the ports of the engine's table that have any.
+fn port_signals(enc: &mut DescriptorEncoder, v: &View) -> fmt::Result {
+    let c = MetricType::Counter;
+    let mut resets = Family::new(
+        "tcpwatch_port_resets",
+        "Resets sent and received per service port (as tcpwatch_port_transitions counts ports), ports with any",
+        c,
+    );
+    let mut synacks = Family::new(
+        "tcpwatch_port_synack_retransmits",
+        "SYN-ACKs retransmitted per listening port, ports with any",
+        c,
+    );
+    let mut errors = Family::new(
+        "tcpwatch_port_connect_errors",
+        "Failed connects per destination port and error, ports with any",
+        c,
+    );
+    let rows = v
+        .ports
+        .iter()
+        .map(|p| {
+            let dir = match p.key.direction {
+                Direction::In => "in",
+                Direction::Out => "out",
+            };
+            (
+                netns_label(p.key.netns),
+                p.key.port.to_string(),
+                dir,
+                &p.activity,
+            )
+        })
+        .chain(std::iter::once((
+            "other".to_string(),
+            "other".to_string(),
+            "other",
+            &v.ports_other.activity,
+        )));
+    for (netns, port, dir, a) in rows {
+        let labels = || -> Labels {
+            vec![
+                ("netns", netns.clone()),
+                ("port", port.clone()),
+                ("direction", dir.into()),
+            ]
+        };
+        for (side, n) in [("sent", a.resets_sent), ("received", a.resets_received)] {
+            if n > 0 {
+                let mut l = labels();
+                l.push(("side", side.into()));
+                resets.add(l, n);
+            }
+        }
+        if a.synack_retransmits > 0 {
+            synacks.add(labels(), a.synack_retransmits);
+        }
+        for (&e, &n) in &a.connect_errors {
+            let mut l = labels();
+            l.push(("error", errno_name(e).into()));
+            errors.add(l, n);
+        }
+    }
+    resets.encode(enc)?;
+    synacks.encode(enc)?;
+    errors.encode(enc)
+}
+
 pub fn render_snapshot(snapshot: Arc<Snapshot>) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ViewCollector(snapshot)));

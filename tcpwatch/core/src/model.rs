@@ -197,6 +197,38 @@ pub struct Transition {
     /// probe, or the probe's entry for it was evicted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passive: Option<bool>,
+    /// At `-> CLOSE`, the error the kernel closed the socket with (errno:
+    /// 111 refused, 110 timed out, 113 host unreachable, 104 reset...);
+    /// None for an orderly close and for other transitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<u16>,
+}
+
+/// The symbolic name of an errno a socket can close or fail with (as
+/// `strerror`'s users know them), or `E<n>` for another.
+pub fn errno_name(errno: u16) -> std::borrow::Cow<'static, str> {
+    let name = match errno {
+        1 => "EPERM",
+        13 => "EACCES",
+        22 => "EINVAL",
+        32 => "EPIPE",
+        71 => "EPROTO",
+        90 => "EMSGSIZE",
+        92 => "ENOPROTOOPT",
+        97 => "EAFNOSUPPORT",
+        98 => "EADDRINUSE",
+        99 => "EADDRNOTAVAIL",
+        100 => "ENETDOWN",
+        101 => "ENETUNREACH",
+        103 => "ECONNABORTED",
+        104 => "ECONNRESET",
+        110 => "ETIMEDOUT",
+        111 => "ECONNREFUSED",
+        112 => "EHOSTDOWN",
+        113 => "EHOSTUNREACH",
+        _ => return format!("E{errno}").into(),
+    };
+    name.into()
 }
 
 /// Durations as whole nanoseconds (exact, unlike float seconds).
@@ -255,6 +287,7 @@ impl Transition {
             } else {
                 None
             },
+            error: (e.error != 0).then_some(e.error),
         }
     }
 
@@ -468,7 +501,7 @@ mod tests {
         TransitionEvent {
             header: tcpwatch_common::EventHeader {
                 kind: tcpwatch_common::kind::TRANSITION,
-                size: 104,
+                size: 112,
                 _pad: 0,
             },
             ts_ns: 5,
@@ -487,7 +520,21 @@ mod tests {
             saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             daddr: [127, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             comm: tcpwatch_common::TaskComm(*b"curl\0\0\0\0\0\0\0\0\0\0\0\0"),
+            error: 0,
+            _pad2: [0; 3],
         }
+    }
+
+    #[test]
+    fn a_close_with_an_error_carries_it_and_its_name() {
+        let mut e = raw();
+        e.newstate = TCP_CLOSE;
+        e.error = 111;
+        let t = Transition::from_raw(&e);
+        assert_eq!(t.error, Some(111));
+        assert_eq!(errno_name(111), "ECONNREFUSED");
+        assert_eq!(errno_name(4242), "E4242");
+        assert_eq!(Transition::from_raw(&raw()).error, None);
     }
 
     #[test]

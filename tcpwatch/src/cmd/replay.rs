@@ -58,6 +58,7 @@ fn input_ts(i: &Input) -> u64 {
         Input::Census(c) | Input::Listeners(c) => c.ts_ns,
         Input::Counters(c) => c.ts_ns,
         Input::Kernel(k) => k.ts_ns,
+        Input::Signals(s) => s.ts_ns,
         Input::Tick { ts_ns } => *ts_ns,
         Input::Namespaces { ts_ns, .. } => *ts_ns,
     }

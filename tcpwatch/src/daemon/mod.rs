@@ -38,7 +38,7 @@ use crate::{
         clock::{monotonic_ns, wall_clock},
         netns, usage,
     },
-    probe::{capture::Capture, loader::LoadOptions},
+    probe::{capture::Capture, loader::LoadOptions, signals::SignalReader},
 };
 
 /// How often, at most, namespaces the engine just met are censused outside
@@ -209,7 +209,8 @@ pub async fn run(
         mut samples,
         stop: sampler_stop,
         first_seen,
-    } = spawn_sampler(opts.scope.clone(), settings_rx).context("starting the census thread")?;
+    } = spawn_sampler(opts.scope.clone(), settings_rx, capture.take_signals())
+        .context("starting the census thread")?;
     let mut tick = ticker(&running);
     let mut pending: Vec<u32> = Vec::new();
     tokio::pin!(stop);
@@ -432,6 +433,7 @@ struct SamplerThread {
 fn spawn_sampler(
     scope: Scope,
     settings: watch::Receiver<SamplerSettings>,
+    signals: Option<SignalReader>,
 ) -> std::io::Result<SamplerThread> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<Vec<Input>>(4);
@@ -442,7 +444,7 @@ fn spawn_sampler(
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("tcpwatch-census".into())
-            .spawn(move || census_loop(sampler, settings, fresh, tx, stop))?
+            .spawn(move || census_loop(sampler, signals, settings, fresh, tx, stop))?
     };
     Ok(SamplerThread {
         handle,
@@ -455,6 +457,7 @@ fn spawn_sampler(
 /// The census thread's loop, until `stop` or the event loop is gone.
 fn census_loop(
     mut sampler: Sampler,
+    mut signals: Option<SignalReader>,
     mut settings: watch::Receiver<SamplerSettings>,
     fresh: std::sync::mpsc::Receiver<Vec<u32>>,
     tx: mpsc::Sender<Vec<Input>>,
@@ -472,13 +475,23 @@ fn census_loop(
         sampler.set_owners_every(s.owners_every);
         sampler.set_max_netns(s.max_netns);
         let started = Instant::now();
-        let inputs = if started >= next_full {
+        let mut inputs = if started >= next_full {
             let (inputs, spent) = cpu_of(|| sampler.sample());
             next_full = started + census_delay(s.interval, spent, s.budget_pct);
             inputs
         } else {
             sampler.sample_listeners()
         };
+        if let Some(reader) = &mut signals {
+            match reader.read(monotonic_ns()) {
+                Ok(sample) => inputs.push(Input::Signals(sample)),
+                Err(e) => {
+                    // Said once; the rest of the daemon goes on without them.
+                    tracing::warn!("reset and SYN-ACK counters unreadable, left out: {e}");
+                    signals = None;
+                }
+            }
+        }
         next += s.interval;
         if tx.blocking_send(inputs).is_err() {
             break;

@@ -22,6 +22,7 @@ use crate::{
     host::owners,
     probe::{
         loader::{self, Hook, LoadError, LoadOptions, Loaded},
+        signals::SignalReader,
         witness::{self, Reading, Witness},
     },
 };
@@ -63,6 +64,8 @@ pub struct Capture {
     /// The last drain stopped at its limit: more events may be waiting
     /// without a wakeup to say so.
     more: bool,
+    /// The signal counters' reader, until someone takes it.
+    signals: Option<SignalReader>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +101,7 @@ impl Capture {
             .take_map("STATS")
             .ok_or(CaptureError::MissingMap("STATS"))?;
         let stats = PerCpuArray::try_from(stats).map_err(|e| CaptureError::Map("STATS", e))?;
+        let signals = SignalReader::new(&mut loaded.ebpf)?;
         // SAFETY: RingBuf owns its map fd and returns that same fd from
         // as_raw_fd for as long as it lives; the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -144,7 +148,14 @@ impl Capture {
             witness_last_gap: Cell::new(None),
             delivered: 0,
             more: false,
+            signals: Some(signals),
         })
+    }
+
+    /// The reader of the signal counters (resets, SYN-ACK retransmits), for
+    /// whoever samples them; None once taken.
+    pub fn take_signals(&mut self) -> Option<SignalReader> {
+        self.signals.take()
     }
 
     /// Why there is no witness counter, if there is none.

@@ -179,7 +179,31 @@ fn config_from_btf(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
     cfg.inet_sport = sport_off as u32;
     netns_fields(btf, &mut cfg);
     task_fields(btf, &mut cfg);
+    error_fields(btf, &mut cfg);
+    packet_fields(btf, &mut cfg);
     Ok(cfg)
+}
+
+/// `sock.sk_err`, the errno a transition to CLOSE carries; left unknown
+/// (no errors reported) if BTF lacks it.
+fn error_fields(btf: &Btf, cfg: &mut ProbeConfig) {
+    if let Ok((off, 4)) = member(btf, "sock", &["sk_err"]) {
+        cfg.sk_err = off as u32;
+    }
+}
+
+/// Where a packet keeps its TCP header and device, and a device its
+/// namespace: for resets sent without a socket. Each optional.
+fn packet_fields(btf: &Btf, cfg: &mut ProbeConfig) {
+    if let Ok((off, 8)) = member(btf, "sk_buff", &["data"]) {
+        cfg.skb_data = off as u32;
+    }
+    let dev = member(btf, "sk_buff", &["dev"]);
+    let net = member(btf, "net_device", &["nd_net", "net"]);
+    if let (Ok((dev, 8)), Ok((net, 8))) = (dev, net) {
+        cfg.skb_dev = dev as u32;
+        cfg.dev_nd_net = net as u32;
+    }
 }
 
 /// `task_struct.flags`, to tell kernel threads from owners; left unknown
@@ -208,6 +232,7 @@ pub fn add_netns_from_btf(btf_path: &Path, cfg: &mut ProbeConfig) {
     if let Ok(btf) = open_btf(btf_path) {
         netns_fields(&btf, cfg);
         task_fields(&btf, cfg);
+        error_fields(&btf, cfg);
     }
 }
 
@@ -352,6 +377,15 @@ mod tests {
         assert!(cfg.inet_sport > cfg.sk_protocol);
         assert_eq!(cfg.netns_readable, 1);
         assert_ne!(cfg.task_flags, 0);
+        // Past sock_common, where struct sock's own fields start.
+        assert!(
+            cfg.sk_err > u32::from(cfg.sk_v6_daddr),
+            "sk_err at {}",
+            cfg.sk_err
+        );
+        assert_ne!(cfg.skb_data, 0);
+        assert_ne!(cfg.skb_dev, 0);
+        assert_ne!(cfg.dev_nd_net, 0);
     }
 
     #[test]

@@ -204,8 +204,20 @@ pub struct ProgramSpec {
     pub name: &'static str,
     /// The hook mode it belongs to.
     pub hook: Hook,
+    /// What it feeds.
+    pub role: Role,
     pub attach: Attach,
     pub if_missing: IfMissing,
+}
+
+/// What a program feeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Transition events and their accounting (main program first).
+    Transitions,
+    /// The in-kernel signal counters (resets, SYN-ACKs, early connect
+    /// failures): optional, each left out where its hook is missing.
+    Signals,
 }
 
 /// Every program, in attach order within a hook: the kernel runs a hook's
@@ -215,6 +227,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         name: "tcpwatch_main",
         hook: Hook::Btf,
+        role: Role::Transitions,
         attach: Attach::Btf {
             tracepoint: "inet_sock_set_state",
         },
@@ -223,6 +236,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         name: "tcpwatch_catch",
         hook: Hook::Btf,
+        role: Role::Transitions,
         attach: Attach::Btf {
             tracepoint: "inet_sock_set_state",
         },
@@ -231,13 +245,44 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         name: "tcpwatch_classic",
         hook: Hook::Classic,
+        role: Role::Transitions,
         attach: Attach::Tracepoint {
             category: "sock",
             name: "inet_sock_set_state",
         },
         if_missing: IfMissing::Fail,
     },
+    signal(
+        "tcpwatch_rst_out",
+        Attach::Btf {
+            tracepoint: "tcp_send_reset",
+        },
+    ),
+    signal(
+        "tcpwatch_rst_in",
+        Attach::Btf {
+            tracepoint: "tcp_receive_reset",
+        },
+    ),
+    signal(
+        "tcpwatch_synack",
+        Attach::Btf {
+            tracepoint: "tcp_retransmit_synack",
+        },
+    ),
 ];
+
+/// A signal program: BTF hook only (it reads the socket in place), and
+/// left out where the kernel lacks its hook.
+const fn signal(name: &'static str, attach: Attach) -> ProgramSpec {
+    ProgramSpec {
+        name,
+        hook: Hook::Btf,
+        role: Role::Signals,
+        attach,
+        if_missing: IfMissing::Skip,
+    }
+}
 
 /// Loaded and attached programs; dropping it detaches them.
 pub struct Loaded {
@@ -254,11 +299,11 @@ enum Link {
     Tracepoint(TracePointLinkId),
 }
 
-/// Names of the programs of a hook mode, main program first.
+/// Names of the transition programs of a hook mode, main program first.
 pub fn program_names(hook: Hook) -> Vec<&'static str> {
     PROGRAMS
         .iter()
-        .filter(|p| p.hook == hook)
+        .filter(|p| p.hook == hook && p.role == Role::Transitions)
         .map(|p| p.name)
         .collect()
 }
@@ -524,13 +569,7 @@ fn attach(
 ) -> Result<Link, Missing> {
     match spec.attach {
         Attach::Btf { tracepoint } => {
-            if btf.is_none() {
-                *btf = Some(
-                    Btf::from_sys_fs()
-                        .map_err(|e| Missing::Error(LoadError::other("reading kernel BTF", e)))?,
-                );
-            }
-            let btf = btf.as_ref().expect("just read");
+            let btf = kernel_btf(btf)?;
             let prog: &mut BtfTracePoint = program(ebpf, spec.name).map_err(Missing::Error)?;
             prog.load(tracepoint, btf).map_err(|e| match e {
                 // The kernel has no such tracepoint function in its BTF.
@@ -556,6 +595,17 @@ fn attach(
                 })
         }
     }
+}
+
+/// The kernel's BTF, read once for all the programs that need it.
+fn kernel_btf(btf: &mut Option<Btf>) -> Result<&Btf, Missing> {
+    if btf.is_none() {
+        *btf = Some(
+            Btf::from_sys_fs()
+                .map_err(|e| Missing::Error(LoadError::other("reading kernel BTF", e)))?,
+        );
+    }
+    Ok(btf.as_ref().expect("just read"))
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
@@ -645,6 +695,7 @@ mod tests {
         let spec = |if_missing| ProgramSpec {
             name: "tcpwatch_main",
             hook: Hook::Btf,
+            role: Role::Transitions,
             attach: Attach::Btf {
                 tracepoint: "tcpwatch_no_such_tracepoint",
             },
@@ -660,6 +711,7 @@ mod tests {
         let spec = ProgramSpec {
             name: "tcpwatch_classic",
             hook: Hook::Classic,
+            role: Role::Transitions,
             attach: Attach::Tracepoint {
                 category: "sock",
                 name: "tcpwatch_no_such_tracepoint",

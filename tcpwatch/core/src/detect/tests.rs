@@ -253,6 +253,7 @@ fn a_close_wait_leak_names_the_process_once_old_enough() {
             in_old: None,
             caught: false,
             passive: Some(true),
+            error: None,
         });
     }
     let mut all = Vec::new();

@@ -28,6 +28,7 @@ pub use self::{
 use crate::{
     census::Summary,
     model::{Accounting, Comm, State, Transition},
+    signals::{SignalKind, SignalsSample},
 };
 
 const NS_PER_S: u64 = 1_000_000_000;
@@ -80,6 +81,8 @@ pub enum Input {
     /// censuses, which a CPU budget may space out, it keeps the listener
     /// signals (queues, SYN-RECV) fresh.
     Listeners(CensusSample),
+    /// A reading of the probe's reset and SYN-ACK counters.
+    Signals(SignalsSample),
     /// The namespaces that exist now (the sampler's enumeration): every
     /// other one the engine keeps is gone and is dropped.
     Namespaces {
@@ -166,6 +169,22 @@ pub struct Activity {
     pub aborted: u64,
     /// Per (from, to). A list of `[from, to, count]` in JSON.
     pub pairs: PairMap<u64>,
+    /// Failed connects by the errno the kernel closed them with (those
+    /// with none, a connect aborted by its own process, are not here).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub connect_errors: BTreeMap<u16, u64>,
+    /// Other closes with an error, by errno (ECONNRESET: a reset
+    /// received; ETIMEDOUT: retransmissions or keepalive gave up; EPIPE).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub close_errors: BTreeMap<u16, u64>,
+    /// Resets sent and received, and SYN-ACKs retransmitted (the probe's
+    /// signal counters; see `crate::signals`).
+    #[serde(default)]
+    pub resets_sent: u64,
+    #[serde(default)]
+    pub resets_received: u64,
+    #[serde(default)]
+    pub synack_retransmits: u64,
 }
 
 impl topk::Merge for Activity {
@@ -177,6 +196,15 @@ impl topk::Merge for Activity {
         for (pair, n) in from.pairs.iter() {
             *self.pairs.entry(*pair) += *n;
         }
+        for (e, n) in &from.connect_errors {
+            *self.connect_errors.entry(*e).or_default() += n;
+        }
+        for (e, n) in &from.close_errors {
+            *self.close_errors.entry(*e).or_default() += n;
+        }
+        self.resets_sent += from.resets_sent;
+        self.resets_received += from.resets_received;
+        self.synack_retransmits += from.synack_retransmits;
     }
 }
 
@@ -189,6 +217,23 @@ impl Activity {
             Kind::FailedConnect => self.failed_connects += 1,
             Kind::Aborted => self.aborted += 1,
             Kind::Other => {}
+        }
+        if let Some(e) = t.error {
+            let errors = if t.old.raw() == TCP_SYN_SENT {
+                &mut self.connect_errors
+            } else {
+                &mut self.close_errors
+            };
+            *errors.entry(e).or_default() += 1;
+        }
+    }
+
+    /// Adds a reading's signal delta.
+    fn signal(&mut self, kind: SignalKind, n: u64) {
+        match kind {
+            SignalKind::ResetSent => self.resets_sent += n,
+            SignalKind::ResetReceived => self.resets_received += n,
+            SignalKind::SynackRetransmit => self.synack_retransmits += n,
         }
     }
 }
@@ -384,6 +429,12 @@ pub struct EngineStats {
     pub netns_gone: u64,
     /// CLOSE-WAIT sockets not followed because `max_open_sockets` was full.
     pub open_sockets_overflow: u64,
+    /// Resets and SYN-ACK retransmits the probe counted without a port
+    /// (its map full), and those it could not read (cumulative).
+    #[serde(default)]
+    pub signals_unkeyed: u64,
+    #[serde(default)]
+    pub signals_unreadable: u64,
 }
 
 impl Engine {
@@ -428,6 +479,7 @@ impl Engine {
             Input::Listeners(c) => self.listeners(c),
             Input::Counters(c) => self.counters(c),
             Input::Kernel(k) => self.kernel(k),
+            Input::Signals(s) => self.signals(s),
             Input::Tick { ts_ns } => self.tick(ts_ns),
             Input::Namespaces { ts_ns, alive } => self.namespaces_alive(ts_ns, &alive),
         }
@@ -718,6 +770,26 @@ impl Engine {
         let ns = self.namespaces.entry(key).or_default();
         ns.last_seen_ns = ns.last_seen_ns.max(c.ts_ns);
         ns.prev_counters = ns.counters.replace(c);
+    }
+
+    /// Credits each port and namespace with its resets and SYN-ACK
+    /// retransmits since the previous reading.
+    pub fn signals(&mut self, s: SignalsSample) {
+        self.tick(s.ts_ns);
+        let sec = s.ts_ns / NS_PER_S;
+        for d in &s.deltas {
+            let ns = self.namespace(d.netns);
+            ns.last_seen_ns = ns.last_seen_ns.max(s.ts_ns);
+            ns.activity.signal(d.kind, d.count);
+            let key = PortKey {
+                netns: d.netns,
+                port: d.port,
+                direction: d.direction,
+            };
+            self.ports.record(&key, sec, |a| a.signal(d.kind, d.count));
+        }
+        self.stats.signals_unkeyed = s.unkeyed;
+        self.stats.signals_unreadable = s.unreadable;
     }
 
     pub fn kernel(&mut self, k: KernelSample) {

@@ -25,6 +25,7 @@ fn t(ts_ns: u64, sk: u64, old: TcpState, new: TcpState, local: &str, remote: &st
         in_old: Some(Duration::from_micros(40)),
         caught: false,
         passive: None,
+        error: None,
     }
 }
 

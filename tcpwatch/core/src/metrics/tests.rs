@@ -31,6 +31,7 @@ fn engine() -> Engine {
         in_old: Some(Duration::from_micros(30)),
         caught: false,
         passive: None,
+        error: None,
     };
     e.apply(Input::Transition(tr(
         Close,
@@ -285,6 +286,7 @@ fn process_counters_never_go_down_when_a_process_is_evicted() {
                 in_old: None,
                 caught: false,
                 passive: None,
+                error: None,
             }));
         }
     };
@@ -352,6 +354,7 @@ fn a_rename_spray_stays_within_the_caps_over_time_and_no_counter_goes_down() {
                 in_old: None,
                 caught: false,
                 passive: Some(false),
+                error: None,
             }));
         }
         let text = render(e.view(), Clock { offset_ns: 0 }, &Info::default());

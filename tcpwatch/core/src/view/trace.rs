@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use tcpwatch_common::TcpState;
 
-use crate::model::{Comm, Protocol, Transition};
+use crate::model::{Comm, Protocol, Transition, errno_name};
 
 /// Which transitions to show. Every set field must match.
 #[derive(Clone, Debug, Default)]
@@ -142,6 +142,10 @@ pub fn text_line(t: &Transition, clock: &Clock) -> String {
     if t.protocol == Protocol::Mptcp {
         s.push_str(" mptcp");
     }
+    if let Some(e) = t.error {
+        s.push(' ');
+        s.push_str(&errno_name(e));
+    }
     s
 }
 
@@ -165,6 +169,11 @@ pub struct JsonEvent {
     pub newstate: String,
     pub ms: Option<f64>,
     pub caught: bool,
+    /// At `-> CLOSE` with an error: its name ("ECONNREFUSED") and number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<u16>,
 }
 
 pub fn json_line(t: &Transition, clock: &Clock) -> String {
@@ -189,6 +198,8 @@ pub fn json_line(t: &Transition, clock: &Clock) -> String {
         newstate: t.new.to_string(),
         ms: t.in_old.map(|d| d.as_secs_f64() * 1000.0),
         caught: t.caught,
+        error: t.error.map(|e| errno_name(e).into_owned()),
+        errno: t.error,
     };
     serde_json::to_string(&ev).expect("a struct of strings and numbers serializes")
 }
@@ -217,6 +228,7 @@ mod tests {
             in_old: Some(Duration::from_micros(1250)),
             caught: false,
             passive: None,
+            error: None,
         }
     }
 

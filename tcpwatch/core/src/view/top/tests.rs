@@ -33,6 +33,7 @@ fn t(at: u64, sk: u64, old: TcpState, new: TcpState, l: &str, r: &str, pid: u32)
         in_old: Some(Duration::from_micros(40)),
         caught: false,
         passive: None,
+        error: None,
     }
 }
 
