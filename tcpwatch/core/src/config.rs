@@ -141,6 +141,24 @@ pub struct Detect {
     /// ...the oldest waiting this many seconds.
     #[serde(deserialize_with = "seconds")]
     pub close_wait_age: f64,
+    /// RST storm: resets (sent plus received) per second on one port...
+    #[serde(deserialize_with = "per_second")]
+    pub rst_storm_rate: f64,
+    /// ...and this many times the port's normal rate or more...
+    #[serde(deserialize_with = "factor")]
+    pub rst_storm_factor: f64,
+    /// ...for this many seconds.
+    #[serde(deserialize_with = "seconds")]
+    pub rst_storm_hold: f64,
+    /// Failing connects: one process's failed connects per second...
+    #[serde(deserialize_with = "per_second")]
+    pub connect_fail_rate: f64,
+    /// ...at least this fraction of those it attempts...
+    #[serde(deserialize_with = "fraction")]
+    pub connect_fail_ratio: f64,
+    /// ...for this many seconds.
+    #[serde(deserialize_with = "seconds")]
+    pub connect_fail_hold: f64,
 }
 
 impl Default for Detect {
@@ -153,6 +171,12 @@ impl Default for Detect {
             accept_overflow_hold: 2.0,
             close_wait_min: 16,
             close_wait_age: 60.0,
+            rst_storm_rate: 20.0,
+            rst_storm_factor: 10.0,
+            rst_storm_hold: 5.0,
+            connect_fail_rate: 5.0,
+            connect_fail_ratio: 0.5,
+            connect_fail_hold: 10.0,
         }
     }
 }
@@ -285,6 +309,8 @@ pub mod range {
     pub const FRACTION: RangeInclusive<f64> = 0.01..=1.0;
     pub const COUNT: RangeInclusive<u64> = 1..=1_000_000;
     pub const RESEND_S: RangeInclusive<f64> = 1.0..=3600.0;
+    pub const PER_SECOND: RangeInclusive<f64> = 0.01..=10_000_000.0;
+    pub const FACTOR: RangeInclusive<f64> = 1.0..=1_000_000.0;
 }
 
 /// A value in `range`, or an error saying it is not `what` in it.
@@ -311,6 +337,14 @@ fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 
 fn fraction<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     ranged(d, range::FRACTION, "a fraction")
+}
+
+fn per_second<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    ranged(d, range::PER_SECOND, "a rate per second")
+}
+
+fn factor<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    ranged(d, range::FACTOR, "a factor")
 }
 
 fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -459,6 +493,19 @@ accept_overflow_hold = 2.0
 # CLOSE-WAIT (1-1000000), the oldest for close_wait_age seconds.
 close_wait_min = 16
 close_wait_age = 60.0
+# RST storm: resets sent plus received on one port (a server's local port,
+# a client's remote port) at rst_storm_rate per second or more (0.01-1e7)
+# and rst_storm_factor times the port's normal or more (1-1e6; the normal
+# follows the port's rate over about an hour), for rst_storm_hold seconds.
+rst_storm_rate = 20.0
+rst_storm_factor = 10.0
+rst_storm_hold = 5.0
+# Failing connects: one process's failed connects at connect_fail_rate per
+# second or more, and connect_fail_ratio of its attempts or more, for
+# connect_fail_hold seconds. Names the errors (ECONNREFUSED, ETIMEDOUT...).
+connect_fail_rate = 5.0
+connect_fail_ratio = 0.5
+connect_fail_hold = 10.0
 
 [alertmanager]
 # Send alerts to this Alertmanager (plain http://HOST:PORT; empty: none).

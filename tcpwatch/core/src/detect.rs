@@ -44,13 +44,25 @@ impl Severity {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Subject {
-    Listener { address: String, port: u16 },
-    Process { pid: u32, comm: String },
+    Listener {
+        address: String,
+        port: u16,
+    },
+    Process {
+        pid: u32,
+        comm: String,
+    },
+    /// A port as the engine counts it ("in": local, "out": remote).
+    Port {
+        port: u16,
+        direction: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AlertKey {
-    /// `SynFlood`, `AcceptQueueOverflow`, `CloseWaitLeak`.
+    /// `SynFlood`, `AcceptQueueOverflow`, `CloseWaitLeak`, `RstStorm`,
+    /// `ConnectFailures`.
     pub name: String,
     pub netns: u32,
     pub subject: Subject,
@@ -64,6 +76,9 @@ impl AlertKey {
                 [("address", address.clone()), ("port", port.to_string())]
             }
             Subject::Process { pid, comm } => [("pid", pid.to_string()), ("comm", comm.clone())],
+            Subject::Port { port, direction } => {
+                [("port", port.to_string()), ("direction", direction.clone())]
+            }
         }
     }
 }
@@ -154,6 +169,7 @@ pub struct Detector {
     tracks: BTreeMap<AlertKey, Track>,
     recent: VecDeque<Alert>,
     dropped: u64,
+    trends: Trends,
 }
 
 /// A change worth a log line.
@@ -171,8 +187,10 @@ fn rate(ns: &NamespaceView, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn findings(view: &View, cfg: &Detect, stale_ns: u64) -> Vec<Finding> {
+fn findings(view: &View, cfg: &Detect, stale_ns: u64, trends: &Trends) -> Vec<Finding> {
     let mut out = Vec::new();
+    traffic::reset_storms(view, cfg, trends, &mut out);
+    traffic::failing_connects(view, cfg, trends, &mut out);
     for ns in &view.namespaces {
         if ns.netns == NETNS_OTHER {
             continue;
@@ -211,6 +229,18 @@ fn findings(view: &View, cfg: &Detect, stale_ns: u64) -> Vec<Finding> {
                 evidence.insert("syncookies_per_s".into(), cookies.max(q_cookies));
                 evidence.insert("syn_drops_per_s".into(), q_drops);
                 evidence.insert("listen_drops_per_s".into(), listen_drops);
+                let port_key = crate::engine::PortKey {
+                    netns: ns.netns,
+                    port: l.port,
+                    direction: crate::engine::Direction::In,
+                };
+                let synacks = trends
+                    .rate(
+                        &trend::Subject::Port(port_key),
+                        trend::Series::SynackRetransmits,
+                    )
+                    .unwrap_or(0.0);
+                evidence.insert("synack_retransmits_per_s".into(), synacks);
                 out.push(Finding {
                     key: AlertKey {
                         name: "SynFlood".into(),
@@ -224,7 +254,7 @@ fn findings(view: &View, cfg: &Detect, stale_ns: u64) -> Vec<Finding> {
                         l.address, l.port, ns.netns, l.syn_recv, l.backlog
                     ),
                     description: format!(
-                        "The listener {}:{} of {owner} holds {} request sockets in SYN-RECV against a backlog of {}: SYNs arrive that never complete the handshake. {} Usual fixes: keep net.ipv4.tcp_syncookies=1, raise net.ipv4.tcp_max_syn_backlog and the listen() backlog, and filter the sources upstream.",
+                        "The listener {}:{} of {owner} holds {} request sockets in SYN-RECV against a backlog of {}: SYNs arrive that never complete the handshake (SYN-ACKs retransmitted: {synacks:.0}/s). {} Usual fixes: keep net.ipv4.tcp_syncookies=1, raise net.ipv4.tcp_max_syn_backlog and the listen() backlog, and filter the sources upstream.",
                         l.address,
                         l.port,
                         l.syn_recv,
@@ -322,6 +352,7 @@ impl Default for Detector {
             tracks: BTreeMap::new(),
             recent: VecDeque::new(),
             dropped: 0,
+            trends: Trends::default(),
         }
     }
 }
@@ -334,7 +365,8 @@ impl Detector {
         let warm = now.saturating_sub(started) as f64 / NS_PER_S >= cfg.warmup;
         let mut changes = Vec::new();
         let mut seen = Vec::new();
-        for f in findings(view, cfg, self.stale_after_ns) {
+        self.trends.update(view, warm);
+        for f in findings(view, cfg, self.stale_after_ns, &self.trends) {
             seen.push(f.key.clone());
             if !self.tracks.contains_key(&f.key) && self.tracks.len() >= ACTIVE_MAX {
                 self.dropped += 1;
@@ -415,6 +447,10 @@ impl Detector {
 }
 
 pub mod alertmanager;
+mod traffic;
+mod trend;
+
+use trend::Trends;
 
 #[cfg(test)]
 mod tests;

@@ -92,6 +92,7 @@ fn subject(s: &Subject) -> String {
     match s {
         Subject::Listener { address, port } => format!("{}:{port}", fmt::address(address)),
         Subject::Process { pid, comm } => format!("{} (pid {pid})", fmt::comm(Some(comm))),
+        Subject::Port { port, direction } => format!("port {port} ({direction})"),
     }
 }
 

@@ -362,3 +362,177 @@ fn a_namespace_no_longer_censused_resolves_its_alert() {
     }
     assert_eq!(resolved(&changes).len(), 1, "{changes:?}");
 }
+
+/// One second of resets on port 9 ("in": sent for a closed port), `n` of
+/// them, read as the sampler reads the probe's counters.
+fn resets(d: &mut Detector, e: &mut Engine, t: u64, sent: u64, received: u64) -> Vec<Change> {
+    use crate::signals::{SignalDelta, SignalKind, SignalsSample};
+    let mut deltas = Vec::new();
+    for (kind, count) in [
+        (SignalKind::ResetSent, sent),
+        (SignalKind::ResetReceived, received),
+    ] {
+        if count > 0 {
+            deltas.push(SignalDelta {
+                netns: NS,
+                kind,
+                port: 9,
+                direction: crate::engine::Direction::In,
+                count,
+            });
+        }
+    }
+    e.apply(Input::Signals(SignalsSample {
+        ts_ns: t * S,
+        deltas,
+        unkeyed: 0,
+        unreadable: 0,
+    }));
+    d.evaluate(&e.view(), &cfg())
+}
+
+#[test]
+fn a_reset_storm_on_a_port_fires_against_its_normal_and_resolves() {
+    let (mut d, mut e) = (Detector::default(), Engine::new(EngineConfig::default()));
+    let mut c = Vec::new();
+    // A port that normally sends 5 resets a second (below the floor) for
+    // a minute: nothing.
+    for t in 1..60 {
+        c.extend(resets(&mut d, &mut e, t, 5, 0));
+    }
+    assert!(c.is_empty(), "{c:?}");
+    // 500/s: at 10 times its normal and over the floor, for the hold.
+    for t in 60..75 {
+        c.extend(resets(&mut d, &mut e, t, 500, 0));
+    }
+    let f = fired(&c);
+    assert_eq!(f.len(), 1, "{c:?}");
+    let a = f[0];
+    assert_eq!(a.key.name, "RstStorm");
+    assert_eq!(
+        a.key.subject,
+        Subject::Port {
+            port: 9,
+            direction: "in".into()
+        }
+    );
+    assert!(
+        a.since_ns >= 65 * S && a.since_ns <= 70 * S,
+        "{}",
+        a.since_ns
+    );
+    assert!(
+        a.description.contains("nothing listens"),
+        "{}",
+        a.description
+    );
+    let active = &d.alerts().active[0];
+    assert!(
+        active.evidence["resets_sent_per_s"] > 100.0,
+        "{:?}",
+        active.evidence
+    );
+    assert_eq!(active.evidence["resets_received_per_s"], 0.0);
+    assert!(
+        active.evidence["normal_per_s"] < 10.0,
+        "{:?}",
+        active.evidence
+    );
+    // Back to normal: resolves once the 10 s rate is down and clear for
+    // resolve_after.
+    let mut c = Vec::new();
+    for t in 75..100 {
+        c.extend(resets(&mut d, &mut e, t, 5, 0));
+    }
+    assert_eq!(resolved(&c).len(), 1, "{c:?}");
+}
+
+#[test]
+fn a_port_that_always_resets_this_much_is_no_storm_after_a_restart() {
+    // The daemon starts while the port already resets 200 a second: its
+    // normal, not a storm.
+    let (mut d, mut e) = (Detector::default(), Engine::new(EngineConfig::default()));
+    let mut c = Vec::new();
+    for t in 1..60 {
+        c.extend(resets(&mut d, &mut e, t, 100, 100));
+    }
+    assert!(c.is_empty(), "{c:?}");
+}
+
+/// Second `t` of a process (pid 300, "client") that attempts `tries`
+/// connects, `fails` of them refused.
+fn connects(d: &mut Detector, e: &mut Engine, t: u64, tries: u64, fails: u64) -> Vec<Change> {
+    use crate::model::{Comm, Owner, Protocol, State, Transition};
+    use tcpwatch_common::TcpState;
+    let tr = |i: u64, old, new, error| Transition {
+        ts_ns: t * S + i * 1000,
+        skaddr: 0x1000 + i,
+        netns: Some(NS),
+        owner: Some(Owner {
+            pid: 300,
+            tid: 300,
+            comm: Comm::from("client"),
+        }),
+        old: State::Known(old),
+        new: State::Known(new),
+        protocol: Protocol::Tcp,
+        local: "10.0.0.1:40000".parse().unwrap(),
+        remote: "10.0.0.2:5432".parse().unwrap(),
+        in_old: None,
+        caught: false,
+        passive: Some(false),
+        error,
+    };
+    for i in 0..tries {
+        e.transition(&tr(i, TcpState::Close, TcpState::SynSent, None));
+        if i < fails {
+            e.transition(&tr(i, TcpState::SynSent, TcpState::Close, Some(111)));
+        } else {
+            e.transition(&tr(i, TcpState::SynSent, TcpState::Established, None));
+        }
+    }
+    e.apply(Input::Tick {
+        ts_ns: t * S + S / 2,
+    });
+    d.evaluate(&e.view(), &cfg())
+}
+
+#[test]
+fn a_process_whose_connects_are_refused_is_named_with_the_error() {
+    let (mut d, mut e) = (Detector::default(), Engine::new(EngineConfig::default()));
+    let mut c = Vec::new();
+    // Healthy: 100 connects a second, 2 refused.
+    for t in 1..30 {
+        c.extend(connects(&mut d, &mut e, t, 100, 2));
+    }
+    assert!(c.is_empty(), "{c:?}");
+    // Its destination goes down: 40 a second, all refused.
+    for t in 30..50 {
+        c.extend(connects(&mut d, &mut e, t, 40, 40));
+    }
+    let f = fired(&c);
+    assert_eq!(f.len(), 1, "{c:?}");
+    let a = f[0];
+    assert_eq!(a.key.name, "ConnectFailures");
+    assert_eq!(
+        a.key.subject,
+        Subject::Process {
+            pid: 300,
+            comm: "client".into()
+        }
+    );
+    assert!(a.summary.contains("ECONNREFUSED"), "{}", a.summary);
+    assert!(a.description.contains("port 5432"), "{}", a.description);
+    assert!(
+        a.description.contains("nothing listens"),
+        "{}",
+        a.description
+    );
+    // Firing needs the 10 s rate to pass half of the attempts and then
+    // the hold: between 10 and 25 s after the outage began.
+    assert!(
+        a.since_ns >= 40 * S && a.since_ns <= 55 * S,
+        "{}",
+        a.since_ns
+    );
+}
