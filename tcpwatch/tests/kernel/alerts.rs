@@ -20,7 +20,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_tcpwatch");
 /// The listener's backlog: small, so a short flood fills it.
 const BACKLOG: i32 = 64;
 
-fn alerts(d: &Daemon) -> serde_json::Value {
+pub(crate) fn alerts(d: &Daemon) -> serde_json::Value {
     let out = Command::new(BIN)
         .args(["alerts", "--json", "--socket"])
         .arg(&d.control)
@@ -35,7 +35,12 @@ fn alerts(d: &Daemon) -> serde_json::Value {
 }
 
 /// Polls (up to `within` after `from`) until `f` says yes; how long it took.
-fn until(from: Instant, within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+pub(crate) fn until(
+    from: Instant,
+    within: Duration,
+    what: &str,
+    mut f: impl FnMut() -> bool,
+) -> Duration {
     loop {
         if f() {
             return from.elapsed();
@@ -93,7 +98,12 @@ fn daemon_config(ns: &NsWorker, dir: &tempdir::Dir, detect: &str, more: &str) ->
 
 /// A daemon on the namespace with `[detect]` settings added to a short
 /// warm-up (the test waits for it below rather than for 5 s).
-fn daemon_with(ns: &NsWorker, dir: &tempdir::Dir, detect: &str, args: &[&str]) -> Daemon {
+pub(crate) fn daemon_with(
+    ns: &NsWorker,
+    dir: &tempdir::Dir,
+    detect: &str,
+    args: &[&str],
+) -> Daemon {
     let cfg = dir.0.join("tcpwatch.toml");
     std::fs::write(&cfg, format!("[detect]\nwarmup = 1.0\n{detect}")).unwrap();
     let mut all = vec!["--netns", &ns.path, "--config", cfg.to_str().unwrap()];
@@ -113,7 +123,7 @@ fn daemon_with(ns: &NsWorker, dir: &tempdir::Dir, detect: &str, args: &[&str]) -
     d
 }
 
-mod tempdir {
+pub(crate) mod tempdir {
     /// A directory of the test's own, removed on drop.
     pub struct Dir(pub std::path::PathBuf);
 
@@ -242,7 +252,7 @@ fn a_syn_flood_without_syncookies_is_critical() {
     });
 }
 
-fn active_named(d: &Daemon, name: &str) -> Vec<serde_json::Value> {
+pub(crate) fn active_named(d: &Daemon, name: &str) -> Vec<serde_json::Value> {
     alerts(d)["active"]
         .as_array()
         .unwrap()

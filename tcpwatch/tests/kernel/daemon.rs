@@ -200,7 +200,7 @@ impl Drop for Daemon {
 }
 
 /// Samples of `name` as (labels text, value), labels verbatim.
-fn samples(text: &str, name: &str) -> BTreeMap<String, f64> {
+pub(crate) fn samples(text: &str, name: &str) -> BTreeMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -217,7 +217,7 @@ fn samples(text: &str, name: &str) -> BTreeMap<String, f64> {
 }
 
 /// A series' value; a missing series fails the test (it is not a zero).
-fn value(text: &str, name: &str, labels: &str) -> f64 {
+pub(crate) fn value(text: &str, name: &str, labels: &str) -> f64 {
     samples(text, name)
         .get(labels)
         .copied()
@@ -225,7 +225,7 @@ fn value(text: &str, name: &str, labels: &str) -> f64 {
 }
 
 /// A series' value, or None while it is not there yet (polling).
-fn value_now(text: &str, name: &str, labels: &str) -> Option<f64> {
+pub(crate) fn value_now(text: &str, name: &str, labels: &str) -> Option<f64> {
     samples(text, name).get(labels).copied()
 }
 

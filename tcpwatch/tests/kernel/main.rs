@@ -7,6 +7,7 @@ mod churn;
 mod cli;
 mod common;
 mod daemon;
+mod failures;
 mod netns;
 mod synflood;
 mod top;

@@ -20,7 +20,7 @@ pub const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 pub const SPOOFED: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 99);
 /// Locally administered, and on no interface.
 const NOBODY_MAC: &str = "02:00:00:00:77:99";
-const DEV: &str = "tw-syn0";
+pub const DEV: &str = "tw-syn0";
 const PEER_DEV: &str = "tw-syn1";
 
 /// The most SYNs one call sends, and the longest it may take.

@@ -1,0 +1,312 @@
+//! Failures end to end: refused connects, aborted connections, a silent
+//! and an absent peer, in a namespace of the test's own, counted by a
+//! daemon of its own on the side where each happens; and a connect loop
+//! to a closed port raising the alerts it should.
+use std::{
+    io::Read,
+    net::{Ipv4Addr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crate::{
+    alerts::{active_named, daemon_with, tempdir, until},
+    common::{root_available, tool_available},
+    daemon::{Daemon, NsWorker, value, value_now},
+    synflood::{self, SpoofNet},
+};
+
+/// A port of 127.0.0.1 nothing listens on (bound a moment, then closed).
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Closes `s` with a reset instead of a FIN (SO_LINGER on, 0 s).
+fn abort(s: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a valid linger struct
+    // and its exact size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+    drop(s);
+}
+
+#[test]
+fn resets_and_errors_are_counted_exactly_on_the_side_they_happen() {
+    let test = "resets_and_errors_are_counted_exactly_on_the_side_they_happen";
+    if !root_available(test) || !tool_available(test, "curl", "curl") {
+        return;
+    }
+    const REFUSED: usize = 50;
+    const ABORTED: usize = 10;
+    let ns = NsWorker::new();
+    let d = Daemon::start(&["--netns", &ns.path]);
+    let (closed, server) = ns.run(|| {
+        let closed = closed_port();
+        for _ in 0..REFUSED {
+            let e = TcpStream::connect(("127.0.0.1", closed)).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{e}");
+        }
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        for _ in 0..ABORTED {
+            let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (a, _) = l.accept().unwrap();
+            abort(a);
+            let e = c.read(&mut [0u8; 1]).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ECONNRESET), "{e}");
+        }
+        (closed, l.local_addr().unwrap().port())
+    });
+    let netns = ns.inode;
+    let resets = |text: &str, port: u16, dir: &str, side: &str| {
+        value(
+            text,
+            "tcpwatch_port_resets_total",
+            &format!("netns=\"{netns}\",port=\"{port}\",direction=\"{dir}\",side=\"{side}\""),
+        )
+    };
+    // The signal counters are read every interval: wait for all of them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = d.scrape();
+        let sent = value_now(
+            &text,
+            "tcpwatch_resets_total",
+            &format!("netns=\"{netns}\",side=\"sent\""),
+        );
+        let received = value_now(
+            &text,
+            "tcpwatch_resets_total",
+            &format!("netns=\"{netns}\",side=\"received\""),
+        );
+        if sent >= Some((REFUSED + ABORTED) as f64) && received >= Some((REFUSED + ABORTED) as f64)
+        {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "resets not all counted in 10 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let n = |x: usize| x as f64;
+    // A refused connect: the closed port resets ("in": a port of this
+    // host), the client receives it ("out": the service it connects to).
+    assert_eq!(resets(&text, closed, "in", "sent"), n(REFUSED));
+    assert_eq!(resets(&text, closed, "out", "received"), n(REFUSED));
+    // An aborted connection: the server resets, the client receives.
+    assert_eq!(resets(&text, server, "in", "sent"), n(ABORTED));
+    assert_eq!(resets(&text, server, "out", "received"), n(ABORTED));
+    let ns_label = format!("netns=\"{netns}\"");
+    for side in ["sent", "received"] {
+        assert_eq!(
+            value(
+                &text,
+                "tcpwatch_resets_total",
+                &format!("{ns_label},side=\"{side}\"")
+            ),
+            n(REFUSED + ABORTED),
+            "nothing else in our namespace"
+        );
+    }
+    assert_eq!(
+        value(
+            &text,
+            "tcpwatch_connect_errors_total",
+            &format!("{ns_label},error=\"ECONNREFUSED\"")
+        ),
+        n(REFUSED)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tcpwatch_port_connect_errors_total",
+            &format!("{ns_label},port=\"{closed}\",direction=\"out\",error=\"ECONNREFUSED\"")
+        ),
+        n(REFUSED)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tcpwatch_close_errors_total",
+            &format!("{ns_label},error=\"ECONNRESET\"")
+        ),
+        n(ABORTED)
+    );
+    assert_eq!(
+        value(&text, "tcpwatch_failed_connects_total", &ns_label),
+        n(REFUSED)
+    );
+    for name in [
+        "tcpwatch_signals_unattributed_total",
+        "tcpwatch_signals_unreadable_total",
+    ] {
+        assert_eq!(value(&text, name, ""), 0.0, "{name}");
+    }
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_silent_peer_times_out_and_an_absent_one_is_unreachable() {
+    let test = "a_silent_peer_times_out_and_an_absent_one_is_unreachable";
+    if !root_available(test) || !tool_available(test, "curl", "curl") {
+        return;
+    }
+    let ns = NsWorker::new();
+    ns.run(|| {
+        // One SYN retry: a silent peer times out in ~3 s, not ~2 min.
+        std::fs::write("/proc/sys/net/ipv4/tcp_syn_retries", "1").unwrap();
+        // Goes with the namespace (the thread's), which the test's end removes.
+        std::mem::forget(SpoofNet::new());
+        // One address-resolution probe of 200 ms: an absent host is
+        // unreachable long before that timeout.
+        for (knob, v) in [("mcast_solicit", "1"), ("retrans_time_ms", "200")] {
+            let path = format!("/proc/sys/net/ipv4/neigh/{}/{knob}", synflood::DEV);
+            std::fs::write(&path, v).unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+    });
+    let d = Daemon::start(&["--netns", &ns.path]);
+    const PORT: u16 = 9999;
+    // SPOOFED has a static neighbour entry for a MAC no interface has: the
+    // SYNs leave and nothing answers. ABSENT has none: its address never
+    // resolves, and the kernel says the host is unreachable.
+    const ABSENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 50);
+    let (timed_out, unreachable) = ns.run(|| {
+        // Both at once; threads start in their creator's namespace.
+        let a = std::thread::spawn(|| TcpStream::connect((synflood::SPOOFED, PORT)).unwrap_err());
+        let b = std::thread::spawn(|| TcpStream::connect((ABSENT, PORT)).unwrap_err());
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(
+        timed_out.raw_os_error(),
+        Some(libc::ETIMEDOUT),
+        "{timed_out}"
+    );
+    assert_eq!(
+        unreachable.raw_os_error(),
+        Some(libc::EHOSTUNREACH),
+        "{unreachable}"
+    );
+    let netns = ns.inode;
+    let error = |text: &str, name: &str| {
+        value_now(
+            text,
+            "tcpwatch_port_connect_errors_total",
+            &format!("netns=\"{netns}\",port=\"{PORT}\",direction=\"out\",error=\"{name}\""),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = d.scrape();
+        if error(&text, "ETIMEDOUT") == Some(1.0) && error(&text, "EHOSTUNREACH") == Some(1.0) {
+            let failed = value(
+                &text,
+                "tcpwatch_failed_connects_total",
+                &format!("netns=\"{netns}\""),
+            );
+            assert_eq!(failed, 2.0, "nothing else failed in our namespace");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ETIMEDOUT and EHOSTUNREACH on port {PORT} within 10 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_connect_loop_to_a_closed_port_is_a_reset_storm_and_failing_connects() {
+    let test = "a_connect_loop_to_a_closed_port_is_a_reset_storm_and_failing_connects";
+    if !root_available(test) {
+        return;
+    }
+    let ns = NsWorker::new();
+    let dir = tempdir::Dir::new("failures-storm");
+    // Short holds, so the test is short; the defaults are the unit tests'.
+    let d = daemon_with(
+        &ns,
+        &dir,
+        "rst_storm_hold = 1.0\nconnect_fail_hold = 1.0\n",
+        &[],
+    );
+    let closed = ns.run(closed_port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let worker = &ns;
+    std::thread::scope(|s| {
+        // About 200 refused connects a second, for at most 20 s.
+        let looping = s.spawn(|| {
+            let stop = stop.clone();
+            worker.run(move || {
+                let began = Instant::now();
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) && began.elapsed() < Duration::from_secs(20) {
+                    let _ = TcpStream::connect(("127.0.0.1", closed));
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                n
+            })
+        });
+        let mut storm = Vec::new();
+        let mut failing = Vec::new();
+        let fired = until(start, Duration::from_secs(15), "both alerts", || {
+            storm = active_named(&d, "RstStorm")
+                .into_iter()
+                .filter(|a| {
+                    a["key"]["subject"]["port"]["port"] == closed
+                        && a["key"]["subject"]["port"]["direction"] == "in"
+                })
+                .collect();
+            failing = active_named(&d, "ConnectFailures")
+                .into_iter()
+                .filter(|a| a["key"]["subject"]["process"]["pid"] == std::process::id())
+                .collect();
+            !storm.is_empty() && !failing.is_empty()
+        });
+        stop.store(true, Ordering::Relaxed);
+        let attempts = looping.join().unwrap();
+        eprintln!("{test}: both alerts {fired:?} after the loop began ({attempts} connects)");
+        let (storm, failing) = (&storm[0], &failing[0]);
+        assert_eq!(storm["key"]["netns"], ns.inode, "{storm}");
+        assert!(
+            storm["description"]
+                .as_str()
+                .unwrap()
+                .contains("nothing listens"),
+            "{storm}"
+        );
+        assert!(storm["evidence"]["resets_sent_per_s"].as_f64().unwrap() > 20.0);
+        let summary = failing["summary"].as_str().unwrap();
+        assert!(summary.contains("ECONNREFUSED"), "{failing}");
+        assert!(
+            failing["description"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("port {closed}")),
+            "{failing}"
+        );
+    });
+    assert!(d.stop().success());
+}
