@@ -52,6 +52,46 @@ pub struct Census {
     pub entries: Vec<SockEntry>,
     /// TIME-WAIT sockets counted but not in `entries` (TimeWait::Counted).
     pub time_wait_unlisted: u64,
+    /// The namespace's ephemeral ports (net.ipv4.ip_local_port_range), when read.
+    pub local_port_range: Option<(u16, u16)>,
+    /// TIME-WAIT sockets per destination, when they were counted but their
+    /// destinations listed apart (many of them, see `time_wait_peers`).
+    pub time_wait_peers: Vec<TimeWaitPeer>,
+}
+
+/// TIME-WAIT sockets from one local address to one destination: each
+/// holds an ephemeral port that no new connection to that destination can
+/// use (from that address) until it expires, 60 s after the close.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeWaitPeer {
+    pub local: String,
+    pub remote: String,
+    pub port: u16,
+    pub sockets: u64,
+}
+
+/// Destinations a census keeps, the most TIME-WAIT first.
+pub const TIME_WAIT_PEERS: usize = 8;
+
+/// The destinations with the most TIME-WAIT sockets among `entries`.
+pub fn time_wait_peers<'a>(entries: impl IntoIterator<Item = &'a SockEntry>) -> Vec<TimeWaitPeer> {
+    let mut by: HashMap<(std::net::IpAddr, SocketAddr), u64> = HashMap::new();
+    for e in entries {
+        if e.state == TCP_TIME_WAIT {
+            *by.entry((e.local.ip(), e.remote)).or_default() += 1;
+        }
+    }
+    let mut v: Vec<_> = by.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(TIME_WAIT_PEERS);
+    v.into_iter()
+        .map(|((local, remote), sockets)| TimeWaitPeer {
+            local: local.to_string(),
+            remote: remote.ip().to_string(),
+            port: remote.port(),
+            sockets,
+        })
+        .collect()
 }
 
 /// Request sockets are reported as SYN-RECV (as `ss` does), whichever of the
@@ -104,6 +144,12 @@ pub struct Summary {
     pub listeners_dropped: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub processes_dropped: u64,
+    /// The ephemeral port range, when read (the daemon's census).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_port_range: Option<(u16, u16)>,
+    /// The destinations with the most TIME-WAIT sockets, when listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub time_wait_peers: Vec<TimeWaitPeer>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -250,6 +296,13 @@ pub fn summarize(netns: Option<u32>, census: &Census, owners: &HashMap<u64, Owne
         processes,
         listeners_dropped,
         processes_dropped,
+        local_port_range: census.local_port_range,
+        // Listed apart by the daemon; from the entries where they are listed.
+        time_wait_peers: if census.time_wait_peers.is_empty() {
+            time_wait_peers(entries)
+        } else {
+            census.time_wait_peers.clone()
+        },
     }
 }
 
@@ -299,7 +352,39 @@ mod tests {
                 e(TCP_TIME_WAIT, "10.0.0.1:40001", "10.0.0.3:443", 0),
             ],
             time_wait_unlisted: 0,
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn time_wait_peers_are_counted_per_local_address_and_destination_most_first() {
+        let tw = |l: &str, r: &str| e(TCP_TIME_WAIT, l, r, 0);
+        let mut entries = vec![
+            tw("10.0.0.1:40001", "10.0.0.3:443"),
+            tw("10.0.0.1:40002", "10.0.0.3:443"),
+            tw("10.0.0.1:40003", "10.0.0.4:443"),
+            // Another local address: ports of its own.
+            tw("10.0.0.2:40001", "10.0.0.3:443"),
+            e(TCP_ESTABLISHED, "10.0.0.1:40009", "10.0.0.3:443", 5),
+        ];
+        for i in 0..20u16 {
+            entries.push(tw(
+                &format!("10.0.0.1:{}", 41000 + i),
+                &format!("10.0.1.{i}:80"),
+            ));
+        }
+        let peers = time_wait_peers(&entries);
+        assert_eq!(peers.len(), TIME_WAIT_PEERS);
+        assert_eq!(
+            peers[0],
+            TimeWaitPeer {
+                local: "10.0.0.1".into(),
+                remote: "10.0.0.3".into(),
+                port: 443,
+                sockets: 2
+            }
+        );
+        assert!(peers[1..].iter().all(|p| p.sockets == 1));
     }
 
     #[test]
@@ -308,6 +393,8 @@ mod tests {
         let mut counted = listed.clone();
         counted.entries.retain(|e| e.state != TCP_TIME_WAIT);
         counted.time_wait_unlisted = 1;
+        // Their destinations, as the daemon lists them apart.
+        counted.time_wait_peers = time_wait_peers(&listed.entries);
         assert_eq!(
             summarize(Some(7), &counted, &owners()),
             summarize(Some(7), &listed, &owners())
@@ -396,6 +483,7 @@ mod cap_tests {
             &Census {
                 entries,
                 time_wait_unlisted: 0,
+                ..Default::default()
             },
             &HashMap::new(),
         );

@@ -159,6 +159,10 @@ pub struct Detect {
     /// ...for this many seconds.
     #[serde(deserialize_with = "seconds")]
     pub connect_fail_hold: f64,
+    /// TIME-WAIT pressure: TIME-WAIT sockets to one destination at this
+    /// fraction of the ephemeral port range.
+    #[serde(deserialize_with = "fraction")]
+    pub time_wait_fill: f64,
 }
 
 impl Default for Detect {
@@ -177,6 +181,7 @@ impl Default for Detect {
             connect_fail_rate: 5.0,
             connect_fail_ratio: 0.5,
             connect_fail_hold: 10.0,
+            time_wait_fill: 0.5,
         }
     }
 }
@@ -506,6 +511,11 @@ rst_storm_hold = 5.0
 connect_fail_rate = 5.0
 connect_fail_ratio = 0.5
 connect_fail_hold = 10.0
+# TIME-WAIT pressure: TIME-WAIT sockets from one address to one destination
+# at this fraction (0.01-1) of net.ipv4.ip_local_port_range: new connects
+# there fail with EADDRNOTAVAIL when it runs out. (The census lists them
+# by destination only once the namespace's TIME-WAIT reach it.)
+time_wait_fill = 0.5
 
 [alertmanager]
 # Send alerts to this Alertmanager (plain http://HOST:PORT; empty: none).

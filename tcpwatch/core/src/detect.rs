@@ -57,12 +57,17 @@ pub enum Subject {
         port: u16,
         direction: String,
     },
+    /// A remote address and port this host connects to.
+    Destination {
+        address: String,
+        port: u16,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AlertKey {
     /// `SynFlood`, `AcceptQueueOverflow`, `CloseWaitLeak`, `RstStorm`,
-    /// `ConnectFailures`.
+    /// `ConnectFailures`, `TimeWaitPressure`.
     pub name: String,
     pub netns: u32,
     pub subject: Subject,
@@ -78,6 +83,9 @@ impl AlertKey {
             Subject::Process { pid, comm } => [("pid", pid.to_string()), ("comm", comm.clone())],
             Subject::Port { port, direction } => {
                 [("port", port.to_string()), ("direction", direction.clone())]
+            }
+            Subject::Destination { address, port } => {
+                [("address", address.clone()), ("port", port.to_string())]
             }
         }
     }
@@ -295,6 +303,7 @@ fn findings(view: &View, cfg: &Detect, stale_ns: u64, trends: &Trends) -> Vec<Fi
                 });
             }
         }
+        traffic::time_wait_pressure(ns.netns, &census.summary, cfg, &mut out);
         for p in &census.summary.processes {
             let (Some(pid), Some(comm)) = (p.pid, &p.comm) else {
                 continue;

@@ -93,6 +93,7 @@ fn subject(s: &Subject) -> String {
         Subject::Listener { address, port } => format!("{}:{port}", fmt::address(address)),
         Subject::Process { pid, comm } => format!("{} (pid {pid})", fmt::comm(Some(comm))),
         Subject::Port { port, direction } => format!("port {port} ({direction})"),
+        Subject::Destination { address, port } => format!("to {}:{port}", fmt::address(address)),
     }
 }
 

@@ -37,11 +37,11 @@ pub fn run(args: StatesArgs) -> anyhow::Result<ExitCode> {
     let (census, ns) = match &args.netns {
         Some(spec) => {
             let path = netns::path(spec)?;
-            let census = census::take_in(&path, listed).context("socket census")?;
+            let census = census::take_in(&path, listed, None).context("socket census")?;
             (census, Some(netns::resolve(spec)?))
         }
         None => (
-            census::take(listed).context("socket census")?,
+            census::take(listed, None).context("socket census")?,
             netns::current().ok(),
         ),
     };

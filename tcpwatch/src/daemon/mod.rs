@@ -73,6 +73,7 @@ struct SamplerSettings {
     budget_pct: f64,
     owners_every: u32,
     max_netns: usize,
+    time_wait_fill: f64,
 }
 
 impl SamplerSettings {
@@ -82,6 +83,7 @@ impl SamplerSettings {
             budget_pct: c.daemon.census_budget,
             owners_every: c.daemon.owners_every,
             max_netns: c.limits.max_netns,
+            time_wait_fill: c.detect.time_wait_fill,
         }
     }
 }
@@ -474,6 +476,7 @@ fn census_loop(
         let s = *settings.borrow_and_update();
         sampler.set_owners_every(s.owners_every);
         sampler.set_max_netns(s.max_netns);
+        sampler.time_wait_peers_at = Some(s.time_wait_fill);
         let started = Instant::now();
         let mut inputs = if started >= next_full {
             let (inputs, spent) = cpu_of(|| sampler.sample());

@@ -113,6 +113,9 @@ pub struct Sampler {
     last_targets: Vec<Target>,
     /// Failures so far (a namespace that vanished mid-census, ...).
     pub errors: u64,
+    /// List TIME-WAIT destinations once this fraction of the ephemeral
+    /// port range is in TIME-WAIT (the detector's threshold).
+    pub time_wait_peers_at: Option<f64>,
 }
 
 /// One namespace's census, before owners are known.
@@ -139,6 +142,7 @@ impl Sampler {
                 ownerless: HashSet::new(),
             },
             errors: 0,
+            time_wait_peers_at: None,
             with_listeners: HashSet::new(),
             last_targets: Vec::new(),
         }
@@ -284,8 +288,8 @@ impl Sampler {
             // The daemon only counts TIME-WAIT sockets: listing them is
             // most of a census's cost under churn.
             let entries = match path {
-                None => census::take(TimeWait::Counted),
-                Some(p) => census::take_in(p, TimeWait::Counted),
+                None => census::take(TimeWait::Counted, self.time_wait_peers_at),
+                Some(p) => census::take_in(p, TimeWait::Counted, self.time_wait_peers_at),
             };
             let census_ns = t.elapsed().as_nanos() as u64;
             let counters = match path {

@@ -14,7 +14,7 @@ use netlink_packet_sock_diag::{
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, nlas::Nla},
 };
 use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_SOCK_DIAG};
-use tcpwatch_core::census::{Census, SockEntry, TimeWait};
+use tcpwatch_core::census::{Census, SockEntry, TimeWait, TimeWaitPeer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CensusError {
@@ -45,7 +45,11 @@ pub fn take_listening_in(netns: &Path) -> Result<Census, CensusError> {
 }
 
 /// A census of the caller's network namespace (IPv4 and IPv6, all states).
-pub fn take(time_wait: TimeWait) -> Result<Census, CensusError> {
+/// With `peers_at`, TIME-WAIT sockets only counted are listed apart, by
+/// destination, once they reach that fraction of the ephemeral port range
+/// (only then can one destination run short of ports; listing them is
+/// what a census under churn would spend most of its time on).
+pub fn take(time_wait: TimeWait, peers_at: Option<f64>) -> Result<Census, CensusError> {
     let mut states = StateFlags::all();
     if time_wait == TimeWait::Counted {
         // The kernel filters minisockets by their substate: FIN-WAIT-2 ones
@@ -60,13 +64,43 @@ pub fn take(time_wait: TimeWait) -> Result<Census, CensusError> {
             .ok_or_else(|| CensusError::Sockstat("no \"TCP: ... tw N\" line".into()))?;
         census.time_wait_unlisted = time_wait_of(minisocks, &census.entries);
     }
+    census.local_port_range = std::fs::read_to_string(PORT_RANGE)
+        .ok()
+        .and_then(|t| parse_port_range(&t));
+    if let (Some(f), Some((lo, hi))) = (peers_at, census.local_port_range) {
+        let size = f64::from(hi.saturating_sub(lo)) + 1.0;
+        if census.time_wait_unlisted as f64 >= f * size {
+            census.time_wait_peers = list_time_wait_peers()?;
+        }
+    }
     Ok(census)
+}
+
+/// The calling thread's namespace's ephemeral port range.
+const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// "32768\t60999" -> (32768, 60999).
+pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut it = text.split_whitespace().map(str::parse::<u16>);
+    let (lo, hi) = (it.next()?.ok()?, it.next()?.ok()?);
+    (lo <= hi).then_some((lo, hi))
+}
+
+/// The destinations with the most TIME-WAIT sockets, from a dump of those
+/// alone.
+fn list_time_wait_peers() -> Result<Vec<TimeWaitPeer>, CensusError> {
+    let tw = dump_both(StateFlags::TIME_WAIT)?;
+    Ok(tcpwatch_core::census::time_wait_peers(&tw.entries))
 }
 
 /// The census of another network namespace (a path such as
 /// `/run/netns/NAME` or `/proc/PID/ns/net`).
-pub fn take_in(netns: &Path, time_wait: TimeWait) -> Result<Census, CensusError> {
-    in_netns(netns, || take(time_wait))
+pub fn take_in(
+    netns: &Path,
+    time_wait: TimeWait,
+    peers_at: Option<f64>,
+) -> Result<Census, CensusError> {
+    in_netns(netns, || take(time_wait, peers_at))
 }
 
 /// Runs a census in another namespace: a netlink socket belongs to the
@@ -261,6 +295,14 @@ mod tests {
         // A 4-tuple that is no socket: an error, not a guess.
         let gone: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert!(socket_uid(gone, l.local_addr().unwrap()).is_err());
+    }
+
+    #[test]
+    fn the_port_range_is_two_numbers_low_first() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("1024 1024"), Some((1024, 1024)));
+        assert_eq!(parse_port_range("60999 32768"), None);
+        assert_eq!(parse_port_range("x"), None);
     }
 
     #[test]

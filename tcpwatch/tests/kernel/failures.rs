@@ -310,3 +310,53 @@ fn a_connect_loop_to_a_closed_port_is_a_reset_storm_and_failing_connects() {
     });
     assert!(d.stop().success());
 }
+
+#[test]
+fn time_wait_toward_one_destination_near_the_port_range_is_pressure() {
+    let test = "time_wait_toward_one_destination_near_the_port_range_is_pressure";
+    if !root_available(test) {
+        return;
+    }
+    const CONNECTIONS: usize = 150;
+    let ns = NsWorker::new();
+    // 200 ephemeral ports in the test's namespace: 150 TIME-WAIT sockets
+    // to one destination hold three quarters of them.
+    ns.run(|| {
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40199").unwrap();
+    });
+    let dir = tempdir::Dir::new("failures-tw");
+    let d = daemon_with(&ns, &dir, "", &[]);
+    let start = Instant::now();
+    let port = ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        for _ in 0..CONNECTIONS {
+            // The client closes first: its side keeps the TIME-WAIT.
+            let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (mut a, _) = l.accept().unwrap();
+            drop(c);
+            assert_eq!(a.read(&mut [0u8; 1]).unwrap(), 0, "the client's FIN");
+        }
+        l.local_addr().unwrap().port()
+    });
+    let mut seen = Vec::new();
+    let fired = until(start, Duration::from_secs(10), "TimeWaitPressure", || {
+        seen = active_named(&d, "TimeWaitPressure")
+            .into_iter()
+            .filter(|a| {
+                a["key"]["subject"]["destination"]["port"] == port
+                    && a["key"]["subject"]["destination"]["address"] == "127.0.0.1"
+            })
+            .collect();
+        !seen.is_empty()
+    });
+    eprintln!("{test}: fired {fired:?} after the first connect");
+    let a = &seen[0];
+    assert_eq!(a["key"]["netns"], ns.inode, "{a}");
+    assert_eq!(a["evidence"]["ephemeral_ports"], 200.0, "{a}");
+    assert!(
+        a["evidence"]["time_wait"].as_f64().unwrap() >= 100.0,
+        "at least half the range: {a}"
+    );
+    assert!(a["description"].as_str().unwrap().contains("EADDRNOTAVAIL"));
+    assert!(d.stop().success());
+}

@@ -34,6 +34,8 @@ fn sample(e: &mut Engine, t: u64, syn_recv: u64, accq: u32, counters: &[(&str, i
             processes: vec![],
             listeners_dropped: 0,
             processes_dropped: 0,
+            local_port_range: None,
+            time_wait_peers: vec![],
         },
     }));
     e.apply(Input::Counters(CountersSample {
@@ -231,6 +233,8 @@ fn a_close_wait_leak_names_the_process_once_old_enough() {
                 }],
                 listeners_dropped: 0,
                 processes_dropped: 0,
+                local_port_range: None,
+                time_wait_peers: vec![],
             },
         }));
     };
@@ -307,6 +311,8 @@ fn alerts_followed_at_once_are_bounded() {
                 processes: vec![],
                 listeners_dropped: 0,
                 processes_dropped: 0,
+                local_port_range: None,
+                time_wait_peers: vec![],
             },
         }));
         e.apply(Input::Counters(CountersSample {
@@ -535,4 +541,53 @@ fn a_process_whose_connects_are_refused_is_named_with_the_error() {
         "{}",
         a.since_ns
     );
+}
+
+#[test]
+fn time_wait_to_one_destination_near_the_port_range_is_pressure() {
+    use crate::census::TimeWaitPeer;
+    let (mut d, mut e) = (Detector::default(), Engine::new(EngineConfig::default()));
+    let census = |e: &mut Engine, t: u64, tw: u64| {
+        e.apply(Input::Census(CensusSample {
+            ts_ns: t * S,
+            duration_ns: 1,
+            summary: Summary {
+                netns: Some(NS),
+                total: tw,
+                states: BTreeMap::new(),
+                listeners: vec![],
+                processes: vec![],
+                listeners_dropped: 0,
+                processes_dropped: 0,
+                local_port_range: Some((40000, 40199)),
+                time_wait_peers: vec![TimeWaitPeer {
+                    local: "10.0.0.1".into(),
+                    remote: "10.0.0.2".into(),
+                    port: 5432,
+                    sockets: tw,
+                }],
+            },
+        }));
+    };
+    let mut c = Vec::new();
+    // 99 of 200 ports: below half.
+    for t in 1..10 {
+        census(&mut e, t, 99);
+        c.extend(d.evaluate(&e.view(), &cfg()));
+    }
+    assert!(c.is_empty(), "{c:?}");
+    census(&mut e, 10, 150);
+    let c = d.evaluate(&e.view(), &cfg());
+    let f = fired(&c);
+    assert_eq!(f.len(), 1, "{c:?}");
+    assert_eq!(f[0].key.name, "TimeWaitPressure");
+    assert_eq!(
+        f[0].key.subject,
+        Subject::Destination {
+            address: "10.0.0.2".into(),
+            port: 5432
+        }
+    );
+    assert!(f[0].summary.contains("75 %"), "{}", f[0].summary);
+    assert!(f[0].description.contains("EADDRNOTAVAIL"));
 }

@@ -1,6 +1,7 @@
 //! Detectors of what the traffic does, from rates the detector keeps
 //! ([`super::trend`]): reset storms per port against the port's own normal,
-//! and processes whose connects keep failing, by errno.
+//! and processes whose connects keep failing, by errno; and destinations
+//! whose TIME-WAIT sockets hold most of the ephemeral ports.
 use std::collections::BTreeMap;
 
 use super::{
@@ -8,6 +9,7 @@ use super::{
     trend::{self, Series, Trends},
 };
 use crate::{
+    census::Summary,
     config::Detect,
     engine::{Direction, NETNS_OTHER, View},
     model::errno_name,
@@ -175,6 +177,54 @@ pub(super) fn failing_connects(view: &View, cfg: &Detect, trends: &Trends, out: 
                 "{comm} (pid {pid}) attempts {attempted:.0} connects per second and {failed:.0} fail (SYN-SENT -> CLOSE). Errors so far: {}. Failing destinations in its namespace: {}. {advice}",
                 if named.is_empty() { "none reported".into() } else { named.join(", ") },
                 if dests.is_empty() { "not known".into() } else { dests.join(", ") }
+            ),
+            evidence,
+        });
+    }
+}
+
+/// One local address's TIME-WAIT sockets to one destination at
+/// `time_wait_fill` of the ephemeral port range: each holds a port no new
+/// connection there can use until it expires (60 s after the close).
+pub(super) fn time_wait_pressure(netns: u32, s: &Summary, cfg: &Detect, out: &mut Vec<Finding>) {
+    let Some((lo, hi)) = s.local_port_range else {
+        return;
+    };
+    let range = u64::from(hi - lo) + 1;
+    for p in &s.time_wait_peers {
+        let fill = p.sockets as f64 / range as f64;
+        if fill < cfg.time_wait_fill {
+            continue;
+        }
+        let mut evidence = BTreeMap::new();
+        evidence.insert("time_wait".into(), p.sockets as f64);
+        evidence.insert("ephemeral_ports".into(), range as f64);
+        evidence.insert("fill".into(), fill);
+        let dest = if p.remote.contains(':') {
+            format!("[{}]:{}", p.remote, p.port)
+        } else {
+            format!("{}:{}", p.remote, p.port)
+        };
+        out.push(Finding {
+            key: AlertKey {
+                name: "TimeWaitPressure".into(),
+                netns,
+                subject: Subject::Destination {
+                    address: p.remote.clone(),
+                    port: p.port,
+                },
+            },
+            severity: Severity::Warning,
+            hold_s: 0.0,
+            summary: format!(
+                "TIME-WAIT pressure toward {dest} (netns {netns}): {} sockets from {}, {:.0} % of the {range} ephemeral ports",
+                p.sockets,
+                p.local,
+                fill * 100.0
+            ),
+            description: format!(
+                "{} connections from {} to {dest} were closed by this host first and sit in TIME-WAIT for 60 s, each holding one of the {range} ephemeral ports ({lo}-{hi}, net.ipv4.ip_local_port_range). When they run out, new connects to {dest} fail with EADDRNOTAVAIL. Usual fixes: reuse connections (keep-alive, a connection pool) instead of one per request, let the server close first, net.ipv4.tcp_tw_reuse=1 for outgoing connections, or a wider ip_local_port_range.",
+                p.sockets, p.local
             ),
             evidence,
         });

@@ -208,6 +208,8 @@ fn census_listeners_decide_the_direction() {
         processes: vec![],
         listeners_dropped: 0,
         processes_dropped: 0,
+        local_port_range: None,
+        time_wait_peers: vec![],
     };
     e.apply(Input::Census(CensusSample {
         ts_ns: S,
@@ -318,6 +320,8 @@ fn census_of(netns: u32, at: u64, established: u64) -> Input {
             processes: vec![],
             listeners_dropped: 0,
             processes_dropped: 0,
+            local_port_range: None,
+            time_wait_peers: vec![],
         },
     })
 }
@@ -483,6 +487,8 @@ fn a_listeners_census_refreshes_queues_between_full_ones_and_keeps_owners() {
             processes: vec![],
             listeners_dropped: 0,
             processes_dropped: 0,
+            local_port_range: None,
+            time_wait_peers: vec![],
         },
     };
     let mut served = listener(0, 0, Some(9));

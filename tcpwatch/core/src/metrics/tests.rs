@@ -71,6 +71,8 @@ fn engine() -> Engine {
             }],
             listeners_dropped: 0,
             processes_dropped: 0,
+            local_port_range: None,
+            time_wait_peers: vec![],
         },
     }));
     e.apply(Input::Counters(CountersSample {

@@ -80,6 +80,8 @@ fn census(at: u64, netns: u32, syn_recv: u64, close_wait: u64) -> Input {
             ],
             listeners_dropped: 0,
             processes_dropped: 0,
+            local_port_range: None,
+            time_wait_peers: vec![],
         },
     })
 }
