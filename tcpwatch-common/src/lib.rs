@@ -48,7 +48,7 @@ pub const FLAG_ACTIVE: u16 = 1 << 4;
 /// an event's comm is copied several times); aligned, it is two words. The
 /// fields that hold it sit at 8-byte offsets, so the layouts do not change.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskComm(pub [u8; 16]);
 
 /// What every ring-buffer record starts with: its kind and size, so user
@@ -210,9 +210,19 @@ pub struct ProbeConfig {
     pub skb_data: u32,
     pub skb_dev: u32,
     pub dev_nd_net: u32,
+    /// From a task to the socket behind one of its file descriptors:
+    /// `task_struct.files`, `files_struct.fdt`, `fdtable.fd`,
+    /// `fdtable.max_fds`, `file.private_data`, `socket.sk` (0: unknown,
+    /// early connect failures are not counted).
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub fdt_max_fds: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 96);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 120);
 
 impl ProbeConfig {
     /// The configuration compiled into the object: inert until user space
@@ -252,6 +262,12 @@ impl ProbeConfig {
         skb_data: 0,
         skb_dev: 0,
         dev_nd_net: 0,
+        task_files: 0,
+        files_fdt: 0,
+        fdt_fd: 0,
+        fdt_max_fds: 0,
+        file_private_data: 0,
+        socket_sk: 0,
     };
 }
 
@@ -265,13 +281,18 @@ pub mod signal {
     pub const RST_RECEIVED: u16 = 2;
     /// A SYN-ACK retransmitted by the listener on `port` (`tcp:tcp_retransmit_synack`).
     pub const SYNACK_RETRANSMIT: u16 = 3;
-    /// A `connect()` that failed before any packet left (ENETUNREACH,
-    /// EINVAL, EADDRNOTAVAIL...): process `tgid`, destination port `port`.
+    /// A TCP `connect()` that failed before any SYN left, with no state
+    /// transition at all (ENETUNREACH without a route, EINVAL, EACCES...):
+    /// process `tgid` (`comm`), destination port `port`, `errno`.
     /// Failures after the SYN (ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH) are
     /// in the transition's `error` instead.
     pub const CONNECT_FAILED: u16 = 4;
-    /// Kinds are 1..COUNT; index COUNT-1 of [`super::SignalStats`] is unused.
-    pub const COUNT: usize = 5;
+    /// A TCP `connect()` that failed after SYN-SENT -> CLOSE without an
+    /// error on the socket (EADDRNOTAVAIL: no free local port): the
+    /// transition counted the failure, this says its errno.
+    pub const CONNECT_ERRNO: u16 = 5;
+    /// Kinds are 1..COUNT; index 0 of [`super::SignalStats`] is unused.
+    pub const COUNT: usize = 6;
 }
 
 /// Key of the in-kernel signal counters (a per-CPU hash, one u64 each).
@@ -291,6 +312,8 @@ pub struct SignalKey {
     pub port: u16,
     /// `DIR_IN` or `DIR_OUT`.
     pub direction: u16,
+    /// The process's command (`CONNECT_*`), else zeros.
+    pub comm: TaskComm,
 }
 
 /// [`SignalKey::direction`]: the port is local (a server's, or a closed
@@ -299,7 +322,7 @@ pub const DIR_IN: u16 = 0;
 /// [`SignalKey::direction`]: the port is the remote one (a client's socket).
 pub const DIR_OUT: u16 = 1;
 
-const _: () = assert!(core::mem::size_of::<SignalKey>() == 16);
+const _: () = assert!(core::mem::size_of::<SignalKey>() == 32);
 
 /// Per kind, signals counted but not keyed because the map was full (so
 /// the totals stay exact), and signals the programs could not read.
@@ -509,7 +532,7 @@ mod tests {
 
     #[test]
     fn config_and_sockinfo_layout_is_stable() {
-        assert_eq!(core::mem::size_of::<ProbeConfig>(), 96);
+        assert_eq!(core::mem::size_of::<ProbeConfig>(), 120);
         assert_eq!(offset_of!(ProbeConfig, sk_err), 80);
         assert_eq!(offset_of!(ProbeConfig, sk_protocol), 32);
         assert_eq!(offset_of!(ProbeConfig, inet_sport), 40);

@@ -505,6 +505,12 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
         // The socket address is reused once freed: forget it now. A missing
         // entry (never seen, or evicted) is not an error.
         let _ = SOCKS.remove(&t.skaddr);
+        if t.oldstate == TCP_SYN_SENT {
+            // For the connect() that may be returning this failure: the
+            // transition counted it (and its error, if it had one).
+            let mark = (now << 1) | u64::from(t.error != 0);
+            let _ = CONNECT_ENDS.insert(&t.skaddr, &mark, 0);
+        }
     }
     let lkey = listener_key(t.netns, t.sport);
     if t.newstate == TCP_LISTEN {
@@ -839,6 +845,7 @@ fn signal_key(netns: u32, kind: u16, skaddr: u64, local: u16, remote: u16) -> Si
         errno: 0,
         port: if inbound { local } else { remote },
         direction: if inbound { DIR_IN } else { DIR_OUT },
+        comm: zeroed(),
     }
 }
 
@@ -984,6 +991,140 @@ unsafe fn skb_netns(skb: *const u8, cfg: &ProbeConfig) -> u32 {
 fn read_kernel_quiet<T>(addr: u64) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel checks the source address itself.
     unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+}
+
+/// Each thread's connect() in progress: its fd, address and start.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ConnectCall {
+    uaddr: u64,
+    start_ns: u64,
+    fd: u64,
+}
+
+#[map]
+static CONNECTS: LruHashMap<u64, ConnectCall> = LruHashMap::with_max_entries(8192, 0);
+
+/// Per socket, when its last SYN-SENT -> CLOSE happened (shifted left
+/// one) and whether it carried an error (bit 0).
+#[map]
+static CONNECT_ENDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(8192, 0);
+
+/// Offsets of the syscall tracepoints' records (checked by user space
+/// against their format files before these programs are attached).
+const SYS_ARG0: usize = 16;
+const SYS_ARG1: usize = 24;
+const SYS_RET: usize = 16;
+
+/// `syscalls:sys_enter_connect(fd, uservaddr, addrlen)`: remembers the
+/// call, for its exit.
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn tcpwatch_connect_enter(ctx: TracePointContext) -> u32 {
+    let cfg = config();
+    if cfg.hook != HOOK_BTF || cfg.socket_sk == 0 || !armed() {
+        return 0;
+    }
+    // SAFETY: the record's argument fields are 8-byte words at these
+    // offsets (checked by user space); the helper checks the read.
+    let (Ok(fd), Ok(uaddr)) = (unsafe { ctx.read_at::<u64>(SYS_ARG0) }, unsafe {
+        ctx.read_at::<u64>(SYS_ARG1)
+    }) else {
+        signal_stat(true, signal::CONNECT_FAILED);
+        return 0;
+    };
+    let call = ConnectCall {
+        uaddr,
+        // SAFETY: a helper without preconditions.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        fd,
+    };
+    let _ = CONNECTS.insert(&bpf_get_current_pid_tgid(), &call, 0);
+    0
+}
+
+/// The socket behind the current task's file descriptor `fd` (which the
+/// caller knows is a socket), as a kernel address.
+#[inline(always)]
+fn socket_of_fd(cfg: &ProbeConfig, fd: u64) -> Option<u64> {
+    // SAFETY: a helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let files = read_kernel_quiet::<u64>(task + cfg.task_files as u64)?;
+    let fdt = read_kernel_quiet::<u64>(files + cfg.files_fdt as u64)?;
+    let max = read_kernel_quiet::<u32>(fdt + cfg.fdt_max_fds as u64)?;
+    if fd >= max as u64 {
+        return None;
+    }
+    let fds = read_kernel_quiet::<u64>(fdt + cfg.fdt_fd as u64)?;
+    let file = read_kernel_quiet::<u64>(fds + 8 * fd)?;
+    let socket = read_kernel_quiet::<u64>(file + cfg.file_private_data as u64)?;
+    let sk = read_kernel_quiet::<u64>(socket + cfg.socket_sk as u64)?;
+    (sk != 0).then_some(sk)
+}
+
+/// `syscalls:sys_exit_connect(ret)`: a TCP connect() that failed, when no
+/// transition carried its error.
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn tcpwatch_connect_exit(ctx: TracePointContext) -> u32 {
+    let cfg = config();
+    if cfg.hook != HOOK_BTF || cfg.socket_sk == 0 {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out at once.
+    let Some(call) = (unsafe { CONNECTS.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = CONNECTS.remove(&id);
+    // SAFETY: as in tcpwatch_connect_enter.
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(SYS_RET) }) else {
+        signal_stat(true, signal::CONNECT_FAILED);
+        return 0;
+    };
+    // Not failures: in progress (non-blocking, or interrupted and going on
+    // in the background), already connected; and not TCP's at all: a bad
+    // fd or one that is no socket.
+    const NOT_FAILED: [i64; 6] = [-115, -114, -4, -106, -9, -88];
+    if ret >= 0 || NOT_FAILED.contains(&ret) || !armed() {
+        return 0;
+    }
+    let Some(sk) = socket_of_fd(&cfg, call.fd) else {
+        signal_stat(true, signal::CONNECT_FAILED);
+        return 0;
+    };
+    let protocol = read_kernel_quiet::<u16>(sk + cfg.sk_protocol as u64).unwrap_or(0);
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_MPTCP {
+        return 0;
+    }
+    // SAFETY: the value is read at once.
+    let kind = match unsafe { CONNECT_ENDS.get(&sk) }.copied() {
+        // The transition carried the error: counted there.
+        Some(mark) if mark >> 1 >= call.start_ns && mark & 1 == 1 => return 0,
+        // It counted the failure, without an errno.
+        Some(mark) if mark >> 1 >= call.start_ns => signal::CONNECT_ERRNO,
+        _ => signal::CONNECT_FAILED,
+    };
+    // The destination's port: byte 2 of sockaddr_in and sockaddr_in6.
+    // SAFETY: a checked read of the caller's own memory.
+    let port_be: u16 =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user((call.uaddr + 2) as *const u16) }
+            .unwrap_or(0);
+    let netns = match read_kernel_quiet::<u64>(sk + cfg.sk_net as u64) {
+        Some(net) if net != 0 && cfg.netns_readable != 0 => {
+            read_kernel_quiet::<u32>(net + cfg.net_ns_inum as u64).unwrap_or(0)
+        }
+        _ => 0,
+    };
+    let key = SignalKey {
+        netns,
+        tgid: (id >> 32) as u32,
+        kind,
+        errno: ret.unsigned_abs() as u16,
+        port: u16::from_be(port_be),
+        direction: DIR_OUT,
+        comm: current_comm(),
+    };
+    count_signal(&key);
+    0
 }
 
 #[cfg(not(test))]

@@ -54,6 +54,9 @@ pub struct Census {
     pub time_wait_unlisted: u64,
     /// The namespace's ephemeral ports (net.ipv4.ip_local_port_range), when read.
     pub local_port_range: Option<(u16, u16)>,
+    /// Its net.ipv4.tcp_tw_reuse, when read: 1 lets new connects reuse a
+    /// TIME-WAIT socket's port, 2 only toward loopback.
+    pub tw_reuse: Option<u8>,
     /// TIME-WAIT sockets per destination, when they were counted but their
     /// destinations listed apart (many of them, see `time_wait_peers`).
     pub time_wait_peers: Vec<TimeWaitPeer>,
@@ -147,6 +150,9 @@ pub struct Summary {
     /// The ephemeral port range, when read (the daemon's census).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_port_range: Option<(u16, u16)>,
+    /// net.ipv4.tcp_tw_reuse, when read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tw_reuse: Option<u8>,
     /// The destinations with the most TIME-WAIT sockets, when listed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub time_wait_peers: Vec<TimeWaitPeer>,
@@ -297,6 +303,7 @@ pub fn summarize(netns: Option<u32>, census: &Census, owners: &HashMap<u64, Owne
         listeners_dropped,
         processes_dropped,
         local_port_range: census.local_port_range,
+        tw_reuse: census.tw_reuse,
         // Listed apart by the daemon; from the entries where they are listed.
         time_wait_peers: if census.time_wait_peers.is_empty() {
             time_wait_peers(entries)

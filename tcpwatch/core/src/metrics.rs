@@ -902,7 +902,26 @@ fn port_signals(enc: &mut DescriptorEncoder, v: &View) -> fmt::Result {
     }
     resets.encode(enc)?;
     synacks.encode(enc)?;
-    errors.encode(enc)
+    errors.encode(enc)?;
+    let mut by_process = Family::new(
+        "tcpwatch_process_connect_errors",
+        "Failed connects per process and error, processes with any",
+        c,
+    );
+    for p in &v.processes {
+        for (&e, &n) in &p.activity.connect_errors {
+            by_process.add(
+                vec![
+                    ("netns", netns_label(p.key.netns)),
+                    ("pid", p.key.pid.to_string()),
+                    ("comm", p.key.comm.to_string()),
+                    ("error", errno_name(e).into()),
+                ],
+                n,
+            );
+        }
+    }
+    by_process.encode(enc)
 }
 
 pub fn render_snapshot(snapshot: Arc<Snapshot>) -> String {

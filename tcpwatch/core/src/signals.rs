@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use tcpwatch_common::{DIR_OUT, SignalKey, signal};
 
-use crate::engine::Direction;
+use crate::{engine::Direction, model::Comm};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -15,6 +15,10 @@ pub enum SignalKind {
     ResetSent,
     ResetReceived,
     SynackRetransmit,
+    /// A connect() that failed with no state transition (no SYN left).
+    ConnectFailed,
+    /// A connect() whose SYN-SENT -> CLOSE carried no error: its errno.
+    ConnectErrno,
 }
 
 impl SignalKind {
@@ -23,6 +27,8 @@ impl SignalKind {
             signal::RST_SENT => SignalKind::ResetSent,
             signal::RST_RECEIVED => SignalKind::ResetReceived,
             signal::SYNACK_RETRANSMIT => SignalKind::SynackRetransmit,
+            signal::CONNECT_FAILED => SignalKind::ConnectFailed,
+            signal::CONNECT_ERRNO => SignalKind::ConnectErrno,
             _ => return None,
         })
     }
@@ -36,6 +42,21 @@ pub struct SignalDelta {
     pub port: u16,
     pub direction: Direction,
     pub count: u64,
+    /// The process and errno of a connect() failure, else 0 and empty.
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<Comm>,
+    #[serde(default, skip_serializing_if = "is_zero16")]
+    pub errno: u16,
+}
+
+fn is_zero32(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero16(n: &u16) -> bool {
+    *n == 0
 }
 
 /// One reading of the signal counters.
@@ -87,10 +108,20 @@ impl Deltas {
                     Direction::In
                 },
                 count,
+                pid: key.tgid,
+                comm: (key.tgid != 0).then(|| Comm::from_raw(&key.comm.0)),
+                errno: key.errno,
             });
         }
         out.sort_by(|a, b| {
-            (a.netns, a.port, a.direction, a.kind).cmp(&(b.netns, b.port, b.direction, b.kind))
+            (a.netns, a.port, a.direction, a.kind, a.pid, a.errno).cmp(&(
+                b.netns,
+                b.port,
+                b.direction,
+                b.kind,
+                b.pid,
+                b.errno,
+            ))
         });
         out
     }
@@ -108,6 +139,7 @@ mod tests {
             errno: 0,
             port,
             direction,
+            comm: tcpwatch_common::TaskComm([0; 16]),
         }
     }
 

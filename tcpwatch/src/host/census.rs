@@ -67,6 +67,9 @@ pub fn take(time_wait: TimeWait, peers_at: Option<f64>) -> Result<Census, Census
     census.local_port_range = std::fs::read_to_string(PORT_RANGE)
         .ok()
         .and_then(|t| parse_port_range(&t));
+    census.tw_reuse = std::fs::read_to_string(TW_REUSE)
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
     if let (Some(f), Some((lo, hi))) = (peers_at, census.local_port_range) {
         let size = f64::from(hi.saturating_sub(lo)) + 1.0;
         if census.time_wait_unlisted as f64 >= f * size {
@@ -78,6 +81,7 @@ pub fn take(time_wait: TimeWait, peers_at: Option<f64>) -> Result<Census, Census
 
 /// The calling thread's namespace's ephemeral port range.
 const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+const TW_REUSE: &str = "/proc/sys/net/ipv4/tcp_tw_reuse";
 
 /// "32768\t60999" -> (32768, 60999).
 pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {

@@ -181,7 +181,71 @@ fn config_from_btf(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
     task_fields(btf, &mut cfg);
     error_fields(btf, &mut cfg);
     packet_fields(btf, &mut cfg);
+    fd_fields(btf, &mut cfg);
     Ok(cfg)
+}
+
+/// From a task to the socket of one of its file descriptors, for the
+/// connect() failures no transition carries. All or nothing.
+fn fd_fields(btf: &Btf, cfg: &mut ProbeConfig) {
+    let found = (|| {
+        Some([
+            member(btf, "task_struct", &["files"])
+                .ok()
+                .filter(|m| m.1 == 8)?
+                .0,
+            member(btf, "files_struct", &["fdt"])
+                .ok()
+                .filter(|m| m.1 == 8)?
+                .0,
+            member(btf, "fdtable", &["fd"]).ok().filter(|m| m.1 == 8)?.0,
+            member(btf, "fdtable", &["max_fds"])
+                .ok()
+                .filter(|m| m.1 == 4)?
+                .0,
+            member(btf, "file", &["private_data"])
+                .ok()
+                .filter(|m| m.1 == 8)?
+                .0,
+            member(btf, "socket", &["sk"]).ok().filter(|m| m.1 == 8)?.0,
+        ])
+    })();
+    if let Some([files, fdt, fd, max_fds, private_data, sk]) = found {
+        cfg.task_files = files as u32;
+        cfg.files_fdt = fdt as u32;
+        cfg.fdt_fd = fd as u32;
+        cfg.fdt_max_fds = max_fds as u32;
+        cfg.file_private_data = private_data as u32;
+        // Non-zero marks the whole chain known (`sk` is never first in
+        // struct socket).
+        cfg.socket_sk = sk as u32;
+    }
+}
+
+/// Whether the connect() syscall tracepoints' records are as the probe
+/// reads them: `fd` and `uservaddr` as 8-byte words at 16 and 24 on
+/// entry, `ret` at 16 on exit. The texts of their format files.
+pub fn connect_formats_match(enter: &str, exit: &str) -> Result<(), LayoutError> {
+    let expect = |text: &str, name: &str, offset: usize| {
+        let fields = parse_format(text);
+        match fields.iter().find(|f| f.name == name) {
+            Some(f) if f.offset == offset && f.size == 8 => Ok(()),
+            Some(f) => Err(LayoutError::Format {
+                field: name.into(),
+                problem: format!(
+                    "is at {} ({} bytes), expected {offset} (8)",
+                    f.offset, f.size
+                ),
+            }),
+            None => Err(LayoutError::Format {
+                field: name.into(),
+                problem: "is missing".into(),
+            }),
+        }
+    };
+    expect(enter, "fd", 16)?;
+    expect(enter, "uservaddr", 24)?;
+    expect(exit, "ret", 16)
 }
 
 /// `sock.sk_err`, the errno a transition to CLOSE carries; left unknown
@@ -318,6 +382,19 @@ mod tests {
     const FORMAT_6_18: &str = include_str!("../../tests/data/inet_sock_set_state.format");
 
     #[test]
+    fn connect_syscall_formats_of_6_18_match_and_others_do_not() {
+        let enter = "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:int fd;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:struct sockaddr * uservaddr;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:int addrlen;\toffset:32;\tsize:8;\tsigned:0;";
+        let exit = "\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;";
+        assert!(connect_formats_match(enter, exit).is_ok());
+        let moved = enter.replace("offset:24", "offset:32");
+        assert!(connect_formats_match(&moved, exit).is_err());
+        assert!(connect_formats_match(enter, "").is_err());
+    }
+
+    #[test]
     fn classic_format_of_6_18_parses() {
         let cfg = classic_config(FORMAT_6_18).unwrap();
         assert_eq!(
@@ -386,6 +463,8 @@ mod tests {
         assert_ne!(cfg.skb_data, 0);
         assert_ne!(cfg.skb_dev, 0);
         assert_ne!(cfg.dev_nd_net, 0);
+        assert_ne!(cfg.socket_sk, 0);
+        assert_ne!(cfg.task_files, 0);
     }
 
     #[test]

@@ -270,6 +270,23 @@ pub const PROGRAMS: &[ProgramSpec] = &[
             tracepoint: "tcp_retransmit_synack",
         },
     ),
+    // connect() failures no transition carries (see the probe); classic
+    // tracepoints, run once per connect() call, of the BTF hook because
+    // they read the fd table at offsets from BTF.
+    signal(
+        "tcpwatch_connect_enter",
+        Attach::Tracepoint {
+            category: "syscalls",
+            name: "sys_enter_connect",
+        },
+    ),
+    signal(
+        "tcpwatch_connect_exit",
+        Attach::Tracepoint {
+            category: "syscalls",
+            name: "sys_exit_connect",
+        },
+    ),
 ];
 
 /// A signal program: BTF hook only (it reads the socket in place), and
@@ -487,6 +504,14 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
         }
     }
     config.filter_netns = opts.netns.unwrap_or(0);
+    if config.hook == HOOK_BTF && config.socket_sk != 0 {
+        // The connect() programs read the syscall records at fixed
+        // offsets: anything else leaves them inert, said once.
+        if let Err(why) = connect_formats() {
+            tracing::warn!("connect() failures before a SYN left go uncounted: {why}");
+            config.socket_sk = 0;
+        }
+    }
     #[cfg(feature = "fault-injection")]
     {
         config.simulate_skip_every = opts.simulate_skip_every;
@@ -558,6 +583,17 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
 enum Missing {
     Hook(String),
     Error(LoadError),
+}
+
+/// Checks the connect() syscall tracepoints' record layouts.
+fn connect_formats() -> Result<(), String> {
+    let tracefs = ensure_tracefs().map_err(|e| e.to_string())?;
+    let read = |name: &str| {
+        let p = tracefs.join("events/syscalls").join(name).join("format");
+        fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    layout::connect_formats_match(&read("sys_enter_connect")?, &read("sys_exit_connect")?)
+        .map_err(|e| e.to_string())
 }
 
 /// Loads one program of the table and attaches it.

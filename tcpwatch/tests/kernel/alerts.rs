@@ -404,6 +404,10 @@ fn legitimate_churn_a_burst_and_a_restart_raise_no_alert() {
     // A server that accepts and closes, and two clients connecting as fast
     // as they can, all in the namespace, until told to stop.
     let addr = ns.run(|| {
+        // The kernel's default (test namespaces turn it off to count
+        // TIME-WAIT exactly): loopback connects reuse TIME-WAIT ports, as
+        // on any host; without it this churn runs out of them.
+        std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "2").unwrap();
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         // SAFETY: listen(2) on a listening socket we own sets its backlog.
         assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 4096) }, 0);

@@ -16,7 +16,7 @@ use std::{
 use crate::{
     alerts::{active_named, daemon_with, tempdir, until},
     common::{root_available, tool_available},
-    daemon::{Daemon, NsWorker, value, value_now},
+    daemon::{Daemon, NsWorker, samples, value, value_now},
     synflood::{self, SpoofNet},
 };
 
@@ -358,5 +358,148 @@ fn time_wait_toward_one_destination_near_the_port_range_is_pressure() {
         "at least half the range: {a}"
     );
     assert!(a["description"].as_str().unwrap().contains("EADDRNOTAVAIL"));
+    assert!(d.stop().success());
+}
+
+/// connect(2) on a new TCP socket with the given address length (a short
+/// one is EINVAL); the errno.
+fn raw_connect(to: std::net::SocketAddrV4, len: usize) -> i32 {
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: to.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*to.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: plain syscalls on a socket this function owns and closes;
+    // `addr` outlives the call and `len` is at most its size.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        assert!(len <= size_of::<libc::sockaddr_in>());
+        let r = libc::connect(fd, (&raw const addr).cast(), len as libc::socklen_t);
+        let errno = if r == 0 { 0 } else { *libc::__errno_location() };
+        libc::close(fd);
+        errno
+    }
+}
+
+#[test]
+fn a_connect_that_fails_before_any_syn_is_counted_once_with_its_errno() {
+    let test = "a_connect_that_fails_before_any_syn_is_counted_once_with_its_errno";
+    if !root_available(test) || !tool_available(test, "curl", "curl") {
+        return;
+    }
+    const NO_ROUTE: usize = 5;
+    const SHORT: usize = 2;
+    let ns = NsWorker::new();
+    let d = Daemon::start(&["--netns", &ns.path]);
+    let port = ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        // Then two ephemeral ports: two connections in TIME-WAIT hold them.
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40001").unwrap();
+        // The namespace has only loopback: no route to 10.1.2.3.
+        let far = std::net::SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, 3), 8080);
+        for _ in 0..NO_ROUTE {
+            assert_eq!(
+                raw_connect(far, size_of::<libc::sockaddr_in>()),
+                libc::ENETUNREACH
+            );
+        }
+        // A UDP socket fails alike: not a TCP connect, not counted.
+        for _ in 0..3 {
+            let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let e = u.connect(far).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENETUNREACH), "{e}");
+        }
+        for _ in 0..SHORT {
+            assert_eq!(raw_connect(far, 4), libc::EINVAL);
+        }
+        let std::net::SocketAddr::V4(to) = l.local_addr().unwrap() else {
+            unreachable!()
+        };
+        for _ in 0..2 {
+            let c = TcpStream::connect(to).unwrap();
+            let (mut a, _) = l.accept().unwrap();
+            drop(c);
+            assert_eq!(a.read(&mut [0u8; 1]).unwrap(), 0, "the client's FIN");
+        }
+        // Both ports in TIME-WAIT (tw_reuse is off in test namespaces).
+        assert_eq!(
+            raw_connect(to, size_of::<libc::sockaddr_in>()),
+            libc::EADDRNOTAVAIL
+        );
+        to.port()
+    });
+    let netns = ns.inode;
+    let errors = |text: &str, name: &str| {
+        value_now(
+            text,
+            "tcpwatch_connect_errors_total",
+            &format!("netns=\"{netns}\",error=\"{name}\""),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = d.scrape();
+        if errors(&text, "ENETUNREACH") >= Some(NO_ROUTE as f64)
+            && errors(&text, "EINVAL") >= Some(SHORT as f64)
+            && errors(&text, "EADDRNOTAVAIL") >= Some(1.0)
+        {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "errors not all counted in 10 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        errors(&text, "ENETUNREACH"),
+        Some(NO_ROUTE as f64),
+        "UDP is not counted"
+    );
+    assert_eq!(errors(&text, "EINVAL"), Some(SHORT as f64));
+    assert_eq!(errors(&text, "EADDRNOTAVAIL"), Some(1.0));
+    // Each failure once: those without a transition are added, the one
+    // whose SYN-SENT -> CLOSE counted it (EADDRNOTAVAIL) only says its errno.
+    assert_eq!(
+        value(
+            &text,
+            "tcpwatch_failed_connects_total",
+            &format!("netns=\"{netns}\"")
+        ),
+        (NO_ROUTE + SHORT + 1) as f64
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tcpwatch_port_connect_errors_total",
+            &format!("netns=\"{netns}\",port=\"8080\",direction=\"out\",error=\"ENETUNREACH\"")
+        ),
+        NO_ROUTE as f64
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tcpwatch_port_connect_errors_total",
+            &format!("netns=\"{netns}\",port=\"{port}\",direction=\"out\",error=\"EADDRNOTAVAIL\"")
+        ),
+        1.0
+    );
+    // And per process: this one (its comm is the thread's, as the kernel
+    // names it).
+    let mine: Vec<f64> = samples(&text, "tcpwatch_process_connect_errors_total")
+        .into_iter()
+        .filter(|(l, _)| {
+            l.starts_with(&format!(
+                "netns=\"{netns}\",pid=\"{}\",",
+                std::process::id()
+            )) && l.ends_with("error=\"ENETUNREACH\"")
+        })
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(mine, [NO_ROUTE as f64], "\n{text}");
     assert!(d.stop().success());
 }

@@ -35,6 +35,7 @@ fn sample(e: &mut Engine, t: u64, syn_recv: u64, accq: u32, counters: &[(&str, i
             listeners_dropped: 0,
             processes_dropped: 0,
             local_port_range: None,
+            tw_reuse: None,
             time_wait_peers: vec![],
         },
     }));
@@ -234,6 +235,7 @@ fn a_close_wait_leak_names_the_process_once_old_enough() {
                 listeners_dropped: 0,
                 processes_dropped: 0,
                 local_port_range: None,
+                tw_reuse: None,
                 time_wait_peers: vec![],
             },
         }));
@@ -312,6 +314,7 @@ fn alerts_followed_at_once_are_bounded() {
                 listeners_dropped: 0,
                 processes_dropped: 0,
                 local_port_range: None,
+                tw_reuse: None,
                 time_wait_peers: vec![],
             },
         }));
@@ -385,6 +388,9 @@ fn resets(d: &mut Detector, e: &mut Engine, t: u64, sent: u64, received: u64) ->
                 port: 9,
                 direction: crate::engine::Direction::In,
                 count,
+                pid: 0,
+                comm: None,
+                errno: 0,
             });
         }
     }
@@ -560,6 +566,7 @@ fn time_wait_to_one_destination_near_the_port_range_is_pressure() {
                 listeners_dropped: 0,
                 processes_dropped: 0,
                 local_port_range: Some((40000, 40199)),
+                tw_reuse: None,
                 time_wait_peers: vec![TimeWaitPeer {
                     local: "10.0.0.1".into(),
                     remote: "10.0.0.2".into(),
@@ -590,4 +597,49 @@ fn time_wait_to_one_destination_near_the_port_range_is_pressure() {
     );
     assert!(f[0].summary.contains("75 %"), "{}", f[0].summary);
     assert!(f[0].description.contains("EADDRNOTAVAIL"));
+}
+
+#[test]
+fn time_wait_whose_ports_the_kernel_reuses_is_no_pressure() {
+    use crate::census::TimeWaitPeer;
+    for (reuse, remote, fires) in [
+        (Some(1), "10.0.0.2", false),
+        (Some(2), "127.0.0.1", false),
+        (Some(2), "::ffff:127.0.0.1", false),
+        (Some(2), "10.0.0.2", true),
+        (Some(0), "127.0.0.1", true),
+        (None, "127.0.0.1", true),
+    ] {
+        let (mut d, mut e) = (Detector::default(), Engine::new(EngineConfig::default()));
+        let mut c = Vec::new();
+        for t in 1..10 {
+            e.apply(Input::Census(CensusSample {
+                ts_ns: t * S,
+                duration_ns: 1,
+                summary: Summary {
+                    netns: Some(NS),
+                    total: 150,
+                    states: BTreeMap::new(),
+                    listeners: vec![],
+                    processes: vec![],
+                    listeners_dropped: 0,
+                    processes_dropped: 0,
+                    local_port_range: Some((40000, 40199)),
+                    tw_reuse: reuse,
+                    time_wait_peers: vec![TimeWaitPeer {
+                        local: "10.0.0.1".into(),
+                        remote: remote.into(),
+                        port: 5432,
+                        sockets: 150,
+                    }],
+                },
+            }));
+            c.extend(d.evaluate(&e.view(), &cfg()));
+        }
+        assert_eq!(
+            !fired(&c).is_empty(),
+            fires,
+            "tw_reuse {reuse:?} to {remote}: {c:?}"
+        );
+    }
 }

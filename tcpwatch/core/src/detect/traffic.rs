@@ -192,6 +192,16 @@ pub(super) fn time_wait_pressure(netns: u32, s: &Summary, cfg: &Detect, out: &mu
     };
     let range = u64::from(hi - lo) + 1;
     for p in &s.time_wait_peers {
+        // Where the kernel lets a connect take over a TIME-WAIT socket's
+        // port (tcp_tw_reuse 1, or 2 toward loopback), they run out only
+        // at a connect rate no alert on their number can tell.
+        let loopback = p
+            .remote
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback() || a.to_canonical().is_loopback());
+        if s.tw_reuse == Some(1) || (s.tw_reuse == Some(2) && loopback) {
+            continue;
+        }
         let fill = p.sockets as f64 / range as f64;
         if fill < cfg.time_wait_fill {
             continue;

@@ -28,7 +28,7 @@ pub use self::{
 use crate::{
     census::Summary,
     model::{Accounting, Comm, State, Transition},
-    signals::{SignalKind, SignalsSample},
+    signals::{SignalDelta, SignalKind, SignalsSample},
 };
 
 const NS_PER_S: u64 = 1_000_000_000;
@@ -229,11 +229,18 @@ impl Activity {
     }
 
     /// Adds a reading's signal delta.
-    fn signal(&mut self, kind: SignalKind, n: u64) {
-        match kind {
+    fn signal(&mut self, d: &SignalDelta) {
+        let n = d.count;
+        match d.kind {
             SignalKind::ResetSent => self.resets_sent += n,
             SignalKind::ResetReceived => self.resets_received += n,
             SignalKind::SynackRetransmit => self.synack_retransmits += n,
+            SignalKind::ConnectFailed => {
+                // No transition counted it.
+                self.failed_connects += n;
+                *self.connect_errors.entry(d.errno).or_default() += n;
+            }
+            SignalKind::ConnectErrno => *self.connect_errors.entry(d.errno).or_default() += n,
         }
     }
 }
@@ -780,13 +787,21 @@ impl Engine {
         for d in &s.deltas {
             let ns = self.namespace(d.netns);
             ns.last_seen_ns = ns.last_seen_ns.max(s.ts_ns);
-            ns.activity.signal(d.kind, d.count);
+            ns.activity.signal(d);
             let key = PortKey {
                 netns: d.netns,
                 port: d.port,
                 direction: d.direction,
             };
-            self.ports.record(&key, sec, |a| a.signal(d.kind, d.count));
+            self.ports.record(&key, sec, |a| a.signal(d));
+            if let Some(comm) = d.comm {
+                let key = ProcessKey {
+                    pid: d.pid,
+                    comm,
+                    netns: d.netns,
+                };
+                self.processes.record(&key, sec, |a| a.signal(d));
+            }
         }
         self.stats.signals_unkeyed = s.unkeyed;
         self.stats.signals_unreadable = s.unreadable;

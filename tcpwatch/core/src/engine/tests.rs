@@ -209,6 +209,7 @@ fn census_listeners_decide_the_direction() {
         listeners_dropped: 0,
         processes_dropped: 0,
         local_port_range: None,
+        tw_reuse: None,
         time_wait_peers: vec![],
     };
     e.apply(Input::Census(CensusSample {
@@ -321,6 +322,7 @@ fn census_of(netns: u32, at: u64, established: u64) -> Input {
             listeners_dropped: 0,
             processes_dropped: 0,
             local_port_range: None,
+            tw_reuse: None,
             time_wait_peers: vec![],
         },
     })
@@ -488,6 +490,7 @@ fn a_listeners_census_refreshes_queues_between_full_ones_and_keeps_owners() {
             listeners_dropped: 0,
             processes_dropped: 0,
             local_port_range: None,
+            tw_reuse: None,
             time_wait_peers: vec![],
         },
     };

@@ -72,6 +72,7 @@ fn engine() -> Engine {
             listeners_dropped: 0,
             processes_dropped: 0,
             local_port_range: None,
+            tw_reuse: None,
             time_wait_peers: vec![],
         },
     }));

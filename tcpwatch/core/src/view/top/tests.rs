@@ -81,6 +81,7 @@ fn census(at: u64, netns: u32, syn_recv: u64, close_wait: u64) -> Input {
             listeners_dropped: 0,
             processes_dropped: 0,
             local_port_range: None,
+            tw_reuse: None,
             time_wait_peers: vec![],
         },
     })
