@@ -220,9 +220,16 @@ pub struct ProbeConfig {
     pub fdt_max_fds: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
+    /// Where `struct pt_regs` keeps a system call's first two arguments
+    /// after it returns (x86-64: `di`, `si`; 0: unknown, as above).
+    pub regs_arg0: u32,
+    pub regs_arg1: u32,
+    /// Offset of `skc_cookie` in `struct sock` (0: unknown, as above).
+    pub sk_cookie: u32,
+    pub _pad3: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 120);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 136);
 
 impl ProbeConfig {
     /// The configuration compiled into the object: inert until user space
@@ -268,6 +275,10 @@ impl ProbeConfig {
         fdt_max_fds: 0,
         file_private_data: 0,
         socket_sk: 0,
+        regs_arg0: 0,
+        regs_arg1: 0,
+        sk_cookie: 0,
+        _pad3: 0,
     };
 }
 
@@ -532,7 +543,7 @@ mod tests {
 
     #[test]
     fn config_and_sockinfo_layout_is_stable() {
-        assert_eq!(core::mem::size_of::<ProbeConfig>(), 120);
+        assert_eq!(core::mem::size_of::<ProbeConfig>(), 136);
         assert_eq!(offset_of!(ProbeConfig, sk_err), 80);
         assert_eq!(offset_of!(ProbeConfig, sk_protocol), 32);
         assert_eq!(offset_of!(ProbeConfig, inet_sport), 40);

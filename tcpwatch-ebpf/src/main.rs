@@ -96,6 +96,9 @@ struct Transition {
     daddr: [u32; 4],
     /// `sk_err` at `-> CLOSE`, else 0.
     error: u16,
+    /// At SYN-SENT -> CLOSE on the BTF hook (when the connect() programs
+    /// run), the socket's cookie, else 0.
+    cookie: u64,
 }
 
 #[inline(always)]
@@ -272,11 +275,18 @@ fn read_btf(
         saddr: [0; 4],
         daddr: [0; 4],
         error: 0,
+        cookie: 0,
     };
     if newstate == TCP_CLOSE && cfg.sk_err != 0 {
         // SAFETY: `sk_err` is an int at this BTF offset of struct sock.
         let err: i32 = unsafe { field(sk, off32(&CONFIG.sk_err)) };
         t.error = err as u16;
+    }
+    if oldstate == TCP_SYN_SENT && newstate == TCP_CLOSE && cfg.socket_sk != 0 {
+        // SAFETY: `sk` is the hook's socket; the helper (its tracing
+        // variant) takes it as is and gives the socket's cookie, made on
+        // first use and never reused.
+        t.cookie = unsafe { generated::bpf_get_socket_cookie(sk as *mut c_void) };
     }
     if family == AF_INET6 {
         let (s, d) = (off(&CONFIG.sk_v6_rcv_saddr), off(&CONFIG.sk_v6_daddr));
@@ -324,6 +334,7 @@ fn read_classic(ctx: &TracePointContext, cfg: &ProbeConfig) -> Option<Transition
         saddr: [0; 4],
         daddr: [0; 4],
         error: 0,
+        cookie: 0,
     };
     if t.newstate == TCP_CLOSE && cfg.sk_err != 0 {
         t.error = read_kernel::<i32>(PROG_MAIN, skaddr + cfg.sk_err as u64).unwrap_or(0) as u16;
@@ -505,11 +516,14 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
         // The socket address is reused once freed: forget it now. A missing
         // entry (never seen, or evicted) is not an error.
         let _ = SOCKS.remove(&t.skaddr);
-        if t.oldstate == TCP_SYN_SENT {
+        if t.oldstate == TCP_SYN_SENT && t.cookie != 0 {
             // For the connect() that may be returning this failure: the
             // transition counted it (and its error, if it had one).
-            let mark = (now << 1) | u64::from(t.error != 0);
-            let _ = CONNECT_ENDS.insert(&t.skaddr, &mark, 0);
+            let end = ConnectEnd {
+                cookie: t.cookie,
+                had_error: u64::from(t.error != 0),
+            };
+            let _ = CONNECT_ENDS.insert(&t.skaddr, &end, 0);
         }
     }
     let lkey = listener_key(t.netns, t.sport);
@@ -993,54 +1007,22 @@ fn read_kernel_quiet<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
 }
 
-/// Each thread's connect() in progress: its fd, address and start.
+/// Per socket, the cookie of the socket whose SYN-SENT -> CLOSE was last
+/// seen at that address, and whether it carried an error: the connect()
+/// returning that failure must not count it again.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct ConnectCall {
-    uaddr: u64,
-    start_ns: u64,
-    fd: u64,
+struct ConnectEnd {
+    cookie: u64,
+    had_error: u64,
 }
 
 #[map]
-static CONNECTS: LruHashMap<u64, ConnectCall> = LruHashMap::with_max_entries(8192, 0);
+static CONNECT_ENDS: LruHashMap<u64, ConnectEnd> = LruHashMap::with_max_entries(8192, 0);
 
-/// Per socket, when its last SYN-SENT -> CLOSE happened (shifted left
-/// one) and whether it carried an error (bit 0).
-#[map]
-static CONNECT_ENDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(8192, 0);
-
-/// Offsets of the syscall tracepoints' records (checked by user space
-/// against their format files before these programs are attached).
-const SYS_ARG0: usize = 16;
-const SYS_ARG1: usize = 24;
+/// Offset of `ret` in the `syscalls:sys_exit_connect` record (checked by
+/// user space against its format file before the program acts).
 const SYS_RET: usize = 16;
-
-/// `syscalls:sys_enter_connect(fd, uservaddr, addrlen)`: remembers the
-/// call, for its exit.
-#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
-pub fn tcpwatch_connect_enter(ctx: TracePointContext) -> u32 {
-    let cfg = config();
-    if cfg.hook != HOOK_BTF || cfg.socket_sk == 0 || !armed() {
-        return 0;
-    }
-    // SAFETY: the record's argument fields are 8-byte words at these
-    // offsets (checked by user space); the helper checks the read.
-    let (Ok(fd), Ok(uaddr)) = (unsafe { ctx.read_at::<u64>(SYS_ARG0) }, unsafe {
-        ctx.read_at::<u64>(SYS_ARG1)
-    }) else {
-        signal_stat(true, signal::CONNECT_FAILED);
-        return 0;
-    };
-    let call = ConnectCall {
-        uaddr,
-        // SAFETY: a helper without preconditions.
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        fd,
-    };
-    let _ = CONNECTS.insert(&bpf_get_current_pid_tgid(), &call, 0);
-    0
-}
 
 /// The socket behind the current task's file descriptor `fd` (which the
 /// caller knows is a socket), as a kernel address.
@@ -1062,24 +1044,22 @@ fn socket_of_fd(cfg: &ProbeConfig, fd: u64) -> Option<u64> {
 }
 
 /// `syscalls:sys_exit_connect(ret)`: a TCP connect() that failed, when no
-/// transition carried its error.
+/// transition carried its error. Only the return value is read on the way
+/// out of every connect(); a failure reads the call's arguments back from
+/// the task's saved registers (a program at the syscall's entry too cost
+/// ~1 us per connect() here, most of it a hash update).
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn tcpwatch_connect_exit(ctx: TracePointContext) -> u32 {
     let cfg = config();
     if cfg.hook != HOOK_BTF || cfg.socket_sk == 0 {
         return 0;
     }
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out at once.
-    let Some(call) = (unsafe { CONNECTS.get(&id) }).copied() else {
-        return 0;
-    };
-    let _ = CONNECTS.remove(&id);
-    // SAFETY: as in tcpwatch_connect_enter.
-    let Ok(ret) = (unsafe { ctx.read_at::<i64>(SYS_RET) }) else {
-        signal_stat(true, signal::CONNECT_FAILED);
-        return 0;
-    };
+    // SAFETY: `ret` is an aligned 8-byte word at this offset of the
+    // record (checked by user space), which a tracepoint program may load
+    // directly (the verifier checks the offset against the record's
+    // bounds); no helper call on the way out of every connect().
+    let ret: i64 =
+        unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(SYS_RET).cast()) };
     // Not failures: in progress (non-blocking, or interrupted and going on
     // in the background), already connected; and not TCP's at all: a bad
     // fd or one that is no socket.
@@ -1087,7 +1067,16 @@ pub fn tcpwatch_connect_exit(ctx: TracePointContext) -> u32 {
     if ret >= 0 || NOT_FAILED.contains(&ret) || !armed() {
         return 0;
     }
-    let Some(sk) = socket_of_fd(&cfg, call.fd) else {
+    // SAFETY: helpers without preconditions; the task is the current one.
+    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) as u64 };
+    let (Some(fd), Some(uaddr)) = (
+        read_kernel_quiet::<u64>(regs + cfg.regs_arg0 as u64),
+        read_kernel_quiet::<u64>(regs + cfg.regs_arg1 as u64),
+    ) else {
+        signal_stat(true, signal::CONNECT_FAILED);
+        return 0;
+    };
+    let Some(sk) = socket_of_fd(&cfg, fd) else {
         signal_stat(true, signal::CONNECT_FAILED);
         return 0;
     };
@@ -1095,19 +1084,21 @@ pub fn tcpwatch_connect_exit(ctx: TracePointContext) -> u32 {
     if protocol != IPPROTO_TCP && protocol != IPPROTO_MPTCP {
         return 0;
     }
-    // SAFETY: the value is read at once.
-    let kind = match unsafe { CONNECT_ENDS.get(&sk) }.copied() {
-        // The transition carried the error: counted there.
-        Some(mark) if mark >> 1 >= call.start_ns && mark & 1 == 1 => return 0,
+    let cookie = read_kernel_quiet::<u64>(sk + cfg.sk_cookie as u64).unwrap_or(0);
+    // SAFETY: the value is copied out at once.
+    let end = unsafe { CONNECT_ENDS.get(&sk) }.copied();
+    let _ = CONNECT_ENDS.remove(&sk);
+    let kind = match end {
+        // This socket's SYN-SENT -> CLOSE carried the error: counted there.
+        Some(e) if cookie != 0 && e.cookie == cookie && e.had_error != 0 => return 0,
         // It counted the failure, without an errno.
-        Some(mark) if mark >> 1 >= call.start_ns => signal::CONNECT_ERRNO,
+        Some(e) if cookie != 0 && e.cookie == cookie => signal::CONNECT_ERRNO,
         _ => signal::CONNECT_FAILED,
     };
     // The destination's port: byte 2 of sockaddr_in and sockaddr_in6.
     // SAFETY: a checked read of the caller's own memory.
     let port_be: u16 =
-        unsafe { aya_ebpf::helpers::bpf_probe_read_user((call.uaddr + 2) as *const u16) }
-            .unwrap_or(0);
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user((uaddr + 2) as *const u16) }.unwrap_or(0);
     let netns = match read_kernel_quiet::<u64>(sk + cfg.sk_net as u64) {
         Some(net) if net != 0 && cfg.netns_readable != 0 => {
             read_kernel_quiet::<u32>(net + cfg.net_ns_inum as u64).unwrap_or(0)
@@ -1116,7 +1107,7 @@ pub fn tcpwatch_connect_exit(ctx: TracePointContext) -> u32 {
     };
     let key = SignalKey {
         netns,
-        tgid: (id >> 32) as u32,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         kind,
         errno: ret.unsigned_abs() as u16,
         port: u16::from_be(port_be),

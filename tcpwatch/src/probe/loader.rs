@@ -270,16 +270,9 @@ pub const PROGRAMS: &[ProgramSpec] = &[
             tracepoint: "tcp_retransmit_synack",
         },
     ),
-    // connect() failures no transition carries (see the probe); classic
-    // tracepoints, run once per connect() call, of the BTF hook because
-    // they read the fd table at offsets from BTF.
-    signal(
-        "tcpwatch_connect_enter",
-        Attach::Tracepoint {
-            category: "syscalls",
-            name: "sys_enter_connect",
-        },
-    ),
+    // connect() failures no transition carries (see the probe): a classic
+    // tracepoint, run once per connect() call, of the BTF hook because it
+    // reads the fd table at offsets from BTF.
     signal(
         "tcpwatch_connect_exit",
         Attach::Tracepoint {
@@ -505,8 +498,8 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
     }
     config.filter_netns = opts.netns.unwrap_or(0);
     if config.hook == HOOK_BTF && config.socket_sk != 0 {
-        // The connect() programs read the syscall records at fixed
-        // offsets: anything else leaves them inert, said once.
+        // The connect() program reads the syscall record at a fixed
+        // offset: anything else leaves it inert, said once.
         if let Err(why) = connect_formats() {
             tracing::warn!("connect() failures before a SYN left go uncounted: {why}");
             config.socket_sk = 0;
@@ -592,8 +585,7 @@ fn connect_formats() -> Result<(), String> {
         let p = tracefs.join("events/syscalls").join(name).join("format");
         fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))
     };
-    layout::connect_formats_match(&read("sys_enter_connect")?, &read("sys_exit_connect")?)
-        .map_err(|e| e.to_string())
+    layout::connect_format_matches(&read("sys_exit_connect")?).map_err(|e| e.to_string())
 }
 
 /// Loads one program of the table and attaches it.
