@@ -7,6 +7,7 @@ use tcpwatch::{
     probe::loader::{HookChoice, LoadOptions},
 };
 
+#[macro_use]
 mod cmd;
 
 const EXAMPLES: &str = "\
@@ -217,7 +218,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("tcpwatch: starting the runtime: {e}");
+            say!("tcpwatch: starting the runtime: {e}");
             return ExitCode::from(1);
         }
     };
@@ -236,8 +237,10 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // Nobody is reading: nothing to say.
+        Err(e) if e.is::<cmd::ClosedPipe>() => ExitCode::from(cmd::EXIT_CLOSED_PIPE),
         Err(e) => {
-            eprintln!("tcpwatch: {e:#}");
+            say!("tcpwatch: {e:#}");
             ExitCode::from(cmd::exit_code(&e))
         }
     }

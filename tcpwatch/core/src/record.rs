@@ -12,7 +12,7 @@
 //! carries the wall-clock time of one instant to place them. A reader
 //! refuses another format or a newer version, and names the line of any
 //! entry it cannot read.
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +59,32 @@ pub enum RecordError {
     Version(u32),
     #[error("line {line}: {message}")]
     Line { line: u64, message: String },
+    #[error("line {line} is longer than {MAX_LINE} bytes: not a recording's")]
+    TooLong { line: u64 },
+    /// The last line ends without its newline and does not parse: the
+    /// recorder stopped mid-line (killed, disk full). What came before it
+    /// is whole.
+    #[error("line {line} is cut short (the recorder stopped mid-line)")]
+    Cut { line: u64 },
+}
+
+/// The longest line a reader takes (a census of a namespace with many
+/// thousands of sockets is a few MiB).
+pub const MAX_LINE: usize = 16 << 20;
+
+/// Reads one line of at most `MAX_LINE` bytes into `buf` (cleared first):
+/// its length, 0 at the end, or `TooLong`.
+fn bounded_line<R: BufRead>(
+    input: &mut R,
+    buf: &mut String,
+    line: u64,
+) -> Result<usize, RecordError> {
+    buf.clear();
+    let n = (&mut *input).take(MAX_LINE as u64 + 1).read_line(buf)?;
+    if n > MAX_LINE && !buf.ends_with('\n') {
+        return Err(RecordError::TooLong { line });
+    }
+    Ok(n)
 }
 
 pub struct Writer<W: Write> {
@@ -113,13 +139,15 @@ pub struct Reader<R: BufRead> {
     input: R,
     line: u64,
     buf: String,
+    /// An error ended the reading.
+    done: bool,
 }
 
 impl<R: BufRead> Reader<R> {
     /// Reads and checks the header.
     pub fn new(mut input: R) -> Result<(Header, Self), RecordError> {
         let mut buf = String::new();
-        if input.read_line(&mut buf)? == 0 {
+        if bounded_line(&mut input, &mut buf, 1)? == 0 {
             return Err(RecordError::Empty);
         }
         let header: Header = serde_json::from_str(buf.trim_end())
@@ -139,6 +167,7 @@ impl<R: BufRead> Reader<R> {
                 input,
                 line: 1,
                 buf,
+                done: false,
             },
         ))
     }
@@ -149,20 +178,34 @@ impl<R: BufRead> Iterator for Reader<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            self.buf.clear();
             self.line += 1;
-            match self.input.read_line(&mut self.buf) {
+            match bounded_line(&mut self.input, &mut self.buf, self.line) {
                 Ok(0) => return None,
                 Ok(_) => {}
-                Err(e) => return Some(Err(e.into())),
+                Err(e) => {
+                    // Nothing after an unreadable line can be trusted.
+                    self.buf.clear();
+                    self.done = true;
+                    return Some(Err(e));
+                }
             }
+            if self.done {
+                return None;
+            }
+            let whole = self.buf.ends_with('\n');
             let text = self.buf.trim();
             if text.is_empty() {
                 continue;
             }
-            return Some(serde_json::from_str(text).map_err(|e| RecordError::Line {
-                line: self.line,
-                message: e.to_string(),
+            return Some(serde_json::from_str(text).map_err(|e| {
+                if whole {
+                    RecordError::Line {
+                        line: self.line,
+                        message: e.to_string(),
+                    }
+                } else {
+                    RecordError::Cut { line: self.line }
+                }
             }));
         }
     }
@@ -247,5 +290,39 @@ mod tests {
         assert!(items[0].is_ok());
         let err = items[1].as_ref().unwrap_err().to_string();
         assert!(err.starts_with("line 4: unknown variant `bogus`"), "{err}");
+    }
+
+    #[test]
+    fn a_cut_last_line_is_told_apart_and_what_precedes_it_is_read() {
+        let head = serde_json::to_string(&header()).unwrap();
+        let text = format!("{head}\n{{\"tick\":{{\"ts_ns\":1}}}}\n{{\"tick\":{{\"ts_n");
+        let (_, r) = Reader::new(text.as_bytes()).unwrap();
+        let items: Vec<_> = r.collect();
+        assert_eq!(items.len(), 2);
+        assert!(items[0].is_ok());
+        assert!(matches!(items[1], Err(RecordError::Cut { line: 3 })));
+        // A whole last line without its newline is just a line.
+        let text = format!("{head}\n{{\"tick\":{{\"ts_ns\":1}}}}");
+        let (_, r) = Reader::new(text.as_bytes()).unwrap();
+        assert_eq!(r.map(Result::unwrap).count(), 1);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_refused_without_reading_it_all() {
+        let head = serde_json::to_string(&header()).unwrap();
+        let mut text = format!("{head}\n").into_bytes();
+        text.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
+        let (_, mut r) = Reader::new(&text[..]).unwrap();
+        assert!(matches!(
+            r.next(),
+            Some(Err(RecordError::TooLong { line: 2 }))
+        ));
+        assert!(r.next().is_none());
+        // The header too (`replay /dev/zero`).
+        let zeros = vec![0u8; MAX_LINE + 1];
+        assert!(matches!(
+            Reader::new(&zeros[..]),
+            Err(RecordError::TooLong { line: 1 })
+        ));
     }
 }

@@ -23,12 +23,12 @@ enum What {
 pub fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     match args.what {
         What::Default => {
-            print!("{DEFAULT_TEXT}");
+            super::print(DEFAULT_TEXT)?;
             Ok(ExitCode::SUCCESS)
         }
         What::Check { file } => {
             read(&file)?;
-            println!("{}: ok", file.display());
+            super::print(&format!("{}: ok\n", file.display()))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -85,7 +85,7 @@ fn parse_interval(s: &str) -> Result<f64, String> {
     crate::parse_in(s, range::INTERVAL_S, "a number of seconds")
 }
 
-fn parse_duration(s: &str) -> Result<f64, String> {
+pub(super) fn parse_duration(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.01 => Ok(v),
         _ => Err(format!("`{s}` is not a number of seconds ≥ 0.01")),
@@ -227,7 +227,7 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
         },
         |started| {
             if let Some(listener) = listener {
-                eprintln!(
+                say!(
                     "tcpwatch: metrics on http://{}/metrics",
                     listener.local_addr()?
                 );
@@ -242,7 +242,7 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
                 } else {
                     cfg.alertmanager.instance.clone()
                 };
-                eprintln!(
+                say!(
                     "tcpwatch: alerts to Alertmanager at {} as instance {instance}",
                     cfg.alertmanager.url
                 );
@@ -259,7 +259,7 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
                 .context("starting the Alertmanager sink")?;
             }
             if let Some(c) = &control {
-                eprintln!("tcpwatch: control socket at {}", c.path.display());
+                say!("tcpwatch: control socket at {}", c.path.display());
                 serve::control::spawn(
                     c.listener.try_clone()?,
                     started.snapshots.clone(),
@@ -267,7 +267,7 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
                 )
                 .context("starting the control socket thread")?;
             }
-            eprintln!(
+            say!(
                 "tcpwatch: daemon up via {}; census every {:.2} s (or less often, to stay under {}% of a core){}",
                 started.hook,
                 cfg.daemon.interval,
@@ -282,10 +282,10 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
     )
     .await?;
     if let Some((path, lines)) = &out.recorded {
-        eprintln!("tcpwatch: wrote {lines} lines to {}", path.display());
+        say!("tcpwatch: wrote {lines} lines to {}", path.display());
     }
     let a = &out.accounting;
-    eprintln!(
+    say!(
         "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} engine={} kernel_skipped={} caught={} unrecovered={} not_run={} witness={} nested={} bpf_run_time_ns={} bpf_run_cnt={}",
         a.counted,
         a.emitted,

@@ -7,6 +7,16 @@ use tcpwatch::{
     probe::{capture::CaptureError, loader::LoadError},
 };
 
+/// Writes a line to stderr, like `eprintln!`, but never panics: with
+/// stderr gone or full (`2>/dev/full`) there is nowhere to say anything,
+/// and the exit status still tells.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod alerts;
 pub mod config;
 pub mod daemon;
@@ -60,6 +70,34 @@ impl Stop {
     }
 }
 
+/// The reader of stdout went away (`| head`): the command ends quietly
+/// with 141, as a tool killed by SIGPIPE does in a shell.
+#[derive(Debug)]
+pub struct ClosedPipe;
+
+impl std::fmt::Display for ClosedPipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the output pipe was closed")
+    }
+}
+
+impl std::error::Error for ClosedPipe {}
+
+/// Exit status of a command whose output pipe closed early.
+pub const EXIT_CLOSED_PIPE: u8 = 141;
+
+/// Writes a command's whole output to stdout: a closed pipe is
+/// [`ClosedPipe`], any other failure (a full disk) one sentence.
+pub fn print(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(ClosedPipe.into()),
+        Err(e) => Err(anyhow::anyhow!("writing the output: {e}")),
+    }
+}
+
 /// A usage error found after parsing (exit 2), said in one sentence.
 #[derive(Debug)]
 pub struct Usage(pub String);
@@ -87,6 +125,9 @@ impl std::error::Error for NotPermitted {}
 /// loading failed, 2 for a configuration that cannot be used, 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        if cause.is::<ClosedPipe>() {
+            return EXIT_CLOSED_PIPE;
+        }
         if cause.downcast_ref::<ConfigFileError>().is_some() || cause.is::<Usage>() {
             return 2;
         }

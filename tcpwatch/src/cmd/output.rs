@@ -17,64 +17,93 @@ use std::{
 /// Batches the queue holds before it drops (each at most a few thousand lines).
 const QUEUE_BATCHES: usize = 64;
 
+/// Output to a pipe or a file is flushed at least this often, so a reader
+/// sees lines promptly on a quiet host, and a closed pipe is noticed
+/// within it even when nothing is written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
 pub struct Output<T: Send + 'static> {
     tx: Option<SyncSender<Vec<T>>>,
+    /// Items handed to the writer thread.
+    accepted: u64,
     dropped: u64,
     written: Arc<AtomicU64>,
     thread: Option<JoinHandle<io::Result<()>>>,
+    /// Said once the writer thread has ended (stdout closed or failed).
+    ended: Arc<tokio::sync::Notify>,
 }
 
 /// What the writer did, at the end.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct OutputStats {
+    /// Items flushed to the output.
     pub written: u64,
-    /// Items dropped because the writer fell behind.
+    /// Items not written: dropped because the writer fell behind, or still
+    /// queued or buffered when the output closed or stalled.
     pub dropped: u64,
     /// The writer stopped early: stdout closed (e.g. `| head`) or failed.
     pub closed: Option<String>,
+    /// Whether that was a closed pipe (the reader went away), not a failure.
+    pub closed_pipe: bool,
+}
+
+/// How the writer meets its output.
+pub struct Sink {
+    pub out: Box<dyn Write + Send>,
+    /// Flush after every batch (a terminal, `--line-buffered`).
+    pub line_buffered: bool,
+    /// The file descriptor to watch for a reader that went away.
+    pub fd: Option<std::os::fd::RawFd>,
 }
 
 impl<T: Send + 'static> Output<T> {
-    /// Starts a writer on stdout: line-buffered on a terminal, block-buffered
-    /// otherwise. `header` is written first; `format` makes one line of an item.
-    pub fn stdout(header: Option<String>, format: impl Fn(&T) -> String + Send + 'static) -> Self {
+    /// Starts a writer on stdout: flushed per batch on a terminal or with
+    /// `line_buffered`, else block-buffered and flushed every `FLUSH_EVERY`.
+    /// `header` is written first; `format` makes one line of an item.
+    pub fn stdout(
+        header: Option<String>,
+        line_buffered: bool,
+        format: impl Fn(&T) -> String + Send + 'static,
+    ) -> Self {
         let stdout = io::stdout();
-        let sink: Box<dyn Write + Send> = if stdout.is_terminal() {
+        let line_buffered = line_buffered || stdout.is_terminal();
+        let out: Box<dyn Write + Send> = if line_buffered {
             Box::new(LineWriter::new(stdout))
         } else {
             Box::new(io::BufWriter::with_capacity(1 << 16, stdout))
+        };
+        let sink = Sink {
+            out,
+            line_buffered,
+            fd: Some(1),
         };
         Self::new(sink, header, format)
     }
 
     pub fn new(
-        mut sink: Box<dyn Write + Send>,
+        sink: Sink,
         header: Option<String>,
         format: impl Fn(&T) -> String + Send + 'static,
     ) -> Self {
         let (tx, rx) = mpsc::sync_channel::<Vec<T>>(QUEUE_BATCHES);
         let written = Arc::new(AtomicU64::new(0));
-        let counter = written.clone();
+        let ended = Arc::new(tokio::sync::Notify::new());
+        let (counter, on_end) = (written.clone(), ended.clone());
         let thread = std::thread::Builder::new()
             .name("tcpwatch-output".into())
             .spawn(move || -> io::Result<()> {
-                if let Some(h) = header {
-                    writeln!(sink, "{h}")?;
-                }
-                for batch in rx {
-                    for item in &batch {
-                        writeln!(sink, "{}", format(item))?;
-                    }
-                    counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                }
-                sink.flush()
+                let r = write_all(sink, header, &rx, &counter, &format);
+                on_end.notify_one();
+                r
             })
             .expect("spawning the output thread");
         Output {
             tx: Some(tx),
+            accepted: 0,
             dropped: 0,
             written,
             thread: Some(thread),
+            ended,
         }
     }
 
@@ -82,60 +111,141 @@ impl<T: Send + 'static> Output<T> {
     /// Returns false once the writer has stopped (stdout closed).
     pub fn send(&mut self, batch: Vec<T>) -> bool {
         if batch.is_empty() {
-            return true;
+            return self.thread.as_ref().is_some_and(|t| !t.is_finished());
         }
         let Some(tx) = &self.tx else { return false };
+        let n = batch.len() as u64;
         match tx.try_send(batch) {
-            Ok(()) => true,
-            Err(TrySendError::Full(b)) => {
-                self.dropped += b.len() as u64;
+            Ok(()) => {
+                self.accepted += n;
                 true
             }
-            Err(TrySendError::Disconnected(b)) => {
-                self.dropped += b.len() as u64;
+            Err(TrySendError::Full(_)) => {
+                self.dropped += n;
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.dropped += n;
                 false
             }
         }
     }
 
+    /// Resolves once the writer has ended by itself (its output closed or
+    /// failed), whether or not anything was sent since. Cancel-safe.
+    pub async fn ended(&self) {
+        self.ended.notified().await;
+    }
+
     /// Flushes and stops the writer, waiting at most `patience` for a
     /// stalled output (a terminal on hold, a reader that stopped reading):
-    /// exiting must not hang on it.
+    /// exiting must not hang on it. What was handed to it and never
+    /// written counts as dropped, so every item is written or dropped.
     pub fn finish(mut self, patience: Duration) -> OutputStats {
         self.tx = None;
         let deadline = Instant::now() + patience;
         let thread = self.thread.take();
-        let closed = match thread {
-            None => None,
+        let (closed, closed_pipe) = match thread {
+            None => (None, false),
             Some(t) => {
                 while !t.is_finished() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 if t.is_finished() {
                     match t.join() {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some(e.to_string()),
-                        Err(_) => Some("output thread panicked".into()),
+                        Ok(Ok(())) => (None, false),
+                        Ok(Err(e)) => (Some(e.to_string()), e.kind() == io::ErrorKind::BrokenPipe),
+                        Err(_) => (Some("output thread panicked".into()), false),
                     }
                 } else {
-                    Some(format!(
-                        "output stalled; stopped waiting after {patience:?}"
-                    ))
+                    (
+                        Some(format!(
+                            "output stalled; stopped waiting after {patience:?}"
+                        )),
+                        false,
+                    )
                 }
             }
         };
+        let written = self.written.load(Ordering::Relaxed);
         OutputStats {
-            written: self.written.load(Ordering::Relaxed),
-            dropped: self.dropped,
+            written,
+            dropped: self.dropped + self.accepted.saturating_sub(written),
             closed,
+            closed_pipe,
         }
     }
+}
+
+/// The writer thread's work: lines out, flushed per batch when line
+/// buffered, else at least every `FLUSH_EVERY`; `written` counts only
+/// what was flushed. Watches `fd` for a reader that went away.
+fn write_all<T>(
+    mut sink: Sink,
+    header: Option<String>,
+    rx: &mpsc::Receiver<Vec<T>>,
+    written: &AtomicU64,
+    format: &impl Fn(&T) -> String,
+) -> io::Result<()> {
+    if let Some(h) = header {
+        writeln!(sink.out, "{h}")?;
+    }
+    let mut unflushed = 0u64;
+    let mut last_flush = Instant::now();
+    let flush = |out: &mut Box<dyn Write + Send>, n: &mut u64, at: &mut Instant| {
+        out.flush()?;
+        written.fetch_add(std::mem::take(n), Ordering::Relaxed);
+        *at = Instant::now();
+        io::Result::Ok(())
+    };
+    loop {
+        match rx.recv_timeout(FLUSH_EVERY) {
+            Ok(batch) => {
+                for item in &batch {
+                    writeln!(sink.out, "{}", format(item))?;
+                }
+                unflushed += batch.len() as u64;
+                if sink.line_buffered || last_flush.elapsed() >= FLUSH_EVERY {
+                    flush(&mut sink.out, &mut unflushed, &mut last_flush)?;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                flush(&mut sink.out, &mut unflushed, &mut last_flush)?;
+                if sink.fd.is_some_and(reader_gone) {
+                    return Err(io::ErrorKind::BrokenPipe.into());
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    flush(&mut sink.out, &mut unflushed, &mut last_flush)
+}
+
+/// Whether the reader of `fd` went away (a pipe whose read end closed
+/// reports POLLERR), without writing to it.
+fn reader_gone(fd: std::os::fd::RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd of ours, no wait.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::{Condvar, Mutex};
+
+    fn sink(w: impl Write + Send + 'static) -> Sink {
+        Sink {
+            out: Box::new(w),
+            line_buffered: true,
+            fd: None,
+        }
+    }
 
     /// A sink that blocks every write until released: a stalled terminal.
     struct Stalled(Arc<(Mutex<bool>, Condvar)>, Arc<Mutex<Vec<u8>>>);
@@ -160,7 +270,7 @@ mod tests {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let data = Arc::new(Mutex::new(Vec::new()));
         let mut out = Output::new(
-            Box::new(Stalled(gate.clone(), data.clone())),
+            sink(Stalled(gate.clone(), data.clone())),
             None,
             |n: &u32| n.to_string(),
         );
@@ -184,7 +294,7 @@ mod tests {
     fn a_sink_stalled_forever_does_not_hang_the_exit() {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let data = Arc::new(Mutex::new(Vec::new()));
-        let mut out = Output::new(Box::new(Stalled(gate, data)), None, |n: &u32| n.to_string());
+        let mut out = Output::new(sink(Stalled(gate, data)), None, |n: &u32| n.to_string());
         out.send(vec![1]);
         let start = Instant::now();
         let stats = out.finish(Duration::from_millis(200));
@@ -203,9 +313,7 @@ mod tests {
                 Ok(())
             }
         }
-        let mut out = Output::new(Box::new(Closed), Some("HEADER".into()), |n: &u32| {
-            n.to_string()
-        });
+        let mut out = Output::new(sink(Closed), Some("HEADER".into()), |n: &u32| n.to_string());
         std::thread::sleep(Duration::from_millis(50));
         let mut accepted = true;
         for _ in 0..10 {

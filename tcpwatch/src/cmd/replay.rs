@@ -43,11 +43,13 @@ pub struct ReplayArgs {
     engine: EngineArgs,
 }
 
+/// 0, or 0.001 to 1,000,000: slower than a thousandth would wait past
+/// what a timer can say for a recording of any length.
 fn parse_speed(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(v) if v == 0.0 || (0.001..=1_000_000.0).contains(&v) => Ok(v),
         _ => Err(format!(
-            "`{s}` is not a speed (0 = as fast as possible, 1 = as recorded)"
+            "`{s}` is not a speed: 0 (as fast as possible), or 0.001 to 1000000 (1 = as recorded)"
         )),
     }
 }
@@ -89,7 +91,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     )));
     if let Some(addr) = args.metrics_addr {
         let listener = serve::metrics::bind(addr)?;
-        eprintln!(
+        say!(
             "tcpwatch: metrics on http://{}/metrics",
             listener.local_addr()?
         );
@@ -99,11 +101,23 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut first: Option<u64> = None;
     let mut seq = 0;
     for input in reader {
-        let input = input.with_context(|| format!("{}", args.file.display()))?;
+        let input = match input {
+            Ok(i) => i,
+            Err(record::RecordError::Cut { line }) => {
+                say!(
+                    "tcpwatch: warning: {}: line {line} is cut short (the recorder stopped mid-line); replayed the {} lines before it",
+                    args.file.display(),
+                    line - 1
+                );
+                break;
+            }
+            Err(e) => return Err(e).with_context(|| format!("{}", args.file.display())),
+        };
         if args.speed > 0.0 {
             let ts = input_ts(&input);
             let t0 = *first.get_or_insert(ts);
-            let due = Duration::from_secs_f64(ts.saturating_sub(t0) as f64 / 1e9 / args.speed);
+            let due = Duration::try_from_secs_f64(ts.saturating_sub(t0) as f64 / 1e9 / args.speed)
+                .unwrap_or(Duration::MAX);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
@@ -122,9 +136,9 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     let view = engine.view();
     if args.json {
-        println!("{}", serde_json::to_string(&view)?);
+        super::print(&format!("{}\n", serde_json::to_string(&view)?))?;
     } else {
-        print!("{}", summary_text(&view, 10));
+        super::print(&summary_text(&view, 10))?;
     }
     Ok(ExitCode::SUCCESS)
 }

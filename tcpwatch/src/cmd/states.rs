@@ -64,17 +64,18 @@ pub fn run(args: StatesArgs) -> anyhow::Result<ExitCode> {
     );
     let summary = summarize(ns, &census, &owners);
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        super::print(&format!("{}\n", serde_json::to_string(&summary)?))?;
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", states_table(&summary));
+    let mut text = states_table(&summary);
     if args.listeners {
-        println!();
-        print!("{}", listeners_table(&summary));
+        text.push('\n');
+        text.push_str(&listeners_table(&summary));
     }
     if args.processes {
-        println!();
-        print!("{}", processes_table(&summary));
+        text.push('\n');
+        text.push_str(&processes_table(&summary));
     }
+    super::print(&text)?;
     Ok(ExitCode::SUCCESS)
 }

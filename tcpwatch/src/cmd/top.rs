@@ -201,7 +201,7 @@ async fn one_shot(
     }
     let last = got.last().expect("two snapshots");
     if args.json {
-        println!("{}", serde_json::to_string(&**last)?);
+        super::print(&format!("{}\n", serde_json::to_string(&**last)?))?;
         return Ok(());
     }
     let (cols, rows) = args.size.unwrap_or_else(|| {
@@ -215,7 +215,7 @@ async fn one_shot(
     }
     let mut term = Terminal::new(TestBackend::new(cols, rows))?;
     term.draw(|f| tui::draw::draw(f, &top))?;
-    print!("{}", tui::screen_text(term.backend().buffer()));
+    super::print(&tui::screen_text(term.backend().buffer()))?;
     Ok(())
 }
 

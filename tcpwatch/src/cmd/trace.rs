@@ -48,11 +48,15 @@ pub struct TraceArgs {
     /// Filtered in the kernel, so the counters cover only it too.
     #[arg(long)]
     netns: Option<String>,
-    /// Stop after this many transitions are shown.
-    #[arg(short = 'c', long)]
+    /// Flush every line, also to a pipe or file (otherwise they are
+    /// flushed at least every 200 ms).
+    #[arg(long)]
+    line_buffered: bool,
+    /// Stop after this many transitions are shown (at least 1).
+    #[arg(short = 'c', long, value_parser = parse_count)]
     count: Option<u64>,
-    /// Stop after this many seconds.
-    #[arg(short = 'd', long, value_name = "SECONDS")]
+    /// Stop after this many seconds (at least 0.01).
+    #[arg(short = 'd', long, value_name = "SECONDS", value_parser = super::daemon::parse_duration)]
     duration: Option<f64>,
     #[command(flatten)]
     pub probe: ProbeArgs,
@@ -83,23 +87,20 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         },
         netns,
     };
-    if let Some(d) = args.duration
-        && !(d.is_finite() && d > 0.0)
-    {
-        anyhow::bail!("--duration must be a positive number of seconds");
-    }
 
     let mut capture = Capture::start(&args.probe.load_options(&Default::default(), netns))
         .context("cannot start tracing")?;
     let clock = wall_clock();
-    eprintln!(
+    say!(
         "tcpwatch: tracing TCP state transitions via {}; Ctrl-C to stop",
         capture.hook()
     );
     let mut out: Output<Transition> = if args.json {
-        Output::stdout(None, move |t| json_line(t, &clock))
+        Output::stdout(None, args.line_buffered, move |t| json_line(t, &clock))
     } else {
-        Output::stdout(Some(HEADER.into()), move |t| text_line(t, &clock))
+        Output::stdout(Some(HEADER.into()), args.line_buffered, move |t| {
+            text_line(t, &clock)
+        })
     };
 
     let mut stop = Stop::new(args.duration)?;
@@ -109,6 +110,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     while !shown.done() {
         tokio::select! {
             _ = stop.wait() => break,
+            // The reader went away or the output failed: nothing more to do.
+            _ = out.ended() => break,
             r = capture.next_batch(&mut batch, BATCH) => {
                 r.context("reading the ring buffer")?;
                 if !out.send(shown.take(&filter, &mut batch)) {
@@ -134,9 +137,15 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         &output,
     );
     // A transition the kernel skipped or never ran the programs for is a
-    // failure of the run's promise, even though everything else completed.
+    // failure of the run's promise, even though everything else completed;
+    // then an output that closed (141, as a tool killed by SIGPIPE) or
+    // failed (1).
     Ok(if accounting.promise_broken() {
         ExitCode::from(3)
+    } else if output.closed_pipe {
+        ExitCode::from(super::EXIT_CLOSED_PIPE)
+    } else if output.closed.is_some() {
+        ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
@@ -188,27 +197,34 @@ fn report(
     shown: &Shown,
     out: &OutputStats,
 ) {
-    eprintln!(
+    say!(
         "tcpwatch: {} transitions counted in the kernel: {} delivered, {} dropped (ring buffer full)",
-        a.counted, delivered, a.ringbuf_full
+        a.counted,
+        delivered,
+        a.ringbuf_full
     );
-    eprintln!(
-        "tcpwatch: {} written, {} dropped because output was slow, {} filtered out, {} past --count",
-        out.written, out.dropped, shown.filtered, shown.over_count
+    say!(
+        "tcpwatch: {} written, {} dropped because output was slow or closed, {} filtered out, {} past --count",
+        out.written,
+        out.dropped,
+        shown.filtered,
+        shown.over_count
     );
     if a.has_catcher {
-        eprintln!(
+        say!(
             "tcpwatch: the kernel skipped the main program {} times (nested runs); the catcher handled {}; {} lost",
-            a.kernel_skipped, a.caught, a.unrecovered
+            a.kernel_skipped,
+            a.caught,
+            a.unrecovered
         );
     } else {
-        eprintln!(
+        say!(
             "tcpwatch: the kernel skipped the program {} times (nested runs): those transitions are lost and unknown",
             a.kernel_skipped
         );
     }
     match no_witness {
-        None => eprintln!(
+        None => say!(
             "tcpwatch: a perf counter of the tracepoint saw {} firings the kernel ran no program for: {}",
             a.not_run,
             if a.not_run == 0 {
@@ -217,27 +233,29 @@ fn report(
                 "those transitions are lost (of any namespace and port: the counter cannot filter)"
             }
         ),
-        Some(why) => eprintln!(
+        Some(why) => say!(
             "tcpwatch: no perf counter of the tracepoint ({why}): firings the kernel runs no program for would go uncounted"
         ),
     }
     if a.double_counted > 0 {
-        eprintln!(
+        say!(
             "tcpwatch: {} transitions may have been counted twice",
             a.double_counted
         );
     }
     if a.read_failed + a.map_update_failed + malformed > 0 {
-        eprintln!(
+        say!(
             "tcpwatch: {} kernel reads failed, {} owner-map updates failed, {} malformed records",
-            a.read_failed, a.map_update_failed, malformed
+            a.read_failed,
+            a.map_update_failed,
+            malformed
         );
     }
     if let Some(e) = &out.closed {
-        eprintln!("tcpwatch: output closed early: {e}");
+        say!("tcpwatch: output closed early: {e}");
     }
     // One machine-readable line for scripts and tests.
-    eprintln!(
+    say!(
         "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} written={} output_dropped={} filtered={} kernel_skipped={} caught={} unrecovered={} not_run={} witness={} double_counted={} nested={} malformed={} bpf_run_time_ns={} bpf_run_cnt={}",
         a.counted,
         a.emitted,
@@ -257,4 +275,13 @@ fn report(
         a.bpf_run_time_ns,
         a.bpf_run_cnt
     );
+}
+
+/// `-c`: a count of transitions, at least 1 (0 would stop before the first,
+/// as `-d 0` would; both are usage errors).
+fn parse_count(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}` is not a count of transitions (1 or more)")),
+    }
 }

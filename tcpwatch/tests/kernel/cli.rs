@@ -248,3 +248,76 @@ fn bad_arguments_exit_2_with_a_reason() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("tcpwatch 0."));
 }
+
+/// `trace | head -1` on a quiet host: the reader takes the header and
+/// goes; trace notices within its flush interval without writing, prints
+/// its account and exits 141, however quiet the host is.
+#[test]
+fn trace_ends_promptly_when_its_reader_goes_and_says_so() {
+    let test = "trace_ends_promptly_when_its_reader_goes_and_says_so";
+    if !root_available(test) {
+        return;
+    }
+    // A namespace nobody uses: nothing to write after the header.
+    let ns = crate::daemon::NsWorker::new();
+    let (mut child, _) = start_attached(&["trace", "--netns", &ns.path], Stdio::piped());
+    let mut out = child.stdout.take().unwrap();
+    let mut first = Vec::new();
+    let mut byte = [0u8; 1];
+    while !first.ends_with(b"\n") {
+        assert_eq!(out.read(&mut byte).unwrap(), 1);
+        first.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&first).starts_with("TIME(UTC)"));
+    let closed = Instant::now();
+    drop(out);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            closed.elapsed() < Duration::from_secs(5),
+            "still running 5 s after its reader went"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("{test}: ended {:?} after its reader went", closed.elapsed());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(141), "{stderr}");
+    assert!(stderr.contains("output closed early"), "{stderr}");
+    accounting(&stderr);
+}
+
+/// `trace > /dev/full`: the failure is said and is a failure exit.
+#[test]
+fn trace_to_a_full_disk_fails() {
+    let test = "trace_to_a_full_disk_fails";
+    if !root_available(test) {
+        return;
+    }
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["trace", "-d", "3"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    let a = accounting(&stderr);
+    // Every delivered transition is written, dropped or filtered.
+    assert_eq!(
+        a["delivered"],
+        a["written"] + a["output_dropped"] + a["filtered"],
+        "{stderr}"
+    );
+}

@@ -115,7 +115,7 @@ pub fn summary_text(v: &View, top: usize) -> String {
             o,
             "{:<7} {:<16} {:>11} {:>11} {:>6} {:>7}",
             p.key.pid,
-            p.key.comm,
+            crate::view::top::fmt::comm(Some(&p.key.comm.to_str())),
             p.activity.transitions,
             p.activity.established,
             p.activity.failed_connects,

@@ -37,7 +37,7 @@ pub fn listeners_table(s: &Summary) -> String {
             l.backlog,
             l.syn_recv,
             l.pid.map_or("-".into(), |p| p.to_string()),
-            l.comm.as_deref().unwrap_or("?"),
+            crate::view::top::fmt::comm(l.comm.as_deref()),
         );
     }
     out
@@ -52,7 +52,7 @@ pub fn processes_table(s: &Summary) -> String {
             out,
             "{:<7} {:<16} {:<6} {}",
             p.pid.map_or("-".into(), |p| p.to_string()),
-            p.comm.as_deref().unwrap_or("?"),
+            crate::view::top::fmt::comm(p.comm.as_deref()),
             p.total,
             states.join(" ")
         );

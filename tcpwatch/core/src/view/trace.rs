@@ -5,7 +5,10 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use tcpwatch_common::TcpState;
 
-use crate::model::{Comm, Protocol, Transition, errno_name};
+use crate::{
+    model::{Comm, Protocol, Transition, errno_name},
+    view::top::fmt,
+};
 
 /// Which transitions to show. Every set field must match.
 #[derive(Clone, Debug, Default)]
@@ -117,8 +120,10 @@ pub const HEADER: &str = "TIME(UTC)       SKADDR             PID     COMM       
 pub fn text_line(t: &Transition, clock: &Clock) -> String {
     let mut s = String::with_capacity(200);
     let (pid, comm) = match &t.owner {
-        Some(o) => (o.pid.to_string(), o.comm.to_str()),
-        None => ("-".to_string(), "?".into()),
+        // Escaped: any user names their own processes, and this goes to
+        // root's terminal.
+        Some(o) => (o.pid.to_string(), fmt::comm(Some(&o.comm.to_str()))),
+        None => ("-".to_string(), fmt::comm(None)),
     };
     let ms = match t.in_old {
         Some(d) => format!("{:.3}", d.as_secs_f64() * 1000.0),
