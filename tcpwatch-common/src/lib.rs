@@ -306,6 +306,11 @@ pub mod signal {
     pub const COUNT: usize = 6;
 }
 
+/// Keys the signal table holds. User space walks all of them every read
+/// (two syscalls a key, 7-8 ms for a full table here), and a full table
+/// stays full: the probe never deletes, so no count can vanish.
+pub const SIGNAL_KEYS: u32 = 4096;
+
 /// Key of the in-kernel signal counters (a per-CPU hash, one u64 each).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -738,7 +738,8 @@ pub fn tcpwatch_classic(ctx: TracePointContext) -> u32 {
 /// entry is never evicted, so no count silently vanishes; once it is full,
 /// new keys are counted in `SIGNAL_STATS.unkeyed`, so totals stay exact.
 #[map]
-static SIGNALS: PerCpuHashMap<SignalKey, u64> = PerCpuHashMap::with_max_entries(16_384, 0);
+static SIGNALS: PerCpuHashMap<SignalKey, u64> =
+    PerCpuHashMap::with_max_entries(tcpwatch_common::SIGNAL_KEYS, 0);
 
 #[map]
 static SIGNAL_STATS: PerCpuArray<SignalStats> = PerCpuArray::with_max_entries(1, 0);

@@ -456,6 +456,10 @@ fn spawn_sampler(
     })
 }
 
+/// How often the signal table is read, at most (the detectors' rates
+/// span 10 s).
+const SIGNALS_EVERY: Duration = Duration::from_millis(950);
+
 /// The census thread's loop, until `stop` or the event loop is gone.
 fn census_loop(
     mut sampler: Sampler,
@@ -472,6 +476,7 @@ fn census_loop(
     let mut next = Instant::now();
     let mut next_full = next;
     let mut last_first_seen = next;
+    let mut last_signals: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let s = *settings.borrow_and_update();
         sampler.set_owners_every(s.owners_every);
@@ -485,7 +490,11 @@ fn census_loop(
         } else {
             sampler.sample_listeners()
         };
-        if let Some(reader) = &mut signals {
+        // At most once a second: a full table is thousands of syscalls.
+        if let Some(reader) = &mut signals
+            && last_signals.is_none_or(|t: Instant| t.elapsed() >= SIGNALS_EVERY)
+        {
+            last_signals = Some(Instant::now());
             match reader.read(monotonic_ns()) {
                 Ok(sample) => inputs.push(Input::Signals(sample)),
                 Err(e) => {

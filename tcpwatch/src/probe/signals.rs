@@ -36,12 +36,18 @@ impl SignalReader {
     /// What changed since the last reading. An entry that cannot be read
     /// (deleted meanwhile: never, the probe does not delete) is skipped.
     pub fn read(&mut self, ts_ns: u64) -> Result<SignalsSample, CaptureError> {
+        let started = std::time::Instant::now();
         let totals: Vec<(SignalKey, u64)> = self
             .counts
             .iter()
             .filter_map(Result::ok)
             .map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
             .collect();
+        tracing::debug!(
+            keys = totals.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "signal table read"
+        );
         let deltas = self.deltas.update(totals);
         let stats = self
             .stats
