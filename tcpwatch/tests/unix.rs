@@ -200,3 +200,19 @@ fn a_hostile_process_name_reaches_the_terminal_escaped() {
     assert!(text.contains("\\x1b[2J\\nFAKE"), "{text}");
     let _ = std::io::stdout().flush();
 }
+
+#[test]
+fn a_namespace_that_does_not_exist_is_a_usage_error_everywhere() {
+    for args in [
+        &["trace", "--netns", "4294967290"][..],
+        &["states", "--netns", "4294967290"],
+        &["states", "--netns", "/nonexistent/netns"],
+        &["daemon", "--netns", "no-such-name-here"],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("--netns"), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+}

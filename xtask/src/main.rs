@@ -42,7 +42,6 @@ enum Task {
     /// Overhead and loss of tcpwatch (and peers with --peers) under loopback churn.
     Bench(bench::BenchArgs),
     /// The bench's load generator (loopback, in a fresh network namespace).
-    #[command(hide = true)]
     Loadgen(loadgen::LoadArgs),
     /// Scenarios to watch, in a namespace of their own: `synflood` floods a
     /// listener with spoofed SYNs (with, then without syncookies) while

@@ -485,10 +485,11 @@ impl Accounting {
         self.unrecovered + self.not_run
     }
 
-    /// Whether the run broke its promise and exits 3 (trace, daemon): a
-    /// transition lost in the kernel, or the main program ran nested.
+    /// Whether the run broke its promise and exits 3 (trace, daemon,
+    /// record): a transition lost in the kernel or counted twice, or the
+    /// main program ran nested.
     pub fn promise_broken(&self) -> bool {
-        self.lost_in_kernel() > 0 || self.nested > 0
+        self.lost_in_kernel() > 0 || self.double_counted > 0 || self.nested > 0
     }
 }
 

@@ -145,10 +145,10 @@ fn scope(netns_setting: &str, max_netns: usize) -> anyhow::Result<(Scope, Option
         // filtered in the kernel (and counted as such).
         "own" => (Scope::Own, Some(netns::current()?)),
         spec => {
-            let inode = netns::resolve(spec)?;
+            let inode = netns::resolve(spec).map_err(super::usage)?;
             (
                 Scope::One {
-                    path: netns::path(spec)?,
+                    path: netns::path(spec).map_err(super::usage)?,
                     inode,
                 },
                 Some(inode),
@@ -285,8 +285,37 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
         say!("tcpwatch: wrote {lines} lines to {}", path.display());
     }
     let a = &out.accounting;
+    // The account in words, as trace gives it, then the machine line.
     say!(
-        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} engine={} kernel_skipped={} caught={} unrecovered={} not_run={} witness={} nested={} bpf_run_time_ns={} bpf_run_cnt={}",
+        "tcpwatch: {} transitions counted in the kernel: {} delivered, {} dropped (ring buffer full), {} taken in by the engine",
+        a.counted,
+        out.delivered,
+        a.ringbuf_full,
+        out.engine_transitions
+    );
+    say!(
+        "tcpwatch: the kernel skipped the main program {} times (nested runs); the catcher handled {}; {} lost; {}",
+        a.kernel_skipped,
+        a.caught,
+        a.unrecovered,
+        if a.has_witness {
+            format!(
+                "{} firings the kernel ran no program for (all namespaces)",
+                a.not_run
+            )
+        } else {
+            "no witness: firings the kernel runs no program for went uncounted".into()
+        }
+    );
+    if a.double_counted > 0 || a.nested > 0 {
+        say!(
+            "tcpwatch: {} transitions may have been counted twice; the main program ran nested {} times",
+            a.double_counted,
+            a.nested
+        );
+    }
+    say!(
+        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} engine={} kernel_skipped={} caught={} unrecovered={} not_run={} witness={} double_counted={} nested={} bpf_run_time_ns={} bpf_run_cnt={}",
         a.counted,
         a.emitted,
         out.delivered,
@@ -297,6 +326,7 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
         a.unrecovered,
         a.not_run,
         u8::from(a.has_witness),
+        a.double_counted,
         a.nested,
         a.bpf_run_time_ns,
         a.bpf_run_cnt,

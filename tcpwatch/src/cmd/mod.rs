@@ -102,6 +102,20 @@ pub fn print(text: &str) -> anyhow::Result<()> {
 #[derive(Debug)]
 pub struct Usage(pub String);
 
+/// An error of the user's input as a usage error (exit 2), its causes
+/// said once; one that was a permission refused stays that (exit 77).
+pub fn usage(e: anyhow::Error) -> anyhow::Error {
+    let denied = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    if denied {
+        NotPermitted(format!("{e:#}: run it as root")).into()
+    } else {
+        Usage(format!("{e:#}")).into()
+    }
+}
+
 /// Not permitted (exit 77), with what to do about it.
 #[derive(Debug)]
 pub struct NotPermitted(pub String);
@@ -139,6 +153,16 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if let Some(CaptureError::Load(l)) = cause.downcast_ref::<CaptureError>() {
             return l.exit_code() as u8;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                // Entering another namespace, opening a file: every
+                // permission error alike.
+                std::io::ErrorKind::PermissionDenied => return 77,
+                // A metrics address in use is the user's choice to change.
+                std::io::ErrorKind::AddrInUse => return 2,
+                _ => {}
+            }
         }
     }
     1

@@ -36,9 +36,10 @@ pub fn run(args: StatesArgs) -> anyhow::Result<ExitCode> {
     let listed = TimeWait::Listed;
     let (census, ns) = match &args.netns {
         Some(spec) => {
-            let path = netns::path(spec)?;
+            let inode = netns::resolve(spec).map_err(super::usage)?;
+            let path = netns::path(spec).map_err(super::usage)?;
             let census = census::take_in(&path, listed, None).context("socket census")?;
-            (census, Some(netns::resolve(spec)?))
+            (census, Some(inode))
         }
         None => (
             census::take(listed, None).context("socket census")?,

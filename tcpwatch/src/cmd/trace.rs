@@ -73,7 +73,12 @@ fn parse_state(s: &str) -> Result<TcpState, String> {
 const BATCH: usize = 4096;
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
-    let netns = args.netns.as_deref().map(netns::resolve).transpose()?;
+    let netns = args
+        .netns
+        .as_deref()
+        .map(netns::resolve)
+        .transpose()
+        .map_err(super::usage)?;
     let filter = Filter {
         ports: args.port.clone(),
         local_ports: args.lport.clone(),
@@ -87,6 +92,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         },
         netns,
     };
+    if args.state.contains(&TcpState::TimeWait) {
+        // Said, not refused: the filter also takes its other states.
+        say!(
+            "tcpwatch: note: no transition goes into or out of TIME-WAIT here (the kernel moves a closing socket to a TIME-WAIT minisocket after FIN-WAIT-2 -> CLOSE, without this tracepoint); `tcpwatch states` counts TIME-WAIT sockets"
+        );
+    }
 
     let mut capture = Capture::start(&args.probe.load_options(&Default::default(), netns))
         .context("cannot start tracing")?;

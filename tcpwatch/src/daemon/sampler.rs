@@ -211,7 +211,7 @@ impl Sampler {
                 })),
                 Err(e) => {
                     self.errors += 1;
-                    tracing::debug!(?inode, "listeners census: {e}");
+                    tracing::debug!(?inode, error = ?e, "listeners census failed");
                 }
             }
         }
@@ -301,7 +301,7 @@ impl Sampler {
                 Ok(c) => Some(c),
                 Err(e) => {
                     self.errors += 1;
-                    tracing::debug!(?inode, "kernel counters: {e}");
+                    tracing::debug!(?inode, error = ?e, "kernel counters unread");
                     None
                 }
             };
@@ -317,7 +317,7 @@ impl Sampler {
                 Err(e) => {
                     // Namespaces come and go; one that vanished is not news.
                     self.errors += 1;
-                    tracing::debug!(?inode, "census: {e}");
+                    tracing::debug!(?inode, error = ?e, "census failed");
                 }
             }
         }

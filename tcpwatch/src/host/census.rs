@@ -20,7 +20,7 @@ use tcpwatch_core::census::{Census, SockEntry, TimeWait, TimeWaitPeer};
 pub enum CensusError {
     #[error("opening a sock_diag netlink socket: {0}")]
     Socket(io::Error),
-    #[error("entering network namespace {path}: {source}")]
+    #[error("entering network namespace {path}")]
     Netns { path: String, source: io::Error },
     #[error("sock_diag request: {0}")]
     Io(io::Error),

@@ -6,9 +6,9 @@ use tcpwatch_core::counters::parse;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CountersError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read { path: String, source: io::Error },
-    #[error("entering network namespace {path}: {source}")]
+    #[error("entering network namespace {path}")]
     Netns { path: String, source: io::Error },
     #[error("{file}: {message}")]
     Parse { file: String, message: String },

@@ -13,6 +13,13 @@ pub fn resolve(spec: &str) -> anyhow::Result<u32> {
         if n == 0 {
             bail!("--netns 0 names no namespace");
         }
+        // As `path` does: a number that is no namespace here would trace
+        // nothing, as if the namespace were quiet.
+        if !all().iter().any(|ns| ns.inode == n) {
+            bail!(
+                "--netns {spec}: no network namespace with that inode has a name or a thread in it"
+            );
+        }
         return Ok(n);
     }
     let path = named(spec);

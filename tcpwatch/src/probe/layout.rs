@@ -9,7 +9,7 @@ use tcpwatch_common::{HOOK_BTF, HOOK_CLASSIC, ProbeConfig, TP_RECORD_READ};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    #[error("reading BTF from {path}: {source}")]
+    #[error("reading BTF from {path}")]
     Btf { path: String, source: btf_rs::Error },
     #[error("kernel BTF has no {0}")]
     Missing(String),

@@ -151,7 +151,7 @@ pub enum LoadError {
     },
     #[error("{0}")]
     Usage(String),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Other {
         what: String,
         source: Box<dyn std::error::Error + Send + Sync>,

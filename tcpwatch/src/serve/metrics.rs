@@ -39,8 +39,11 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Binds the metrics address, with the error users need when it is taken,
 /// and warns when it is not loopback.
 pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    // The io::Error stays the source (its kind decides the exit code).
     let listener = std::net::TcpListener::bind(addr).map_err(|e| {
-        anyhow::anyhow!("metrics: cannot listen on {addr}: {e} (use --metrics-addr)")
+        anyhow::Error::new(e).context(format!(
+            "metrics: cannot listen on {addr} (use --metrics-addr)"
+        ))
     })?;
     listener.set_nonblocking(true)?;
     if !addr.ip().is_loopback() {

@@ -223,7 +223,6 @@ fn unprivileged_user_gets_a_clear_error_and_exit_77() {
         Command::new(&bin)
     };
     let out = cmd.args(["trace", "--count", "1"]).output().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(77), "{stderr}");
     assert!(
@@ -235,6 +234,26 @@ fn unprivileged_user_gets_a_clear_error_and_exit_77() {
         1,
         "one sentence, no backtrace: {stderr}"
     );
+    // Entering another namespace is a permission error too.
+    if root {
+        let ns = crate::daemon::NsWorker::new();
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+            ])
+            .arg(&bin)
+            .args(["states", "--netns", &ns.path])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // nobody may not even look at a root thread's namespace file.
+        assert_eq!(out.status.code(), Some(77), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

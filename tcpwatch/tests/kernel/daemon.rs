@@ -1056,10 +1056,10 @@ fn control_socket_abuse_leaves_the_daemon_serving_in_bounded_memory() {
     let daemon = Daemon::start(&["--netns", &ns.path]);
     let path = daemon.control.clone();
     let rss0 = daemon.rss_kib();
-    let hello = |s: &mut UnixStream| {
+    let hello = |s: &mut UnixStream| -> std::io::Result<()> {
         let body = br#"{"type":"hello","version":1}"#;
-        s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
-        s.write_all(body).unwrap();
+        s.write_all(&(body.len() as u32).to_be_bytes())?;
+        s.write_all(body)
     };
     // Random bytes, a 4 GiB length prefix, half a frame then hang-up, a
     // frame that is not a request: each client is dropped, nothing grows.
@@ -1075,7 +1075,7 @@ fn control_socket_abuse_leaves_the_daemon_serving_in_bounded_memory() {
     }
     // A subscriber that never reads, held open through the rest.
     let mut sleeper = UnixStream::connect(&path).unwrap();
-    hello(&mut sleeper);
+    hello(&mut sleeper).unwrap();
     let body = br#"{"type":"subscribe"}"#;
     sleeper
         .write_all(&(body.len() as u32).to_be_bytes())
@@ -1086,7 +1086,10 @@ fn control_socket_abuse_leaves_the_daemon_serving_in_bounded_memory() {
         let wave: Vec<UnixStream> = (0..10)
             .map(|_| {
                 let mut s = UnixStream::connect(&path).unwrap();
-                hello(&mut s);
+                // A client refused (its seat not yet given back by the
+                // last wave) is closed at once: counted, not an error
+                // here (seen in CI: EPIPE on the hello).
+                let _ = hello(&mut s);
                 s
             })
             .collect();
