@@ -90,6 +90,8 @@ fn bounded_line<R: BufRead>(
 pub struct Writer<W: Write> {
     out: io::BufWriter<W>,
     lines: u64,
+    /// One line, made whole before it goes to `out`.
+    line: Vec<u8>,
 }
 
 impl<W: Write> Writer<W> {
@@ -97,14 +99,22 @@ impl<W: Write> Writer<W> {
         let mut w = Writer {
             out: io::BufWriter::with_capacity(1 << 16, out),
             lines: 0,
+            line: Vec::with_capacity(512),
         };
         w.line(header)?;
         Ok(w)
     }
 
+    /// Hands `out` one whole line in one call: the buffer then reaches the
+    /// file in whole lines only (it is flushed before a line that does not
+    /// fit, and a line longer than it goes straight through), so a
+    /// recorder killed at any moment leaves no cut line short of a write
+    /// the kernel itself cut (a full disk).
     fn line<T: Serialize>(&mut self, v: &T) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, v)?;
-        self.out.write_all(b"\n")?;
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, v)?;
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)?;
         self.lines += 1;
         Ok(())
     }

@@ -71,7 +71,8 @@ pub struct DaemonArgs {
 
 #[derive(Args, Debug)]
 pub struct RecordArgs {
-    /// The recording to write (JSON lines, format version 1; see README).
+    /// The recording to write (JSON lines, format version 1; see README;
+    /// `-`: standard output). Created mode 0600, never through a symlink.
     file: PathBuf,
     #[command(flatten)]
     pub daemon: DaemonArgs,
@@ -214,6 +215,11 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
         record_to,
     };
     let mut stop = Stop::new(args.duration)?;
+    if opts.record_to.is_some() {
+        // A recording from a terminal ends with it, whole (the daemon
+        // itself reloads its configuration on SIGHUP instead).
+        stop = stop.on_hangup()?;
+    }
     let why = Arc::new(std::sync::Mutex::new(None));
     let recording = opts.record_to.clone();
     let out = daemon::run(

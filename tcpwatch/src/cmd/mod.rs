@@ -36,11 +36,15 @@ pub enum Why {
     Duration,
 }
 
-/// What ends a capture: SIGINT, SIGTERM, or `-d` seconds passing. Installed
+/// What ends a capture: SIGINT, SIGTERM, SIGQUIT (a clean stop, not a
+/// core dump that would leave a cut recording), SIGHUP where asked
+/// (`record`: its terminal went away), or `-d` seconds passing. Installed
 /// before the loop so a signal during start-up is not lost.
 pub struct Stop {
     sigint: tokio::signal::unix::Signal,
     sigterm: tokio::signal::unix::Signal,
+    sigquit: tokio::signal::unix::Signal,
+    sighup: Option<tokio::signal::unix::Signal>,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -55,16 +59,34 @@ impl Stop {
         Ok(Stop {
             sigint: signal(SignalKind::interrupt())?,
             sigterm: signal(SignalKind::terminate())?,
+            sigquit: signal(SignalKind::quit())?,
+            sighup: None,
             deadline: Box::pin(tokio::time::sleep(after)),
         })
+    }
+
+    /// Also stops on SIGHUP.
+    pub fn on_hangup(mut self) -> std::io::Result<Stop> {
+        self.sighup = Some(tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        )?);
+        Ok(self)
     }
 
     /// Resolves when it is time to stop, saying why. Cancel-safe: a
     /// `select!` may drop it and call it again.
     pub async fn wait(&mut self) -> Why {
+        let hangup = async {
+            match &mut self.sighup {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.sigint.recv() => Why::Signal,
             _ = self.sigterm.recv() => Why::Signal,
+            _ = self.sigquit.recv() => Why::Signal,
+            _ = hangup => Why::Signal,
             _ = &mut self.deadline => Why::Duration,
         }
     }

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
-    /// A recording made by `tcpwatch record`.
+    /// A recording made by `tcpwatch record` (`-`: standard input).
     file: PathBuf,
     /// Playback speed: 1 as recorded, 10 ten times faster, 0 as fast as possible.
     #[arg(long, default_value_t = 0.0, value_parser = parse_speed)]
@@ -67,9 +67,17 @@ fn input_ts(i: &Input) -> u64 {
 }
 
 pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let file =
-        File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
-    let (header, reader) = record::Reader::new(BufReader::new(file))
+    // `-` is stdin; a FIFO blocks here until its writer opens it
+    // (Ctrl-C ends the wait).
+    let input: Box<dyn std::io::Read> = if args.file.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            File::open(&args.file)
+                .with_context(|| format!("cannot open {}", args.file.display()))?,
+        )
+    };
+    let (header, reader) = record::Reader::new(BufReader::new(input))
         .with_context(|| format!("{}", args.file.display()))?;
     let clock = Clock {
         offset_ns: header.unix_ns - header.monotonic_ns as i128,

@@ -4,12 +4,12 @@
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tcpwatch_common::state::TCP_LISTEN;
 use tcpwatch_core::{
-    census::{Census, TimeWait, summarize},
+    census::{Census, TimeWait, TimeWaitPeer, summarize},
     engine::{CensusSample, CountersSample, Input},
     model::Owner,
 };
@@ -116,7 +116,18 @@ pub struct Sampler {
     /// List TIME-WAIT destinations once this fraction of the ephemeral
     /// port range is in TIME-WAIT (the detector's threshold).
     pub time_wait_peers_at: Option<f64>,
+    /// Per namespace, when its TIME-WAIT destinations were last listed and
+    /// what they were: listing tens of thousands of sockets every census
+    /// would spend the census budget on it (and delay every namespace's
+    /// census), so they are listed at most every `TIME_WAIT_LIST_EVERY`
+    /// and carried over in between.
+    time_wait_listed: HashMap<Option<u32>, (Instant, Vec<TimeWaitPeer>)>,
 }
+
+/// How often a namespace's TIME-WAIT sockets are listed by destination,
+/// at most: they live 60 s, and a listing of the ~28,000 a churning
+/// namespace holds costs ~100 ms of the census budget.
+const TIME_WAIT_LIST_EVERY: Duration = Duration::from_secs(30);
 
 /// One namespace's census, before owners are known.
 struct Raw {
@@ -143,6 +154,7 @@ impl Sampler {
             },
             errors: 0,
             time_wait_peers_at: None,
+            time_wait_listed: HashMap::new(),
             with_listeners: HashSet::new(),
             last_targets: Vec::new(),
         }
@@ -282,15 +294,33 @@ impl Sampler {
 
     fn take(&mut self, targets: &[Target]) -> Vec<Raw> {
         let mut raws = Vec::new();
+        // Only the namespaces still there keep their listing.
+        self.time_wait_listed
+            .retain(|ns, _| targets.iter().any(|(_, inode)| inode == ns));
         for (path, inode) in targets {
             let taken_ns = monotonic_ns();
             let t = Instant::now();
+            let listed = self.time_wait_listed.get(inode).cloned();
+            let due = listed
+                .as_ref()
+                .is_none_or(|(at, _)| at.elapsed() >= TIME_WAIT_LIST_EVERY);
+            let peers_at = self.time_wait_peers_at.filter(|_| due);
             // The daemon only counts TIME-WAIT sockets: listing them is
             // most of a census's cost under churn.
-            let entries = match path {
-                None => census::take(TimeWait::Counted, self.time_wait_peers_at),
-                Some(p) => census::take_in(p, TimeWait::Counted, self.time_wait_peers_at),
+            let mut entries = match path {
+                None => census::take(TimeWait::Counted, peers_at),
+                Some(p) => census::take_in(p, TimeWait::Counted, peers_at),
             };
+            if let Ok(c) = &mut entries {
+                // Listed (they reached the threshold): remembered, and not
+                // listed again for a while; below it, checked every census.
+                if peers_at.is_some() && !c.time_wait_peers.is_empty() {
+                    self.time_wait_listed
+                        .insert(*inode, (Instant::now(), c.time_wait_peers.clone()));
+                } else if let Some((_, peers)) = listed {
+                    c.time_wait_peers = peers;
+                }
+            }
             let census_ns = t.elapsed().as_nanos() as u64;
             let counters = match path {
                 None => counters::read_current(),

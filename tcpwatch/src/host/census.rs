@@ -70,7 +70,10 @@ pub fn take(time_wait: TimeWait, peers_at: Option<f64>) -> Result<Census, Census
     census.tw_reuse = std::fs::read_to_string(TW_REUSE)
         .ok()
         .and_then(|t| t.trim().parse().ok());
-    if let (Some(f), Some((lo, hi))) = (peers_at, census.local_port_range) {
+    // With tcp_tw_reuse=1 connects take TIME-WAIT ports over: no
+    // destination runs short (the detector says nothing), no listing.
+    let reused = census.tw_reuse == Some(1);
+    if let (Some(f), Some((lo, hi)), false) = (peers_at, census.local_port_range, reused) {
         let size = f64::from(hi.saturating_sub(lo)) + 1.0;
         if census.time_wait_unlisted as f64 >= f * size {
             census.time_wait_peers = list_time_wait_peers()?;

@@ -788,7 +788,11 @@ mod tests {
         let mut other = OBJECT.to_vec();
         other[at..at + 4].copy_from_slice(&(LAYOUT_VERSION + 1).to_le_bytes());
         assert_eq!(object_layout(&other), Ok(LAYOUT_VERSION + 1));
-        let e = check_layout(&other).unwrap_err().to_string();
+        // Said with its cause, as the command line prints the chain.
+        let e = format!(
+            "{:#}",
+            anyhow::Error::new(check_layout(&other).unwrap_err())
+        );
         assert!(e.contains("rebuild tcpwatch"), "{e}");
     }
 }

@@ -90,15 +90,7 @@ impl Trends {
         }
         for p in &view.processes {
             let a = &p.activity;
-            let connects = a
-                .pairs
-                .iter()
-                .filter(|((from, to), _)| {
-                    from.raw() == tcpwatch_common::state::TCP_CLOSE
-                        && to.raw() == tcpwatch_common::state::TCP_SYN_SENT
-                })
-                .map(|(_, n)| *n)
-                .sum();
+            let connects = a.connects();
             let subject = Subject::Process(p.key.clone());
             for (series, total) in [
                 (Series::Connects, connects),

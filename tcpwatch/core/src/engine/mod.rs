@@ -228,6 +228,15 @@ impl Activity {
         }
     }
 
+    /// Connects attempted: CLOSE -> SYN-SENT.
+    pub fn connects(&self) -> u64 {
+        self.pairs
+            .iter()
+            .filter(|((from, to), _)| from.raw() == TCP_CLOSE && to.raw() == TCP_SYN_SENT)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
     /// Adds a reading's signal delta.
     fn signal(&mut self, d: &SignalDelta) {
         let n = d.count;
@@ -332,6 +341,11 @@ struct Namespace {
     census_round: u64,
     /// When the listeners in `census` were last refreshed.
     listeners_ts_ns: Option<u64>,
+    /// A transition of it has been seen. An entry made by the probe's
+    /// signals alone (resets, failed connects: any namespace on the host)
+    /// may outlive its namespace, whose inode a new one then reuses; the
+    /// new one's first transition still asks for its census at once.
+    transitions_seen: bool,
 }
 
 impl Default for Namespace {
@@ -346,6 +360,7 @@ impl Default for Namespace {
             last_seen_ns: 0,
             census_round: 0,
             listeners_ts_ns: None,
+            transitions_seen: false,
         }
     }
 }
@@ -514,19 +529,23 @@ impl Engine {
         }
     }
 
-    /// A transition's namespace; one met for the first time is reported by
-    /// `take_first_seen`.
-    fn namespace(&mut self, netns: u32) -> &mut Namespace {
+    /// The entry of a namespace transitions or signals came from; one met
+    /// for the first time is reported by `take_first_seen`, and so is one
+    /// known only from signals when its first transition comes.
+    fn namespace(&mut self, netns: u32, transition: bool) -> &mut Namespace {
         let key = self.key_for(netns);
-        match self.namespaces.entry(key) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => {
-                if key != NETNS_OTHER && key != 0 && self.first_seen.len() < FIRST_SEEN_MAX {
-                    self.first_seen.push(key);
-                }
-                v.insert(Namespace::default())
-            }
+        let ns = self.namespaces.entry(key).or_default();
+        let first = if transition {
+            // Not for one the sampler already censused: that census would
+            // be charged to its budget and delay the full rounds.
+            !std::mem::replace(&mut ns.transitions_seen, true) && ns.census.is_none()
+        } else {
+            ns.last_seen_ns == 0 && !ns.transitions_seen && ns.census.is_none()
+        };
+        if first && key != NETNS_OTHER && key != 0 && self.first_seen.len() < FIRST_SEEN_MAX {
+            self.first_seen.push(key);
         }
+        self.namespaces.get_mut(&key).expect("just made")
     }
 
     /// Namespaces first seen since the last call (at most a few dozen): the
@@ -579,8 +598,11 @@ impl Engine {
             keep
         });
         if !gone.is_empty() {
-            // `gone` is in key order (a BTreeMap's).
+            // `gone` is in key order (a BTreeMap's). Their processes'
+            // series end too (a process's key includes its namespace).
             self.ports.forget(|p| gone.binary_search(&p.netns).is_ok());
+            self.processes
+                .forget(|p| gone.binary_search(&p.netns).is_ok());
         }
         self.stats.netns_gone += gone.len() as u64;
         self.round += 1;
@@ -597,7 +619,7 @@ impl Engine {
         let netns = t.netns.unwrap_or(0);
         let (old, new) = (t.old.raw(), t.new.raw());
 
-        let ns = self.namespace(netns);
+        let ns = self.namespace(netns, true);
         ns.last_seen_ns = ns.last_seen_ns.max(t.ts_ns);
         let pair = ns.pairs.entry((t.old, t.new));
         pair.total += 1;
@@ -785,7 +807,7 @@ impl Engine {
         self.tick(s.ts_ns);
         let sec = s.ts_ns / NS_PER_S;
         for d in &s.deltas {
-            let ns = self.namespace(d.netns);
+            let ns = self.namespace(d.netns, false);
             ns.last_seen_ns = ns.last_seen_ns.max(s.ts_ns);
             ns.activity.signal(d);
             let key = PortKey {

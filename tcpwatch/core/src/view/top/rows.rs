@@ -167,16 +167,7 @@ pub fn record(h: &mut History, snap: &Snapshot) {
     }
     for p in &v.processes {
         let (netns, pid) = (p.key.netns, p.key.pid);
-        let connects = p
-            .activity
-            .pairs
-            .iter()
-            .filter(|((from, to), _)| {
-                from.raw() == tcpwatch_common::state::TCP_CLOSE
-                    && to.raw() == tcpwatch_common::state::TCP_SYN_SENT
-            })
-            .map(|(_, n)| *n)
-            .sum::<u64>();
+        let connects = p.activity.connects();
         // One pid may appear under several names (a thread renamed): summed.
         h.add(
             Series::ProcTransitions { netns, pid },
