@@ -44,10 +44,16 @@ impl<'de> serde::Deserialize<'de> for State {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let name = String::deserialize(d)?;
         if let Some(n) = name.strip_prefix("STATE-") {
-            return n
-                .parse::<u8>()
-                .map(State::from_raw)
-                .map_err(|_| serde::de::Error::custom(format!("bad state {name:?}")));
+            // The probe counts states 0..16 (`STATE_SLOTS`); a recording
+            // naming others is not one it made, and 256 of them would make
+            // 65,536 pairs per namespace to keep in order.
+            return match n.parse::<u8>() {
+                Ok(v) if u32::from(v) < tcpwatch_common::STATE_SLOTS => Ok(State::from_raw(v)),
+                _ => Err(serde::de::Error::custom(format!(
+                    "bad state {name:?} (states are numbered 0 to {})",
+                    tcpwatch_common::STATE_SLOTS - 1
+                ))),
+            };
         }
         TcpState::parse(&name)
             .map(State::Known)
@@ -582,6 +588,16 @@ mod tests {
         assert_eq!(t.in_old, None);
         assert_eq!(t.ip_version(), 6);
         assert_eq!(t.old.to_string(), "STATE-42");
+    }
+
+    #[test]
+    fn a_recording_names_states_the_probe_counts_only() {
+        let s: State = serde_json::from_str("\"STATE-14\"").unwrap();
+        assert_eq!(s, State::Unknown(14));
+        // 256 unknown states would be 65,536 pairs per namespace.
+        let e = serde_json::from_str::<State>("\"STATE-16\"").unwrap_err();
+        assert!(e.to_string().contains("numbered 0 to 15"), "{e}");
+        assert!(serde_json::from_str::<State>("\"STATE-x\"").is_err());
     }
 
     #[test]

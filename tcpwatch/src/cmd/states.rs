@@ -63,6 +63,12 @@ pub fn run(args: StatesArgs) -> anyhow::Result<ExitCode> {
         owners_ms = (started.elapsed() - census_done).as_secs_f64() * 1e3,
         "census"
     );
+    // SAFETY: geteuid has no preconditions.
+    if (args.listeners || args.processes) && unsafe { libc::geteuid() } != 0 {
+        say!(
+            "tcpwatch: note: the owners of other users' sockets need root to be read; they are shown as - and ?"
+        );
+    }
     let summary = summarize(ns, &census, &owners);
     if args.json {
         super::print(&format!("{}\n", serde_json::to_string(&summary)?))?;

@@ -252,6 +252,22 @@ fn unprivileged_user_gets_a_clear_error_and_exit_77() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         // nobody may not even look at a root thread's namespace file.
         assert_eq!(out.status.code(), Some(77), "{stderr}");
+        // Its own namespace it may census, and is told what it cannot see.
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+            ])
+            .arg(&bin)
+            .args(["states", "-p"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("need root"), "{stderr}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
