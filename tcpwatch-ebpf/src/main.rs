@@ -253,14 +253,10 @@ fn read_btf(
     // (before, helper reads were ~6 % of the programs' time, this one among
     // them). MPTCP's own socket is no tcp_sock (NULL here) and keeps the
     // helper read.
-    // SAFETY: `sk` is the hook's socket argument; the helper checks its type.
-    let tp = unsafe { generated::bpf_skc_to_tcp_sock(sk as *mut c_void) };
-    let sport_be: u16 = if tp.is_null() {
-        read_kernel(prog, skaddr + cfg.inet_sport as u64).unwrap_or(0)
-    } else {
-        // SAFETY: `inet_sport` is a u16 at this BTF offset in struct
-        // inet_sock, which starts struct tcp_sock.
-        unsafe { field(tp as *const u8, off32(&CONFIG.inet_sport)) }
+    // SAFETY: `sk` is the hook's socket argument.
+    let sport = match unsafe { tcp_local_port(sk) } {
+        Some(port) => port,
+        None => u16::from_be(read_kernel(prog, skaddr + cfg.inet_sport as u64).unwrap_or(0)),
     };
     let dport: u16 = unsafe { field(sk, off(&CONFIG.sk_dport)) };
     let mut t = Transition {
@@ -269,7 +265,7 @@ fn read_btf(
         newstate,
         family,
         protocol,
-        sport: u16::from_be(sport_be),
+        sport,
         dport: u16::from_be(dport),
         netns: 0,
         saddr: [0; 4],
@@ -298,14 +294,8 @@ fn read_btf(
         t.saddr[0] = unsafe { field(sk, off(&CONFIG.sk_rcv_saddr)) };
         t.daddr[0] = unsafe { field(sk, off(&CONFIG.sk_daddr)) };
     }
-    if cfg.netns_readable != 0 {
-        let net: *const u8 = unsafe { field(sk, off(&CONFIG.sk_net)) };
-        if !net.is_null() {
-            // SAFETY: `net` is the socket's `struct net *` (a BTF pointer
-            // the verifier tracks) and the offset that of `ns.inum` in it.
-            t.netns = unsafe { field(net, off32(&CONFIG.net_ns_inum)) };
-        }
-    }
+    // SAFETY: `sk` is the hook's socket argument.
+    t.netns = unsafe { sk_netns(sk, cfg) };
     Some(t)
 }
 

@@ -196,6 +196,20 @@ fn trace_without_witness_says_so_and_claims_no_count() {
     assert_eq!(a["not_run"], 0, "{stderr}");
 }
 
+/// `bin` run as user nobody, without groups or capabilities (root only).
+fn as_nobody(bin: &std::path::Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ])
+    .arg(bin);
+    c
+}
+
 #[test]
 fn unprivileged_user_gets_a_clear_error_and_exit_77() {
     // Needs root to switch to nobody; as a normal user the check is direct.
@@ -209,16 +223,7 @@ fn unprivileged_user_gets_a_clear_error_and_exit_77() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut cmd = if root {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(&bin);
-        c
+        as_nobody(&bin)
     } else {
         Command::new(&bin)
     };
@@ -237,15 +242,7 @@ fn unprivileged_user_gets_a_clear_error_and_exit_77() {
     // Entering another namespace is a permission error too.
     if root {
         let ns = crate::daemon::NsWorker::new();
-        let out = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-                "--bounding-set=-all",
-            ])
-            .arg(&bin)
+        let out = as_nobody(&bin)
             .args(["states", "--netns", &ns.path])
             .output()
             .unwrap();
@@ -253,18 +250,7 @@ fn unprivileged_user_gets_a_clear_error_and_exit_77() {
         // nobody may not even look at a root thread's namespace file.
         assert_eq!(out.status.code(), Some(77), "{stderr}");
         // Its own namespace it may census, and is told what it cannot see.
-        let out = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-                "--bounding-set=-all",
-            ])
-            .arg(&bin)
-            .args(["states", "-p"])
-            .output()
-            .unwrap();
+        let out = as_nobody(&bin).args(["states", "-p"]).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}");
         assert!(stderr.contains("need root"), "{stderr}");
