@@ -41,6 +41,10 @@ fn main() -> anyhow::Result<()> {
     unsafe {
         env::set_var("PATH", env::join_paths(paths)?);
         env::set_var("RUSTC_BOOTSTRAP", "1");
+        // aya-build relays the inner cargo's progress lines as warnings,
+        // which cargo then replays on every build, even with nothing to do.
+        // Quiet keeps only its errors and compiler messages.
+        env::set_var("CARGO_TERM_QUIET", "true");
     }
 
     let root_dir = manifest_dir.join("../tcpwatch-ebpf").canonicalize()?;

@@ -216,3 +216,70 @@ fn a_namespace_that_does_not_exist_is_a_usage_error_everywhere() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
     }
 }
+
+/// A FIFO named as a recording: replay says it waits for a writer, then
+/// replays what the writer sends; with no writer, Ctrl-C ends the wait.
+#[test]
+fn a_fifo_is_waited_for_saying_so_and_ctrl_c_ends_the_wait() {
+    use std::io::{BufRead, BufReader};
+    let fifo = |tag: &str| {
+        let p = std::env::temp_dir().join(format!("tcpwatch-unix-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        Temp(p)
+    };
+    let spawn = |path: &str| {
+        Command::new(BIN)
+            .args(["replay", path])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The wait is said before replay blocks: read that line first.
+    let said = |child: &mut std::process::Child| {
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        assert!(line.contains("is a FIFO: waiting for a writer"), "{line}");
+        err
+    };
+
+    let f = fifo("fifo");
+    let mut child = spawn(f.path());
+    let mut rest = said(&mut child);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(f.path())
+        .unwrap()
+        .write_all(&std::fs::read(BASIC).unwrap())
+        .unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    rest.read_to_string(&mut err).unwrap();
+    let status = child.wait().unwrap();
+    let direct = Command::new(BIN).args(["replay", BASIC]).output().unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    assert_eq!(
+        out,
+        String::from_utf8_lossy(&direct.stdout),
+        "the same replay as from the file"
+    );
+
+    let f = fifo("fifo-int");
+    let mut child = spawn(f.path());
+    let _rest = said(&mut child);
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
+}

@@ -14,7 +14,7 @@ use tcpwatch_core::{
     view::{
         engine::summary_text,
         states::{listeners_table, processes_table, states_table},
-        trace::{Clock, HEADER, json_line, text_line},
+        trace::{Clock, TextColumns, json_line},
     },
 };
 
@@ -58,9 +58,10 @@ fn census(inputs: &[Input]) -> &Summary {
 #[test]
 fn trace_text() {
     let (h, inputs) = inputs();
-    let mut out = format!("{HEADER}\n");
+    let mut cols = TextColumns::new(false);
+    let mut out = format!("{}\n", cols.header());
     for t in transitions(&inputs) {
-        out.push_str(&text_line(t, &clock(&h)));
+        out.push_str(&cols.line(t, &clock(&h)));
         out.push('\n');
     }
     insta::assert_snapshot!(out);

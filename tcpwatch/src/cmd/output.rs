@@ -63,7 +63,7 @@ impl<T: Send + 'static> Output<T> {
     pub fn stdout(
         header: Option<String>,
         line_buffered: bool,
-        format: impl Fn(&T) -> String + Send + 'static,
+        format: impl FnMut(&T) -> String + Send + 'static,
     ) -> Self {
         let stdout = io::stdout();
         let line_buffered = line_buffered || stdout.is_terminal();
@@ -83,7 +83,7 @@ impl<T: Send + 'static> Output<T> {
     pub fn new(
         sink: Sink,
         header: Option<String>,
-        format: impl Fn(&T) -> String + Send + 'static,
+        mut format: impl FnMut(&T) -> String + Send + 'static,
     ) -> Self {
         let (tx, rx) = mpsc::sync_channel::<Vec<T>>(QUEUE_BATCHES);
         let written = Arc::new(AtomicU64::new(0));
@@ -92,7 +92,7 @@ impl<T: Send + 'static> Output<T> {
         let thread = std::thread::Builder::new()
             .name("tcpwatch-output".into())
             .spawn(move || -> io::Result<()> {
-                let r = write_all(sink, header, &rx, &counter, &format);
+                let r = write_all(sink, header, &rx, &counter, &mut format);
                 on_end.notify_one();
                 r
             })
@@ -185,7 +185,7 @@ fn write_all<T>(
     header: Option<String>,
     rx: &mpsc::Receiver<Vec<T>>,
     written: &AtomicU64,
-    format: &impl Fn(&T) -> String,
+    format: &mut impl FnMut(&T) -> String,
 ) -> io::Result<()> {
     if let Some(h) = header {
         writeln!(sink.out, "{h}")?;

@@ -5,6 +5,7 @@ use std::{
     fs::File,
     io::BufReader,
     net::SocketAddr,
+    os::unix::fs::FileTypeExt,
     path::PathBuf,
     process::ExitCode,
     sync::Arc,
@@ -67,11 +68,18 @@ fn input_ts(i: &Input) -> u64 {
 }
 
 pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    // `-` is stdin; a FIFO blocks here until its writer opens it
-    // (Ctrl-C ends the wait).
+    // `-` is stdin; a FIFO blocks in open() until its writer opens it,
+    // which is said, since nothing else would show why replay waits. No
+    // signal handler is installed yet, so Ctrl-C ends the wait.
     let input: Box<dyn std::io::Read> = if args.file.as_os_str() == "-" {
         Box::new(std::io::stdin())
     } else {
+        if std::fs::metadata(&args.file).is_ok_and(|m| m.file_type().is_fifo()) {
+            say!(
+                "tcpwatch: {} is a FIFO: waiting for a writer (Ctrl-C to stop)",
+                args.file.display()
+            );
+        }
         Box::new(
             File::open(&args.file)
                 .with_context(|| format!("cannot open {}", args.file.display()))?,

@@ -7,7 +7,7 @@ use clap::Args;
 use tcpwatch::{
     core::{
         model::{Accounting, Transition},
-        view::trace::{Filter, HEADER, json_line, text_line},
+        view::trace::{Filter, TextColumns, json_line},
     },
     host::{clock::wall_clock, netns},
     probe::capture::Capture,
@@ -109,8 +109,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mut out: Output<Transition> = if args.json {
         Output::stdout(None, args.line_buffered, move |t| json_line(t, &clock))
     } else {
-        Output::stdout(Some(HEADER.into()), args.line_buffered, move |t| {
-            text_line(t, &clock)
+        let mut cols = TextColumns::new(args.ipv6);
+        Output::stdout(Some(cols.header()), args.line_buffered, move |t| {
+            cols.line(t, &clock)
         })
     };
 

@@ -112,12 +112,58 @@ pub fn rfc3339(unix_ns: i128) -> String {
     )
 }
 
-/// Column header of the text output. Address columns are 15 wide, as in
-/// tcpstates; a longer (IPv6) address widens its own line only.
-pub const HEADER: &str = "TIME(UTC)       SKADDR             PID     COMM             LADDR           LPORT RADDR           RPORT OLDSTATE       -> NEWSTATE       MS";
+/// Column header of the text output with address columns `width` wide.
+pub fn header(width: usize) -> String {
+    format!(
+        "TIME(UTC)       SKADDR             PID     COMM             {:<width$} LPORT {:<width$} RPORT OLDSTATE       -> NEWSTATE       MS",
+        "LADDR", "RADDR"
+    )
+}
 
-/// One line of text output, without the newline.
-pub fn text_line(t: &Transition, clock: &Clock) -> String {
+/// Address columns start 15 wide, as in tcpstates (any IPv4 address fits).
+pub const NARROW: usize = 15;
+/// The longest text of an IPv6 address (v4-mapped ones included).
+pub const WIDE: usize = 39;
+
+/// Text lines whose columns stay under their header: the address columns
+/// start at [`NARROW`] and widen once to [`WIDE`] when a longer address
+/// comes, and then the header is written again, as vmstat repeats its own.
+pub struct TextColumns {
+    width: usize,
+}
+
+impl TextColumns {
+    /// Columns for `-6` start wide, so IPv6 lines never re-head the output.
+    pub fn new(wide: bool) -> Self {
+        TextColumns {
+            width: if wide { WIDE } else { NARROW },
+        }
+    }
+
+    pub fn header(&self) -> String {
+        header(self.width)
+    }
+
+    /// One transition's line; preceded by the new header (with its own
+    /// newline) on the line that widens the columns.
+    pub fn line(&mut self, t: &Transition, clock: &Clock) -> String {
+        let longest = t
+            .local
+            .ip()
+            .to_string()
+            .len()
+            .max(t.remote.ip().to_string().len());
+        if longest <= self.width {
+            return text_line(t, clock, self.width);
+        }
+        self.width = WIDE;
+        format!("{}\n{}", self.header(), text_line(t, clock, self.width))
+    }
+}
+
+/// One line of text output with address columns `width` wide, without the
+/// newline.
+pub fn text_line(t: &Transition, clock: &Clock, width: usize) -> String {
     let mut s = String::with_capacity(200);
     let (pid, comm) = match &t.owner {
         // Escaped: any user names their own processes, and this goes to
@@ -131,7 +177,7 @@ pub fn text_line(t: &Transition, clock: &Clock) -> String {
     };
     let _ = write!(
         s,
-        "{} {:<18} {:<7} {:<16} {:<15} {:<5} {:<15} {:<5} {:<14} -> {:<14} {}",
+        "{} {:<18} {:<7} {:<16} {:<width$} {:<5} {:<width$} {:<5} {:<14} -> {:<14} {}",
         time_of_day(clock.unix_ns(t.ts_ns)),
         format!("{:#x}", t.skaddr),
         pid,
@@ -246,7 +292,7 @@ mod tests {
 
     #[test]
     fn text_line_has_tcpstates_columns() {
-        let line = text_line(&sample(), &CLOCK);
+        let line = text_line(&sample(), &CLOCK, NARROW);
         assert!(
             line.starts_with("06:00:00.000000 0xffff88800abcd000"),
             "{line}"
@@ -269,7 +315,43 @@ mod tests {
                 "1.250"
             ]
         );
-        assert_eq!(HEADER.split_whitespace().count(), cols.len());
+        assert_eq!(header(NARROW).split_whitespace().count(), cols.len());
+    }
+
+    #[test]
+    fn columns_stay_under_their_header_with_ipv6_and_mapped_addresses() {
+        // Where each line's local port starts must be where its header's
+        // LPORT starts, whatever the addresses before it.
+        let col = |line: &str, port: &str| line.find(&format!(" {port} ")).unwrap() + 1;
+        let mut cols = TextColumns::new(false);
+        let mut head = cols.header();
+        let v4 = sample();
+        let line = cols.line(&v4, &CLOCK);
+        assert!(!line.contains('\n'), "an IPv4 line keeps the header");
+        assert_eq!(col(&line, "51000"), head.find("LPORT").unwrap());
+
+        let mut mapped = sample();
+        mapped.local = "[::ffff:127.0.0.1]:51000".parse().unwrap();
+        let mut v6 = sample();
+        v6.local = "[2001:db8:1234:5678:9abc:def0:1234:5678]:51000"
+            .parse()
+            .unwrap();
+        v6.remote = "[::1]:8080".parse().unwrap();
+        let lines: Vec<String> = [&mapped, &v6, &v4]
+            .iter()
+            .map(|t| cols.line(t, &CLOCK))
+            .collect();
+        // The first longer address re-heads the output once, then all stay wide.
+        let (new_head, first) = lines[0].split_once('\n').unwrap();
+        assert_eq!(new_head, header(WIDE));
+        head = new_head.to_string();
+        for line in [first, &lines[1], &lines[2]] {
+            assert!(!line.contains('\n'), "{line}");
+            assert_eq!(col(line, "51000"), head.find("LPORT").unwrap(), "{line}");
+            assert_eq!(col(line, "8080"), head.find("RPORT").unwrap(), "{line}");
+        }
+        // `-6` starts wide: no second header.
+        assert!(!TextColumns::new(true).line(&v6, &CLOCK).contains('\n'));
     }
 
     #[test]
@@ -277,7 +359,7 @@ mod tests {
         let mut t = sample();
         t.owner = None;
         t.in_old = None;
-        let line = text_line(&t, &CLOCK);
+        let line = text_line(&t, &CLOCK, NARROW);
         let cols: Vec<&str> = line.split_whitespace().collect();
         assert_eq!((cols[2], cols[3], cols[11]), ("-", "?", "-"));
         let json: serde_json::Value = serde_json::from_str(&json_line(&t, &CLOCK)).unwrap();
