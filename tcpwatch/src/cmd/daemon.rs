@@ -146,14 +146,9 @@ fn scope(netns_setting: &str, max_netns: usize) -> anyhow::Result<(Scope, Option
         // filtered in the kernel (and counted as such).
         "own" => (Scope::Own, Some(netns::current()?)),
         spec => {
-            let inode = netns::resolve(spec).map_err(super::usage)?;
-            (
-                Scope::One {
-                    path: netns::path(spec).map_err(super::usage)?,
-                    inode,
-                },
-                Some(inode),
-            )
+            let pin = netns::Pinned::open(spec).map_err(super::usage)?;
+            let inode = pin.inode;
+            (Scope::One(Arc::new(pin)), Some(inode))
         }
     })
 }

@@ -24,6 +24,7 @@ pub mod output;
 pub mod replay;
 pub mod snapshot;
 pub mod states;
+pub mod target;
 pub mod top;
 pub mod trace;
 

@@ -9,14 +9,17 @@ use tcpwatch::{
         model::{Accounting, Transition},
         view::trace::{Filter, TextColumns, json_line},
     },
-    host::{clock::wall_clock, netns},
+    host::clock::wall_clock,
     probe::capture::Capture,
 };
 
 use crate::cmd::output::{Output, OutputStats};
 use tcpwatch_common::TcpState;
 
-use crate::{ProbeArgs, cmd::Stop};
+use crate::{
+    ProbeArgs,
+    cmd::{Stop, target::Target},
+};
 
 #[derive(Args, Debug)]
 pub struct TraceArgs {
@@ -45,9 +48,15 @@ pub struct TraceArgs {
     #[arg(short = '6', long = "ipv6")]
     ipv6: bool,
     /// Only this network namespace: inode number, /run/netns/NAME, NAME or /proc/PID/ns/net.
-    /// Filtered in the kernel, so the counters cover only it too.
+    /// Filtered in the kernel, so the counters cover only it too. Held
+    /// open for the run; the run ends once nothing is left in it.
     #[arg(long)]
     netns: Option<String>,
+    /// With --netns NAME: if it does not exist yet, wait for it (every
+    /// namespace is captured meanwhile, so nothing of its first moments is
+    /// lost; the counters then cover every namespace).
+    #[arg(long, requires = "netns")]
+    wait: bool,
     /// Flush every line, also to a pipe or file (otherwise they are
     /// flushed at least every 200 ms).
     #[arg(long)]
@@ -73,13 +82,8 @@ fn parse_state(s: &str) -> Result<TcpState, String> {
 const BATCH: usize = 4096;
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
-    let netns = args
-        .netns
-        .as_deref()
-        .map(netns::resolve)
-        .transpose()
-        .map_err(super::usage)?;
-    let filter = Filter {
+    let mut target = Target::new(args.netns.as_deref(), args.wait).map_err(super::usage)?;
+    let mut filter = Filter {
         ports: args.port.clone(),
         local_ports: args.lport.clone(),
         remote_ports: args.dport.clone(),
@@ -90,7 +94,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             (_, true) => Some(6),
             _ => None,
         },
-        netns,
+        netns: target.kernel_filter(),
     };
     if args.state.contains(&TcpState::TimeWait) {
         // Said, not refused: the filter also takes its other states.
@@ -99,8 +103,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let mut capture = Capture::start(&args.probe.load_options(&Default::default(), netns))
-        .context("cannot start tracing")?;
+    let mut capture = Capture::start(
+        &args
+            .probe
+            .load_options(&Default::default(), target.kernel_filter()),
+    )
+    .context("cannot start tracing")?;
     let clock = wall_clock();
     say!(
         "tcpwatch: tracing TCP state transitions via {}; Ctrl-C to stop",
@@ -116,6 +124,18 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     };
 
     let mut stop = Stop::new(args.duration)?;
+    if let Target::Waiting(w) = &target {
+        say!(
+            "tcpwatch: waiting for network namespace {} (capturing meanwhile)",
+            w.spec()
+        );
+    }
+    let mut arrival = match &target {
+        Target::Waiting(w) => Some(w.watch()),
+        _ => None,
+    };
+    // Whether the pinned namespace is gone, once a second.
+    let mut look = tokio::time::interval(Duration::from_secs(1));
 
     let mut shown = Shown::new(args.count);
     let mut batch = Vec::with_capacity(BATCH);
@@ -126,8 +146,34 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             _ = out.ended() => break,
             r = capture.next_batch(&mut batch, BATCH) => {
                 r.context("reading the ring buffer")?;
-                if !out.send(shown.take(&filter, &mut batch)) {
+                if let Target::Waiting(w) = &mut target {
+                    shown.filtered += w.hold(&mut batch);
+                } else if !out.send(shown.take(&filter, &mut batch)) {
                     break; // stdout closed
+                }
+            }
+            r = async { arrival.as_mut().expect("checked").await }, if arrival.is_some() => {
+                arrival = None;
+                // The watcher only ends without a namespace when told to.
+                let Ok(pinned) = r else { continue };
+                let Target::Waiting(w) = &mut target else { unreachable!("only a wait has an arrival") };
+                say!(
+                    "tcpwatch: network namespace {} is here (inode {}): tracing it",
+                    w.spec(),
+                    pinned.inode
+                );
+                let mut held = w.take_held();
+                shown.wait_dropped = w.overflow;
+                filter.netns = Some(pinned.inode);
+                target = Target::Pinned(pinned);
+                if !out.send(shown.take(&filter, &mut held)) {
+                    break;
+                }
+            }
+            _ = look.tick(), if matches!(target, Target::Pinned(_)) => {
+                if let Target::Pinned(p) = &target && p.gone() {
+                    say!("tcpwatch: network namespace {} is gone: no name, process or socket is left in it", p.spec);
+                    break;
                 }
             }
         }
@@ -135,6 +181,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     // Whatever arrived before the probe was detached is delivered (and, past
     // --count, counted as not shown).
     capture.stop(&mut batch).await?;
+    if let Target::Waiting(w) = &mut target {
+        // Nothing was in scope: what came and what was held is filtered.
+        say!("tcpwatch: network namespace {} never appeared", w.spec());
+        shown.filtered += w.hold(&mut batch);
+        shown.filtered += w.take_held().len() as u64;
+        shown.wait_dropped = w.overflow;
+    }
     let late = shown.take(&filter, &mut batch);
     out.send(late);
     let counters = capture.counters()?;
@@ -152,7 +205,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     // failure of the run's promise, even though everything else completed;
     // then an output that closed (141, as a tool killed by SIGPIPE) or
     // failed (1).
-    Ok(if accounting.promise_broken() {
+    Ok(if accounting.promise_broken() || shown.wait_dropped > 0 {
         ExitCode::from(3)
     } else if output.closed_pipe {
         ExitCode::from(super::EXIT_CLOSED_PIPE)
@@ -169,6 +222,8 @@ struct Shown {
     shown: u64,
     filtered: u64,
     over_count: u64,
+    /// Held while waiting for `--netns` and dropped (the hold was full).
+    wait_dropped: u64,
 }
 
 impl Shown {
@@ -178,6 +233,7 @@ impl Shown {
             shown: 0,
             filtered: 0,
             over_count: 0,
+            wait_dropped: 0,
         }
     }
 
@@ -263,12 +319,18 @@ fn report(
             malformed
         );
     }
+    if shown.wait_dropped > 0 {
+        say!(
+            "tcpwatch: {} transitions of namespaces made during the wait were dropped (more than could be held): some may have been the awaited one's",
+            shown.wait_dropped
+        );
+    }
     if let Some(e) = &out.closed {
         say!("tcpwatch: output closed early: {e}");
     }
     // One machine-readable line for scripts and tests.
     say!(
-        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} written={} output_dropped={} filtered={} kernel_skipped={} caught={} unrecovered={} not_run={} witness={} double_counted={} nested={} malformed={} bpf_run_time_ns={} bpf_run_cnt={}",
+        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} written={} output_dropped={} filtered={} wait_dropped={} kernel_skipped={} caught={} unrecovered={} not_run={} witness={} double_counted={} nested={} malformed={} bpf_run_time_ns={} bpf_run_cnt={}",
         a.counted,
         a.emitted,
         delivered,
@@ -276,6 +338,7 @@ fn report(
         out.written,
         out.dropped,
         shown.filtered,
+        shown.wait_dropped,
         a.kernel_skipped,
         a.caught,
         a.unrecovered,

@@ -21,8 +21,8 @@ use crate::host::{census, clock::monotonic_ns, counters, netns};
 pub enum Scope {
     /// The daemon's own.
     Own,
-    /// One namespace: a path that opens it, and its inode.
-    One { path: PathBuf, inode: u32 },
+    /// One namespace, held open for the run (its inode stays its own).
+    One(std::sync::Arc<netns::Pinned>),
     /// Every namespace found (processes' and /run/netns), at most `max`.
     All { max: usize },
 }
@@ -164,7 +164,7 @@ impl Sampler {
     fn targets(&self) -> (Vec<Target>, Option<Vec<u32>>) {
         match &self.scope {
             Scope::Own => (vec![(None, netns::current().ok())], None),
-            Scope::One { path, inode } => (vec![(Some(path.clone()), Some(*inode))], None),
+            Scope::One(pin) => (vec![(Some(pin.path()), Some(pin.inode))], None),
             Scope::All { max } => {
                 let own = netns::current().ok();
                 let all = netns::all();

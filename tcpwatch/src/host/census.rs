@@ -123,6 +123,20 @@ fn in_netns(
     })?
 }
 
+/// How many TCP sockets that can still make a transition the namespace
+/// `netns` opens holds: not TIME-WAIT minisockets, nor FIN-WAIT-2 ones
+/// (those have no inode; their full socket already went to CLOSE).
+pub fn live_sockets_in(netns: &Path) -> Result<usize, CensusError> {
+    let mut states = StateFlags::all();
+    states.remove(StateFlags::TIME_WAIT);
+    in_netns(netns, || dump_both(states)).map(|c| {
+        c.entries
+            .iter()
+            .filter(|e| e.state != TCP_TIME_WAIT && !(e.state == TCP_FIN_WAIT2 && e.inode == 0))
+            .count()
+    })
+}
+
 /// The sockets in `states`, IPv4 then IPv6, over one sock_diag socket.
 fn dump_both(states: StateFlags) -> Result<Census, CensusError> {
     let mut socket = open()?;

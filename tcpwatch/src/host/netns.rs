@@ -59,6 +59,65 @@ fn named(spec: &str) -> PathBuf {
     }
 }
 
+/// A network namespace held open for a whole run. While its file is open
+/// the kernel cannot free the namespace, so its inode number is never
+/// given to a new one: a filter on the inode keeps meaning this namespace
+/// after its name is deleted (unpinned, a recycled inode was traced as
+/// the old namespace).
+#[derive(Debug)]
+pub struct Pinned {
+    file: std::fs::File,
+    pub inode: u32,
+    /// What the user named it by, for messages.
+    pub spec: String,
+    /// The path that named it when pinned (a name, a process's file).
+    named: PathBuf,
+}
+
+impl Pinned {
+    /// Opens the namespace `spec` names (as [`resolve`] reads it).
+    pub fn open(spec: &str) -> anyhow::Result<Pinned> {
+        let inode = resolve(spec)?;
+        let named = path(spec)?;
+        let file = std::fs::File::open(&named)
+            .with_context(|| format!("--netns {spec}: cannot open {}", named.display()))?;
+        // The namespace opened must be the one resolved (a name can be
+        // re-pointed between the two looks).
+        let opened = file.metadata().map(|m| m.ino()).ok();
+        if opened != Some(u64::from(inode)) {
+            bail!("--netns {spec}: the namespace changed while it was being opened");
+        }
+        Ok(Pinned {
+            file,
+            inode,
+            spec: spec.into(),
+            named,
+        })
+    }
+
+    /// A path that opens this very namespace for as long as it is pinned,
+    /// from any thread of this process, whatever became of its name.
+    pub fn path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+
+    /// Whether the namespace is gone for its users: the path that named it
+    /// leads elsewhere or nowhere, no name and no process is left in it,
+    /// and no socket but TIME-WAIT ones (which make no transitions) is
+    /// left to close. Only the pin keeps it then; nothing more can happen
+    /// in it. The first check is one stat; the rest run only once it fails.
+    pub fn gone(&self) -> bool {
+        if inode(&self.named) == Some(self.inode) {
+            return false;
+        }
+        if all().iter().any(|n| n.inode == self.inode) {
+            return false;
+        }
+        crate::host::census::live_sockets_in(&self.path()).is_ok_and(|n| n == 0)
+    }
+}
+
 /// Whether `path` lives on nsfs (a namespace file, not any file's inode).
 fn is_nsfs(path: &Path) -> bool {
     const NSFS_MAGIC: i64 = 0x6e73_6673;

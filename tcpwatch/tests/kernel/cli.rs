@@ -342,3 +342,171 @@ fn trace_to_a_full_disk_fails() {
         "{stderr}"
     );
 }
+
+/// Reads `child`'s stderr until a line containing `needle` has come;
+/// returns what was read.
+fn stderr_until(child: &mut std::process::Child, needle: &str) -> String {
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        assert_eq!(
+            stderr.read(&mut byte).unwrap(),
+            1,
+            "tcpwatch exited before saying {needle:?}: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.push(byte[0]);
+    }
+    child.stderr = Some(stderr);
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Waits for `child` to end by itself, at most `limit`.
+fn ends_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let since = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if since.elapsed() >= limit {
+            let _ = child.kill();
+            let mut said = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut said);
+            }
+            panic!("still running after {limit:?}; it said:\n{said}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `n` loopback connections, accepted and closed, in the calling thread's
+/// namespace.
+fn connect_n(n: usize) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    for _ in 0..n {
+        let c = TcpStream::connect(addr).unwrap();
+        let (s, _) = l.accept().unwrap();
+        drop((c, s));
+    }
+}
+
+fn inode_of(path: &str) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino() as u32
+}
+
+/// `trace --netns NAME` holds the namespace: once its name is deleted, a
+/// new namespace cannot take its inode while trace runs, nothing of the
+/// new one is shown, and trace ends by itself saying the namespace is gone.
+#[test]
+fn trace_holds_its_namespace_so_a_recycled_inode_is_never_followed() {
+    let test = "trace_holds_its_namespace_so_a_recycled_inode_is_never_followed";
+    if !root_available(test) {
+        return;
+    }
+    let a = crate::common::NamedNetns::new("pin-a");
+    let a_ino = inode_of(&a.path());
+    let (mut child, _) = start_attached(&["trace", "--json", "--netns", &a.0], Stdio::piped());
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    drop(a); // `ip netns del`: only trace's pin holds it now
+    let b = crate::common::NamedNetns::new("pin-b");
+    let b_ino = inode_of(&b.path());
+    b.run(|| connect_n(20));
+    // Trace checks once a second whether its namespace is gone; if that
+    // came before `b` was made, the pin's window was not exercised.
+    if child.try_wait().unwrap().is_none() {
+        assert_ne!(b_ino, a_ino, "a new namespace took the inode trace holds");
+        let pinned = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+            .unwrap()
+            .flatten()
+            .any(|e| {
+                use std::os::unix::fs::MetadataExt;
+                // The link names the deleted path; the file is the namespace.
+                std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == u64::from(a_ino))
+            });
+        assert!(pinned, "trace keeps its namespace open");
+    } else {
+        eprintln!("{test}: trace ended before the second namespace was made");
+    }
+    let status = ends_within(&mut child, Duration::from_secs(10));
+    let shown = reader.join().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(shown, "", "nothing of the new namespace is shown");
+    assert!(stderr.contains("is gone"), "{stderr}");
+}
+
+/// `trace --netns NAME --wait` started before the namespace exists keeps
+/// everything of it from its first moment: 400 connections made right
+/// after `ip netns add` are all shown, then trace ends when it is deleted.
+#[test]
+fn trace_waits_for_a_namespace_and_loses_nothing_of_its_start() {
+    let test = "trace_waits_for_a_namespace_and_loses_nothing_of_its_start";
+    if !root_available(test) {
+        return;
+    }
+    let name = format!("tcpwatch-test-{}-wait", std::process::id());
+    let mut child = Command::new(BIN)
+        .args(["trace", "--json", "--netns", &name, "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    stderr_until(&mut child, "waiting for network namespace");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    let ns = crate::common::NamedNetns::new("wait");
+    assert_eq!(ns.0, name);
+    let ino = inode_of(&ns.path());
+    let began = Instant::now();
+    ns.run(|| connect_n(400));
+    eprintln!("{test}: 400 connections in {:?}", began.elapsed());
+    drop(ns);
+    let status = ends_within(&mut child, Duration::from_secs(20));
+    let shown = reader.join().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is here") && stderr.contains("is gone"),
+        "{stderr}"
+    );
+    let lines: Vec<serde_json::Value> = shown
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Each connection: 5 client and 5 server transitions; the listener's
+    // CLOSE -> LISTEN and LISTEN -> CLOSE.
+    assert_eq!(lines.len(), 400 * 10 + 2, "{stderr}");
+    assert!(
+        lines.iter().all(|l| l["netns"] == ino),
+        "only its namespace"
+    );
+    let a = accounting(&stderr);
+    assert_eq!(a["wait_dropped"], 0, "{stderr}");
+    assert_eq!(a["ringbuf_dropped"], 0, "{stderr}");
+    assert_eq!(a["written"], 4002, "{stderr}");
+}
