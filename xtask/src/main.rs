@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | test | run | bench`.
+//! Project tasks: `cargo xtask setup | test | install | run | bench | loadgen | demo`.
 //!
 //! Everything a fresh machine needs beyond rustup is installed from here
 //! (system packages) or from tcpwatch/build.rs (bpf-linker), so the README's
@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod install;
 mod loadgen;
 mod purity;
 mod syn_packet;
@@ -34,6 +35,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build tcpwatch (release) and install it as PREFIX/sbin/tcpwatch
+    /// (default /usr/local/sbin, on root's PATH).
+    Install(install::InstallArgs),
     /// Build tcpwatch (release) and run it with the given arguments.
     Run {
         #[arg(last = true)]
@@ -116,6 +120,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::Loadgen(args) => loadgen::cli(&args),
         Task::Demo { .. } => demo::synflood(&workspace_root()),
+        Task::Install(args) => {
+            cargo(&["build", "--release", "--package", "tcpwatch"], &[])?;
+            install::run(&args, &workspace_root())
+        }
         Task::Run { args } => {
             cargo(&["build", "--release", "--package", "tcpwatch"], &[])?;
             let bin = workspace_root().join("target/release/tcpwatch");

@@ -504,6 +504,39 @@ mod tests {
     use super::*;
     use tcpwatch_common::{AF_INET, IPPROTO_TCP, state::*};
 
+    /// The exit-3 condition every live command shares: a run with 1,383
+    /// skips and 1,384 catches once exited 0 (found by a user).
+    #[test]
+    fn counting_twice_breaks_the_promise_as_losing_does() {
+        let fine = Accounting {
+            kernel_skipped: 1383,
+            caught: 1383,
+            has_catcher: true,
+            has_witness: true,
+            ..Default::default()
+        };
+        assert!(!fine.promise_broken() && fine.lossless());
+        let twice = Accounting {
+            caught: 1384,
+            double_counted: 1,
+            ..fine.clone()
+        };
+        assert!(twice.promise_broken() && !twice.lossless());
+        let lost = Accounting {
+            caught: 1382,
+            unrecovered: 1,
+            ..fine.clone()
+        };
+        assert!(lost.promise_broken());
+        let never_run = Accounting {
+            not_run: 1,
+            ..fine.clone()
+        };
+        assert!(never_run.promise_broken());
+        let nested = Accounting { nested: 1, ..fine };
+        assert!(nested.promise_broken());
+    }
+
     fn raw() -> TransitionEvent {
         TransitionEvent {
             header: tcpwatch_common::EventHeader {
