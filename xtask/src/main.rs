@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | test | run | bench`.
+//! Project tasks: `cargo xtask setup | test | run | bench | vm`.
 //!
 //! Everything a fresh machine needs beyond rustup is installed from here
 //! (system packages) or from tcpwatch/build.rs (bpf-linker), so the README's
@@ -16,6 +16,7 @@ mod demo;
 mod loadgen;
 mod purity;
 mod syn_packet;
+mod vm;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -50,6 +51,9 @@ enum Task {
         #[arg(value_parser = ["synflood"])]
         scenario: String,
     },
+    /// Boot a Debian kernel (6.1, 6.12) in qemu and run one command in it,
+    /// with the host's root read-only: `cargo xtask vm --kernel 6.1 -- uname -r`.
+    Vm(vm::VmArgs),
 }
 
 /// Commands the tests run, and the Debian package that has each.
@@ -116,6 +120,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::Loadgen(args) => loadgen::cli(&args),
         Task::Demo { .. } => demo::synflood(&workspace_root()),
+        Task::Vm(args) => {
+            let code = vm::cli(&args, &workspace_root())?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Task::Run { args } => {
             cargo(&["build", "--release", "--package", "tcpwatch"], &[])?;
             let bin = workspace_root().join("target/release/tcpwatch");
