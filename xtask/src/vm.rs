@@ -18,6 +18,7 @@ use clap::Args;
 
 mod initramfs;
 mod kernel;
+mod vmlinux;
 
 /// The kernel series the guests run: Debian 12's, and its backports'.
 pub const SERIES: &[&str] = &["6.1", "6.12"];
@@ -32,7 +33,9 @@ const VM_TOOLS: &[(&str, &str)] = &[
     ("cpio", "cpio"),
     // The guest's on-demand modprobe is the host's, chrooted.
     ("modprobe", "kmod"),
+    // Kernels: xz (6.1), zstd (6.12); 6.12's modules are .ko.xz.
     ("xz", "xz-utils"),
+    ("zstd", "zstd"),
 ];
 
 /// `cargo xtask vm`: the guest runner on its own, for debugging.
@@ -235,7 +238,7 @@ fn qemu(kernel: &kernel::Kernel, initrd: &Path) -> Command {
     cmd.args(["-cpu", "max", "-smp", "2", "-m", "2048"])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
-        .arg(&kernel.vmlinuz)
+        .arg(&kernel.image)
         .arg("-initrd")
         .arg(initrd)
         .args([

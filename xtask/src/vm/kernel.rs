@@ -19,7 +19,9 @@ const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/tcpwatch-vm-backports.so
 pub struct Kernel {
     /// `uname -r` inside the guest, e.g. `6.1.0-41-amd64`.
     pub release: String,
-    pub vmlinuz: PathBuf,
+    /// What qemu boots: the uncompressed ELF where the kernel can boot
+    /// from it (PVH), else the bzImage.
+    pub image: PathBuf,
     /// `lib/modules/<release>` of the unpacked package.
     pub modules: PathBuf,
 }
@@ -43,7 +45,34 @@ pub fn fetch(cache: &Path, series: &str) -> anyhow::Result<Kernel> {
     if !dir.join(".ready").exists() {
         unpack(&dir, &package, &version)?;
     }
-    locate(&dir).with_context(|| format!("unpacked kernel in {}", dir.display()))
+    let mut kernel =
+        locate(&dir).with_context(|| format!("unpacked kernel in {}", dir.display()))?;
+    if pvh(&dir, &kernel.release) {
+        kernel.image = vmlinux(&dir, &kernel.image);
+    }
+    Ok(kernel)
+}
+
+/// Whether the kernel has the PVH entry qemu needs to boot its ELF directly.
+fn pvh(dir: &Path, release: &str) -> bool {
+    let config = dir.join("root/boot").join(format!("config-{release}"));
+    fs::read_to_string(config).is_ok_and(|c| c.lines().any(|l| l == "CONFIG_PVH=y"))
+}
+
+/// The cached ELF kernel, extracted once; the bzImage if that fails (slower
+/// to boot, not wrong).
+fn vmlinux(dir: &Path, vmlinuz: &Path) -> PathBuf {
+    let out = dir.join("vmlinux");
+    if out.is_file() {
+        return out;
+    }
+    match super::vmlinux::extract(vmlinuz, &out) {
+        Ok(()) => out,
+        Err(e) => {
+            eprintln!("xtask: vm: booting the bzImage: no vmlinux from it: {e:#}");
+            vmlinuz.to_path_buf()
+        }
+    }
 }
 
 /// The Debian suite that carries a kernel series on this host's release.
@@ -222,7 +251,7 @@ fn locate(dir: &Path) -> anyhow::Result<Kernel> {
     Ok(Kernel {
         modules,
         release,
-        vmlinuz,
+        image: vmlinuz,
     })
 }
 
