@@ -306,12 +306,31 @@ impl Console {
         if self.last.len() == TAIL_LINES {
             self.last.pop_front();
         }
-        self.last.push_back(line);
+        self.last.push_back(plain(&line));
     }
 
     fn tail(&self) -> String {
         self.last.iter().map(|l| format!("  {l}\n")).collect()
     }
+}
+
+/// `line` without terminal escapes (SeaBIOS resets the terminal with them).
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+        } else if chars.next() == Some('[') {
+            // A CSI sequence ends at its first letter-like byte.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Streams the console until qemu closes it or `timeout` passes.
@@ -355,6 +374,12 @@ mod tests {
         assert!(script.starts_with("exec /bin/env -i 'PATH=/usr/local/sbin:"));
         assert!(script.contains(" 'CI=true' '/bin/chroot' '/newroot' '/bin/sh' '-c' "));
         assert!(script.ends_with("'/work/a b' 'echo' 'it'\\''s'\n"));
+    }
+
+    #[test]
+    fn plain_drops_the_firmware_escapes() {
+        assert_eq!(plain("\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS"), "SeaBIOS");
+        assert_eq!(plain("no escapes"), "no escapes");
     }
 
     #[test]
