@@ -27,7 +27,7 @@ pub struct Kernel {
 }
 
 /// The newest kernel of `series` (`6.1`, `6.12`), from the cache under
-/// `cache` or downloaded into it.
+/// `cache/<series>/<package>_<version>` or downloaded into it.
 pub fn fetch(cache: &Path, series: &str) -> anyhow::Result<Kernel> {
     let suite = suite(series)?;
     if suite.ends_with("-backports") && !apt_knows(&suite)? {
@@ -41,9 +41,10 @@ pub fn fetch(cache: &Path, series: &str) -> anyhow::Result<Kernel> {
                 .with_context(|| format!("apt knows no {META} of the {series} series"))?
         }
     };
-    let dir = cache.join(format!("{package}_{version}"));
+    let dir = cache.join(series).join(format!("{package}_{version}"));
     if !dir.join(".ready").exists() {
         unpack(&dir, &package, &version)?;
+        prune(&dir)?;
     }
     let mut kernel =
         locate(&dir).with_context(|| format!("unpacked kernel in {}", dir.display()))?;
@@ -51,6 +52,19 @@ pub fn fetch(cache: &Path, series: &str) -> anyhow::Result<Kernel> {
         kernel.image = vmlinux(&dir, &kernel.image);
     }
     Ok(kernel)
+}
+
+/// Removes the series' older kernels: ~500 MB each, and never booted again.
+fn prune(keep: &Path) -> anyhow::Result<()> {
+    let series = keep.parent().context("cache entry has no parent")?;
+    for entry in fs::read_dir(series)? {
+        let path = entry?.path();
+        if path != keep {
+            eprintln!("xtask: vm: removing the older {}", path.display());
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether the kernel has the PVH entry qemu needs to boot its ELF directly.
