@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | test | install | run | bench | loadgen | demo`.
+//! Project tasks: `cargo xtask setup | test | install | run | bench | loadgen | demo | vm`.
 //!
 //! Everything a fresh machine needs beyond rustup is installed from here
 //! (system packages) or from tcpwatch/build.rs (bpf-linker), so the README's
@@ -17,6 +17,7 @@ mod install;
 mod loadgen;
 mod purity;
 mod syn_packet;
+mod vm;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -54,6 +55,9 @@ enum Task {
         #[arg(value_parser = ["synflood"])]
         scenario: String,
     },
+    /// Boot a Debian kernel (6.1, 6.12) in qemu and run one command in it,
+    /// with the host's root read-only: `cargo xtask vm --kernel 6.1 -- uname -r`.
+    Vm(vm::VmArgs),
 }
 
 /// Commands the tests run, and the Debian package that has each.
@@ -123,6 +127,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Install(args) => {
             cargo(&["build", "--release", "--package", "tcpwatch"], &[])?;
             install::run(&args, &workspace_root())
+        }
+        Task::Vm(args) => {
+            let code = vm::cli(&args, &workspace_root())?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
         }
         Task::Run { args } => {
             cargo(&["build", "--release", "--package", "tcpwatch"], &[])?;
