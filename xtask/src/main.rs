@@ -15,6 +15,7 @@ mod bench;
 mod demo;
 mod install;
 mod loadgen;
+mod matrix;
 mod purity;
 mod syn_packet;
 mod vm;
@@ -30,8 +31,13 @@ struct Cli {
 enum Task {
     /// Install the system tools the tests use and build everything once.
     Setup,
-    /// Set up, then run every test (unit, kernel and CLI) as root.
+    /// Set up, then run every test (unit, kernel and CLI) as root on this
+    /// kernel, then the behaviour tests on Debian's 6.1 and 6.12 in qemu.
     Test {
+        /// Where the kernel tests run: `host` (this kernel only), `6.1` or
+        /// `6.12` (that guest only), or `all` (this kernel, then each guest).
+        #[arg(long, default_value = "all", value_parser = ["host", "6.1", "6.12", "all"])]
+        kernel: String,
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -88,7 +94,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.task {
         Task::Setup => setup(),
-        Task::Test { args } => {
+        Task::Test { kernel, args } => {
             purity::check(&workspace_root())?;
             setup()?;
             if !is_root() {
@@ -97,11 +103,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                      Run as root to test the eBPF side."
                 );
             }
-            // The default members: every host crate (tcpwatch-ebpf only
-            // builds for the BPF target, through tcpwatch's build.rs).
-            // With the fault-injection object: the accounting tests make
-            // the kernel side act as skipped or never run.
-            cargo(&["test", "--features", "tcpwatch/fault-injection"], &args)
+            if matches!(kernel.as_str(), "host" | "all") {
+                // The default members: every host crate (tcpwatch-ebpf only
+                // builds for the BPF target, through tcpwatch's build.rs).
+                // With the fault-injection object: the accounting tests make
+                // the kernel side act as skipped or never run.
+                cargo(&["test", "--features", "tcpwatch/fault-injection"], &args)?;
+            }
+            if kernel != "host" {
+                matrix::run(&workspace_root(), &kernel)?;
+            }
+            Ok(())
         }
         Task::Bench(args) => {
             if !is_root() {

@@ -301,6 +301,16 @@ impl Transition {
     pub fn ip_version(&self) -> u8 {
         if self.local.is_ipv6() { 6 } else { 4 }
     }
+
+    /// A passive socket's LISTEN -> SYN-RECV seen before the kernel set its
+    /// addresses: it still carries its listener's, and no peer. Kernels
+    /// before 6.18 (6.1 and 6.12 measured) change the state first; the
+    /// socket's later transitions have both addresses.
+    pub fn peer_unset(&self) -> bool {
+        self.old.raw() == tcpwatch_common::state::TCP_LISTEN
+            && self.new.raw() == tcpwatch_common::state::TCP_SYN_RECV
+            && self.remote.port() == 0
+    }
 }
 
 /// Statistics of one program, summed over CPUs.

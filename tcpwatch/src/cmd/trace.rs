@@ -224,6 +224,8 @@ struct Shown {
     over_count: u64,
     /// Held while waiting for `--netns` and dropped (the hold was full).
     wait_dropped: u64,
+    /// Whether the kernel's early SYN-RECV (no peer yet) was explained.
+    peer_unset_said: bool,
 }
 
 impl Shown {
@@ -234,6 +236,7 @@ impl Shown {
             filtered: 0,
             over_count: 0,
             wait_dropped: 0,
+            peer_unset_said: false,
         }
     }
 
@@ -249,6 +252,12 @@ impl Shown {
             } else if self.done() {
                 self.over_count += 1;
             } else {
+                if t.peer_unset() && !self.peer_unset_said {
+                    self.peer_unset_said = true;
+                    say!(
+                        "tcpwatch: note: this kernel moves a passive socket to SYN-RECV before setting its addresses: that line shows its listener's address and no peer; its next transitions show both"
+                    );
+                }
                 self.shown += 1;
                 keep.push(t);
             }

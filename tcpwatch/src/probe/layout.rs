@@ -142,6 +142,17 @@ fn open_btf(path: &Path) -> Result<Btf, btf_rs::Error> {
     Btf::from_file_with_backend(path, Backend::Mmap).or_else(|_| Btf::from_file(path))
 }
 
+/// Whether `tcp_send_reset` fires for every reset this kernel sends, also
+/// one without a full socket (a closed port, TIME-WAIT): since 6.10, which
+/// also added `enum sk_rst_reason` to its arguments. Before (6.1 measured),
+/// only full sockets' resets are traced.
+pub fn traces_every_reset_sent(btf_path: &Path) -> bool {
+    open_btf(btf_path).is_ok_and(|btf| {
+        btf.resolve_ids_by_name("sk_rst_reason")
+            .is_ok_and(|ids| !ids.is_empty())
+    })
+}
+
 /// Offsets of `struct sock` for the tp_btf program, from the kernel's BTF.
 /// The namespace fields are optional: without them events carry netns 0.
 pub fn btf_config(btf_path: &Path) -> Result<ProbeConfig, LayoutError> {

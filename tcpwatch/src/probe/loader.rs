@@ -562,6 +562,13 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
         }
     }
     debug_assert!(hook != Hook::Btf || config.hook == HOOK_BTF);
+    if links.iter().any(|(name, _)| *name == "tcpwatch_rst_out")
+        && !layout::traces_every_reset_sent(Path::new(BTF_PATH))
+    {
+        tracing::warn!(
+            "this kernel (before 6.10) traces no reset sent without a full socket: resets sent for closed ports and by TIME-WAIT sockets are not counted (received ones are)"
+        );
+    }
     Ok(Loaded {
         ebpf,
         hook,

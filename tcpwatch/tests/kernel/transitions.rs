@@ -122,7 +122,11 @@ fn assert_connection(
             .as_ref()
             .unwrap_or_else(|| panic!("no owner: {e:?}"));
         assert_eq!(owner.pid, me, "owner of {} -> {}", e.old, e.new);
-        assert_eq!(e.local.ip(), ip);
+        // Where the kernel moves a child to SYN-RECV before setting its
+        // addresses (before 6.18), that one event has its listener's.
+        if !e.peer_unset() {
+            assert_eq!(e.local.ip(), ip);
+        }
         assert!(
             e.in_old.is_some() || e.old == st(Close) || e.old == st(Listen),
             "{e:?}"
@@ -137,6 +141,15 @@ fn assert_connection(
     }
     for e in s.iter() {
         assert_eq!(e.local.port(), port);
+        if e.peer_unset() {
+            // Only its first, and only on those kernels: said, not hidden.
+            assert!(
+                std::ptr::eq(*e, s[0]) && e.remote.ip().is_unspecified(),
+                "{e:?}"
+            );
+            eprintln!("this kernel moves a child to SYN-RECV before setting its addresses");
+            continue;
+        }
         assert_eq!(e.remote, SocketAddr::new(ip, client_port));
     }
 }
@@ -213,18 +226,20 @@ fn v4_mapped_connection_on_v6_socket_reports_mapped_addresses() {
     };
     let mine = on_port(&events, port);
     // The listener is bound to ::, so check it apart and the rest as usual.
+    // (A child's LISTEN -> SYN-RECV may carry the listener's :: too, on
+    // kernels that set its addresses later: `peer_unset`.)
     let listener: Vec<&Transition> = mine
         .iter()
-        .filter(|e| e.local.ip().is_unspecified())
+        .filter(|e| e.local.ip().is_unspecified() && !e.peer_unset())
         .collect();
     assert_eq!(listener.len(), 2, "{mine:#?}");
     let rest: Vec<Transition> = mine
         .iter()
-        .filter(|e| !e.local.ip().is_unspecified())
+        .filter(|e| !e.local.ip().is_unspecified() || e.peer_unset())
         .cloned()
         .collect();
     assert_eq!(rest.len(), 10, "{mine:#?}");
-    for e in &rest {
+    for e in rest.iter().filter(|e| !e.peer_unset()) {
         assert_eq!(e.ip_version(), 6);
         assert_eq!(e.remote.ip(), ip, "{e:?}");
         assert_eq!(e.local.ip(), ip, "{e:?}");

@@ -1,0 +1,99 @@
+//! The kernel matrix: the behaviour tests of the kernel suite, run again
+//! inside Debian's 6.1 and 6.12 kernels (qemu), since production hosts do
+//! not run this machine's kernel. Loads stay small: the guests are
+//! software-emulated, many times slower than the host.
+use std::{path::Path, process::Command, time::Duration};
+
+use anyhow::{Context as _, bail};
+
+use crate::vm;
+
+/// Test-name filters of the kernel suite run in each guest: exact
+/// transitions (v4, v6, mapped, linger, refused, simultaneous close, the
+/// classic fallback, layouts), the CLI's accounting, exit codes and
+/// non-root behaviour, and the early-failure signals.
+const BEHAVIOUR: &[&str] = &["transitions::", "cli::", "failures::"];
+
+/// A guest run's limit: boot and the tests above took about 3 minutes.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// Builds the kernel suite and runs its behaviour tests in each guest of
+/// `kernel` (`all`, `6.1`, `6.12`); fails on the first guest that fails.
+pub fn run(workspace: &Path, kernel: &str) -> anyhow::Result<()> {
+    let exe = build_kernel_suite(workspace)?;
+    let cwd = workspace.join("tcpwatch");
+    let mut command = vec![exe];
+    command.extend(BEHAVIOUR.iter().map(|s| s.to_string()));
+    // Two vCPUs: as on the host, tests run two at a time.
+    command.push("--test-threads=2".into());
+    for k in vm::kernels(kernel)? {
+        eprintln!("xtask: kernel {k}: {}", BEHAVIOUR.join(" "));
+        let code = vm::run(
+            workspace,
+            &vm::Guest {
+                kernel: k,
+                command: &command,
+                cwd: &cwd,
+                env: &[],
+                timeout: GUEST_TIMEOUT,
+            },
+        )?;
+        if code != 0 {
+            bail!("the kernel tests failed on {k} (exit {code})");
+        }
+        eprintln!("xtask: kernel {k}: passed");
+    }
+    Ok(())
+}
+
+/// The kernel test binary, built with the fault-injection object (the
+/// accounting tests need it); the guest runs it from the host's disk.
+fn build_kernel_suite(workspace: &Path) -> anyhow::Result<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(workspace)
+        .args([
+            "test",
+            "--package",
+            "tcpwatch",
+            "--features",
+            "fault-injection",
+            "--test",
+            "kernel",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo")?;
+    if !out.status.success() {
+        bail!("building the kernel tests failed: {}", out.status);
+    }
+    executable(&String::from_utf8_lossy(&out.stdout))
+        .context("cargo named no kernel test executable")
+}
+
+/// The `kernel` test target's executable in cargo's JSON messages.
+fn executable(messages: &str) -> Option<String> {
+    messages
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "kernel")
+        .find_map(|m| m["executable"].as_str().map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_kernel_suite_is_found_in_cargo_messages() {
+        let msgs = concat!(
+            r#"{"reason":"compiler-artifact","target":{"name":"tcpwatch"},"executable":null}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"name":"kernel"},"executable":"/t/kernel-1"}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#
+        );
+        assert_eq!(super::executable(msgs).as_deref(), Some("/t/kernel-1"));
+        assert_eq!(super::executable("not json"), None);
+    }
+}
