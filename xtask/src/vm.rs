@@ -124,14 +124,24 @@ pub fn run(workspace: &Path, guest: &Guest) -> anyhow::Result<i32> {
     let cache = target_dir(workspace).join("vm");
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     let kernel = kernel::fetch(&cache, guest.kernel)?;
-    let scratch = cache.join(format!("run-{}", std::process::id()));
+    // Per process and kernel: the guests of one run may boot side by side.
+    let scratch = cache.join(format!("run-{}-{}", std::process::id(), guest.kernel));
     fs::create_dir_all(&scratch)?;
     let result = initramfs::build(&scratch, &kernel, &command_script(guest))
-        .and_then(|initrd| boot(&kernel, &initrd, guest.timeout));
+        .and_then(|initrd| boot(&kernel, &initrd, guest.kernel, guest.timeout));
     if let Err(e) = fs::remove_dir_all(&scratch) {
         eprintln!("xtask: vm: leaving {}: {e}", scratch.display());
     }
     result.with_context(|| format!("guest kernel {}", kernel.release))
+}
+
+/// Downloads and unpacks `series` into the cache if it is not there: one
+/// at a time (apt is not shared safely), before guests boot side by side.
+pub fn prefetch(workspace: &Path, series: &str) -> anyhow::Result<()> {
+    ensure_tools()?;
+    let cache = target_dir(workspace).join("vm");
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    kernel::fetch(&cache, series).map(drop)
 }
 
 fn ensure_tools() -> anyhow::Result<()> {
@@ -204,13 +214,18 @@ fn command_script(guest: &Guest) -> String {
     words.join(" ") + "\n"
 }
 
-fn boot(kernel: &kernel::Kernel, initrd: &Path, timeout: Duration) -> anyhow::Result<i32> {
+fn boot(
+    kernel: &kernel::Kernel,
+    initrd: &Path,
+    tag: &str,
+    timeout: Duration,
+) -> anyhow::Result<i32> {
     let started = Instant::now();
     let mut qemu = qemu(kernel, initrd)
         .spawn()
         .context("starting qemu-system-x86_64")?;
     let lines = console_lines(&mut qemu)?;
-    let outcome = watch(&lines, started, timeout);
+    let outcome = watch(&lines, started, tag, timeout);
     if outcome.is_err() {
         // Still running after a timeout; harmless if it already exited.
         let _ = qemu.kill();
@@ -236,7 +251,12 @@ fn boot(kernel: &kernel::Kernel, initrd: &Path, timeout: Duration) -> anyhow::Re
 
 fn qemu(kernel: &kernel::Kernel, initrd: &Path) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-cpu", "max", "-smp", "2", "-m", "2048"])
+    // One host thread runs both vCPUs in turn: with a thread each, the
+    // kernel's live patching of its own text (static keys flipped as
+    // tracepoints attach) raced under emulation and a 6.12 guest died on a
+    // stray int3 in syscall exit.
+    cmd.args(["-accel", "tcg,thread=single"])
+        .args(["-cpu", "max", "-smp", "2", "-m", "2048"])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
         .arg(&kernel.image)
@@ -279,6 +299,8 @@ fn forward_lines(stdout: impl Read, tx: &mpsc::Sender<String>) {
 /// What the console showed: the exit marker, and the last lines for errors.
 #[derive(Default)]
 struct Console {
+    /// Put before each line of the command's: guests may run side by side.
+    tag: String,
     /// Set between the start and the exit marker: the command's own output.
     streaming: bool,
     exit: Option<i32>,
@@ -292,7 +314,7 @@ impl Console {
         // SeaBIOS leaves escape codes without a newline before /init's first line.
         if line.ends_with(START_MARKER) {
             let boot = started.elapsed().as_secs_f64();
-            eprintln!("xtask: vm: booted in {boot:.1} s");
+            eprintln!("xtask: vm {}: booted in {boot:.1} s", self.tag);
             self.streaming = true;
             return;
         }
@@ -302,7 +324,7 @@ impl Console {
             return;
         }
         if self.streaming {
-            println!("{line}");
+            println!("[{}] {line}", self.tag);
         }
         if self.last.len() == TAIL_LINES {
             self.last.pop_front();
@@ -338,10 +360,14 @@ fn plain(line: &str) -> String {
 fn watch(
     lines: &mpsc::Receiver<String>,
     started: Instant,
+    tag: &str,
     timeout: Duration,
 ) -> anyhow::Result<Console> {
     let deadline = started + timeout;
-    let mut console = Console::default();
+    let mut console = Console {
+        tag: tag.into(),
+        ..Default::default()
+    };
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
