@@ -127,7 +127,7 @@ pub fn run(workspace: &Path, guest: &Guest) -> anyhow::Result<i32> {
     // Per process and kernel: the guests of one run may boot side by side.
     let scratch = cache.join(format!("run-{}-{}", std::process::id(), guest.kernel));
     fs::create_dir_all(&scratch)?;
-    let result = initramfs::build(&scratch, &kernel, &command_script(guest))
+    let result = initramfs::build(&scratch, &kernel, &command_script(guest), workspace)
         .and_then(|initrd| boot(&kernel, &initrd, guest.kernel, guest.timeout));
     if let Err(e) = fs::remove_dir_all(&scratch) {
         eprintln!("xtask: vm: leaving {}: {e}", scratch.display());

@@ -3,7 +3,8 @@
 //! with the inputs, so a recording replayed gives what the live run gave,
 //! and every test here runs anywhere without root.
 //!
-//! [`model`] (transitions, accounting), [`census`] (sockets and their
+//! [`model`] (transitions, accounting), [`chains`] (losses named by
+//! sockets' broken chains of transitions), [`census`] (sockets and their
 //! summary), [`counters`] (the kernel's TCP MIB counters by name),
 //! [`engine`] (rates, per-port and per-process activity), [`detect`]
 //! (alerts from the engine's view), [`snapshot`]
@@ -11,6 +12,7 @@
 //! lines, tables), [`metrics`] (the Prometheus exposition), [`record`] (the
 //! recording format), [`signals`] (the probe's reset and SYN-ACK counters).
 pub mod census;
+pub mod chains;
 pub mod config;
 pub mod counters;
 pub mod detect;

@@ -665,6 +665,12 @@ impl Collector for ViewCollector {
             c,
             Val::from(v.stats.signals_unreadable),
         )?;
+        g1(
+            "tcpwatch_chain_breaks",
+            "Transitions whose old state was not the state their socket last went to: each names at least one lost transition of that socket, in the daemon's scope (ring buffer drops show here too)",
+            c,
+            Val::from(v.stats.chain_breaks),
+        )?;
         if let Some(k) = &v.kernel {
             let a = &k.accounting;
             g1(

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::Args;
 use tcpwatch::{
     core::{
+        chains::Chains,
         model::{Accounting, Transition},
         view::trace::{Filter, TextColumns, json_line},
     },
@@ -205,15 +206,20 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     // failure of the run's promise, even though everything else completed;
     // then an output that closed (141, as a tool killed by SIGPIPE) or
     // failed (1).
-    Ok(if accounting.promise_broken() || shown.wait_dropped > 0 {
-        ExitCode::from(3)
-    } else if output.closed_pipe {
-        ExitCode::from(super::EXIT_CLOSED_PIPE)
-    } else if output.closed.is_some() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if accounting.promise_broken()
+            || shown.wait_dropped > 0
+            || shown.unexplained_breaks(&accounting, capture.malformed()) > 0
+        {
+            ExitCode::from(3)
+        } else if output.closed_pipe {
+            ExitCode::from(super::EXIT_CLOSED_PIPE)
+        } else if output.closed.is_some() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 /// Applies the filter and `--count`, remembering how many were filtered out.
@@ -226,6 +232,8 @@ struct Shown {
     wait_dropped: u64,
     /// Whether the kernel's early SYN-RECV (no peer yet) was explained.
     peer_unset_said: bool,
+    /// Sockets' chains of transitions: a break names a lost one.
+    chains: Chains,
 }
 
 impl Shown {
@@ -237,7 +245,16 @@ impl Shown {
             over_count: 0,
             wait_dropped: 0,
             peer_unset_said: false,
+            chains: Chains::default(),
         }
+    }
+
+    /// Chain breaks the ring buffer's own counted drops do not explain:
+    /// transitions lost before any program counted them.
+    fn unexplained_breaks(&self, a: &Accounting, malformed: u64) -> u64 {
+        self.chains
+            .breaks
+            .saturating_sub(a.ringbuf_full + a.read_failed + malformed)
     }
 
     fn done(&self) -> bool {
@@ -247,6 +264,10 @@ impl Shown {
     fn take(&mut self, filter: &Filter, batch: &mut Vec<Transition>) -> Vec<Transition> {
         let mut keep = Vec::with_capacity(batch.len());
         for t in batch.drain(..) {
+            // Every transition in scope, shown or not, continues its chain.
+            if filter.netns.is_none_or(|n| t.netns == Some(n)) {
+                self.chains.follow(&t);
+            }
             if !filter.matches(&t) {
                 self.filtered += 1;
             } else if self.done() {
@@ -328,6 +349,13 @@ fn report(
             malformed
         );
     }
+    if shown.chains.breaks > 0 {
+        say!(
+            "tcpwatch: sockets' chains of transitions broke {} times (a transition's old state was not the one its socket last went to): {} of those the ring buffer's drops above explain; the rest are transitions lost before any program counted them",
+            shown.chains.breaks,
+            shown.chains.breaks - shown.unexplained_breaks(a, malformed)
+        );
+    }
     if shown.wait_dropped > 0 {
         say!(
             "tcpwatch: {} transitions of namespaces made during the wait were dropped (more than could be held): some may have been the awaited one's",
@@ -339,7 +367,7 @@ fn report(
     }
     // One machine-readable line for scripts and tests.
     say!(
-        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} written={} output_dropped={} filtered={} wait_dropped={} kernel_skipped={} caught={} unrecovered={} not_run={} witness={} double_counted={} nested={} malformed={} bpf_run_time_ns={} bpf_run_cnt={}",
+        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} written={} output_dropped={} filtered={} wait_dropped={} kernel_skipped={} caught={} unrecovered={} not_run={} witness={} double_counted={} nested={} malformed={} chain_breaks={} chain_untracked={} bpf_run_time_ns={} bpf_run_cnt={}",
         a.counted,
         a.emitted,
         delivered,
@@ -356,6 +384,8 @@ fn report(
         a.double_counted,
         a.nested,
         malformed,
+        shown.chains.breaks,
+        shown.chains.untracked,
         a.bpf_run_time_ns,
         a.bpf_run_cnt
     );

@@ -93,6 +93,8 @@ pub struct Outcome {
     pub accounting: Accounting,
     pub delivered: u64,
     pub engine_transitions: u64,
+    /// Breaks in sockets' chains of transitions the engine followed.
+    pub chain_breaks: u64,
     /// Lines written to the recording, if any.
     pub recorded: Option<(PathBuf, u64)>,
 }
@@ -294,6 +296,7 @@ pub async fn run(
         accounting: capture.counters()?.summary(),
         delivered: capture.delivered(),
         engine_transitions: engine.view().stats.transitions,
+        chain_breaks: engine.view().stats.chain_breaks,
         recorded,
     })
 }

@@ -74,6 +74,9 @@ struct Run {
     in_netns: u64,
     /// Of those, delivered by the catcher.
     caught_in_netns: u64,
+    /// Breaks in the namespace's sockets' chains of transitions, followed
+    /// in delivery order as trace follows them.
+    chain_breaks: u64,
 }
 
 fn run(ring_bytes: u32, simulate_skip_every: u32, simulate_not_run_every: u16) -> Run {
@@ -121,8 +124,14 @@ fn run(ring_bytes: u32, simulate_skip_every: u32, simulate_not_run_every: u16) -
             cap.counters.main.run_cnt
         );
     }
+    let mut chains = tcpwatch::core::chains::Chains::default();
+    for e in cap.events.iter().filter(|e| e.netns == Some(ino)) {
+        chains.follow(e);
+    }
+    eprintln!("churn: {} chain breaks", chains.breaks);
     let acct = cap.counters.summary();
     Run {
+        chain_breaks: chains.breaks,
         counters: cap.counters,
         acct,
         delivered: cap.delivered,
@@ -207,6 +216,11 @@ fn churn_counts_every_transition_and_accounts_for_every_event() {
     assert_eq!(r.acct.read_failed, 0);
     // Whatever the catcher delivered (real skips are rare) it also counted.
     assert!(r.caught_in_netns <= r.acct.caught, "{:?}", r.acct);
+    // A chain breaks only where a transition was lost: with nothing lost,
+    // 200,002 transitions in delivery order make no false break.
+    if r.acct.lossless() {
+        assert_eq!(r.chain_breaks, 0, "{:?}", r.acct);
+    }
 
     // A one-page ring: drops are certain, counted, and the counters stay exact.
     let r = run(4096, 0, 0);
@@ -222,6 +236,13 @@ fn churn_counts_every_transition_and_accounts_for_every_event() {
         r.acct.emitted + r.acct.ringbuf_full,
         r.acct.counted,
         "{:?}",
+        r.acct
+    );
+    // Each break is a drop the ring counted (or a loss the account names).
+    assert!(
+        r.chain_breaks > 0 && r.chain_breaks <= r.acct.ringbuf_full + r.acct.lost_in_kernel(),
+        "{} breaks: {:?}",
+        r.chain_breaks,
         r.acct
     );
 }
@@ -279,6 +300,13 @@ fn catcher_handles_exactly_the_runs_the_main_program_missed() {
         catcher_counted > ours / 14,
         "{catcher_counted} caught of {ours}"
     );
+    // Caught transitions take their place in their sockets' chains.
+    assert!(
+        r.chain_breaks <= r.acct.lost_in_kernel() + r.acct.double_counted,
+        "{} breaks: {:?}",
+        r.chain_breaks,
+        r.acct
+    );
 }
 
 /// Firings the kernel never runs the programs for cannot be provoked on
@@ -326,5 +354,12 @@ fn witness_counts_exactly_the_firings_no_program_ran_for() {
         short > 0 && short <= r.acct.not_run,
         "{short} short: {:?}",
         r.acct
+    );
+    // The sockets' chains name those losses in scope, for free: at least
+    // one per socket that went on after its loss, never more than were lost.
+    assert!(
+        r.chain_breaks > short / 2 && r.chain_breaks <= short,
+        "{} breaks for {short} lost",
+        r.chain_breaks
     );
 }

@@ -32,10 +32,16 @@ mount -t overlay -o lowerdir=/mnt/host,upperdir=/mnt/rw/upper,workdir=/mnt/rw/wo
 	fail "mounting the overlay root"
 
 R=/newroot
+# The workspace stays visible even where fresh filesystems go next (a
+# clone under /tmp, say): held aside, then put back on top of them.
+mkdir -p /mnt/keep
+mount --bind "$R$KEEP" /mnt/keep || fail "holding the workspace $KEEP"
 # Fresh, as on a booted host, not the host's own files.
 mount -t tmpfs -o mode=1777 tmp $R/tmp
 mount -t tmpfs -o mode=1777 tmp $R/var/tmp
 mount -t tmpfs -o mode=0755 run $R/run
+mkdir -p "$R$KEEP"
+mount --move /mnt/keep "$R$KEEP" || fail "putting the workspace $KEEP back"
 mount -t proc proc $R/proc
 mount -t sysfs sys $R/sys
 mount -t devtmpfs dev $R/dev

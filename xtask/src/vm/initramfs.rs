@@ -22,8 +22,9 @@ const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 const BUSYBOX: &str = "/bin/busybox";
 
 /// Builds `<dir>/initramfs.cpio` for `kernel`, running `script` (a shell
-/// script, see `command_script`) as the guest's one command.
-pub fn build(dir: &Path, kernel: &Kernel, script: &str) -> anyhow::Result<PathBuf> {
+/// script, see `command_script`) as the guest's one command, with `keep`
+/// (the workspace) visible whatever the guest mounts over its parents.
+pub fn build(dir: &Path, kernel: &Kernel, script: &str, keep: &Path) -> anyhow::Result<PathBuf> {
     let stage = dir.join("initramfs");
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
@@ -38,7 +39,7 @@ pub fn build(dir: &Path, kernel: &Kernel, script: &str) -> anyhow::Result<PathBu
     executable(&stage.join("init"), INIT)?;
     executable(&stage.join("bin/vm-modprobe"), MODPROBE)?;
     fs::write(stage.join("vm/command"), script)?;
-    fs::write(stage.join("vm/env"), guest_facts(kernel)?)?;
+    fs::write(stage.join("vm/env"), guest_facts(kernel, keep)?)?;
     stage_modules(&stage.join("modules"), kernel)?;
     let cpio = dir.join("initramfs.cpio");
     archive(&stage, &cpio)?;
@@ -51,15 +52,18 @@ fn executable(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Shell assignments /init sources: the release, and where the package's
-/// module tree is on the host (seen through the 9p share).
-fn guest_facts(kernel: &Kernel) -> anyhow::Result<String> {
+/// Shell assignments /init sources: the release, where the package's
+/// module tree is on the host (seen through the 9p share), and the
+/// directory that must stay visible (the workspace).
+fn guest_facts(kernel: &Kernel, keep: &Path) -> anyhow::Result<String> {
     let modules = fs::canonicalize(&kernel.modules)
         .with_context(|| format!("resolving {}", kernel.modules.display()))?;
+    let keep = fs::canonicalize(keep).with_context(|| format!("resolving {}", keep.display()))?;
     Ok(format!(
-        "KERNEL_RELEASE={}\nHOST_MODULES={}\n",
+        "KERNEL_RELEASE={}\nHOST_MODULES={}\nKEEP={}\n",
         quote(&kernel.release),
-        quote(&modules.to_string_lossy())
+        quote(&modules.to_string_lossy()),
+        quote(&keep.to_string_lossy())
     ))
 }
 

@@ -426,6 +426,8 @@ pub struct Engine {
     /// which no client chooses, and the seed is random per process.
     close_wait: HashMap<u64, OpenCloseWait, foldhash::fast::RandomState>,
     kernel: Option<KernelSample>,
+    /// Each socket's chain of transitions: a break names a lost one.
+    chains: crate::chains::Chains,
     stats: EngineStats,
 }
 
@@ -457,6 +459,10 @@ pub struct EngineStats {
     pub signals_unkeyed: u64,
     #[serde(default)]
     pub signals_unreadable: u64,
+    /// Transitions that did not continue their socket's chain (its last
+    /// state): each names at least one lost transition of that socket.
+    #[serde(default)]
+    pub chain_breaks: u64,
 }
 
 impl Engine {
@@ -472,6 +478,7 @@ impl Engine {
             durations: Durations::default(),
             close_wait: HashMap::default(),
             kernel: None,
+            chains: crate::chains::Chains::default(),
             stats: EngineStats::default(),
         }
     }
@@ -615,6 +622,7 @@ impl Engine {
     pub fn transition(&mut self, t: &Transition) {
         self.tick(t.ts_ns);
         self.stats.transitions += 1;
+        self.stats.chain_breaks += u64::from(self.chains.follow(t));
         let sec = t.ts_ns / NS_PER_S;
         let netns = t.netns.unwrap_or(0);
         let (old, new) = (t.old.raw(), t.new.raw());
