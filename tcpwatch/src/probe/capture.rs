@@ -34,6 +34,9 @@ use crate::{
 const WITNESS_EDGE_WITHIN: Duration = Duration::from_secs(1);
 const WITNESS_SAMPLE_WITHIN: Duration = Duration::from_millis(2);
 
+/// At stop, how long to wait for records emitted before the detach.
+const STOP_DRAIN_WITHIN: Duration = Duration::from_secs(1);
+
 /// How often the ring buffer is read when the kernel has not woken us.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -324,10 +327,29 @@ impl Capture {
             None => {}
         }
         self.loaded.detach()?;
-        // An event reserved just before detaching may still be committed by
-        // the CPU that reserved it; give it a moment.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        self.drain_now(out);
+        // A record reserved just before detaching may still be committed by
+        // the CPU that reserved it: read until everything the programs
+        // emitted has been read (or found malformed), waiting for the ring
+        // between reads, never longer than STOP_DRAIN_WITHIN.
+        let deadline = tokio::time::Instant::now() + STOP_DRAIN_WITHIN;
+        loop {
+            self.drain_now(out);
+            let emitted = self.counters()?.summary().emitted;
+            if self.delivered + self.malformed >= emitted {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, self.ready())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    emitted,
+                    read = self.delivered + self.malformed,
+                    "stopping: the ring buffer still lacks records its programs emitted"
+                );
+                break;
+            }
+        }
         Ok(())
     }
 

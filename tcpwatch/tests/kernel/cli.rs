@@ -388,21 +388,33 @@ fn ends_within(child: &mut std::process::Child, limit: Duration) -> std::process
     }
 }
 
-/// `n` loopback connections, accepted and closed, in the calling thread's
-/// namespace.
-fn connect_n(n: usize) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    for _ in 0..n {
-        let c = TcpStream::connect(addr).unwrap();
-        let (s, _) = l.accept().unwrap();
-        drop((c, s));
-    }
+/// Reads `child`'s stdout on a thread: a pipe left unread would stall it.
+fn read_stdout(child: &mut std::process::Child) -> std::thread::JoinHandle<String> {
+    let mut stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    })
 }
 
-fn inode_of(path: &str) -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).unwrap().ino() as u32
+/// Waits at most `limit` for `child` to end by itself; its status, what
+/// `reader` read of its stdout, and the rest of its stderr.
+fn finish(
+    child: &mut std::process::Child,
+    reader: std::thread::JoinHandle<String>,
+    limit: Duration,
+) -> (std::process::ExitStatus, String, String) {
+    let status = ends_within(child, limit);
+    let stdout = reader.join().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, stdout, stderr)
 }
 
 /// `trace --netns NAME` holds the namespace: once its name is deleted, a
@@ -415,18 +427,13 @@ fn trace_holds_its_namespace_so_a_recycled_inode_is_never_followed() {
         return;
     }
     let a = crate::common::NamedNetns::new("pin-a");
-    let a_ino = inode_of(&a.path());
+    let a_ino = crate::common::inode_of(a.path());
     let (mut child, _) = start_attached(&["trace", "--json", "--netns", &a.0], Stdio::piped());
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        stdout.read_to_string(&mut s).unwrap();
-        s
-    });
+    let reader = read_stdout(&mut child);
     drop(a); // `ip netns del`: only trace's pin holds it now
     let b = crate::common::NamedNetns::new("pin-b");
-    let b_ino = inode_of(&b.path());
-    b.run(|| connect_n(20));
+    let b_ino = crate::common::inode_of(b.path());
+    b.run(|| crate::common::connect_n(20));
     // Trace checks once a second whether its namespace is gone; if that
     // came before `b` was made, the pin's window was not exercised.
     if child.try_wait().unwrap().is_none() {
@@ -443,15 +450,7 @@ fn trace_holds_its_namespace_so_a_recycled_inode_is_never_followed() {
     } else {
         eprintln!("{test}: trace ended before the second namespace was made");
     }
-    let status = ends_within(&mut child, Duration::from_secs(10));
-    let shown = reader.join().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (status, shown, stderr) = finish(&mut child, reader, Duration::from_secs(10));
     assert!(status.success(), "{stderr}");
     assert_eq!(shown, "", "nothing of the new namespace is shown");
     assert!(stderr.contains("is gone"), "{stderr}");
@@ -474,28 +473,15 @@ fn trace_waits_for_a_namespace_and_loses_nothing_of_its_start() {
         .spawn()
         .unwrap();
     stderr_until(&mut child, "waiting for network namespace");
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        stdout.read_to_string(&mut s).unwrap();
-        s
-    });
+    let reader = read_stdout(&mut child);
     let ns = crate::common::NamedNetns::new("wait");
     assert_eq!(ns.0, name);
-    let ino = inode_of(&ns.path());
+    let ino = crate::common::inode_of(ns.path());
     let began = Instant::now();
-    ns.run(|| connect_n(400));
+    ns.run(|| crate::common::connect_n(400));
     eprintln!("{test}: 400 connections in {:?}", began.elapsed());
     drop(ns);
-    let status = ends_within(&mut child, Duration::from_secs(20));
-    let shown = reader.join().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (status, shown, stderr) = finish(&mut child, reader, Duration::from_secs(20));
     assert!(status.success(), "{stderr}");
     assert!(
         stderr.contains("is here") && stderr.contains("is gone"),

@@ -288,3 +288,24 @@ pub fn tool_available(test: &str, tool: &str, package: &str) -> bool {
     );
     false
 }
+
+/// The inode of a file: for a namespace file, the namespace's.
+pub fn inode_of(path: impl AsRef<std::path::Path>) -> u32 {
+    let path = path.as_ref();
+    let ino = std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .ino();
+    u32::try_from(ino).unwrap()
+}
+
+/// `n` loopback connections to a listener in the calling thread's namespace,
+/// each accepted, then closed.
+pub fn connect_n(n: usize) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    for _ in 0..n {
+        let c = std::net::TcpStream::connect(addr).unwrap();
+        let (s, _) = l.accept().unwrap();
+        drop((c, s));
+    }
+}

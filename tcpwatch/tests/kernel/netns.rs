@@ -2,34 +2,11 @@
 //! kernel: namespaces made here (one `ip netns add`, one held only by an
 //! unshared thread) must be found, and their counters must move by exactly
 //! the connections made inside them.
-use std::{
-    net::{TcpListener, TcpStream},
-    os::unix::fs::MetadataExt,
-    path::Path,
-};
+use std::path::Path;
 
 use tcpwatch::host::{clock::thread_cpu_ns, counters, netns};
 
-use crate::common::{NamedNetns, netns_thread, root_available};
-
-fn inode_of(path: &Path) -> u32 {
-    let ino = std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
-        .ino();
-    u32::try_from(ino).unwrap()
-}
-
-/// `n` loopback connections to a listener in the calling thread's namespace,
-/// each accepted, then closed.
-fn connects(n: usize) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    for _ in 0..n {
-        let c = TcpStream::connect(addr).unwrap();
-        let (s, _) = l.accept().unwrap();
-        drop((c, s));
-    }
-}
+use crate::common::{NamedNetns, connect_n, inode_of, netns_thread, root_available};
 
 fn field(m: &std::collections::BTreeMap<String, i64>, name: &str) -> i64 {
     *m.get(name)
@@ -110,7 +87,7 @@ fn read_in_counts_exactly_the_connects_made_in_that_namespace() {
             "{}",
             path.display()
         );
-        netns::run_in(path, || connects(n)).unwrap();
+        netns::run_in(path, || connect_n(n)).unwrap();
         let after = counters::read_in(path).unwrap();
         for f in ["Tcp.ActiveOpens", "Tcp.PassiveOpens"] {
             assert_eq!(
