@@ -924,6 +924,12 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
                 format!("{v:.p$}")
             }
         };
+        let paired_text = format!("{} ({}–{})", f(ratio, 2), f(lo, 2), f(hi, 2));
+        let loss_text = format!(
+            "{} / {}",
+            worst.map_or("–".into(), |w| w.to_string()),
+            surplus_worst.map_or("–".into(), |w| w.to_string())
+        );
         let cpu = format!(
             "{} ({})",
             f(m("cpu_pct"), 1),
@@ -938,16 +944,12 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             c.name,
             f(cps, 0),
-            format!("{} ({}–{})", f(ratio, 2), f(lo, 2), f(hi, 2)),
+            paired_text,
             f(m("expected"), 0),
             f(m("delivered"), 0),
             f(m("dropped"), 0),
             lost_worst.map_or("–".into(), |w| w.to_string()),
-            format!(
-                "{} / {}",
-                worst.map_or("–".into(), |w| w.to_string()),
-                surplus_worst.map_or("–".into(), |w| w.to_string())
-            ),
+            loss_text,
             f(kernel_ns, 0),
             cpu,
             rss,
