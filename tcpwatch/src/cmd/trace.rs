@@ -183,11 +183,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     // --count, counted as not shown).
     capture.stop(&mut batch).await?;
     if let Target::Waiting(w) = &mut target {
-        // Nothing was in scope: what came and what was held is filtered.
+        // Nothing was in scope: what came, was held or did not fit in the
+        // hold is filtered, not lost.
         say!("tcpwatch: network namespace {} never appeared", w.spec());
         shown.filtered += w.hold(&mut batch);
-        shown.filtered += w.take_held().len() as u64;
-        shown.wait_dropped = w.overflow;
+        shown.filtered += w.take_held().len() as u64 + w.overflow;
     }
     let late = shown.take(&filter, &mut batch);
     out.send(late);
