@@ -10,10 +10,10 @@ pub mod state;
 
 pub use state::TcpState;
 
-/// Bumped whenever the layout of [`TransitionEvent`], [`ProbeConfig`],
-/// [`SockInfo`] or the statistics array changes. The eBPF object carries it in
+/// Bumped whenever the layout of [`TransitionEvent`], [`ProbeConfig`]
+/// or the statistics array changes. The eBPF object carries it in
 /// its configuration; user space refuses to run an object of another version.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// `sk_protocol` values the programs report (everything else is ignored).
 pub const IPPROTO_TCP: u16 = 6;
@@ -23,23 +23,14 @@ pub const IPPROTO_MPTCP: u16 = 262;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
-/// [`TransitionEvent::flags`]: the owner fields are meaningful. Without it
-/// the owner is unknown (never the softirq's interrupted task).
+/// [`TransitionEvent::flags`]: the owner fields are meaningful: the
+/// transition ran in its owner's context (a system call of the process
+/// holding the socket). Without it user space follows the owner from the
+/// socket's earlier transitions (never the softirq's interrupted task).
 pub const FLAG_OWNER_KNOWN: u16 = 1 << 0;
-/// [`TransitionEvent::flags`]: `delta_ns` is the time spent in `oldstate`.
-/// Without it the previous transition was not seen (socket older than the
-/// probe, or its per-socket entry was evicted).
-pub const FLAG_DELTA_KNOWN: u16 = 1 << 1;
 /// [`TransitionEvent::flags`]: delivered by the catcher program because the
 /// kernel skipped the main program for this transition (recursion guard).
 pub const FLAG_CAUGHT: u16 = 1 << 2;
-/// [`TransitionEvent::flags`] and [`SockInfo::flags`]: a server's socket
-/// (its first transition was LISTEN -> SYN-RECV), to the end of its life.
-pub const FLAG_PASSIVE: u16 = 1 << 3;
-/// [`TransitionEvent::flags`] and [`SockInfo::flags`]: a client's socket
-/// (its first transition was CLOSE -> SYN-SENT). With neither flag the
-/// socket's side is unknown (older than the probe, or its entry evicted).
-pub const FLAG_ACTIVE: u16 = 1 << 4;
 
 /// A task's command name as the kernel keeps it: 16 bytes, NUL-padded.
 ///
@@ -81,8 +72,6 @@ pub struct TransitionEvent {
     pub header: EventHeader,
     pub ts_ns: u64,
     pub skaddr: u64,
-    /// Time spent in `oldstate`, valid when `FLAG_DELTA_KNOWN` is set.
-    pub delta_ns: u64,
     /// Inode number of the socket's network namespace, 0 if unreadable.
     pub netns: u32,
     /// Owner thread id and process id, valid with `FLAG_OWNER_KNOWN`.
@@ -105,31 +94,10 @@ pub struct TransitionEvent {
     pub _pad2: [u16; 3],
 }
 
-const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 112);
+const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 104);
 const _: () = assert!(core::mem::align_of::<TransitionEvent>() == 8);
 
-/// Per-socket state the programs keep between transitions (keyed by skaddr,
-/// removed at `-> CLOSE` because the address is reused), and per listener
-/// (keyed by [`listener_key`]) so accepted children inherit the owner.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SockInfo {
-    /// Monotonic time of the last transition seen, 0 if none.
-    pub last_ns: u64,
-    pub pid: u32,
-    pub tgid: u32,
-    pub comm: TaskComm,
-    /// `FLAG_OWNER_KNOWN` or 0.
-    pub flags: u32,
-    pub _pad: u32,
-    /// In the listener map: the listening socket's address, so only its own
-    /// close removes the entry (0 for entries seeded from procfs).
-    pub sk: u64,
-}
-
-const _: () = assert!(core::mem::size_of::<SockInfo>() == 48);
-
-/// Key of the listener-owner map: network namespace and local port.
+/// Key of the listening-port map: network namespace and local port.
 pub const fn listener_key(netns: u32, port: u16) -> u64 {
     ((netns as u64) << 16) | port as u64
 }
@@ -495,8 +463,6 @@ mod pod {
     // there are no implicit padding bytes (asserted by the size checks above).
     unsafe impl aya::Pod for super::TransitionEvent {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::SockInfo {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Recent {}
@@ -518,43 +484,40 @@ mod tests {
     #[test]
     fn event_layout_is_stable() {
         assert_eq!(
-            LAYOUT_VERSION, 4,
+            LAYOUT_VERSION, 5,
             "layout changed: bump LAYOUT_VERSION and these offsets"
         );
         assert_eq!(core::mem::size_of::<EventHeader>(), 8);
-        assert_eq!(core::mem::size_of::<TransitionEvent>(), 112);
+        assert_eq!(core::mem::size_of::<TransitionEvent>(), 104);
         assert_eq!(offset_of!(TransitionEvent, header), 0);
         assert_eq!(offset_of!(TransitionEvent, ts_ns), 8);
         assert_eq!(offset_of!(TransitionEvent, skaddr), 16);
-        assert_eq!(offset_of!(TransitionEvent, delta_ns), 24);
-        assert_eq!(offset_of!(TransitionEvent, netns), 32);
-        assert_eq!(offset_of!(TransitionEvent, pid), 36);
-        assert_eq!(offset_of!(TransitionEvent, tgid), 40);
-        assert_eq!(offset_of!(TransitionEvent, oldstate), 44);
-        assert_eq!(offset_of!(TransitionEvent, newstate), 45);
-        assert_eq!(offset_of!(TransitionEvent, family), 46);
-        assert_eq!(offset_of!(TransitionEvent, protocol), 48);
-        assert_eq!(offset_of!(TransitionEvent, sport), 50);
-        assert_eq!(offset_of!(TransitionEvent, dport), 52);
-        assert_eq!(offset_of!(TransitionEvent, flags), 54);
-        assert_eq!(offset_of!(TransitionEvent, saddr), 56);
-        assert_eq!(offset_of!(TransitionEvent, daddr), 72);
-        assert_eq!(offset_of!(TransitionEvent, comm), 88);
-        assert_eq!(offset_of!(TransitionEvent, error), 104);
+        assert_eq!(offset_of!(TransitionEvent, netns), 24);
+        assert_eq!(offset_of!(TransitionEvent, pid), 28);
+        assert_eq!(offset_of!(TransitionEvent, tgid), 32);
+        assert_eq!(offset_of!(TransitionEvent, oldstate), 36);
+        assert_eq!(offset_of!(TransitionEvent, newstate), 37);
+        assert_eq!(offset_of!(TransitionEvent, family), 38);
+        assert_eq!(offset_of!(TransitionEvent, protocol), 40);
+        assert_eq!(offset_of!(TransitionEvent, sport), 42);
+        assert_eq!(offset_of!(TransitionEvent, dport), 44);
+        assert_eq!(offset_of!(TransitionEvent, flags), 46);
+        assert_eq!(offset_of!(TransitionEvent, saddr), 48);
+        assert_eq!(offset_of!(TransitionEvent, daddr), 64);
+        assert_eq!(offset_of!(TransitionEvent, comm), 80);
+        assert_eq!(offset_of!(TransitionEvent, error), 96);
         assert_eq!(offset_of!(SignalKey, kind), 8);
         assert_eq!(offset_of!(SignalKey, port), 12);
         assert_eq!(core::mem::size_of::<Stats>(), STATS_LEN as usize * 8);
     }
 
     #[test]
-    fn config_and_sockinfo_layout_is_stable() {
+    fn config_layout_is_stable() {
         assert_eq!(core::mem::size_of::<ProbeConfig>(), 136);
         assert_eq!(offset_of!(ProbeConfig, sk_err), 80);
         assert_eq!(offset_of!(ProbeConfig, sk_protocol), 32);
         assert_eq!(offset_of!(ProbeConfig, inet_sport), 40);
         assert_eq!(offset_of!(ProbeConfig, tp_skaddr), 48);
-        assert_eq!(core::mem::size_of::<SockInfo>(), 48);
-        assert_eq!(offset_of!(SockInfo, comm), 16);
         assert_eq!(ProbeConfig::UNSET.layout_version, LAYOUT_VERSION);
     }
 

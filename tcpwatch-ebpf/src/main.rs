@@ -18,20 +18,21 @@ use core::ffi::c_void;
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::{
     EbpfContext,
+    btf_maps::{ArrayOfMaps, RingBuf},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_buf, generated,
     },
-    macros::{btf_tracepoint, map, tracepoint},
-    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    macros::{btf_map, btf_tracepoint, map, tracepoint},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tcpwatch_common::{
-    AF_INET6, DIR_IN, DIR_OUT, EventHeader, FLAG_ACTIVE, FLAG_CAUGHT, FLAG_DELTA_KNOWN,
-    FLAG_OWNER_KNOWN, FLAG_PASSIVE, HOOK_BTF, HOOK_CLASSIC, IPPROTO_MPTCP, IPPROTO_TCP, PF_KTHREAD,
-    PROG_CATCHER, PROG_MAIN, ProbeConfig, RECENT_SLOTS, Recent, STATS_LEN, SignalKey, SignalStats,
-    SockInfo, Stats, TP_RECORD_READ, TaskComm, TransitionEvent, kind, listener_key,
-    owner_runs_transition, signal, stat, stat_index, state::*, transition_id, transition_index,
+    AF_INET6, DIR_IN, DIR_OUT, EventHeader, FLAG_CAUGHT, FLAG_OWNER_KNOWN, HOOK_BTF, HOOK_CLASSIC,
+    IPPROTO_MPTCP, IPPROTO_TCP, PF_KTHREAD, PROG_CATCHER, PROG_MAIN, ProbeConfig, RECENT_SLOTS,
+    Recent, STATS_LEN, SignalKey, SignalStats, Stats, TP_RECORD_READ, TaskComm, TransitionEvent,
+    kind, listener_key, owner_runs_transition, signal, stat, stat_index, state::*, transition_id,
+    transition_index,
 };
 
 /// Filled in by user space before load (read-only data).
@@ -44,9 +45,13 @@ static CONFIG: ProbeConfig = ProbeConfig::UNSET;
 #[unsafe(no_mangle)]
 static TCPWATCH_LAYOUT: u32 = tcpwatch_common::LAYOUT_VERSION;
 
-/// Transition events for user space. Size is set by the loader.
-#[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+/// Transition events for user space: one ring buffer per CPU, made and
+/// sized by user space (the count of entries too). One ring shared by all
+/// CPUs cost ~250 ns per event on two CPUs (its lock and positions bounced
+/// between them; ~10 ns on one CPU, measured): user space merges the rings
+/// in time order instead (`probe::capture`).
+#[btf_map]
+static EVENTS: ArrayOfMaps<RingBuf<TransitionEvent, 4096>, 1> = ArrayOfMaps::new();
 
 /// Per-CPU counters: every transition per (old, new), plus event statistics
 /// (layout in tcpwatch_common), in one value so user space reads them with
@@ -54,16 +59,13 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 static STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-socket owner and last-transition time, keyed by skaddr. LRU so that
-/// sockets we never see close cannot fill it; an evicted socket reports an
-/// unknown owner, never a wrong one. Size is set by the loader.
+/// Listening ports by (netns, port) (key [`listener_key`]), value the
+/// listening socket's address (0 when seeded from procfs): how a signal of
+/// a socket tells a server's side from a client's. Written only on
+/// `-> LISTEN` and `LISTEN -> CLOSE`, never on the per-connection path.
+/// Owners, sides and times of sockets are followed in user space.
 #[map]
-static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(131_072, 0);
-
-/// Owner of each listening socket by (netns, port): accepted children are
-/// created in softirq and inherit it.
-#[map]
-static LISTENERS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(16_384, 0);
+static LISTENERS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
 
 /// Slot 0 is set to 1 by user space once every program is attached. Until
 /// then the programs do nothing, so no transition is seen by the main
@@ -246,8 +248,13 @@ fn read_btf(
     // SAFETY (all `field` calls): offsets are BTF member offsets of struct
     // sock for fields of these sizes, checked by user space and again by
     // the verifier against BTF.
-    let family: u16 = unsafe { field(sk, off(&CONFIG.sk_family)) };
     let protocol: u16 = unsafe { field(sk, off32(&CONFIG.sk_protocol)) };
+    // SAFETY: `sk` is the hook's socket argument.
+    let netns = unsafe { sk_netns(sk, cfg) };
+    if !admit(prog, protocol, netns, cfg) {
+        return None;
+    }
+    let family: u16 = unsafe { field(sk, off(&CONFIG.sk_family)) };
     // The local port through the socket seen as a `struct tcp_sock`, a BTF
     // type that reaches past `struct sock`: a direct load, not a helper read
     // (before, helper reads were ~6 % of the programs' time, this one among
@@ -267,7 +274,7 @@ fn read_btf(
         protocol,
         sport,
         dport: u16::from_be(dport),
-        netns: 0,
+        netns,
         saddr: [0; 4],
         daddr: [0; 4],
         error: 0,
@@ -294,8 +301,6 @@ fn read_btf(
         t.saddr[0] = unsafe { field(sk, off(&CONFIG.sk_rcv_saddr)) };
         t.daddr[0] = unsafe { field(sk, off(&CONFIG.sk_daddr)) };
     }
-    // SAFETY: `sk` is the hook's socket argument.
-    t.netns = unsafe { sk_netns(sk, cfg) };
     Some(t)
 }
 
@@ -326,6 +331,10 @@ fn read_classic(ctx: &TracePointContext, cfg: &ProbeConfig) -> Option<Transition
         error: 0,
         cookie: 0,
     };
+    t.netns = classic_netns(cfg, skaddr);
+    if !admit(PROG_MAIN, t.protocol, t.netns, cfg) {
+        return None;
+    }
     if t.newstate == TCP_CLOSE && cfg.sk_err != 0 {
         t.error = read_kernel::<i32>(PROG_MAIN, skaddr + cfg.sk_err as u64).unwrap_or(0) as u16;
     }
@@ -340,7 +349,6 @@ fn read_classic(ctx: &TracePointContext, cfg: &ProbeConfig) -> Option<Transition
         t.saddr[0] = word(cfg.tp_saddr, 0)?;
         t.daddr[0] = word(cfg.tp_daddr, 0)?;
     }
-    t.netns = classic_netns(cfg, skaddr);
     Some(t)
 }
 
@@ -387,12 +395,6 @@ fn zeroed<T: Copy>() -> T {
     unsafe { v.assume_init() }
 }
 
-/// The owner of a socket nobody has been seen to own: all fields zero.
-#[inline(always)]
-fn unknown_owner() -> SockInfo {
-    zeroed()
-}
-
 /// The current task's comm, written straight into an aligned value (the
 /// helper wrapper returns a byte array, which costs a byte-wise copy).
 #[inline(always)]
@@ -406,20 +408,6 @@ fn current_comm() -> TaskComm {
     }
 }
 
-#[inline(always)]
-fn current_owner() -> SockInfo {
-    let id = bpf_get_current_pid_tgid();
-    SockInfo {
-        last_ns: 0,
-        pid: id as u32,
-        tgid: (id >> 32) as u32,
-        comm: current_comm(),
-        flags: FLAG_OWNER_KNOWN as u32,
-        _pad: 0,
-        sk: 0,
-    }
-}
-
 /// Bytes past a multiple of the wakeup mark within which a record still
 /// counts as crossing it: eight records with their ring headers.
 const WAKE_WINDOW: u64 = 8 * (core::mem::size_of::<TransitionEvent>() as u64 + 8);
@@ -430,144 +418,86 @@ fn words_to_bytes(w: [u32; 4]) -> [u8; 16] {
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) }
 }
 
-/// Counts one transition, keeps per-socket owner and timing, and emits the
-/// event. Never fails: whatever cannot be done is counted in `STATS`.
-/// The side bits of `SockInfo::flags`.
-const SIDES: u32 = (FLAG_PASSIVE | FLAG_ACTIVE) as u32;
+/// Whether a transition of this protocol and namespace is in scope; one
+/// that is not is counted and costs no further read.
+#[inline(always)]
+fn admit(prog: u32, protocol: u16, netns: u32, cfg: &ProbeConfig) -> bool {
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_MPTCP {
+        bump(stat_index(prog, stat::OTHER_PROTOCOL));
+        return false;
+    }
+    if cfg.filter_netns != 0 && netns != cfg.filter_netns {
+        bump(stat_index(prog, stat::FILTERED));
+        return false;
+    }
+    true
+}
 
+/// Counts one transition and emits the event, with the current task only
+/// where it is the owner (user space follows owners, sides and times from
+/// there). Never fails: whatever cannot be done is counted in `STATS`.
 #[inline(always)]
 fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
-    if t.protocol != IPPROTO_TCP && t.protocol != IPPROTO_MPTCP {
-        bump(stat_index(prog, stat::OTHER_PROTOCOL));
-        return;
-    }
-    if cfg.filter_netns != 0 && t.netns != cfg.filter_netns {
-        bump(stat_index(prog, stat::FILTERED));
-        return;
-    }
     match transition_index(prog, t.oldstate, t.newstate) {
         Some(i) => bump(i),
         None => bump(stat_index(prog, stat::BAD_STATE)),
     }
-
-    // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    if t.newstate == TCP_LISTEN || t.oldstate == TCP_LISTEN && t.newstate == TCP_CLOSE {
+        note_listener(prog, t);
+    }
+    if t.oldstate == TCP_SYN_SENT && t.newstate == TCP_CLOSE && t.cookie != 0 {
+        // For the connect() that may be returning this failure: the
+        // transition counted it (and its error, if it had one).
+        let end = ConnectEnd {
+            cookie: t.cookie,
+            had_error: u64::from(t.error != 0),
+        };
+        let _ = CONNECT_ENDS.insert(&t.skaddr, &end, 0);
+    }
     let by_owner = owner_runs_transition(t.oldstate, t.newstate) && !in_kernel_thread(cfg, prog);
-    let mut flags = extra_flags;
-    let mut delta_ns = 0;
-    let info = match SOCKS.get_ptr_mut(&t.skaddr) {
-        Some(p) => {
-            // SAFETY: a pointer to this socket's map value, valid for this
-            // program run; a concurrent transition of the same socket on
-            // another CPU may race on these plain fields, which at worst
-            // gives a stale time or owner for that one event.
-            let e = unsafe { &mut *p };
-            if e.last_ns != 0 && now >= e.last_ns {
-                delta_ns = now - e.last_ns;
-                flags |= FLAG_DELTA_KNOWN;
-            }
-            if by_owner {
-                let cur = current_owner();
-                e.pid = cur.pid;
-                e.tgid = cur.tgid;
-                e.comm = cur.comm;
-                // The side stays what the socket's first transition said.
-                e.flags = cur.flags | (e.flags & SIDES);
-            }
-            e.last_ns = now;
-            *e
-        }
-        None => {
-            let mut info = if by_owner {
-                current_owner()
-            } else if t.oldstate == TCP_LISTEN && t.newstate == TCP_SYN_RECV {
-                // SAFETY: the value is copied out at once.
-                match unsafe { LISTENERS.get(&listener_key(t.netns, t.sport)) } {
-                    Some(l) => *l,
-                    None => unknown_owner(),
-                }
-            } else {
-                unknown_owner()
-            };
-            info.last_ns = now;
-            // A socket's first transition says its side for good.
-            if t.oldstate == TCP_LISTEN && t.newstate == TCP_SYN_RECV {
-                info.flags |= FLAG_PASSIVE as u32;
-            } else if t.oldstate == TCP_CLOSE && t.newstate == TCP_SYN_SENT {
-                info.flags |= FLAG_ACTIVE as u32;
-            }
-            if t.newstate != TCP_CLOSE && SOCKS.insert(&t.skaddr, &info, 0).is_err() {
-                bump(stat_index(prog, stat::MAP_UPDATE_FAILED));
-            }
-            info
-        }
+    // SAFETY: a helper without preconditions.
+    let cpu = unsafe { generated::bpf_get_smp_processor_id() };
+    // No ring for this CPU cannot happen (user space gives every possible
+    // CPU one); were it to, the event is counted as dropped, never silent.
+    let Some(ring) = EVENTS.get(cpu) else {
+        bump(stat_index(prog, stat::RINGBUF_FULL));
+        return;
     };
-    if t.newstate == TCP_CLOSE {
-        // The socket address is reused once freed: forget it now. A missing
-        // entry (never seen, or evicted) is not an error.
-        let _ = SOCKS.remove(&t.skaddr);
-        if t.oldstate == TCP_SYN_SENT && t.cookie != 0 {
-            // For the connect() that may be returning this failure: the
-            // transition counted it (and its error, if it had one).
-            let end = ConnectEnd {
-                cookie: t.cookie,
-                had_error: u64::from(t.error != 0),
-            };
-            let _ = CONNECT_ENDS.insert(&t.skaddr, &end, 0);
-        }
-    }
-    let lkey = listener_key(t.netns, t.sport);
-    if t.newstate == TCP_LISTEN {
-        let mut entry = info;
-        entry.sk = t.skaddr;
-        // SAFETY: the value is copied out at once.
-        if let Some(prev) = unsafe { LISTENERS.get(&lkey) }
-            && prev.sk != t.skaddr
-            && prev.sk != 0
-            && prev.tgid != entry.tgid
-        {
-            // Two processes listen on this port (SO_REUSEPORT, or other
-            // addresses): a child cannot be told apart, so its owner is
-            // unknown rather than possibly wrong.
-            entry.flags = 0;
-        }
-        if LISTENERS.insert(&lkey, &entry, 0).is_err() {
-            bump(stat_index(prog, stat::MAP_UPDATE_FAILED));
-        }
-    } else if t.oldstate == TCP_LISTEN && t.newstate == TCP_CLOSE {
-        // Only this listener's own entry (a failed listen() on a busy port
-        // must not remove the real listener's), or one seeded from procfs.
-        // SAFETY: the value is read at once.
-        if unsafe { LISTENERS.get(&lkey) }.is_some_and(|l| l.sk == t.skaddr || l.sk == 0) {
-            let _ = LISTENERS.remove(&lkey);
-        }
-    }
-
-    let known = info.flags as u16 & (FLAG_OWNER_KNOWN | FLAG_PASSIVE | FLAG_ACTIVE);
-    match EVENTS.reserve::<TransitionEvent>(0) {
+    match ring.reserve(0) {
         Some(mut entry) => {
+            let (pid, tgid, comm, owner) = if by_owner {
+                let id = bpf_get_current_pid_tgid();
+                (
+                    id as u32,
+                    (id >> 32) as u32,
+                    current_comm(),
+                    FLAG_OWNER_KNOWN,
+                )
+            } else {
+                (0, 0, zeroed(), 0)
+            };
             entry.write(TransitionEvent {
                 header: EventHeader {
                     kind: kind::TRANSITION,
                     size: core::mem::size_of::<TransitionEvent>() as u16,
                     _pad: 0,
                 },
-                ts_ns: now,
+                // SAFETY: a helper without preconditions.
+                ts_ns: unsafe { bpf_ktime_get_ns() },
                 skaddr: t.skaddr,
-                delta_ns,
                 netns: t.netns,
-                pid: info.pid,
-                tgid: info.tgid,
+                pid,
+                tgid,
                 oldstate: t.oldstate,
                 newstate: t.newstate,
                 family: t.family,
                 protocol: t.protocol,
                 sport: t.sport,
                 dport: t.dport,
-                flags: flags | known,
+                flags: extra_flags | owner,
                 saddr: words_to_bytes(t.saddr),
                 daddr: words_to_bytes(t.daddr),
-                comm: info.comm,
+                comm,
                 error: t.error,
                 _pad2: [0; 3],
             });
@@ -580,7 +510,14 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
             // window absorbs records other CPUs reserve between our reserve
             // and this query; a crossing missed anyway is caught at the
             // next multiple or by the timer.
-            let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+            // SAFETY: `ring` is the inner map the lookup gave, which is
+            // what the helper takes (as the typed methods pass it).
+            let avail = unsafe {
+                generated::bpf_ringbuf_query(
+                    core::ptr::from_ref(ring).cast_mut().cast(),
+                    BPF_RB_AVAIL_DATA as u64,
+                )
+            };
             let mark = cfg.wakeup_bytes as u64;
             let flags = if mark != 0 && avail >= mark && avail % mark < WAKE_WINDOW {
                 BPF_RB_FORCE_WAKEUP
@@ -591,6 +528,25 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
             bump(stat_index(prog, stat::EMITTED));
         }
         None => bump(stat_index(prog, stat::RINGBUF_FULL)),
+    }
+}
+
+/// Keeps the listening-port map: a listen adds its port, the listener's own
+/// close removes it (not a failed listen() on a busy port, whose close must
+/// not remove the real listener's), as does the close of a seeded entry.
+#[inline(always)]
+fn note_listener(prog: u32, t: &Transition) {
+    let key = listener_key(t.netns, t.sport);
+    if t.newstate == TCP_LISTEN {
+        if LISTENERS.insert(&key, &t.skaddr, 0).is_err() {
+            bump(stat_index(prog, stat::MAP_UPDATE_FAILED));
+        }
+    } else {
+        // SAFETY: the value is read at once.
+        let own = unsafe { LISTENERS.get(&key) }.is_some_and(|&sk| sk == t.skaddr || sk == 0);
+        if own {
+            let _ = LISTENERS.remove(&key);
+        }
     }
 }
 
@@ -711,6 +667,22 @@ pub fn tcpwatch_catch(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// The bench's floor (`tcpwatch floor`, never loaded otherwise): what any
+/// program on this hook costs at least, counting every transition and
+/// doing nothing else.
+#[map]
+static FLOOR: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tcpwatch_floor(_ctx: BtfTracePointContext) -> i32 {
+    if let Some(n) = FLOOR.get_ptr_mut(0) {
+        // SAFETY: this CPU's value; the program never nests in itself on
+        // one CPU (the kernel skips it instead).
+        unsafe { *n += 1 };
+    }
+    0
+}
+
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn tcpwatch_classic(ctx: TracePointContext) -> u32 {
     let cfg = config();
@@ -825,24 +797,14 @@ unsafe fn tcp_local_port(sk: *const u8) -> Option<u16> {
 
 /// Where a signal of a socket is counted: under its local port for a
 /// server's socket, under the remote port for a client's (as transitions
-/// are). The side is the one the transition program noted for the socket;
-/// else a listener on the local port makes it a server's. A packet that
-/// found no socket at all (`skaddr` 0) was sent to a local port.
+/// are). A socket whose local port is listening in its namespace is taken
+/// for a server's (a client bound to a listening port's number is counted
+/// there too); a packet that found no socket at all (`no_socket`) was sent
+/// to a local port.
 #[inline(always)]
-fn signal_key(netns: u32, kind: u16, skaddr: u64, local: u16, remote: u16) -> SignalKey {
-    // SAFETY: the value is read at once.
-    let flags = match unsafe { SOCKS.get(&skaddr) } {
-        Some(info) if skaddr != 0 => info.flags,
-        _ => 0,
-    };
-    let inbound = if flags & FLAG_PASSIVE as u32 != 0 {
-        true
-    } else if flags & FLAG_ACTIVE as u32 != 0 {
-        false
-    } else {
-        // SAFETY: the value is not kept.
-        skaddr == 0 || unsafe { LISTENERS.get(&listener_key(netns, local)) }.is_some()
-    };
+fn signal_key(netns: u32, kind: u16, no_socket: bool, local: u16, remote: u16) -> SignalKey {
+    // SAFETY: the value is not kept.
+    let inbound = no_socket || unsafe { LISTENERS.get(&listener_key(netns, local)) }.is_some();
     SignalKey {
         netns,
         tgid: 0,
@@ -854,33 +816,10 @@ fn signal_key(netns: u32, kind: u16, skaddr: u64, local: u16, remote: u16) -> Si
     }
 }
 
-/// Per program, where a socket pointer becomes a number (see btf_args).
-#[map]
-static SIGNAL_SLOTS: PerCpuArray<[u64; 4]> = PerCpuArray::with_max_entries(1, 0);
-
-/// The socket pointer `sk` as a number (a map key), 0 when NULL.
-#[inline(always)]
-fn sk_number(sk: *const u8, slot: usize) -> u64 {
-    if sk.is_null() || slot >= 4 {
-        return 0;
-    }
-    let Some(p) = SIGNAL_SLOTS.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's value; each program has its own slot and never
-    // nests in itself on one CPU. Volatile, so the round trip through the
-    // map that turns the pointer into a number is not optimized away.
-    unsafe {
-        let at = core::ptr::addr_of_mut!((*p)[slot]);
-        core::ptr::write_volatile(at.cast::<*const u8>(), sk);
-        core::ptr::read_volatile(at)
-    }
-}
-
 /// A signal of full TCP socket `sk` (a reset received or sent by it, a
 /// SYN-ACK its listener retransmitted).
 #[inline(always)]
-fn socket_signal(sk: *const u8, kind: u16, slot: usize, cfg: &ProbeConfig) {
+fn socket_signal(sk: *const u8, kind: u16, cfg: &ProbeConfig) {
     if sk.is_null() {
         signal_stat(true, kind);
         return;
@@ -897,7 +836,7 @@ fn socket_signal(sk: *const u8, kind: u16, slot: usize, cfg: &ProbeConfig) {
             u16::from_be(field::<u16>(sk, off(&CONFIG.sk_dport))),
         )
     };
-    count_signal(&signal_key(netns, kind, sk_number(sk, slot), local, remote));
+    count_signal(&signal_key(netns, kind, false, local, remote));
 }
 
 /// `tcp:tcp_receive_reset(sk)`: a reset arrived for one of our sockets.
@@ -905,7 +844,7 @@ fn socket_signal(sk: *const u8, kind: u16, slot: usize, cfg: &ProbeConfig) {
 pub fn tcpwatch_rst_in(ctx: BtfTracePointContext) -> i32 {
     let cfg = config();
     if cfg.hook == HOOK_BTF && armed() {
-        socket_signal(ctx.arg(0), signal::RST_RECEIVED, 0, &cfg);
+        socket_signal(ctx.arg(0), signal::RST_RECEIVED, &cfg);
     }
     0
 }
@@ -915,7 +854,7 @@ pub fn tcpwatch_rst_in(ctx: BtfTracePointContext) -> i32 {
 pub fn tcpwatch_synack(ctx: BtfTracePointContext) -> i32 {
     let cfg = config();
     if cfg.hook == HOOK_BTF && armed() {
-        socket_signal(ctx.arg(0), signal::SYNACK_RETRANSMIT, 1, &cfg);
+        socket_signal(ctx.arg(0), signal::SYNACK_RETRANSMIT, &cfg);
     }
     0
 }
@@ -933,7 +872,7 @@ pub fn tcpwatch_rst_out(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let skb: *const u8 = ctx.arg(1);
     if skb.is_null() {
-        socket_signal(sk, signal::RST_SENT, 2, &cfg);
+        socket_signal(sk, signal::RST_SENT, &cfg);
         return 0;
     }
     if cfg.skb_data == 0 {
@@ -959,7 +898,7 @@ pub fn tcpwatch_rst_out(ctx: BtfTracePointContext) -> i32 {
     let key = signal_key(
         netns,
         signal::RST_SENT,
-        sk_number(sk, 2),
+        sk.is_null(),
         u16::from_be(ports[1]),
         u16::from_be(ports[0]),
     );

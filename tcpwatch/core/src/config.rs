@@ -225,8 +225,10 @@ pub enum Hook {
 #[serde(deny_unknown_fields, default)]
 pub struct Probe {
     pub hook: Hook,
-    #[serde(deserialize_with = "ring_kib")]
-    pub ring_kib: u32,
+    /// Each CPU's ring buffer; None: 4 MiB shared out, at least 256 KiB
+    /// per CPU.
+    #[serde(deserialize_with = "ring_kib", skip_serializing_if = "Option::is_none")]
+    pub ring_kib: Option<u32>,
     pub witness: bool,
 }
 
@@ -234,8 +236,8 @@ impl Default for Probe {
     fn default() -> Self {
         Probe {
             hook: Hook::Auto,
-            ring_kib: 4096,
-            witness: true,
+            ring_kib: None,
+            witness: false,
         }
     }
 }
@@ -368,8 +370,8 @@ fn owners_every<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     ranged(d, range::OWNERS_EVERY, "a number of censuses")
 }
 
-fn ring_kib<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    ranged(d, range::RING_KIB, "a size in KiB")
+fn ring_kib<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    ranged(d, range::RING_KIB, "a size in KiB").map(Some)
 }
 
 fn cap<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -457,10 +459,12 @@ netns = "own"
 [probe]
 # Kernel hook: "auto" (BTF where the kernel has it), "btf" or "classic".
 hook = "auto"
-# Ring buffer size in KiB (4-1048576), rounded up to a power of two.
-ring_kib = 4096
-# Count tracepoint firings the kernel ran no program for (perf counter).
-witness = true
+# Each CPU's ring buffer in KiB (4-1048576), rounded up to a power of two.
+# Unset: 4 MiB shared out between CPUs, at least 256 KiB each.
+# ring_kib = 2048
+# Count tracepoint firings the kernel ran no program for (a perf counter,
+# host-wide: an audit that costs ~370 ns per transition; off by default).
+witness = false
 
 [metrics]
 enabled = true

@@ -21,6 +21,8 @@ pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod record;
+pub mod reorder;
 pub mod signals;
 pub mod snapshot;
+pub mod sockets;
 pub mod view;

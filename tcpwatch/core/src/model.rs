@@ -7,9 +7,8 @@ use std::{
 };
 
 use tcpwatch_common::{
-    AF_INET6, FLAG_ACTIVE, FLAG_CAUGHT, FLAG_DELTA_KNOWN, FLAG_OWNER_KNOWN, FLAG_PASSIVE,
-    IPPROTO_MPTCP, NUM_PROGS, PROG_SLOTS, STATE_SLOTS, TRANSITION_SLOTS, TcpState, TransitionEvent,
-    stat,
+    AF_INET6, FLAG_CAUGHT, FLAG_OWNER_KNOWN, IPPROTO_MPTCP, NUM_PROGS, PROG_SLOTS, STATE_SLOTS,
+    TRANSITION_SLOTS, TcpState, TransitionEvent, stat,
 };
 
 /// A state as reported: known to tcpwatch, or a number it does not know.
@@ -197,10 +196,10 @@ pub struct Transition {
     pub in_old: Option<Duration>,
     /// Delivered by the catcher program (the kernel skipped the main one).
     pub caught: bool,
-    /// The socket's side as the kernel showed it at its first transition:
-    /// a server's (LISTEN -> SYN-RECV, true) or a client's (CLOSE ->
-    /// SYN-SENT, false). None when unknown: the socket is older than the
-    /// probe, or the probe's entry for it was evicted.
+    /// The socket's side as its first transition showed it: a server's
+    /// (LISTEN -> SYN-RECV, true) or a client's (CLOSE -> SYN-SENT, false).
+    /// None when unknown: the socket is older than the probe, or a lost
+    /// transition broke its chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passive: Option<bool>,
     /// At `-> CLOSE`, the error the kernel closed the socket with (errno:
@@ -284,15 +283,10 @@ impl Transition {
             },
             local: SocketAddr::new(saddr, e.sport),
             remote: SocketAddr::new(daddr, e.dport),
-            in_old: (e.flags & FLAG_DELTA_KNOWN != 0).then(|| Duration::from_nanos(e.delta_ns)),
+            // Followed in user space (`sockets::Follower`).
+            in_old: None,
             caught: e.flags & FLAG_CAUGHT != 0,
-            passive: if e.flags & FLAG_PASSIVE != 0 {
-                Some(true)
-            } else if e.flags & FLAG_ACTIVE != 0 {
-                Some(false)
-            } else {
-                None
-            },
+            passive: None,
             error: (e.error != 0).then_some(e.error),
         }
     }
@@ -551,12 +545,11 @@ mod tests {
         TransitionEvent {
             header: tcpwatch_common::EventHeader {
                 kind: tcpwatch_common::kind::TRANSITION,
-                size: 112,
+                size: 104,
                 _pad: 0,
             },
             ts_ns: 5,
             skaddr: 0xffff_8880_0000_1000,
-            delta_ns: 1_500_000,
             netns: 4026531840,
             pid: 101,
             tgid: 100,
@@ -566,7 +559,7 @@ mod tests {
             protocol: IPPROTO_TCP,
             sport: 40000,
             dport: 80,
-            flags: FLAG_OWNER_KNOWN | FLAG_DELTA_KNOWN,
+            flags: FLAG_OWNER_KNOWN,
             saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             daddr: [127, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             comm: tcpwatch_common::TaskComm(*b"curl\0\0\0\0\0\0\0\0\0\0\0\0"),
@@ -615,7 +608,7 @@ mod tests {
         assert_eq!(t.new.to_string(), "ESTABLISHED");
         assert_eq!(t.owner.as_ref().unwrap().pid, 100);
         assert_eq!(t.owner.as_ref().unwrap().comm, "curl");
-        assert_eq!(t.in_old, Some(Duration::from_micros(1500)));
+        assert_eq!(t.in_old, None, "followed in user space, not sent");
         assert_eq!(t.ip_version(), 4);
     }
 

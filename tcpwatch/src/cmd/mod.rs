@@ -20,6 +20,7 @@ macro_rules! say {
 pub mod alerts;
 pub mod config;
 pub mod daemon;
+pub mod floor;
 pub mod output;
 pub mod replay;
 pub mod snapshot;

@@ -1,10 +1,12 @@
-//! The event source: drains the ring buffer from tokio in batches and reads
+//! The event source: drains the per-CPU ring buffers from tokio in batches,
+//! in time order, and reads
 //! the lossless counters. The only module that touches BPF maps; everything
 //! else sees [`Transition`]s and [`KernelCounters`].
 use std::{
     cell::{Cell, RefCell},
     io,
     os::fd::AsFd,
+    task::Poll,
     time::Duration,
 };
 
@@ -12,11 +14,14 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use tcpwatch_common::{
-    EventHeader, FLAG_OWNER_KNOWN, PROG_MAIN, STATS_LEN, SockInfo, Stats, TaskComm,
-    TransitionEvent, kind, listener_key, stat, stat_index,
+    EventHeader, PROG_MAIN, STATS_LEN, Stats, TransitionEvent, kind, listener_key, stat, stat_index,
 };
 
-use tcpwatch_core::model::{KernelCounters, Owner, ProgCounters, Slot, Transition, stats_slot};
+use tcpwatch_core::{
+    model::{KernelCounters, ProgCounters, Slot, Transition, stats_slot},
+    reorder::Reorder,
+    sockets::Follower,
+};
 
 use crate::{
     host::owners,
@@ -37,12 +42,29 @@ const WITNESS_SAMPLE_WITHIN: Duration = Duration::from_millis(2);
 /// At stop, how long to wait for records emitted before the detach.
 const STOP_DRAIN_WITHIN: Duration = Duration::from_secs(1);
 
-/// How often the ring buffer is read when the kernel has not woken us.
+/// How often the ring buffers are read when the kernel has not woken us.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How soon to read again while records are held back for time order: a
+/// held record goes out once the clock has passed it by the slack.
+const HELD_RECHECK: Duration = Duration::from_millis(2);
+
+/// Slack between the kernel's event clock (`bpf_ktime_get_ns`, the fast
+/// monotonic clock) and CLOCK_MONOTONIC read here, taken off the watermark.
+const CLOCK_SLACK_NS: u64 = 1_000_000;
 
 pub struct Capture {
     loaded: Loaded,
-    ring: AsyncFd<RingBuf<MapData>>,
+    /// Each CPU's ring, by CPU index.
+    rings: Vec<AsyncFd<RingBuf<MapData>>>,
+    /// Records read from the rings: each CPU's ring is in its own order,
+    /// and a socket moves between CPUs.
+    reorder: Reorder<TransitionEvent>,
+    /// Records a ring holds at most: a read of that many from one ring has
+    /// read everything that was in it when the read began.
+    ring_records: usize,
+    /// At stop: everything left is released, there is nothing later.
+    flush: bool,
     stats: PerCpuArray<MapData, Stats>,
     /// Records of an unexpected size (an object built from other sources).
     malformed: u64,
@@ -69,6 +91,10 @@ pub struct Capture {
     more: bool,
     /// The signal counters' reader, until someone takes it.
     signals: Option<SignalReader>,
+    /// Each socket's owner, side and time in its state, completed here on
+    /// every delivered transition (the kernel sends the owner only where
+    /// it ran the transition).
+    sockets: Follower,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,25 +120,29 @@ impl Capture {
         // not keep it resident (measured: daemon RSS 41 MB -> 15 MB).
         // SAFETY: malloc_trim only releases free memory; no pointer changes.
         unsafe { libc::malloc_trim(0) };
-        let ring = loaded
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or(CaptureError::MissingMap("EVENTS"))?;
-        let ring = RingBuf::try_from(ring).map_err(|e| CaptureError::Map("EVENTS", e))?;
+        let ring_records =
+            loaded.config.wakeup_bytes as usize * 4 / (size_of::<TransitionEvent>() + 8);
         let stats = loaded
             .ebpf
             .take_map("STATS")
             .ok_or(CaptureError::MissingMap("STATS"))?;
         let stats = PerCpuArray::try_from(stats).map_err(|e| CaptureError::Map("STATS", e))?;
         let signals = SignalReader::new(&mut loaded.ebpf)?;
-        // SAFETY: RingBuf owns its map fd and returns that same fd from
-        // as_raw_fd for as long as it lives; the AsyncFd owns the RingBuf.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(io::Error::from)?;
+        let rings = std::mem::take(&mut loaded.rings)
+            .into_iter()
+            .map(|ring| {
+                // SAFETY: RingBuf owns its map fd and returns that same fd
+                // from as_raw_fd for as long as it lives; the AsyncFd owns
+                // the RingBuf.
+                unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                    .map_err(io::Error::from)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // After attaching (a listener opened meanwhile is seen by the probe
         // itself, and the probe's entries win: seeding never replaces) and
         // before arming, so the scan of every process's fds cannot delay the
         // first drain of the ring buffer.
+        let mut sockets = Follower::default();
         match owners::listeners() {
             Ok(found) => {
                 // The probe keys listeners by the netns it can read (0 if none).
@@ -121,7 +151,10 @@ impl Capture {
                 } else {
                     0
                 };
-                seed_listeners(&mut loaded, netns, &found)?;
+                seed_listeners(&mut loaded, netns, found.iter().map(|(port, _)| *port))?;
+                for (port, owner) in found {
+                    sockets.seed_listener((netns != 0).then_some(netns), port, owner);
+                }
             }
             Err(e) => tracing::warn!("owners of existing listeners unknown: {e}"),
         }
@@ -129,10 +162,13 @@ impl Capture {
         let witness = if opts.witness {
             open_witness(&loaded, &stats)
         } else {
-            Err("--no-witness".into())
+            Err("off; --witness audits with one".into())
         };
-        if let Err(why) = &witness {
-            tracing::warn!("no witness counter: {why}");
+        match &witness {
+            // Off by default: said at exit and in the metrics, not warned.
+            Err(_) if !opts.witness => {}
+            Err(why) => tracing::warn!("no witness counter: {why}"),
+            Ok(_) => {}
         }
         let misses_before_arming = match &witness {
             Ok((_, base)) => base.misses,
@@ -141,7 +177,10 @@ impl Capture {
         loaded.set_armed(true)?;
         Ok(Capture {
             loaded,
-            ring,
+            rings,
+            reorder: Reorder::default(),
+            ring_records,
+            flush: false,
             stats,
             malformed: 0,
             misses_before_arming,
@@ -152,6 +191,7 @@ impl Capture {
             delivered: 0,
             more: false,
             signals: Some(signals),
+            sockets,
         })
     }
 
@@ -247,35 +287,105 @@ impl Capture {
 
     /// Resolves when events may be waiting: at once when the last
     /// [`drain_each`](Self::drain_each) stopped at its limit, else on the
-    /// kernel's wakeup or after [`POLL_INTERVAL`]. Cancel-safe.
+    /// kernel's wakeup of any ring or after [`POLL_INTERVAL`] ([`HELD_RECHECK`]
+    /// while records are held back for time order). Cancel-safe.
     pub async fn ready(&mut self) -> io::Result<()> {
         if self.more {
             return Ok(());
         }
-        if let Ok(guard) = tokio::time::timeout(POLL_INTERVAL, self.ring.readable_mut()).await {
-            // Edge-triggered: cleared before the read that follows, so a
-            // wakeup that comes after that read is not lost.
-            guard?.clear_ready();
+        let within = if self.reorder.held() > 0 {
+            HELD_RECHECK
+        } else {
+            POLL_INTERVAL
+        };
+        let rings = &mut self.rings;
+        let woken = std::future::poll_fn(|cx| {
+            let mut any = false;
+            for ring in rings.iter_mut() {
+                if let Poll::Ready(guard) = ring.poll_read_ready_mut(cx) {
+                    // Edge-triggered: cleared before the read that follows,
+                    // so a wakeup that comes after that read is not lost.
+                    guard?.clear_ready();
+                    any = true;
+                }
+            }
+            if any {
+                Poll::Ready(Ok::<(), io::Error>(()))
+            } else {
+                Poll::Pending
+            }
+        });
+        if let Ok(woken) = tokio::time::timeout(within, woken).await {
+            woken?;
         }
         Ok(())
     }
 
-    /// Lends up to `max` events now in the ring buffer to `f`, one by one,
-    /// without waiting; stops at `f`'s first error. The daemon's path: each
-    /// event is built once and used where it is, not copied into a batch.
+    /// Lends up to `max` events, in time order, to `f`, one by one, without
+    /// waiting; stops at `f`'s first error. Each event is completed with
+    /// its socket's owner, side and time in state before `f` sees it.
     pub fn drain_each<E>(
         &mut self,
         max: usize,
         mut f: impl FnMut(&Transition) -> Result<(), E>,
     ) -> Result<usize, E> {
+        let mut capped = false;
+        if self.reorder.ready() == 0 {
+            capped = self.read_rings();
+        }
         let mut n = 0;
-        let result = drain(self.ring.get_mut(), max, &mut self.malformed, |t| {
+        let mut result = Ok(());
+        while n < max {
+            let Some(event) = self.reorder.pop() else {
+                break;
+            };
+            // Built where it stays, and lent: moving a Transition (~150
+            // bytes) is a memcpy call, which was 6-10 % of the event
+            // thread's time.
+            let mut t = Transition::from_raw(&event);
+            self.sockets.follow(&mut t);
             n += 1;
-            f(t)
-        });
+            if let Err(e) = f(&t) {
+                result = Err(e);
+                break;
+            }
+        }
         self.delivered += n as u64;
-        self.more = n == max;
+        self.more = self.reorder.ready() > 0 || capped;
         result.map(|()| n)
+    }
+
+    /// Reads every ring once and releases what is surely complete; true if
+    /// a ring had more than one read takes.
+    ///
+    /// A transition's record is in its ring before any later transition of
+    /// the same socket runs (the program runs inside the state change,
+    /// under the socket's lock). So once every ring has been read past what
+    /// it held at a moment T, every record of a socket up to its last one
+    /// stamped before T is in hand, whatever CPUs they ran on: the records
+    /// up to T (less the clocks' slack) go out sorted by time, later ones
+    /// wait for the next read. (The slack also covers a record reserved and
+    /// not yet submitted, which stops a ring's read: a program interrupted
+    /// between the two for over 1 ms could still reorder a socket's
+    /// transitions; its chain then counts a break, never silently.)
+    fn read_rings(&mut self) -> bool {
+        let watermark = if self.flush {
+            u64::MAX
+        } else {
+            crate::host::clock::monotonic_ns().saturating_sub(CLOCK_SLACK_NS)
+        };
+        let mut capped = false;
+        for ring in &mut self.rings {
+            let n = read_ring(
+                ring.get_mut(),
+                self.ring_records,
+                &mut self.malformed,
+                &mut self.reorder,
+            );
+            capped |= n == self.ring_records;
+        }
+        self.reorder.release(watermark);
+        capped
     }
 
     /// Appends whatever is in the ring buffer now, without waiting.
@@ -327,6 +437,8 @@ impl Capture {
             None => {}
         }
         self.loaded.detach()?;
+        // Nothing later can come: release all that is read from now on.
+        self.flush = true;
         // A record reserved just before detaching may still be committed by
         // the CPU that reserved it: read until everything the programs
         // emitted has been read (or found malformed), waiting for the ring
@@ -457,51 +569,31 @@ fn main_runs_and_misses(
     Ok((runs, misses))
 }
 
-/// Hands up to `max` transitions to `f` (counting in `malformed` records of
-/// another kind or of the wrong size for theirs), until the ring is empty or
-/// `f` fails.
-fn drain<E>(
+/// Reads up to `max` records of one ring into `into` (counting in
+/// `malformed` records of another kind or of the wrong size for theirs);
+/// returns the records read.
+fn read_ring(
     ring: &mut RingBuf<MapData>,
     max: usize,
     malformed: &mut u64,
-    mut f: impl FnMut(&Transition) -> Result<(), E>,
-) -> Result<(), E> {
+    into: &mut Reorder<TransitionEvent>,
+) -> usize {
     let mut n = 0;
     while n < max {
         let Some(item) = ring.next() else { break };
+        n += 1;
         if !is_transition(&item) {
             *malformed += 1;
             continue;
         }
-        let ptr = item.as_ptr().cast::<TransitionEvent>();
-        // Read in place: ring-buffer records are 8-byte aligned (the kernel
-        // rounds every record to 8), so the copy out of the ring that an
-        // unaligned read needs is only the fallback. (That copy was a
-        // memmove call per event; without it the event thread's CPU under
-        // full churn went from 4.3-4.7 % to 4.0-4.3 % of a core.)
-        let copy;
-        let event: &TransitionEvent = if ptr.is_aligned() {
-            // SAFETY: the record is exactly one TransitionEvent (checked
-            // above), aligned (just checked), written by the eBPF program
-            // from the same shared definition, and every bit pattern is
-            // valid for its plain integer fields; it stays mapped while
-            // `item` lives, longer than `event` is used.
-            unsafe { &*ptr }
-        } else {
-            // SAFETY: as above; read_unaligned makes no alignment assumption.
-            copy = unsafe { std::ptr::read_unaligned(ptr) };
-            &copy
-        };
-        // Built where it stays, and lent: moving a Transition (~150 bytes)
-        // is a memcpy call, which was 6-10 % of the event thread's time.
-        let t = Transition::from_raw(event);
-        // The record goes back to the kernel before `f` runs (`event` is
-        // not used past this point).
-        drop(item);
-        n += 1;
-        f(&t)?;
+        // SAFETY: the record is exactly one TransitionEvent (checked
+        // above), written by the eBPF program from the same shared
+        // definition, and every bit pattern is valid for its plain integer
+        // fields; read_unaligned makes no alignment assumption.
+        let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<TransitionEvent>()) };
+        into.push(event.ts_ns, event);
     }
-    Ok(())
+    n
 }
 
 /// Whether a record is a whole transition event: by its header's kind and
@@ -579,32 +671,22 @@ fn prog_info(loaded: &Loaded, name: &'static str) -> Result<ProgInfo, CaptureErr
     })
 }
 
-/// Tells the probe who owns listeners that predate it, so connections they
-/// accept are attributed.
+/// Tells the probe which ports listened before it, so signals of their
+/// connections count on the server's side.
 fn seed_listeners(
     loaded: &mut Loaded,
     netns: u32,
-    found: &[(u16, Owner)],
+    ports: impl Iterator<Item = u16>,
 ) -> Result<(), CaptureError> {
     let map = loaded
         .ebpf
         .map_mut("LISTENERS")
         .ok_or(CaptureError::MissingMap("LISTENERS"))?;
-    let mut map: BpfHashMap<_, u64, SockInfo> =
+    let mut map: BpfHashMap<_, u64, u64> =
         BpfHashMap::try_from(map).map_err(|e| CaptureError::Map("LISTENERS", e))?;
-    for (port, owner) in found {
-        let comm = TaskComm(owner.comm.raw());
-        let info = SockInfo {
-            last_ns: 0,
-            pid: owner.tid,
-            tgid: owner.pid,
-            comm,
-            flags: FLAG_OWNER_KNOWN as u32,
-            _pad: 0,
-            sk: 0,
-        };
+    for port in ports {
         // BPF_NOEXIST: an entry the probe made is fresher than ours.
-        match map.insert(&listener_key(netns, *port), &info, 1) {
+        match map.insert(&listener_key(netns, port), &0, 1) {
             Ok(()) => {}
             Err(aya::maps::MapError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}

@@ -8,6 +8,7 @@ use std::{
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
+    maps::{ArrayOfMaps, MapData, RingBuf},
     programs::{
         BtfTracePoint, ProgramError, TracePoint, tp_btf::BtfTracePointLinkId,
         trace_point::TracePointLinkId,
@@ -56,10 +57,9 @@ pub struct LoadOptions {
     pub hook: HookChoice,
     /// Only this network namespace (inode number), filtered in the kernel.
     pub netns: Option<u32>,
-    /// Ring buffer size in bytes: a power of two, at least one page.
-    pub ring_bytes: u32,
-    /// Capacity of the per-socket owner map.
-    pub max_sockets: u32,
+    /// Each CPU's ring buffer size in bytes (rounded up to a power of two,
+    /// at least one page); None: [`default_ring_bytes`].
+    pub ring_bytes: Option<u32>,
     /// Show the verifier's log when a program is rejected.
     pub verbose: bool,
     /// Fault injection for tests: act as if the kernel skipped the main
@@ -81,14 +81,13 @@ impl Default for LoadOptions {
         LoadOptions {
             hook: HookChoice::Auto,
             netns: None,
-            ring_bytes: 4 << 20,
-            max_sockets: 131_072,
+            ring_bytes: None,
             verbose: false,
             #[cfg(feature = "fault-injection")]
             simulate_skip_every: 0,
             #[cfg(feature = "fault-injection")]
             simulate_not_run_every: 0,
-            witness: true,
+            witness: false,
         }
     }
 }
@@ -302,6 +301,8 @@ pub struct Loaded {
     /// Optional programs left out, with why.
     pub skipped: Vec<(&'static str, String)>,
     links: Vec<(&'static str, Link)>,
+    /// Each CPU's ring buffer of events, by CPU index (taken by the capture).
+    pub rings: Vec<RingBuf<MapData>>,
 }
 
 enum Link {
@@ -510,16 +511,14 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
         config.simulate_skip_every = opts.simulate_skip_every;
         config.simulate_not_run_every = opts.simulate_not_run_every;
     }
-    let ring_bytes = opts
-        .ring_bytes
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(path, e)| LoadError::other(format!("reading {path}"), e))?
+        .get();
+    let asked = opts.ring_bytes.unwrap_or_else(|| default_ring_bytes(cpus));
+    let ring_bytes = asked
         .max(4096)
         .checked_next_power_of_two()
-        .ok_or_else(|| {
-            LoadError::Usage(format!(
-                "ring buffer of {} bytes is too large",
-                opts.ring_bytes
-            ))
-        })?;
+        .ok_or_else(|| LoadError::Usage(format!("ring buffer of {asked} bytes is too large")))?;
     // Wake the reader at a quarter full: early enough that a burst does not
     // overflow before it runs, rare enough to cost nothing per event.
     config.wakeup_bytes = ring_bytes / 4;
@@ -527,8 +526,7 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
 
     let mut ebpf = EbpfLoader::new()
         .override_global("CONFIG", &config, true)
-        .map_max_entries("EVENTS", ring_bytes)
-        .map_max_entries("SOCKS", opts.max_sockets.max(1024))
+        .map_max_entries("EVENTS", cpus)
         .load(object)
         .map_err(|e| match e {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
@@ -539,6 +537,9 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
             e => LoadError::other("loading the eBPF object", e),
         })?;
 
+    // Before attaching: a program that found no ring would count its events
+    // as dropped.
+    let rings = make_rings(&mut ebpf, cpus, ring_bytes)?;
     let mut links = Vec::new();
     let mut skipped = Vec::new();
     let mut btf = None;
@@ -575,7 +576,50 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
         config,
         skipped,
         links,
+        rings,
     })
+}
+
+/// Each CPU's ring by default: 4 MiB in all, at least 256 KiB per CPU (a
+/// many-CPU host takes more memory rather than rings too small for a burst
+/// on one CPU between two reads).
+pub fn default_ring_bytes(cpus: u32) -> u32 {
+    ((4u32 << 20) / cpus.max(1)).max(256 << 10)
+}
+
+/// One ring buffer per possible CPU, put in the programs' `EVENTS` array
+/// at that CPU's index.
+fn make_rings(ebpf: &mut Ebpf, cpus: u32, bytes: u32) -> Result<Vec<RingBuf<MapData>>, LoadError> {
+    let outer = ebpf
+        .map_mut("EVENTS")
+        .ok_or_else(|| LoadError::other("the eBPF object", io::Error::other("no map EVENTS")))?;
+    let mut outer: ArrayOfMaps<&mut MapData, RingBuf<MapData>> =
+        ArrayOfMaps::try_from(outer).map_err(|e| LoadError::other("the EVENTS map", e))?;
+    let mut rings = Vec::with_capacity(cpus as usize);
+    for cpu in 0..cpus {
+        let def = aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+            0,
+            0,
+            bytes,
+            0,
+        );
+        let ring = MapData::create(def, "tcpwatch_events", None)
+            .and_then(|data| RingBuf::try_from(aya::maps::Map::RingBuf(data)))
+            .map_err(|e| match e {
+                aya::maps::MapError::CreateError { io_error, .. }
+                    if io_error.raw_os_error() == Some(libc::EPERM) =>
+                {
+                    LoadError::NotPermitted
+                }
+                e => LoadError::other(format!("making CPU {cpu}'s ring buffer"), e),
+            })?;
+        outer
+            .set(cpu, &ring, 0)
+            .map_err(|e| LoadError::other(format!("installing CPU {cpu}'s ring buffer"), e))?;
+        rings.push(ring);
+    }
+    Ok(rings)
 }
 
 /// Why a program did not attach: its hook is not in this kernel (which
@@ -593,6 +637,41 @@ fn connect_formats() -> Result<(), String> {
         fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))
     };
     layout::connect_format_matches(&read("sys_exit_connect")?).map_err(|e| e.to_string())
+}
+
+/// The bench's floor: the object's count-only program alone, attached to
+/// the hook the main program uses. Dropping it detaches it.
+pub struct Floor {
+    ebpf: Ebpf,
+}
+
+impl Floor {
+    pub fn attach() -> Result<Floor, LoadError> {
+        let mut ebpf = EbpfLoader::new()
+            .load(OBJECT)
+            .map_err(|e| LoadError::other("loading the eBPF object", e))?;
+        let btf = Btf::from_sys_fs().map_err(|e| LoadError::other("reading kernel BTF", e))?;
+        let prog: &mut BtfTracePoint = program(&mut ebpf, "tcpwatch_floor")?;
+        prog.load("inet_sock_set_state", &btf)
+            .map_err(|e| rejected("tcpwatch_floor", e, false))?;
+        prog.attach()
+            .map_err(|e| LoadError::other("attaching tcpwatch_floor", e))?;
+        Ok(Floor { ebpf })
+    }
+
+    /// Transitions counted so far, all CPUs.
+    pub fn counted(&self) -> Result<u64, LoadError> {
+        let map = self
+            .ebpf
+            .map("FLOOR")
+            .ok_or_else(|| LoadError::other("the eBPF object", io::Error::other("no map FLOOR")))?;
+        let counts: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map)
+            .map_err(|e| LoadError::other("the FLOOR map", e))?;
+        let per_cpu = counts
+            .get(&0, 0)
+            .map_err(|e| LoadError::other("reading FLOOR", e))?;
+        Ok(per_cpu.iter().sum())
+    }
 }
 
 /// Loads one program of the table and attaches it.

@@ -85,7 +85,8 @@ fn run(ring_bytes: u32, simulate_skip_every: u32, simulate_not_run_every: u16) -
     let (ino, go, worker) = netns_thread(|| churn(CONNECTIONS));
     let opts = LoadOptions {
         netns: Some(ino),
-        ring_bytes,
+        ring_bytes: Some(ring_bytes),
+        witness: true,
         ..LoadOptions::default()
     };
     #[cfg(feature = "fault-injection")]

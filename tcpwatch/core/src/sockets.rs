@@ -1,0 +1,323 @@
+//! Each socket's owner, side and time in its state, followed in user space
+//! from the transitions themselves. The kernel sends the current task only
+//! on the transitions that run in the owner's context and keeps no table:
+//! a per-socket map in the probe cost more than half of its time per
+//! transition (measured, see docs/bench.md). The ring buffer delivers every
+//! transition or counts it as dropped, so user space can follow each socket.
+//!
+//! The promise is the probe's: an owner is unknown, never wrong. A socket
+//! whose chain breaks (a transition of it was lost) starts over, as if seen
+//! for the first time, and so does one past the table's bound.
+use std::collections::{HashMap, hash_map::Entry};
+use std::time::Duration;
+
+use tcpwatch_common::state::{TCP_CLOSE, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT};
+
+use crate::model::{Owner, Transition};
+
+/// Sockets followed at most (about 16 MiB); past it new sockets are not
+/// followed (their owner is what their own transitions carry) until others
+/// close, and that is counted.
+pub const MAX_SOCKETS: usize = 1 << 18;
+
+/// Listening ports followed at most, per (netns, port).
+pub const MAX_LISTENERS: usize = 1 << 14;
+
+#[derive(Clone, Debug)]
+struct Followed {
+    /// The state the socket last went to.
+    state: u8,
+    last_ns: u64,
+    owner: Option<Owner>,
+    /// Said by the socket's first transition, for good.
+    passive: Option<bool>,
+}
+
+#[derive(Clone, Debug)]
+struct Listener {
+    /// The listening socket, 0 for one seeded from procfs.
+    skaddr: u64,
+    /// None when two processes listen on the port: a child cannot be told
+    /// apart, so its owner is unknown rather than possibly wrong.
+    owner: Option<Owner>,
+}
+
+/// Kernel addresses and ports no client chooses: the fast hasher is safe.
+type Fast = foldhash::fast::RandomState;
+
+#[derive(Clone, Debug, Default)]
+pub struct Follower {
+    socks: HashMap<u64, Followed, Fast>,
+    listeners: HashMap<(u32, u16), Listener, Fast>,
+    /// Transitions of sockets not followed (the table was full).
+    pub untracked: u64,
+    /// LISTEN transitions not remembered (the listener table was full).
+    pub listeners_untracked: u64,
+}
+
+impl Follower {
+    /// The owner of a listener that predates the probe (from procfs). One
+    /// the probe has seen wins.
+    pub fn seed_listener(&mut self, netns: Option<u32>, port: u16, owner: Owner) {
+        if self.listeners.len() < MAX_LISTENERS {
+            self.listeners
+                .entry((netns.unwrap_or(0), port))
+                .or_insert(Listener {
+                    skaddr: 0,
+                    owner: Some(owner),
+                });
+        }
+    }
+
+    /// Completes `t` (as the kernel sent it: an owner only where the owner
+    /// ran it) with its socket's owner, side and time in its old state.
+    pub fn follow(&mut self, t: &mut Transition) {
+        let (old, new) = (t.old.raw(), t.new.raw());
+        let key = (t.netns.unwrap_or(0), t.local.port());
+        let child = old == TCP_LISTEN && new == TCP_SYN_RECV;
+        let full = self.socks.len() >= MAX_SOCKETS;
+        match self.socks.entry(t.skaddr) {
+            Entry::Occupied(mut e) if e.get().state == old => {
+                let s = e.get_mut();
+                t.in_old = t.ts_ns.checked_sub(s.last_ns).map(Duration::from_nanos);
+                match &t.owner {
+                    Some(o) => s.owner = Some(*o),
+                    None => t.owner = s.owner,
+                }
+                t.passive = s.passive;
+                s.state = new;
+                s.last_ns = t.ts_ns;
+                if new == TCP_CLOSE {
+                    // The address is reused once freed: forget it now.
+                    e.remove();
+                }
+            }
+            slot => {
+                // First seen, or its chain broke: what we knew may be stale.
+                if t.owner.is_none() && child {
+                    t.owner = self.listeners.get(&key).and_then(|l| l.owner);
+                }
+                t.passive = if child {
+                    Some(true)
+                } else if old == TCP_CLOSE && new == TCP_SYN_SENT {
+                    Some(false)
+                } else {
+                    None
+                };
+                let fresh = Followed {
+                    state: new,
+                    last_ns: t.ts_ns,
+                    owner: t.owner,
+                    passive: t.passive,
+                };
+                match slot {
+                    Entry::Occupied(mut e) if new != TCP_CLOSE => {
+                        e.insert(fresh);
+                    }
+                    Entry::Occupied(e) => {
+                        e.remove();
+                    }
+                    Entry::Vacant(_) if new == TCP_CLOSE => {}
+                    Entry::Vacant(_) if full => self.untracked += 1,
+                    Entry::Vacant(v) => {
+                        v.insert(fresh);
+                    }
+                }
+            }
+        }
+        if new == TCP_LISTEN {
+            self.listen(key, t);
+        } else if old == TCP_LISTEN && new == TCP_CLOSE {
+            // Only this listener's own entry (a failed listen() on a busy
+            // port must not remove the real listener's), or a seeded one.
+            if let Entry::Occupied(l) = self.listeners.entry(key)
+                && (l.get().skaddr == t.skaddr || l.get().skaddr == 0)
+            {
+                l.remove();
+            }
+        }
+    }
+
+    fn listen(&mut self, key: (u32, u16), t: &Transition) {
+        let full = self.listeners.len() >= MAX_LISTENERS;
+        match self.listeners.entry(key) {
+            Entry::Occupied(mut l) => {
+                let prev = l.get();
+                let shared = prev.skaddr != t.skaddr
+                    && prev.skaddr != 0
+                    && prev.owner.as_ref().map(|o| o.pid) != t.owner.as_ref().map(|o| o.pid);
+                l.insert(Listener {
+                    skaddr: t.skaddr,
+                    owner: if shared { None } else { t.owner },
+                });
+            }
+            Entry::Vacant(_) if full => self.listeners_untracked += 1,
+            Entry::Vacant(v) => {
+                v.insert(Listener {
+                    skaddr: t.skaddr,
+                    owner: t.owner,
+                });
+            }
+        }
+    }
+
+    /// Sockets followed now.
+    pub fn len(&self) -> usize {
+        self.socks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.socks.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tcpwatch_common::{TcpState, TcpState::*};
+
+    use super::*;
+    use crate::model::{Comm, Protocol, State};
+
+    fn owner(pid: u32) -> Owner {
+        Owner {
+            pid,
+            tid: pid,
+            comm: Comm::from_bytes(format!("p{pid}").as_bytes()),
+        }
+    }
+
+    /// As the kernel sends it: the owner only if given.
+    fn t(sk: u64, ns: u64, old: TcpState, new: TcpState, by: Option<u32>) -> Transition {
+        Transition {
+            ts_ns: ns,
+            skaddr: sk,
+            netns: Some(7),
+            owner: by.map(owner),
+            old: State::from_raw(old as u8),
+            new: State::from_raw(new as u8),
+            protocol: Protocol::Tcp,
+            local: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            remote: SocketAddr::from(([127, 0, 0, 1], 40000)),
+            in_old: None,
+            caught: false,
+            passive: None,
+            error: None,
+        }
+    }
+
+    fn run(f: &mut Follower, mut t: Transition) -> Transition {
+        f.follow(&mut t);
+        t
+    }
+
+    #[test]
+    fn a_server_child_inherits_its_listener_and_keeps_its_times() {
+        let mut f = Follower::default();
+        let l = run(&mut f, t(1, 10, Close, Listen, Some(100)));
+        assert_eq!(l.owner.unwrap().pid, 100);
+        // The child's first transition runs in softirq: no owner sent.
+        let c = run(&mut f, t(2, 20, Listen, SynRecv, None));
+        assert_eq!(c.owner.as_ref().unwrap().pid, 100);
+        assert_eq!(c.passive, Some(true));
+        assert_eq!(c.in_old, None, "nothing known of the time before");
+        let e = run(&mut f, t(2, 25, SynRecv, Established, None));
+        assert_eq!(e.owner.as_ref().unwrap().pid, 100);
+        assert_eq!(e.in_old, Some(Duration::from_nanos(5)));
+        assert_eq!(e.passive, Some(true));
+        // accept()ed and closed by another process: it owns it from then on.
+        let w = run(&mut f, t(2, 40, Established, FinWait1, Some(200)));
+        assert_eq!(w.owner.unwrap().pid, 200);
+        let x = run(&mut f, t(2, 41, FinWait1, FinWait2, None));
+        assert_eq!(x.owner.unwrap().pid, 200);
+        let z = run(&mut f, t(2, 42, FinWait2, Close, None));
+        assert_eq!(z.in_old, Some(Duration::from_nanos(1)));
+        assert!(!f.socks.contains_key(&2), "a closed socket is forgotten");
+    }
+
+    #[test]
+    fn a_broken_chain_forgets_the_owner_rather_than_guess() {
+        let mut f = Follower::default();
+        run(&mut f, t(1, 10, Close, SynSent, Some(100)));
+        run(&mut f, t(1, 11, SynSent, Established, None));
+        // Lost: ESTABLISHED -> FIN-WAIT-1 by another owner, and
+        // FIN-WAIT-1 -> FIN-WAIT-2.
+        let after = run(&mut f, t(1, 50, FinWait2, Close, None));
+        assert_eq!(after.owner, None);
+        assert_eq!(after.in_old, None);
+        assert_eq!(after.passive, None);
+    }
+
+    #[test]
+    fn a_reused_address_starts_a_new_socket() {
+        let mut f = Follower::default();
+        run(&mut f, t(1, 10, Close, SynSent, Some(100)));
+        run(&mut f, t(1, 11, SynSent, Established, None));
+        // Its close was lost; the address now holds another process's child.
+        run(&mut f, t(9, 12, Close, Listen, Some(300)));
+        let mut child = t(1, 20, Listen, SynRecv, None);
+        child.local = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let c = run(&mut f, child);
+        assert_eq!(c.owner.unwrap().pid, 300);
+        assert_eq!(c.passive, Some(true));
+    }
+
+    #[test]
+    fn two_processes_on_one_port_leave_children_unowned() {
+        let mut f = Follower::default();
+        run(&mut f, t(1, 10, Close, Listen, Some(100)));
+        run(&mut f, t(2, 11, Close, Listen, Some(101)));
+        assert_eq!(run(&mut f, t(3, 12, Listen, SynRecv, None)).owner, None);
+        // Only the listener's own close forgets the port.
+        run(&mut f, t(4, 13, Listen, Close, Some(102)));
+        assert!(f.listeners.contains_key(&(7, 8080)));
+        run(&mut f, t(2, 14, Listen, Close, Some(101)));
+        assert!(!f.listeners.contains_key(&(7, 8080)));
+    }
+
+    #[test]
+    fn a_seeded_listener_yields_to_the_probes_own() {
+        let mut f = Follower::default();
+        f.seed_listener(Some(7), 8080, owner(50));
+        assert_eq!(
+            run(&mut f, t(3, 1, Listen, SynRecv, None))
+                .owner
+                .unwrap()
+                .pid,
+            50
+        );
+        run(&mut f, t(1, 2, Close, Listen, Some(60)));
+        f.seed_listener(Some(7), 8080, owner(50));
+        assert_eq!(
+            run(&mut f, t(4, 3, Listen, SynRecv, None))
+                .owner
+                .unwrap()
+                .pid,
+            60
+        );
+    }
+
+    #[test]
+    fn the_tables_are_bounded_and_say_what_they_did_not_follow() {
+        let mut f = Follower::default();
+        for sk in 0..MAX_SOCKETS as u64 + 10 {
+            run(&mut f, t(sk + 1, 1, Close, SynSent, Some(1)));
+        }
+        assert_eq!(f.len(), MAX_SOCKETS);
+        assert_eq!(f.untracked, 10);
+        // An unfollowed socket still shows what its own transitions carry.
+        let o = run(
+            &mut f,
+            t(MAX_SOCKETS as u64 + 5, 2, SynSent, FinWait1, Some(9)),
+        );
+        assert_eq!(o.owner.unwrap().pid, 9);
+        for port in 0..MAX_LISTENERS as u16 + 3 {
+            let mut l = t(1_000_000 + port as u64, 1, Close, Listen, Some(1));
+            l.local.set_port(port);
+            run(&mut f, l);
+        }
+        assert_eq!(f.listeners.len(), MAX_LISTENERS);
+        assert_eq!(f.listeners_untracked, 3);
+    }
+}
