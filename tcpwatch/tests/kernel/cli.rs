@@ -35,6 +35,7 @@ fn trace_json_prints_one_object_per_transition_and_accounts_at_exit() {
     let (mut child, seen) = start_attached(
         &[
             "trace",
+            "--witness",
             "--json",
             "--port",
             &port.to_string(),
@@ -151,6 +152,7 @@ fn a_classic_tracer_beside_blinds_the_witness_and_it_says_so() {
     let (btf, seen) = start_attached(
         &[
             "trace",
+            "--witness",
             "--hook",
             "btf",
             "--duration",
@@ -192,22 +194,23 @@ fn assert_no_witness(
     a
 }
 
-/// Without the witness the account says it could not count firings the
-/// kernel runs no program for, rather than printing a count it did not take.
+/// Without the witness (the default) the account says it could not count
+/// firings the kernel runs no program for, rather than printing a count it
+/// did not take; `--no-witness` overrides `--witness` from a file.
 #[test]
 fn trace_without_witness_says_so_and_claims_no_count() {
     if !root_available("trace_without_witness_says_so_and_claims_no_count") {
         return;
     }
     let out = Command::new(BIN)
-        .args(["trace", "--no-witness", "--duration", "0.3", "--port", "9"])
+        .args(["trace", "--duration", "0.3", "--port", "9"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let a = assert_no_witness(
         out.status,
         &stderr,
-        "no perf counter of the tracepoint (--no-witness)",
+        "no perf counter of the tracepoint (off; --witness audits with one)",
     );
     assert_eq!(a["not_run"], 0, "{stderr}");
 }

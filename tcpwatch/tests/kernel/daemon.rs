@@ -315,7 +315,7 @@ fn daemon_counts_a_known_load_exactly_and_serves_valid_metrics() {
     // Exact counts are the point here, not the census budget: with the
     // default 2 %, a census (and owner scan) slowed by a busy suite is
     // spaced past the wait below.
-    let daemon = Daemon::start(&["--netns", &ns.path, "--census-budget", "50"]);
+    let daemon = Daemon::start(&["--netns", &ns.path, "--census-budget", "50", "--witness"]);
     let before = daemon.scrape();
     promtool_check(&before);
     let netns = ns.inode.to_string();
