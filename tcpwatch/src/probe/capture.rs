@@ -177,8 +177,8 @@ impl Capture {
         loaded.set_armed(true)?;
         Ok(Capture {
             loaded,
+            reorder: Reorder::new(rings.len()),
             rings,
-            reorder: Reorder::default(),
             ring_records,
             flush: false,
             stats,
@@ -330,7 +330,7 @@ impl Capture {
         mut f: impl FnMut(&Transition) -> Result<(), E>,
     ) -> Result<usize, E> {
         let mut capped = false;
-        if self.reorder.ready() == 0 {
+        if !self.reorder.ready() {
             capped = self.read_rings();
         }
         let mut n = 0;
@@ -351,7 +351,7 @@ impl Capture {
             }
         }
         self.delivered += n as u64;
-        self.more = self.reorder.ready() > 0 || capped;
+        self.more = self.reorder.ready() || capped;
         result.map(|()| n)
     }
 
@@ -375,9 +375,10 @@ impl Capture {
             crate::host::clock::monotonic_ns().saturating_sub(CLOCK_SLACK_NS)
         };
         let mut capped = false;
-        for ring in &mut self.rings {
+        for (i, ring) in self.rings.iter_mut().enumerate() {
             let n = read_ring(
                 ring.get_mut(),
+                i,
                 self.ring_records,
                 &mut self.malformed,
                 &mut self.reorder,
@@ -574,6 +575,7 @@ fn main_runs_and_misses(
 /// returns the records read.
 fn read_ring(
     ring: &mut RingBuf<MapData>,
+    index: usize,
     max: usize,
     malformed: &mut u64,
     into: &mut Reorder<TransitionEvent>,
@@ -591,7 +593,7 @@ fn read_ring(
         // definition, and every bit pattern is valid for its plain integer
         // fields; read_unaligned makes no alignment assumption.
         let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<TransitionEvent>()) };
-        into.push(event.ts_ns, event);
+        into.push(index, event.ts_ns, event);
     }
     n
 }
