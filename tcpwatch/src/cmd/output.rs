@@ -14,8 +14,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Batches the queue holds before it drops (each at most a few thousand lines).
-const QUEUE_BATCHES: usize = 64;
+/// Items the queue holds before it drops, however they are batched (the
+/// capture hands out small batches every few ms under load).
+const QUEUE_ITEMS: u64 = 1 << 18;
+
+/// Batches the channel holds; the bound that matters is [`QUEUE_ITEMS`].
+const QUEUE_BATCHES: usize = 1 << 14;
 
 /// Output to a pipe or a file is flushed at least this often, so a reader
 /// sees lines promptly on a quiet host, and a closed pipe is noticed
@@ -26,6 +30,8 @@ pub struct Output<T: Send + 'static> {
     tx: Option<SyncSender<Vec<T>>>,
     /// Items handed to the writer thread.
     accepted: u64,
+    /// Items handed over and not yet written out by the writer thread.
+    queued: Arc<AtomicU64>,
     dropped: u64,
     written: Arc<AtomicU64>,
     thread: Option<JoinHandle<io::Result<()>>>,
@@ -87,12 +93,13 @@ impl<T: Send + 'static> Output<T> {
     ) -> Self {
         let (tx, rx) = mpsc::sync_channel::<Vec<T>>(QUEUE_BATCHES);
         let written = Arc::new(AtomicU64::new(0));
+        let queued = Arc::new(AtomicU64::new(0));
         let ended = Arc::new(tokio::sync::Notify::new());
-        let (counter, on_end) = (written.clone(), ended.clone());
+        let (counter, in_queue, on_end) = (written.clone(), queued.clone(), ended.clone());
         let thread = std::thread::Builder::new()
             .name("tcpwatch-output".into())
             .spawn(move || -> io::Result<()> {
-                let r = write_all(sink, header, &rx, &counter, &mut format);
+                let r = write_all(sink, header, &rx, &counter, &in_queue, &mut format);
                 on_end.notify_one();
                 r
             })
@@ -100,6 +107,7 @@ impl<T: Send + 'static> Output<T> {
         Output {
             tx: Some(tx),
             accepted: 0,
+            queued,
             dropped: 0,
             written,
             thread: Some(thread),
@@ -115,16 +123,24 @@ impl<T: Send + 'static> Output<T> {
         }
         let Some(tx) = &self.tx else { return false };
         let n = batch.len() as u64;
+        if self.queued.load(Ordering::Relaxed) + n > QUEUE_ITEMS {
+            self.dropped += n;
+            return self.thread.as_ref().is_some_and(|t| !t.is_finished());
+        }
+        // Counted before the writer can see the batch, which subtracts it.
+        self.queued.fetch_add(n, Ordering::Relaxed);
         match tx.try_send(batch) {
             Ok(()) => {
                 self.accepted += n;
                 true
             }
             Err(TrySendError::Full(_)) => {
+                self.queued.fetch_sub(n, Ordering::Relaxed);
                 self.dropped += n;
                 true
             }
             Err(TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(n, Ordering::Relaxed);
                 self.dropped += n;
                 false
             }
@@ -185,6 +201,7 @@ fn write_all<T>(
     header: Option<String>,
     rx: &mpsc::Receiver<Vec<T>>,
     written: &AtomicU64,
+    queued: &AtomicU64,
     format: &mut impl FnMut(&T) -> String,
 ) -> io::Result<()> {
     if let Some(h) = header {
@@ -204,6 +221,7 @@ fn write_all<T>(
                 for item in &batch {
                     writeln!(sink.out, "{}", format(item))?;
                 }
+                queued.fetch_sub(batch.len() as u64, Ordering::Relaxed);
                 unflushed += batch.len() as u64;
                 if sink.line_buffered || last_flush.elapsed() >= FLUSH_EVERY {
                     flush(&mut sink.out, &mut unflushed, &mut last_flush)?;
@@ -274,10 +292,13 @@ mod tests {
             None,
             |n: &u32| n.to_string(),
         );
-        let sent = 1000u64;
+        // More items than the queue holds, in small batches (the bound is
+        // on items, not batches).
+        let batches = QUEUE_ITEMS / 10 + 1_000;
+        let sent = batches * 10;
         let start = std::time::Instant::now();
-        for i in 0..sent {
-            assert!(out.send(vec![i as u32]));
+        for i in 0..batches {
+            assert!(out.send((0..10).map(|k| (i * 10 + k) as u32).collect()));
         }
         // Never blocked on the stalled sink.
         assert!(start.elapsed() < Duration::from_secs(2));
