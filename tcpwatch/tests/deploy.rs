@@ -19,9 +19,19 @@ fn tool_available(test: &str, tool: &str, package: &str) -> bool {
         std::env::var_os("CI").is_none(),
         "{test}: {tool} missing in CI: cargo xtask setup installs {package}"
     );
-    eprintln!(
-        "\n!!! SKIPPED {test}: no `{tool}` (apt-get install {package}, or cargo xtask setup)\n"
-    );
+    let why = format!("no `{tool}` (apt-get install {package}, or cargo xtask setup)");
+    eprintln!("\n!!! SKIPPED {test}: {why}\n");
+    // Listed again at the end of `cargo xtask test`.
+    if let Some(log) = std::env::var_os("TCPWATCH_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
     false
 }
 

@@ -103,6 +103,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                      Run as root to test the eBPF side."
                 );
             }
+            // Every skipped test notes itself here; listed at the end, so a
+            // skip is never only a line in a passing test's output.
+            let skips = workspace_root().join("target/test-skips.log");
+            let _ = std::fs::remove_file(&skips);
+            // SAFETY: xtask has started no thread yet.
+            unsafe { std::env::set_var("TCPWATCH_SKIP_LOG", &skips) };
             if matches!(kernel.as_str(), "host" | "all") {
                 // The default members: every host crate (tcpwatch-ebpf only
                 // builds for the BPF target, through tcpwatch's build.rs).
@@ -112,6 +118,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if kernel != "host" {
                 matrix::run(&workspace_root(), &kernel)?;
+            }
+            match std::fs::read_to_string(&skips) {
+                Ok(list) if !list.trim().is_empty() => eprintln!(
+                    "xtask: SKIPPED {} test(s); they did not run:\n{list}",
+                    list.lines().count()
+                ),
+                _ => eprintln!("xtask: every test ran (none skipped)"),
             }
             Ok(())
         }

@@ -258,8 +258,9 @@ fn fault_injection_tests_are_built() {
         std::env::var_os("CI").is_none(),
         "CI must run the kernel tests with --features fault-injection (cargo xtask test does)"
     );
-    eprintln!(
-        "\n!!! SKIPPED the fault-injection tests: build with --features fault-injection (cargo xtask test)\n"
+    crate::common::skipped(
+        "the fault-injection tests",
+        "build with --features fault-injection (cargo xtask test)",
     );
 }
 

@@ -53,6 +53,23 @@ pub fn full_churn_elsewhere() -> std::sync::RwLockWriteGuard<'static, ()> {
 
 /// Whether this test may load BPF programs and make namespaces. In CI (CI set) a missing
 /// privilege is a failure; elsewhere the test is skipped, loudly.
+/// Says loudly that `test` skipped, and why, and notes it in the file
+/// `cargo xtask test` lists at its end (TCPWATCH_SKIP_LOG), so a skip is
+/// seen in the summary, not only in a passing test's output.
+pub fn skipped(test: &str, why: &str) {
+    eprintln!("\n!!!!!!!!\n!!! SKIPPED {test}: {why}\n!!!!!!!!\n");
+    if let Some(log) = std::env::var_os("TCPWATCH_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
+}
+
 pub fn root_available(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -64,8 +81,9 @@ pub fn root_available(test: &str) -> bool {
             "{test}: CI is set but the tests do not run as root; kernel tests must run for real in CI"
         );
     }
-    eprintln!(
-        "\n!!!!!!!!\n!!! SKIPPED {test}: not root (no BPF, no namespaces). Run the suite as root (README) to test the kernel side.\n!!!!!!!!\n"
+    skipped(
+        test,
+        "not root (no BPF, no namespaces). Run the suite as root (README) to test the kernel side.",
     );
     false
 }
@@ -196,7 +214,10 @@ pub fn nft_available(test: &str) -> bool {
         std::env::var_os("CI").is_none(),
         "{test}: nft missing in CI: cargo xtask setup installs nftables"
     );
-    eprintln!("\n!!! SKIPPED {test}: no `nft` (apt-get install nftables, or cargo xtask setup)\n");
+    skipped(
+        test,
+        "no `nft` (apt-get install nftables, or cargo xtask setup)",
+    );
     false
 }
 
@@ -283,8 +304,9 @@ pub fn tool_available(test: &str, tool: &str, package: &str) -> bool {
         std::env::var_os("CI").is_none(),
         "{test}: {tool} missing in CI: cargo xtask setup installs {package}"
     );
-    eprintln!(
-        "\n!!! SKIPPED {test}: no `{tool}` (apt-get install {package}, or cargo xtask setup)\n"
+    skipped(
+        test,
+        &format!("no `{tool}` (apt-get install {package}, or cargo xtask setup)"),
     );
     false
 }

@@ -498,7 +498,7 @@ fn mptcp_connection_reports_the_ports_of_its_own_sockets() {
             std::env::var_os("CI").is_none(),
             "{test}: CI is set but this kernel has no MPTCP: {e}"
         );
-        eprintln!("\n!!!!!!!!\n!!! SKIPPED {test}: no MPTCP here ({e})\n!!!!!!!!\n");
+        crate::common::skipped(test, &format!("no MPTCP here ({e})"));
         return;
     }
     let cap = capture_during(
