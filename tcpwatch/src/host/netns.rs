@@ -159,7 +159,11 @@ pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> std::io::Re
             // SAFETY: setns on this scoped thread only, with a namespace
             // file kept open for the call.
             let result = if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                Err(std::io::Error::last_os_error())
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    setns_denied_once();
+                }
+                Err(e)
             } else {
                 Ok(f())
             };
@@ -171,6 +175,17 @@ pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> std::io::Re
     });
     HELPERS_CPU_NS.set(HELPERS_CPU_NS.get() + cpu_ns);
     result
+}
+
+/// Says once per run that entering other namespaces is not permitted: they
+/// are then not censused, and that is why.
+fn setns_denied_once() {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "cannot enter other network namespaces (setns needs CAP_SYS_ADMIN): only the daemon's own is censused"
+        );
+    }
 }
 
 /// The network namespace of this process.

@@ -18,8 +18,21 @@ pub fn socket_owners(inodes: &HashSet<u64>) -> anyhow::Result<HashMap<u64, Owner
     if inodes.is_empty() {
         return Ok(found);
     }
+    // procfs skips, without an error, each fd it may not read: ask the
+    // process's capabilities instead.
+    if !can_read_others_fds() {
+        denied_once();
+    }
     for process in all_processes()?.flatten() {
-        let Ok(fds) = process.fd() else { continue };
+        let fds = match process.fd() {
+            Ok(fds) => fds,
+            Err(procfs::ProcError::PermissionDenied(_)) => {
+                denied_once();
+                continue;
+            }
+            // Exited during the scan.
+            Err(_) => continue,
+        };
         let mut comm: Option<String> = None;
         for fd in fds.flatten() {
             let FDTarget::Socket(inode) = fd.target else {
@@ -46,6 +59,32 @@ pub fn socket_owners(inodes: &HashSet<u64>) -> anyhow::Result<HashMap<u64, Owner
         }
     }
     Ok(found)
+}
+
+/// Whether this process may list (CAP_DAC_READ_SEARCH) and read
+/// (CAP_SYS_PTRACE) the fds of processes of other users: both effective.
+fn can_read_others_fds() -> bool {
+    const CAP_DAC_READ_SEARCH: u32 = 2;
+    const CAP_SYS_PTRACE: u32 = 19;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_none_or(|eff| eff & (1 << CAP_DAC_READ_SEARCH) != 0 && eff & (1 << CAP_SYS_PTRACE) != 0)
+}
+
+/// Says once per run that some processes' fd tables could not be read: the
+/// owners of their sockets show as unknown, and that is why.
+fn denied_once() {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "cannot read other users' processes' fd tables (CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH are needed): the owners of their sockets show as unknown"
+        );
+    }
 }
 
 /// (local port, owner) of every listening TCP socket in this process's

@@ -81,10 +81,18 @@ pub(crate) struct Daemon {
     log: std::sync::Arc<std::sync::Mutex<String>>,
     /// Its control socket.
     pub(crate) control: std::path::PathBuf,
+    /// The network namespace its metrics address is in, when not ours.
+    netns: Option<String>,
 }
 
 impl Daemon {
     pub(crate) fn start(args: &[&str]) -> Daemon {
+        Daemon::start_wrapped(&[], None, args)
+    }
+
+    /// Started through `wrapper` (a command that execs the rest, such as
+    /// nsenter or setpriv), its metrics served in `netns` if given.
+    pub(crate) fn start_wrapped(wrapper: &[String], netns: Option<&str>, args: &[&str]) -> Daemon {
         // Each daemon its own control socket: tests run side by side.
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let control = std::env::temp_dir().join(format!(
@@ -92,7 +100,15 @@ impl Daemon {
             std::process::id(),
             N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
-        let mut child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .arg("daemon")
             .args(["--metrics-addr", "127.0.0.1:0", "--interval", "0.2"])
             .arg("--control-socket")
@@ -137,7 +153,13 @@ impl Daemon {
             stderr: seen,
             log,
             control,
+            netns: netns.map(str::to_string),
         }
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub(crate) fn all_stderr(&self) -> String {
+        self.stderr.clone() + &self.log.lock().unwrap()
     }
 
     /// Waits (up to 10 s) until its log has a line containing `what`.
@@ -159,7 +181,15 @@ impl Daemon {
     }
 
     pub(crate) fn scrape(&self) -> String {
-        let out = Command::new("curl")
+        let mut curl = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={ns}")).arg("curl");
+                c
+            }
+            None => Command::new("curl"),
+        };
+        let out = curl
             .args(["-sf", "--max-time", "5"])
             .arg(format!("http://{}/metrics", self.addr))
             .output()

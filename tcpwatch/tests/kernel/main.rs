@@ -9,6 +9,7 @@ mod common;
 mod daemon;
 mod failures;
 mod netns;
+mod service;
 mod synflood;
 mod top;
 mod transitions;
