@@ -69,6 +69,34 @@ enum Command {
     /// The bench's floor: a program on the same hook that only counts.
     #[command(hide = true)]
     Floor,
+    /// Write man pages and shell completions into a directory (packaging).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    /// Directory for man/ (man1 pages) and completions/ (bash, zsh, fish).
+    dir: std::path::PathBuf,
+}
+
+/// Man pages (one per command, as `git` ships them) and completions.
+fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory as _;
+    let cli = Cli::command();
+    let man = args.dir.join("man");
+    std::fs::create_dir_all(&man)?;
+    clap_mangen::generate_to(cli.clone(), &man)?;
+    let completions = args.dir.join("completions");
+    std::fs::create_dir_all(&completions)?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cli.clone(), "tcpwatch", &completions)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Options of every command that loads the probe.
@@ -248,6 +276,7 @@ fn main() -> ExitCode {
             Command::Top(args) => cmd::top::run(args).await,
             Command::Alerts(args) => cmd::alerts::run(args).await,
             Command::Floor => cmd::floor::run().await,
+            Command::Generate(args) => generate(args),
         }
     });
     match result {

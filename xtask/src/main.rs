@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | test | install | run | bench | loadgen | demo | vm`.
+//! Project tasks: `cargo xtask setup | test | install | deb | run | bench | loadgen | demo | vm`.
 //!
 //! Everything a fresh machine needs beyond rustup is installed from here
 //! (system packages) or from tcpwatch/build.rs (bpf-linker), so the README's
@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod deb;
 mod demo;
 mod install;
 mod loadgen;
@@ -45,6 +46,14 @@ enum Task {
     /// Build tcpwatch (release) and install it as PREFIX/sbin/tcpwatch
     /// (default /usr/local/sbin, on root's PATH).
     Install(install::InstallArgs),
+    /// Build the Debian package (cargo-deb): binary, unit, configuration,
+    /// man pages, completions, Prometheus rules.
+    Deb {
+        /// Then install it here with dpkg, use it, purge it and check that
+        /// nothing is left (root; `cargo xtask test` does this).
+        #[arg(long)]
+        check: bool,
+    },
     /// Build tcpwatch (release) and run it with the given arguments.
     Run {
         #[arg(last = true)]
@@ -115,6 +124,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 // With the fault-injection object: the accounting tests make
                 // the kernel side act as skipped or never run.
                 cargo(&["test", "--features", "tcpwatch/fault-injection"], &args)?;
+                // The package, installed, used and purged on this machine.
+                if is_root() {
+                    deb::check(&workspace_root())?;
+                } else if std::env::var_os("CI").is_some() {
+                    bail!("CI is set but the tests do not run as root: the package check needs it");
+                } else {
+                    use std::io::Write as _;
+                    let mut log = std::fs::OpenOptions::new()
+                        .append(true)
+                        .create(true)
+                        .open(&skips)?;
+                    writeln!(log, "the package check (xtask deb): not root")?;
+                }
             }
             if kernel != "host" {
                 matrix::run(&workspace_root(), &kernel)?;
@@ -148,6 +170,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bench::run(args, &workspace_root())
         }
         Task::Loadgen(args) => loadgen::cli(&args),
+        Task::Deb { check: false } => deb::build(&workspace_root()).map(drop),
+        Task::Deb { check: true } => deb::check(&workspace_root()),
         Task::Demo { .. } => demo::synflood(&workspace_root()),
         Task::Install(args) => {
             cargo(&["build", "--release", "--package", "tcpwatch"], &[])?;
