@@ -682,3 +682,174 @@ fn an_alertmanager_that_never_answers_slows_nothing() {
     assert!(d.stop().success());
     drop(held);
 }
+
+/// A real Prometheus on loopback, scraping `targets` (address, instance)
+/// every second with the shipped rules, alerting to `alertmanager`.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempdir::Dir,
+}
+
+impl Prometheus {
+    fn start(targets: &[(&str, &str)], alertmanager: u16) -> Prometheus {
+        let dir = tempdir::Dir::new("prometheus");
+        let rules = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/prometheus/tcpwatch.rules.yml"
+        );
+        let mut cfg = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{alertmanager}']\nscrape_configs:\n  - job_name: tcpwatch\n    static_configs:\n"
+        );
+        for (addr, instance) in targets {
+            cfg.push_str(&format!(
+                "      - targets: ['{addr}']\n        labels:\n          instance: {instance}\n"
+            ));
+        }
+        let file = dir.0.join("prometheus.yml");
+        std::fs::write(&file, cfg).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus");
+        let p = Prometheus {
+            child,
+            port,
+            _dir: dir,
+        };
+        let t = Instant::now();
+        until(t, Duration::from_secs(30), "Prometheus ready", || {
+            Command::new("curl")
+                .args(["-sf", &format!("http://127.0.0.1:{port}/-/ready")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        p
+    }
+
+    /// An instant query's result vector.
+    fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let out = Command::new("curl")
+            .args(["-sf", "--get", "--data-urlencode"])
+            .arg(format!("query={promql}"))
+            .arg(format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "query {promql}: {out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["status"], "success", "{promql}: {v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two "hosts" (a daemon per namespace, each with its metrics port), one
+/// Prometheus with the shipped rules and one Alertmanager, as a fleet runs
+/// them: per-host series, the recording rules, and a SYN flood on one host
+/// alerted for that host and port, in Prometheus and in Alertmanager.
+#[test]
+fn a_fleet_of_two_daemons_is_watched_by_prometheus_and_alertmanager() {
+    let test = "a_fleet_of_two_daemons_is_watched_by_prometheus_and_alertmanager";
+    if !root_available(test)
+        || !tool_available(test, "prometheus", "prometheus")
+        || !tool_available(test, "prometheus-alertmanager", "prometheus-alertmanager")
+        || !tool_available(test, "curl", "curl")
+    {
+        return;
+    }
+    let am = Alertmanager::start("fleet-am");
+    let (a, b) = (NsWorker::new(), NsWorker::new());
+    let (_listener, dst) = setup(&a, true);
+    let (dir_a, dir_b) = (tempdir::Dir::new("fleet-a"), tempdir::Dir::new("fleet-b"));
+    let (da, db) = (daemon_for(&a, &dir_a), daemon_for(&b, &dir_b));
+    let prom = Prometheus::start(&[(&da.addr, "host-a"), (&db.addr, "host-b")], am.port);
+    // Traffic on both hosts.
+    for ns in [&a, &b] {
+        ns.run(|| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            for _ in 0..5 {
+                drop(std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap());
+            }
+        });
+    }
+    let t = Instant::now();
+    until(
+        t,
+        Duration::from_secs(20),
+        "both hosts' transitions in Prometheus",
+        || {
+            let r =
+                prom.query("sum by (instance) (tcpwatch_transitions_total{to=\"ESTABLISHED\"})");
+            r.len() == 2
+        },
+    );
+    let port = dst.port().to_string();
+    let worker = &a;
+    std::thread::scope(|s| {
+        let flooding = s.spawn(|| flood(worker, dst, 10.0));
+        let start = Instant::now();
+        let q = format!("ALERTS{{alertname=\"SynFlood\",alertstate=\"firing\",port=\"{port}\"}}");
+        let mut firing = Vec::new();
+        let took = until(
+            start,
+            Duration::from_secs(10),
+            "SynFlood firing in Prometheus",
+            || {
+                firing = prom.query(&q);
+                !firing.is_empty()
+            },
+        );
+        assert_eq!(firing.len(), 1, "{firing:?}");
+        let m = &firing[0]["metric"];
+        assert_eq!(m["instance"], "host-a", "{m}");
+        assert_eq!(m["severity"], "warning", "{m}");
+        assert_eq!(m["netns"], a.inode.to_string(), "{m}");
+        eprintln!("{test}: firing in Prometheus {took:?} after the flood began: {m}");
+        // The recording rules the alert reads, for that host only.
+        let rec = prom.query("instance_netns:tcpwatch_netstat_tcp_ext_syncookies_sent:rate1m > 0");
+        assert!(
+            !rec.is_empty() && rec.iter().all(|r| r["metric"]["instance"] == "host-a"),
+            "{rec:?}"
+        );
+        let mut got = None;
+        let took = until(
+            start,
+            Duration::from_secs(15),
+            "the alert in Alertmanager",
+            || {
+                got = am.alerts().into_iter().find(|x| {
+                    x["labels"]["alertname"] == "SynFlood" && x["labels"]["port"] == port.as_str()
+                });
+                got.is_some()
+            },
+        );
+        let alert = got.unwrap();
+        assert_eq!(alert["labels"]["instance"], "host-a", "{alert}");
+        assert_eq!(alert["labels"]["job"], "tcpwatch", "{alert}");
+        eprintln!("{test}: in Alertmanager {took:?} after the flood began:\n{alert}");
+        flooding.join().unwrap();
+    });
+    // Nothing on the quiet host.
+    let quiet = prom.query("ALERTS{instance=\"host-b\"}");
+    assert!(quiet.is_empty(), "{quiet:?}");
+    assert!(da.stop().success());
+    assert!(db.stop().success());
+}

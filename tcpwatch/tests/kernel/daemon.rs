@@ -75,7 +75,7 @@ impl Drop for NsWorker {
 /// A running `tcpwatch daemon`, killed on drop.
 pub(crate) struct Daemon {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     stderr: String,
     /// Everything it writes to stderr after start-up.
     log: std::sync::Arc<std::sync::Mutex<String>>,
