@@ -59,11 +59,12 @@ static EVENTS: ArrayOfMaps<RingBuf<TransitionEvent, 4096>, 1> = ArrayOfMaps::new
 #[map]
 static STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
 
-/// Listening ports by (netns, port) (key [`listener_key`]), value the
-/// listening socket's address (0 when seeded from procfs): how a signal of
-/// a socket tells a server's side from a client's. Written only on
-/// `-> LISTEN` and `LISTEN -> CLOSE`, never on the per-connection path.
-/// Owners, sides and times of sockets are followed in user space.
+/// Listening ports by (netns, port) (key [`listener_key`]), value how many
+/// sockets listen there (SO_REUSEPORT groups, v4 and v6; 1 when seeded
+/// from procfs): how a signal of a socket tells a server's side from a
+/// client's. Written only on `-> LISTEN` and `LISTEN -> CLOSE`, never on
+/// the per-connection path. Owners, sides and times of sockets are
+/// followed in user space.
 #[map]
 static LISTENERS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
 
@@ -531,22 +532,36 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
     }
 }
 
-/// Keeps the listening-port map: a listen adds its port, the listener's own
-/// close removes it (not a failed listen() on a busy port, whose close must
-/// not remove the real listener's), as does the close of a seeded entry.
+/// Keeps the listening-port map: a listen counts one more listener on its
+/// port, a listener's close one less, and the port goes at none. A failed
+/// listen() on a busy port (the kernel goes to LISTEN before it finds the
+/// port taken, then back) adds and takes away its own one. Two listens or
+/// closes on one port at the same instant on two CPUs can miscount by one:
+/// this is a plain read-modify-write, the price of no atomics on old BPF.
 #[inline(always)]
 fn note_listener(prog: u32, t: &Transition) {
     let key = listener_key(t.netns, t.sport);
-    if t.newstate == TCP_LISTEN {
-        if LISTENERS.insert(&key, &t.skaddr, 0).is_err() {
-            bump(stat_index(prog, stat::MAP_UPDATE_FAILED));
+    match LISTENERS.get_ptr_mut(&key) {
+        Some(n) => {
+            // SAFETY: this map value, valid for the program run.
+            let left = unsafe {
+                if t.newstate == TCP_LISTEN {
+                    *n += 1;
+                } else {
+                    *n = (*n).saturating_sub(1);
+                }
+                *n
+            };
+            if left == 0 {
+                let _ = LISTENERS.remove(&key);
+            }
         }
-    } else {
-        // SAFETY: the value is read at once.
-        let own = unsafe { LISTENERS.get(&key) }.is_some_and(|&sk| sk == t.skaddr || sk == 0);
-        if own {
-            let _ = LISTENERS.remove(&key);
+        None if t.newstate == TCP_LISTEN => {
+            if LISTENERS.insert(&key, &1, 0).is_err() {
+                bump(stat_index(prog, stat::MAP_UPDATE_FAILED));
+            }
         }
+        None => {}
     }
 }
 

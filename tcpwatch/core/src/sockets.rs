@@ -1,9 +1,9 @@
 //! Each socket's owner, side and time in its state, followed in user space
 //! from the transitions themselves. The kernel sends the current task only
-//! on the transitions that run in the owner's context and keeps no table:
-//! a per-socket map in the probe cost more than half of its time per
-//! transition (measured, see docs/bench.md). The ring buffer delivers every
-//! transition or counts it as dropped, so user space can follow each socket.
+//! on the transitions that run in the owner's context and keeps no table
+//! (one fewer map operation per transition in the kernel, where every ns
+//! counts: the README's "What it costs"). The ring buffers deliver every
+//! transition or count it as dropped, so user space can follow each socket.
 //!
 //! The promise is the probe's: an owner is unknown, never wrong. A socket
 //! whose chain breaks (a transition of it was lost) starts over, as if seen
@@ -23,6 +23,10 @@ pub const MAX_SOCKETS: usize = 1 << 18;
 /// Listening ports followed at most, per (netns, port).
 pub const MAX_LISTENERS: usize = 1 << 14;
 
+/// Listening sockets followed at most on one port (SO_REUSEPORT groups,
+/// v4 and v6); past it the port's children have no owner.
+pub const MAX_PER_PORT: usize = 64;
+
 #[derive(Clone, Debug)]
 struct Followed {
     /// The state the socket last went to.
@@ -33,13 +37,31 @@ struct Followed {
     passive: Option<bool>,
 }
 
-#[derive(Clone, Debug)]
-struct Listener {
-    /// The listening socket, 0 for one seeded from procfs.
-    skaddr: u64,
-    /// None when two processes listen on the port: a child cannot be told
-    /// apart, so its owner is unknown rather than possibly wrong.
-    owner: Option<Owner>,
+/// The sockets listening on one port, each with its owner if known. A
+/// child's owner is known only while every one of them has the same
+/// process: with two processes on the port a child cannot be told apart,
+/// so its owner is unknown rather than possibly wrong.
+#[derive(Clone, Debug, Default)]
+struct Listeners {
+    /// (listening socket, owner); skaddr 0 for the one seeded from procfs.
+    open: Vec<(u64, Option<Owner>)>,
+    /// More listened on the port than `MAX_PER_PORT`: owners unknown
+    /// until every one of them has closed.
+    overflowed: bool,
+}
+
+impl Listeners {
+    fn owner(&self) -> Option<Owner> {
+        if self.overflowed {
+            return None;
+        }
+        let (_, first) = self.open.first()?;
+        let first = (*first)?;
+        self.open
+            .iter()
+            .all(|(_, o)| o.is_some_and(|o| o.pid == first.pid))
+            .then_some(first)
+    }
 }
 
 /// Kernel addresses and ports no client chooses: the fast hasher is safe.
@@ -48,7 +70,7 @@ type Fast = foldhash::fast::RandomState;
 #[derive(Clone, Debug, Default)]
 pub struct Follower {
     socks: HashMap<u64, Followed, Fast>,
-    listeners: HashMap<(u32, u16), Listener, Fast>,
+    listeners: HashMap<(u32, u16), Listeners, Fast>,
     /// Transitions of sockets not followed (the table was full).
     pub untracked: u64,
     /// LISTEN transitions not remembered (the listener table was full).
@@ -56,16 +78,18 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// The owner of a listener that predates the probe (from procfs). One
-    /// the probe has seen wins.
-    pub fn seed_listener(&mut self, netns: Option<u32>, port: u16, owner: Owner) {
+    /// The owner of the listeners that predate the probe on a port (from
+    /// procfs), None if they are not all one process's or not all known.
+    /// Listeners the probe sees later are added beside it.
+    pub fn seed_listener(&mut self, netns: Option<u32>, port: u16, owner: Option<Owner>) {
         if self.listeners.len() < MAX_LISTENERS {
-            self.listeners
+            let l = self
+                .listeners
                 .entry((netns.unwrap_or(0), port))
-                .or_insert(Listener {
-                    skaddr: 0,
-                    owner: Some(owner),
-                });
+                .or_default();
+            if l.open.is_empty() {
+                l.open.push((0, owner));
+            }
         }
     }
 
@@ -77,7 +101,10 @@ impl Follower {
         let child = old == TCP_LISTEN && new == TCP_SYN_RECV;
         let full = self.socks.len() >= MAX_SOCKETS;
         match self.socks.entry(t.skaddr) {
-            Entry::Occupied(mut e) if e.get().state == old => {
+            // A socket in LISTEN never goes to SYN-RECV itself: a child at
+            // that address is a new socket, whatever was followed there (a
+            // listener whose close was lost, say).
+            Entry::Occupied(mut e) if e.get().state == old && !child => {
                 let s = e.get_mut();
                 t.in_old = t.ts_ns.checked_sub(s.last_ns).map(Duration::from_nanos);
                 match &t.owner {
@@ -95,7 +122,7 @@ impl Follower {
             slot => {
                 // First seen, or its chain broke: what we knew may be stale.
                 if t.owner.is_none() && child {
-                    t.owner = self.listeners.get(&key).and_then(|l| l.owner);
+                    t.owner = self.listeners.get(&key).and_then(Listeners::owner);
                 }
                 t.passive = if child {
                     Some(true)
@@ -128,36 +155,44 @@ impl Follower {
         if new == TCP_LISTEN {
             self.listen(key, t);
         } else if old == TCP_LISTEN && new == TCP_CLOSE {
-            // Only this listener's own entry (a failed listen() on a busy
-            // port must not remove the real listener's), or a seeded one.
-            if let Entry::Occupied(l) = self.listeners.entry(key)
-                && (l.get().skaddr == t.skaddr || l.get().skaddr == 0)
-            {
-                l.remove();
-            }
+            self.unlisten(key, t.skaddr);
         }
     }
 
     fn listen(&mut self, key: (u32, u16), t: &Transition) {
         let full = self.listeners.len() >= MAX_LISTENERS;
-        match self.listeners.entry(key) {
-            Entry::Occupied(mut l) => {
-                let prev = l.get();
-                let shared = prev.skaddr != t.skaddr
-                    && prev.skaddr != 0
-                    && prev.owner.as_ref().map(|o| o.pid) != t.owner.as_ref().map(|o| o.pid);
-                l.insert(Listener {
-                    skaddr: t.skaddr,
-                    owner: if shared { None } else { t.owner },
-                });
+        let l = match self.listeners.entry(key) {
+            Entry::Occupied(l) => l.into_mut(),
+            Entry::Vacant(_) if full => {
+                self.listeners_untracked += 1;
+                return;
             }
-            Entry::Vacant(_) if full => self.listeners_untracked += 1,
-            Entry::Vacant(v) => {
-                v.insert(Listener {
-                    skaddr: t.skaddr,
-                    owner: t.owner,
-                });
+            Entry::Vacant(v) => v.insert(Listeners::default()),
+        };
+        l.open.retain(|(sk, _)| *sk != t.skaddr);
+        if l.open.len() < MAX_PER_PORT {
+            l.open.push((t.skaddr, t.owner));
+        } else {
+            l.overflowed = true;
+        }
+    }
+
+    /// A listener closed (or a listen() failed: the kernel goes to LISTEN
+    /// before it finds the port taken, then back): only its own entry
+    /// goes. A close of a socket never seen listening is the seeded one's.
+    fn unlisten(&mut self, key: (u32, u16), skaddr: u64) {
+        let Entry::Occupied(mut l) = self.listeners.entry(key) else {
+            return;
+        };
+        let open = &mut l.get_mut().open;
+        match open.iter().position(|(sk, _)| *sk == skaddr) {
+            Some(i) => {
+                open.remove(i);
             }
+            None => open.retain(|(sk, _)| *sk != 0),
+        }
+        if open.is_empty() {
+            l.remove();
         }
     }
 
@@ -264,38 +299,65 @@ mod tests {
     }
 
     #[test]
-    fn two_processes_on_one_port_leave_children_unowned() {
+    fn two_processes_on_one_port_leave_children_unowned_until_one_is_left() {
         let mut f = Follower::default();
         run(&mut f, t(1, 10, Close, Listen, Some(100)));
         run(&mut f, t(2, 11, Close, Listen, Some(101)));
         assert_eq!(run(&mut f, t(3, 12, Listen, SynRecv, None)).owner, None);
-        // Only the listener's own close forgets the port.
-        run(&mut f, t(4, 13, Listen, Close, Some(102)));
-        assert!(f.listeners.contains_key(&(7, 8080)));
-        run(&mut f, t(2, 14, Listen, Close, Some(101)));
+        // A failed listen() on the port goes to LISTEN and back: only its
+        // own entry goes.
+        run(&mut f, t(4, 13, Close, Listen, Some(102)));
+        run(&mut f, t(4, 14, Listen, Close, Some(102)));
+        assert_eq!(run(&mut f, t(5, 15, Listen, SynRecv, None)).owner, None);
+        run(&mut f, t(2, 16, Listen, Close, Some(101)));
+        let c = run(&mut f, t(6, 17, Listen, SynRecv, None));
+        assert_eq!(c.owner.unwrap().pid, 100);
+        run(&mut f, t(1, 18, Listen, Close, Some(100)));
         assert!(!f.listeners.contains_key(&(7, 8080)));
     }
 
     #[test]
-    fn a_seeded_listener_yields_to_the_probes_own() {
+    fn one_process_closing_one_of_its_listeners_keeps_the_other() {
         let mut f = Follower::default();
-        f.seed_listener(Some(7), 8080, owner(50));
-        assert_eq!(
-            run(&mut f, t(3, 1, Listen, SynRecv, None))
-                .owner
-                .unwrap()
-                .pid,
-            50
-        );
+        run(&mut f, t(1, 10, Close, Listen, Some(100)));
+        run(&mut f, t(2, 11, Close, Listen, Some(100)));
+        run(&mut f, t(2, 12, Listen, Close, Some(100)));
+        // Another process listens beside the first one's remaining socket.
+        run(&mut f, t(3, 13, Close, Listen, Some(200)));
+        assert_eq!(run(&mut f, t(4, 14, Listen, SynRecv, None)).owner, None);
+    }
+
+    #[test]
+    fn a_seeded_listener_stays_beside_the_probes_own() {
+        let mut f = Follower::default();
+        f.seed_listener(Some(7), 8080, Some(owner(50)));
+        let c = run(&mut f, t(3, 1, Listen, SynRecv, None));
+        assert_eq!(c.owner.unwrap().pid, 50);
+        // A second process listens: the seeded one still may accept.
         run(&mut f, t(1, 2, Close, Listen, Some(60)));
-        f.seed_listener(Some(7), 8080, owner(50));
-        assert_eq!(
-            run(&mut f, t(4, 3, Listen, SynRecv, None))
-                .owner
-                .unwrap()
-                .pid,
-            60
-        );
+        assert_eq!(run(&mut f, t(4, 3, Listen, SynRecv, None)).owner, None);
+        // A port whose owner procfs could not tell: unknown.
+        f.seed_listener(Some(7), 9090, None);
+        let mut c = t(5, 4, Listen, SynRecv, None);
+        c.local.set_port(9090);
+        assert_eq!(run(&mut f, c).owner, None);
+    }
+
+    #[test]
+    fn a_listener_whose_close_was_lost_gives_its_address_to_a_new_child() {
+        let mut f = Follower::default();
+        run(&mut f, t(1, 10, Close, Listen, Some(100)));
+        // Its LISTEN -> CLOSE was lost; a child of another listener (port
+        // 9090, owner 300) now has the address.
+        let mut l = t(2, 11, Close, Listen, Some(300));
+        l.local.set_port(9090);
+        run(&mut f, l);
+        let mut c = t(1, 12, Listen, SynRecv, None);
+        c.local.set_port(9090);
+        let c = run(&mut f, c);
+        assert_eq!(c.owner.unwrap().pid, 300);
+        assert_eq!(c.passive, Some(true));
+        assert_eq!(c.in_old, None);
     }
 
     #[test]

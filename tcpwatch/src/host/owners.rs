@@ -87,9 +87,11 @@ fn denied_once() {
     }
 }
 
-/// (local port, owner) of every listening TCP socket in this process's
-/// network namespace whose owner could be found.
-pub fn listeners() -> anyhow::Result<Vec<(u16, Owner)>> {
+/// Every local port TCP listens on in this process's network namespace:
+/// how many sockets listen on it, and their owner: None unless every one
+/// was found, all in one process (SO_REUSEPORT groups, v4 and v6 sockets
+/// of other processes: a child could be any one's).
+pub fn listeners() -> anyhow::Result<Vec<(u16, u64, Option<Owner>)>> {
     let mut by_inode: HashMap<u64, u16> = HashMap::new();
     for entry in procfs::net::tcp()?.into_iter().chain(procfs::net::tcp6()?) {
         if entry.state == TcpState::Listen {
@@ -98,14 +100,31 @@ pub fn listeners() -> anyhow::Result<Vec<(u16, Owner)>> {
     }
     let inodes: HashSet<u64> = by_inode.keys().copied().collect();
     let owners = socket_owners(&inodes)?;
-    let mut out: Vec<(u16, Owner)> = owners
+    let mut by_port: std::collections::BTreeMap<u16, Option<Owner>> = Default::default();
+    let mut mixed: HashSet<u16> = HashSet::new();
+    let mut count: HashMap<u16, u64> = HashMap::new();
+    for (inode, port) in &by_inode {
+        *count.entry(*port).or_default() += 1;
+        let owner = owners.get(inode).copied();
+        match by_port.get(port) {
+            None => {
+                by_port.insert(*port, owner);
+            }
+            Some(prev) => {
+                if prev.is_none() || owner.is_none() || prev.map(|o| o.pid) != owner.map(|o| o.pid)
+                {
+                    mixed.insert(*port);
+                }
+            }
+        }
+    }
+    Ok(by_port
         .into_iter()
-        .filter_map(|(inode, owner)| by_inode.get(&inode).map(|&port| (port, owner)))
-        .collect();
-    // SO_REUSEPORT: several listeners on one port; keep one deterministically.
-    out.sort_by_key(|(port, o)| (*port, o.pid));
-    out.dedup_by_key(|(port, _)| *port);
-    Ok(out)
+        .map(|(port, owner)| {
+            let n = count.get(&port).copied().unwrap_or(1);
+            (port, n, owner.filter(|_| !mixed.contains(&port)))
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -126,8 +145,9 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let ls = listeners().unwrap();
         assert!(
-            ls.iter()
-                .any(|(p, o)| *p == port && o.pid == std::process::id()),
+            ls.iter().any(|(p, n, o)| *p == port
+                && *n == 1
+                && o.is_some_and(|o| o.pid == std::process::id())),
             "{ls:?}"
         );
     }

@@ -65,6 +65,9 @@ pub struct Capture {
     ring_records: usize,
     /// At stop: everything left is released, there is nothing later.
     flush: bool,
+    /// The last read of the rings stopped at a ring's capacity: more may
+    /// be waiting without a wakeup to say so, until a read that did not.
+    capped: bool,
     stats: PerCpuArray<MapData, Stats>,
     /// Records of an unexpected size (an object built from other sources).
     malformed: u64,
@@ -138,10 +141,10 @@ impl Capture {
                     .map_err(io::Error::from)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // After attaching (a listener opened meanwhile is seen by the probe
-        // itself, and the probe's entries win: seeding never replaces) and
-        // before arming, so the scan of every process's fds cannot delay the
-        // first drain of the ring buffer.
+        // After attaching and before arming, so the scan of every process's
+        // fds cannot delay the first drain of the ring buffer. A listener
+        // opened or closed between the scan and the arming is not seen by
+        // either: its port's owner may be stale until it listens again.
         let mut sockets = Follower::default();
         match owners::listeners() {
             Ok(found) => {
@@ -151,8 +154,12 @@ impl Capture {
                 } else {
                     0
                 };
-                seed_listeners(&mut loaded, netns, found.iter().map(|(port, _)| *port))?;
-                for (port, owner) in found {
+                seed_listeners(
+                    &mut loaded,
+                    netns,
+                    found.iter().map(|(port, n, _)| (*port, *n)),
+                )?;
+                for (port, _, owner) in found {
                     sockets.seed_listener((netns != 0).then_some(netns), port, owner);
                 }
             }
@@ -181,6 +188,7 @@ impl Capture {
             rings,
             ring_records,
             flush: false,
+            capped: false,
             stats,
             malformed: 0,
             misses_before_arming,
@@ -329,9 +337,8 @@ impl Capture {
         max: usize,
         mut f: impl FnMut(&Transition) -> Result<(), E>,
     ) -> Result<usize, E> {
-        let mut capped = false;
         if !self.reorder.ready() {
-            capped = self.read_rings();
+            self.capped = self.read_rings();
         }
         let mut n = 0;
         let mut result = Ok(());
@@ -351,7 +358,7 @@ impl Capture {
             }
         }
         self.delivered += n as u64;
-        self.more = self.reorder.ready() || capped;
+        self.more = self.reorder.ready() || self.capped;
         result.map(|()| n)
     }
 
@@ -678,7 +685,7 @@ fn prog_info(loaded: &Loaded, name: &'static str) -> Result<ProgInfo, CaptureErr
 fn seed_listeners(
     loaded: &mut Loaded,
     netns: u32,
-    ports: impl Iterator<Item = u16>,
+    ports: impl Iterator<Item = (u16, u64)>,
 ) -> Result<(), CaptureError> {
     let map = loaded
         .ebpf
@@ -686,9 +693,9 @@ fn seed_listeners(
         .ok_or(CaptureError::MissingMap("LISTENERS"))?;
     let mut map: BpfHashMap<_, u64, u64> =
         BpfHashMap::try_from(map).map_err(|e| CaptureError::Map("LISTENERS", e))?;
-    for port in ports {
+    for (port, listening) in ports {
         // BPF_NOEXIST: an entry the probe made is fresher than ours.
-        match map.insert(&listener_key(netns, port), &0, 1) {
+        match map.insert(&listener_key(netns, port), &listening, 1) {
             Ok(()) => {}
             Err(aya::maps::MapError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
