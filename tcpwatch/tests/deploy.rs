@@ -3,6 +3,9 @@
 //! unit) and tcpwatch itself (the default configuration file). No root.
 use std::{path::Path, process::Command};
 
+#[path = "shared/skip.rs"]
+mod skip;
+
 const BIN: &str = env!("CARGO_BIN_EXE_tcpwatch");
 
 fn deploy() -> &'static Path {
@@ -19,19 +22,10 @@ fn tool_available(test: &str, tool: &str, package: &str) -> bool {
         std::env::var_os("CI").is_none(),
         "{test}: {tool} missing in CI: cargo xtask setup installs {package}"
     );
-    let why = format!("no `{tool}` (apt-get install {package}, or cargo xtask setup)");
-    eprintln!("\n!!! SKIPPED {test}: {why}\n");
-    // Listed again at the end of `cargo xtask test`.
-    if let Some(log) = std::env::var_os("TCPWATCH_SKIP_LOG") {
-        use std::io::Write as _;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(log)
-        {
-            let _ = writeln!(f, "{test}: {why}");
-        }
-    }
+    skip::skipped(
+        test,
+        &format!("no `{tool}` (apt-get install {package}, or cargo xtask setup)"),
+    );
     false
 }
 

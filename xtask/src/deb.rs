@@ -68,7 +68,12 @@ pub fn check(root: &Path) -> anyhow::Result<()> {
     let deb = build(root)?;
     let listing = capture(Command::new("dpkg").arg("-c").arg(&deb))?;
     eprintln!("xtask: the package holds:\n{listing}");
-    run(Command::new("dpkg").arg("-i").arg(&deb))?;
+    // A failed install is purged too: a half-configured package would
+    // stop every later check at the guard above.
+    if let Err(e) = run(Command::new("dpkg").arg("-i").arg(&deb)) {
+        let _ = run(Command::new("dpkg").args(["--purge", "tcpwatch"]));
+        return Err(e);
+    }
     let result = installed_works();
     let files = capture(Command::new("dpkg").args(["-L", "tcpwatch"]));
     run(Command::new("dpkg").args(["--purge", "tcpwatch"]))?;

@@ -53,22 +53,9 @@ pub fn full_churn_elsewhere() -> std::sync::RwLockWriteGuard<'static, ()> {
 
 /// Whether this test may load BPF programs and make namespaces. In CI (CI set) a missing
 /// privilege is a failure; elsewhere the test is skipped, loudly.
-/// Says loudly that `test` skipped, and why, and notes it in the file
-/// `cargo xtask test` lists at its end (TCPWATCH_SKIP_LOG), so a skip is
-/// seen in the summary, not only in a passing test's output.
-pub fn skipped(test: &str, why: &str) {
-    eprintln!("\n!!!!!!!!\n!!! SKIPPED {test}: {why}\n!!!!!!!!\n");
-    if let Some(log) = std::env::var_os("TCPWATCH_SKIP_LOG") {
-        use std::io::Write as _;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(log)
-        {
-            let _ = writeln!(f, "{test}: {why}");
-        }
-    }
-}
+#[path = "../shared/skip.rs"]
+mod skip;
+pub use skip::skipped;
 
 pub fn root_available(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -329,5 +316,57 @@ pub fn connect_n(n: usize) {
         let c = std::net::TcpStream::connect(addr).unwrap();
         let (s, _) = l.accept().unwrap();
         drop((c, s));
+    }
+}
+
+/// Group `tcpwatch`, made for the test if the machine has none (and
+/// removed after). One test at a time holds it: the daemon gives its
+/// control socket to that group when it exists, and a daemon without
+/// CAP_CHOWN (the unit's) can only do so as a member of it.
+pub(crate) struct Group {
+    pub(crate) gid: u32,
+    made: bool,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Group {
+    pub(crate) fn ensure() -> Group {
+        static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let guard = ONE.lock().unwrap_or_else(|e| e.into_inner());
+        let gid = |name: &str| {
+            let out = Command::new("getent")
+                .args(["group", name])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .split(':')
+                .nth(2)
+                .and_then(|g| g.trim().parse::<u32>().ok())
+        };
+        if let Some(g) = gid("tcpwatch") {
+            return Group {
+                gid: g,
+                made: false,
+                _one_at_a_time: guard,
+            };
+        }
+        let st = Command::new("groupadd")
+            .args(["--system", "tcpwatch"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "groupadd --system tcpwatch");
+        Group {
+            gid: gid("tcpwatch").expect("the group just made"),
+            made: true,
+            _one_at_a_time: guard,
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if self.made {
+            let _ = Command::new("groupdel").arg("tcpwatch").status();
+        }
     }
 }

@@ -17,13 +17,17 @@ use crate::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpwatch");
 
-/// The unit's capability set, as setpriv names them (`bpf`, `perfmon`...).
-fn unit_capabilities() -> Vec<String> {
-    let unit = std::fs::read_to_string(concat!(
+fn unit() -> String {
+    std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/systemd/tcpwatch.service"
     ))
-    .unwrap();
+    .unwrap()
+}
+
+/// The unit's capability set, as setpriv names them (`bpf`, `perfmon`...).
+fn unit_capabilities() -> Vec<String> {
+    let unit = unit();
     let line = unit
         .lines()
         .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
@@ -39,14 +43,22 @@ fn unit_capabilities() -> Vec<String> {
 }
 
 /// nsenter into `ns`, then setpriv down to `caps` (root keeps only what its
-/// bounding set allows across exec), then the command that follows.
+/// bounding set allows across exec) and the unit's group (Group=), then
+/// the command that follows.
 fn wrapper(ns: &str, caps: &[String]) -> Vec<String> {
     let set: String = caps.iter().map(|c| format!(",+{c}")).collect();
+    let unit = unit();
+    let group = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("Group="))
+        .expect("the unit sets Group=");
     vec![
         "nsenter".into(),
         format!("--net={ns}"),
         "setpriv".into(),
         format!("--bounding-set=-all{set}"),
+        format!("--regid={}", group.trim()),
+        "--clear-groups".into(),
         "--inh-caps=-all".into(),
         "--".into(),
     ]
@@ -117,6 +129,9 @@ fn the_daemon_runs_with_only_the_units_capabilities_and_names_a_missing_one() {
         return;
     }
     let caps = unit_capabilities();
+    // The unit's group, as its package makes it (the daemon gives its
+    // control socket to it, which needs membership without CAP_CHOWN).
+    let _group = crate::common::Group::ensure();
     let ns = NsWorker::new();
     let listener = NobodyListener::start(&ns.path);
     let port = listener.1;
@@ -159,6 +174,9 @@ fn the_daemon_runs_with_only_the_units_capabilities_and_names_a_missing_one() {
                     .args([
                         BIN,
                         "daemon",
+                        // Bounded, should it start after all.
+                        "--duration",
+                        "2",
                         "--metrics-addr",
                         "127.0.0.1:0",
                         "--control-socket",
@@ -179,8 +197,11 @@ fn the_daemon_runs_with_only_the_units_capabilities_and_names_a_missing_one() {
             // Runs, counts, and says why other users' sockets have no owner.
             "sys_ptrace" | "dac_read_search" => {
                 let d = Daemon::start_wrapped(&wrapper(&ns.path, &fewer), Some(&ns.path), &[]);
-                let text = scrape_until(&d, "a census", |t| {
+                // An owner scan has run once the daemon's own metrics
+                // listener (root's, readable) has its owner.
+                let text = scrape_until(&d, "an owner scan", |t| {
                     has(t, "tcpwatch_sockets", &[&netns, "state=\"LISTEN\""])
+                        && has(t, "tcpwatch_process_sockets", &["comm=\"tcpwatch\""])
                 });
                 assert!(
                     !has(&text, "tcpwatch_process_sockets", &["comm=\"perl\""]),
@@ -210,6 +231,7 @@ fn all_namespaces_without_cap_sys_admin_says_so() {
     }
     let caps = unit_capabilities();
     assert!(!caps.iter().any(|c| c == "sys_admin"), "{caps:?}");
+    let _group = crate::common::Group::ensure();
     let ns = NsWorker::new();
     // In the host's namespace, censusing the test's: it must enter it.
     let host = format!("/proc/{}/ns/net", std::process::id());

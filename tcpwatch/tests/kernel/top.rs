@@ -122,51 +122,6 @@ impl Drop for Daemon {
     }
 }
 
-/// Group `tcpwatch`, made for the test if the machine has none (and
-/// removed after).
-struct Group {
-    gid: u32,
-    made: bool,
-}
-
-impl Group {
-    fn ensure() -> Group {
-        let gid = |name: &str| {
-            let out = Command::new("getent")
-                .args(["group", name])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout)
-                .split(':')
-                .nth(2)
-                .and_then(|g| g.trim().parse::<u32>().ok())
-        };
-        if let Some(g) = gid("tcpwatch") {
-            return Group {
-                gid: g,
-                made: false,
-            };
-        }
-        let st = Command::new("groupadd")
-            .args(["--system", "tcpwatch"])
-            .status()
-            .unwrap();
-        assert!(st.success(), "groupadd --system tcpwatch");
-        Group {
-            gid: gid("tcpwatch").expect("the group just made"),
-            made: true,
-        }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        if self.made {
-            let _ = Command::new("groupdel").arg("tcpwatch").status();
-        }
-    }
-}
-
 /// A tmux server of the test's own, with one window running `cmd`;
 /// killed on drop.
 struct Tmux(String);
@@ -302,7 +257,7 @@ fn top_in_a_terminal_as_a_group_member_shows_the_port_live_and_quits_clean() {
     {
         return;
     }
-    let group = Group::ensure();
+    let group = crate::common::Group::ensure();
     let ns = NamedNetns::new("top");
     let daemon = Daemon::start(&ns);
     let load = Load::start(&ns);
