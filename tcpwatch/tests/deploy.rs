@@ -5,28 +5,12 @@ use std::{path::Path, process::Command};
 
 #[path = "shared/skip.rs"]
 mod skip;
+use skip::tool_available;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpwatch");
 
 fn deploy() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy"))
-}
-
-/// Whether `tool` runs; in CI a missing tool fails (`cargo xtask setup`
-/// installs it), elsewhere the test says loudly that it skipped.
-fn tool_available(test: &str, tool: &str, package: &str) -> bool {
-    if Command::new(tool).arg("--version").output().is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: {tool} missing in CI: cargo xtask setup installs {package}"
-    );
-    skip::skipped(
-        test,
-        &format!("no `{tool}` (apt-get install {package}, or cargo xtask setup)"),
-    );
-    false
 }
 
 fn run(cmd: &mut Command) -> String {

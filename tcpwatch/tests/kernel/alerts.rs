@@ -474,6 +474,17 @@ fn legitimate_churn_a_burst_and_a_restart_raise_no_alert() {
 
 /// Debian's Alertmanager on a loopback port of its own, clustering off,
 /// state in a directory of the test's; stopped on drop.
+/// Waits (up to `within`) until the server of the test's own on `port`
+/// answers its `/-/ready` (Prometheus and Alertmanager both have it).
+fn wait_ready(what: &str, port: u16, within: Duration) {
+    until(Instant::now(), within, &format!("{what} ready"), || {
+        Command::new("curl")
+            .args(["-sf", &format!("http://127.0.0.1:{port}/-/ready")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+}
+
 struct Alertmanager {
     child: std::process::Child,
     port: u16,
@@ -489,11 +500,7 @@ impl Alertmanager {
             "route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n",
         )
         .unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::common::free_port();
         let child = Command::new("prometheus-alertmanager")
             .arg(format!("--config.file={}", cfg.display()))
             .arg(format!("--storage.path={}", dir.0.display()))
@@ -508,13 +515,7 @@ impl Alertmanager {
             port,
             _dir: dir,
         };
-        let t = Instant::now();
-        until(t, Duration::from_secs(20), "Alertmanager ready", || {
-            Command::new("curl")
-                .args(["-sf", &format!("http://127.0.0.1:{port}/-/ready")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
+        wait_ready("Alertmanager", port, Duration::from_secs(20));
         am
     }
 
@@ -708,11 +709,7 @@ impl Prometheus {
         }
         let file = dir.0.join("prometheus.yml");
         std::fs::write(&file, cfg).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::common::free_port();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", file.display()))
             .arg(format!(
@@ -729,13 +726,7 @@ impl Prometheus {
             port,
             _dir: dir,
         };
-        let t = Instant::now();
-        until(t, Duration::from_secs(30), "Prometheus ready", || {
-            Command::new("curl")
-                .args(["-sf", &format!("http://127.0.0.1:{port}/-/ready")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
+        wait_ready("Prometheus", port, Duration::from_secs(30));
         p
     }
 

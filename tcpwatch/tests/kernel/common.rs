@@ -55,7 +55,7 @@ pub fn full_churn_elsewhere() -> std::sync::RwLockWriteGuard<'static, ()> {
 /// privilege is a failure; elsewhere the test is skipped, loudly.
 #[path = "../shared/skip.rs"]
 mod skip;
-pub use skip::skipped;
+pub use skip::{skipped, tool_available};
 
 pub fn root_available(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -191,23 +191,6 @@ pub fn netns_thread<R: Send + 'static>(
     (ino_rx.recv().unwrap(), go_tx, h)
 }
 
-/// Whether `nft` can run here. In CI its absence fails the test (cargo xtask
-/// setup installs nftables); elsewhere the test is skipped, loudly.
-pub fn nft_available(test: &str) -> bool {
-    if Command::new("nft").arg("--version").output().is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: nft missing in CI: cargo xtask setup installs nftables"
-    );
-    skipped(
-        test,
-        "no `nft` (apt-get install nftables, or cargo xtask setup)",
-    );
-    false
-}
-
 /// Runs `nft` in the calling thread's network namespace.
 pub fn nft(args: &[&str]) {
     let out = Command::new("nft")
@@ -281,21 +264,14 @@ impl Drop for NamedNetns {
     }
 }
 
-/// Whether `tool` runs here; in CI its absence fails the test (the
-/// project's set-up installs it), elsewhere the test is skipped loudly.
-pub fn tool_available(test: &str, tool: &str, package: &str) -> bool {
-    if Command::new(tool).arg("--version").output().is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: {tool} missing in CI: cargo xtask setup installs {package}"
-    );
-    skipped(
-        test,
-        &format!("no `{tool}` (apt-get install {package}, or cargo xtask setup)"),
-    );
-    false
+/// A loopback port that was free a moment ago (nothing listens on it now;
+/// another test could still take it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The inode of a file: for a namespace file, the namespace's.

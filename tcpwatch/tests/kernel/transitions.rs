@@ -11,8 +11,8 @@ use tcpwatch::{core::model::Transition, probe::loader::LoadOptions};
 use tcpwatch_common::TcpState::{self, *};
 
 use crate::common::{
-    by_socket, capture_during, nft, nft_available, nft_output_chain, nft_output_rule, on_port,
-    root_available, st, states,
+    by_socket, capture_during, nft, nft_output_chain, nft_output_rule, on_port, root_available, st,
+    states,
 };
 
 const CLIENT_CLOSES_FIRST: [(TcpState, TcpState); 5] = [
@@ -288,11 +288,7 @@ fn connect_to_closed_port_is_syn_sent_then_close() {
     }
     let cap = capture_during(LoadOptions::default(), Duration::from_millis(300), || {
         // A port that was free a moment ago and has no listener now.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::common::free_port();
         let err = TcpStream::connect(("127.0.0.1", port)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
         port
@@ -341,7 +337,8 @@ fn simultaneous_close_goes_through_closing() {
     if !root_available("simultaneous_close_goes_through_closing") {
         return;
     }
-    if !nft_available("simultaneous_close_goes_through_closing") {
+    if !crate::common::tool_available("simultaneous_close_goes_through_closing", "nft", "nftables")
+    {
         return;
     }
     // Both FINs are held back by an output rule, so both sides are in
