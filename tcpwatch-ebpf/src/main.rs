@@ -814,12 +814,12 @@ unsafe fn tcp_local_port(sk: *const u8) -> Option<u16> {
 /// server's socket, under the remote port for a client's (as transitions
 /// are). A socket whose local port is listening in its namespace is taken
 /// for a server's (a client bound to a listening port's number is counted
-/// there too); a packet that found no socket at all (`no_socket`) was sent
-/// to a local port.
+/// there too); a packet that found no socket at all, or a listener's own
+/// signal (`local_side`), is a local port's.
 #[inline(always)]
-fn signal_key(netns: u32, kind: u16, no_socket: bool, local: u16, remote: u16) -> SignalKey {
+fn signal_key(netns: u32, kind: u16, local_side: bool, local: u16, remote: u16) -> SignalKey {
     // SAFETY: the value is not kept.
-    let inbound = no_socket || unsafe { LISTENERS.get(&listener_key(netns, local)) }.is_some();
+    let inbound = local_side || unsafe { LISTENERS.get(&listener_key(netns, local)) }.is_some();
     SignalKey {
         netns,
         tgid: 0,
@@ -834,7 +834,7 @@ fn signal_key(netns: u32, kind: u16, no_socket: bool, local: u16, remote: u16) -
 /// A signal of full TCP socket `sk` (a reset received or sent by it, a
 /// SYN-ACK its listener retransmitted).
 #[inline(always)]
-fn socket_signal(sk: *const u8, kind: u16, cfg: &ProbeConfig) {
+fn socket_signal(sk: *const u8, kind: u16, cfg: &ProbeConfig, listener: bool) {
     if sk.is_null() {
         signal_stat(true, kind);
         return;
@@ -851,7 +851,10 @@ fn socket_signal(sk: *const u8, kind: u16, cfg: &ProbeConfig) {
             u16::from_be(field::<u16>(sk, off(&CONFIG.sk_dport))),
         )
     };
-    count_signal(&signal_key(netns, kind, false, local, remote));
+    // A listener's signal is its port's, inbound, whether or not the
+    // probe saw it start listening (one older than the daemon, in a
+    // namespace other than the daemon's, is in no seeded table).
+    count_signal(&signal_key(netns, kind, listener, local, remote));
 }
 
 /// `tcp:tcp_receive_reset(sk)`: a reset arrived for one of our sockets.
@@ -859,7 +862,7 @@ fn socket_signal(sk: *const u8, kind: u16, cfg: &ProbeConfig) {
 pub fn tcpwatch_rst_in(ctx: BtfTracePointContext) -> i32 {
     let cfg = config();
     if cfg.hook == HOOK_BTF && armed() {
-        socket_signal(ctx.arg(0), signal::RST_RECEIVED, &cfg);
+        socket_signal(ctx.arg(0), signal::RST_RECEIVED, &cfg, false);
     }
     0
 }
@@ -869,7 +872,7 @@ pub fn tcpwatch_rst_in(ctx: BtfTracePointContext) -> i32 {
 pub fn tcpwatch_synack(ctx: BtfTracePointContext) -> i32 {
     let cfg = config();
     if cfg.hook == HOOK_BTF && armed() {
-        socket_signal(ctx.arg(0), signal::SYNACK_RETRANSMIT, &cfg);
+        socket_signal(ctx.arg(0), signal::SYNACK_RETRANSMIT, &cfg, true);
     }
     0
 }
@@ -887,7 +890,7 @@ pub fn tcpwatch_rst_out(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let skb: *const u8 = ctx.arg(1);
     if skb.is_null() {
-        socket_signal(sk, signal::RST_SENT, &cfg);
+        socket_signal(sk, signal::RST_SENT, &cfg, false);
         return 0;
     }
     if cfg.skb_data == 0 {

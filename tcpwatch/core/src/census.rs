@@ -166,6 +166,42 @@ fn is_zero(n: &u64) -> bool {
 pub const MAX_LISTED: usize = 4096;
 
 impl Summary {
+    /// Its listening ports: how many listeners each has, and their owner
+    /// when one process holds them all (else none: unknown, never wrong).
+    pub fn listening_ports(&self) -> Vec<(u16, u64, Option<crate::model::Owner>)> {
+        // Per port: how many listen, the first's owner, whether all share it.
+        struct Port<'a> {
+            listeners: u64,
+            owner: Option<(u32, &'a str)>,
+            one_owner: bool,
+        }
+        let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
+        for l in &self.listeners {
+            let owner = l.pid.zip(l.comm.as_deref());
+            let p = ports.entry(l.port).or_insert(Port {
+                listeners: 0,
+                owner,
+                one_owner: true,
+            });
+            p.listeners += 1;
+            p.one_owner &= owner.is_some() && p.owner.map(|o| o.0) == owner.map(|o| o.0);
+        }
+        ports
+            .into_iter()
+            .map(|(port, p)| {
+                let owner =
+                    p.owner
+                        .filter(|_| p.one_owner)
+                        .map(|(pid, comm)| crate::model::Owner {
+                            pid,
+                            tid: pid,
+                            comm: comm.into(),
+                        });
+                (port, p.listeners, owner)
+            })
+            .collect()
+    }
+
     /// Adds another namespace's socket counts (for `other`).
     pub fn add(&mut self, o: &Summary) {
         self.total += o.total;
@@ -343,6 +379,38 @@ mod tests {
             (11, o(100, "nginx")),
             (20, o(200, "curl")),
         ])
+    }
+
+    #[test]
+    fn listening_ports_count_each_listener_and_name_an_owner_only_when_one() {
+        let l = |port, pid: Option<u32>, comm: &str| Listener {
+            address: "0.0.0.0".into(),
+            port,
+            accept_queue: 0,
+            backlog: 1,
+            syn_recv: 0,
+            pid,
+            comm: pid.map(|_| comm.into()),
+            states: BTreeMap::new(),
+        };
+        let mut s = summarize(None, &Census::default(), &HashMap::new());
+        s.listeners = vec![
+            l(80, Some(100), "nginx"),
+            l(80, Some(100), "nginx"),
+            l(443, Some(100), "nginx"),
+            l(443, Some(200), "haproxy"),
+            l(8080, None, ""),
+        ];
+        let got = s.listening_ports();
+        let nginx = Owner {
+            pid: 100,
+            tid: 100,
+            comm: "nginx".into(),
+        };
+        assert_eq!(
+            got,
+            vec![(80, 2, Some(nginx)), (443, 2, None), (8080, 1, None)]
+        );
     }
 
     fn census() -> Census {

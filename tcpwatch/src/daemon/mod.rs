@@ -7,6 +7,7 @@ pub mod recorder;
 pub mod sampler;
 
 use std::{
+    collections::HashSet,
     path::PathBuf,
     sync::{
         Arc,
@@ -217,6 +218,7 @@ pub async fn run(
         .context("starting the census thread")?;
     let mut tick = ticker(&running);
     let mut pending: Vec<u32> = Vec::new();
+    let mut seeded: HashSet<u32> = HashSet::new();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -249,7 +251,10 @@ pub async fn run(
                     }
                 }
             }
-            Some(inputs) = samples.recv() => apply(&mut engine, &mut recorder, inputs)?,
+            Some(inputs) = samples.recv() => {
+                seed_listeners(&mut capture, &mut seeded, &inputs)?;
+                apply(&mut engine, &mut recorder, inputs)?;
+            }
             _ = tick.tick() => {
                 let k = kernel_sample(&capture)?;
                 apply(&mut engine, &mut recorder, [k, Input::Tick { ts_ns: monotonic_ns() }])?;
@@ -393,6 +398,41 @@ fn apply_transition(
         r.write_transition(t)?;
     }
     engine.transition(t);
+    Ok(())
+}
+
+/// Namespaces whose listeners were given to the probe, kept at most (any
+/// user can make namespaces in bulk; past this, as before any census).
+const SEEDED_NETNS: usize = 16_384;
+
+/// Gives the probe the listeners of each namespace at its first census:
+/// those older than the probe (or than its sight of the namespace) are in
+/// none of its tables. Once per namespace, so a listener closed since then
+/// is never brought back; a namespace gone leaves the set.
+fn seed_listeners(
+    capture: &mut Capture,
+    seeded: &mut HashSet<u32>,
+    inputs: &[Input],
+) -> anyhow::Result<()> {
+    for input in inputs {
+        match input {
+            Input::Census(s) | Input::Listeners(s) => {
+                if let Some(netns) = s.summary.netns
+                    && seeded.len() < SEEDED_NETNS
+                    && seeded.insert(netns)
+                {
+                    capture
+                        .seed_listeners(netns, &s.summary.listening_ports())
+                        .context("seeding the probe's listeners")?;
+                }
+            }
+            Input::Namespaces { alive, .. } => {
+                let alive: HashSet<&u32> = alive.iter().collect();
+                seeded.retain(|n| alive.contains(n));
+            }
+            _ => {}
+        }
+    }
     Ok(())
 }
 

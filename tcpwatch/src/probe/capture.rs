@@ -18,7 +18,7 @@ use tcpwatch_common::{
 };
 
 use tcpwatch_core::{
-    model::{KernelCounters, ProgCounters, Slot, Transition, stats_slot},
+    model::{KernelCounters, Owner, ProgCounters, Slot, Transition, stats_slot},
     reorder::Reorder,
     sockets::Follower,
 };
@@ -154,14 +154,7 @@ impl Capture {
                 } else {
                     0
                 };
-                seed_listeners(
-                    &mut loaded,
-                    netns,
-                    found.iter().map(|(port, n, _)| (*port, *n)),
-                )?;
-                for (port, _, owner) in found {
-                    sockets.seed_listener((netns != 0).then_some(netns), port, owner);
-                }
+                seed_listeners(&mut loaded, &mut sockets, netns, &found)?;
             }
             Err(e) => tracing::warn!("owners of existing listeners unknown: {e}"),
         }
@@ -201,6 +194,24 @@ impl Capture {
             signals: Some(signals),
             sockets,
         })
+    }
+
+    /// Listeners of namespace `netns` that a census found (port, how many
+    /// listen on it, their owner if one): ports the probe has not seen
+    /// start listening (older than the daemon, in another namespace) then
+    /// count their connections' resets on the server's side, and their
+    /// children get their owner. What the probe already follows is kept.
+    pub fn seed_listeners(
+        &mut self,
+        netns: u32,
+        found: &[(u16, u64, Option<Owner>)],
+    ) -> Result<(), CaptureError> {
+        // Without a readable namespace every key is 0: the own one's, seeded
+        // at start.
+        if self.loaded.config.netns_readable == 0 {
+            return Ok(());
+        }
+        seed_listeners(&mut self.loaded, &mut self.sockets, netns, found)
     }
 
     /// The reader of the signal counters (resets, SYN-ACK retransmits), for
@@ -680,20 +691,24 @@ fn prog_info(loaded: &Loaded, name: &'static str) -> Result<ProgInfo, CaptureErr
     })
 }
 
-/// Tells the probe which ports listened before it, so signals of their
-/// connections count on the server's side.
+/// Tells the probe and the follower which ports listened before the probe
+/// saw them, so signals of their connections count on the server's side.
 fn seed_listeners(
     loaded: &mut Loaded,
+    sockets: &mut Follower,
     netns: u32,
-    ports: impl Iterator<Item = (u16, u64)>,
+    found: &[(u16, u64, Option<Owner>)],
 ) -> Result<(), CaptureError> {
+    for (port, _, owner) in found {
+        sockets.seed_listener((netns != 0).then_some(netns), *port, *owner);
+    }
     let map = loaded
         .ebpf
         .map_mut("LISTENERS")
         .ok_or(CaptureError::MissingMap("LISTENERS"))?;
     let mut map: BpfHashMap<_, u64, u64> =
         BpfHashMap::try_from(map).map_err(|e| CaptureError::Map("LISTENERS", e))?;
-    for (port, listening) in ports {
+    for &(port, listening, _) in found {
         // BPF_NOEXIST: an entry the probe made is fresher than ours.
         match map.insert(&listener_key(netns, port), &listening, 1) {
             Ok(()) => {}

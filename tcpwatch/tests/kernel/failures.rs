@@ -188,6 +188,67 @@ fn resets_and_errors_are_counted_exactly_on_the_side_they_happen() {
     assert!(d.stop().success());
 }
 
+/// A listener older than the daemon, in the namespace it watches (which
+/// is not the daemon's own): once the census has seen it, the server's
+/// resets count on its port, inbound, as those of a listener the probe saw
+/// open do.
+#[test]
+fn resets_of_a_listener_older_than_the_daemon_count_on_its_port() {
+    let test = "resets_of_a_listener_older_than_the_daemon_count_on_its_port";
+    if !root_available(test) || !tool_available(test, "curl", "curl") {
+        return;
+    }
+    const ABORTED: usize = 10;
+    let ns = NsWorker::new();
+    let l = ns.run(|| TcpListener::bind("127.0.0.1:0").unwrap());
+    let server = l.local_addr().unwrap().port();
+    let d = Daemon::start(&["--netns", &ns.path]);
+    let netns = ns.inode;
+    let t = Instant::now();
+    until(
+        t,
+        Duration::from_secs(10),
+        "the listener in a census",
+        || {
+            value_now(
+                &d.scrape(),
+                "tcpwatch_listener_backlog",
+                &format!("netns=\"{netns}\",address=\"127.0.0.1\",port=\"{server}\""),
+            )
+            .is_some()
+        },
+    );
+    ns.run(move || {
+        for _ in 0..ABORTED {
+            let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (a, _) = l.accept().unwrap();
+            abort(a);
+            let e = c.read(&mut [0u8; 1]).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ECONNRESET), "{e}");
+        }
+    });
+    let resets = |text: &str, dir: &str, side: &str| {
+        value_now(
+            text,
+            "tcpwatch_port_resets_total",
+            &format!("netns=\"{netns}\",port=\"{server}\",direction=\"{dir}\",side=\"{side}\""),
+        )
+    };
+    let t = Instant::now();
+    let mut text = String::new();
+    until(t, Duration::from_secs(10), "the resets counted", || {
+        text = d.scrape();
+        resets(&text, "out", "received") >= Some(ABORTED as f64)
+    });
+    assert_eq!(resets(&text, "in", "sent"), Some(ABORTED as f64), "{text}");
+    assert_eq!(
+        resets(&text, "out", "received"),
+        Some(ABORTED as f64),
+        "{text}"
+    );
+    assert!(d.stop().success());
+}
+
 #[test]
 fn a_silent_peer_times_out_and_an_absent_one_is_unreachable() {
     let test = "a_silent_peer_times_out_and_an_absent_one_is_unreachable";
