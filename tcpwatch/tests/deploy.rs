@@ -1,8 +1,12 @@
 //! What `deploy/` ships, checked by the tools that will read it: promtool
 //! (the rules, their unit tests, the scrape config), systemd-analyze (the
-//! unit) and tcpwatch itself (the default configuration file). No root.
+//! unit) and tcpwatch itself (the default configuration file); the Grafana
+//! dashboards' structure (their queries run against a real Prometheus in
+//! the kernel suite's `grafana`). No root.
 use std::{path::Path, process::Command};
 
+#[path = "shared/dashboards.rs"]
+mod dashboards;
 #[path = "shared/skip.rs"]
 mod skip;
 use skip::tool_available;
@@ -88,4 +92,104 @@ fn the_systemd_unit_verifies() {
     // Only complaints about the host's own units are not the unit's.
     let ours: Vec<&str> = text.lines().filter(|l| l.contains("tcpwatch")).collect();
     assert!(ours.is_empty(), "{text}");
+}
+
+/// What Grafana's file provisioning needs of a dashboard, and what makes
+/// one usable on any Grafana: no numeric id, a unique uid, every panel on
+/// the chosen Prometheus (the `datasource` variable), inside the 24-column
+/// grid, each query with a refId and no variable the dashboard lacks; the
+/// provider points where the package puts the files, and the fleet
+/// dashboard reads only recording rules the shipped rule file records.
+#[test]
+fn the_grafana_dashboards_are_provisioning_ready() {
+    let rules = std::fs::read_to_string(deploy().join("prometheus/tcpwatch.rules.yml")).unwrap();
+    let recorded: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- record: "))
+        .collect();
+    let mut uids = Vec::new();
+    for (name, d) in dashboards::all() {
+        assert!(
+            d["id"].is_null(),
+            "{name}: a provisioned dashboard has no id"
+        );
+        let uid = d["uid"].as_str().unwrap_or_default().to_string();
+        assert!(
+            !uid.is_empty() && !uids.contains(&uid),
+            "{name}: uid {uid:?}"
+        );
+        uids.push(uid);
+        assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()), "{name}");
+        assert!(d["schemaVersion"].as_u64() >= Some(36), "{name}");
+        let vars = dashboards::variable_names(&d);
+        assert_eq!(
+            vars.first().map(String::as_str),
+            Some("datasource"),
+            "{name}"
+        );
+        assert_eq!(d["templating"]["list"][0]["query"], "prometheus", "{name}");
+        // Every variable and Grafana's own interval given a value: an
+        // unknown `$name` in a query is the error.
+        let mut values: Vec<(&str, &str)> = vars.iter().map(|v| (v.as_str(), "x")).collect();
+        values.push(("__rate_interval", "1m"));
+        for (var, query) in dashboards::variables(&d) {
+            let promql = dashboards::label_values_promql(&query);
+            dashboards::expand(&promql, &values).unwrap_or_else(|e| panic!("{name}: ${var}: {e}"));
+        }
+        let mut ids = Vec::new();
+        for p in dashboards::panels(&d) {
+            let title = p["title"].as_str().unwrap_or_default();
+            let id = p["id"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}: {title}: no id"));
+            assert!(!ids.contains(&id), "{name}: panel id {id} twice");
+            ids.push(id);
+            let g = &p["gridPos"];
+            let (x, w) = (g["x"].as_u64().unwrap(), g["w"].as_u64().unwrap());
+            assert!(
+                x + w <= 24 && g["h"].as_u64() > Some(0),
+                "{name}: {title}: {g}"
+            );
+            if p["type"] == "row" {
+                continue;
+            }
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{name}: {title}");
+            assert_eq!(p["datasource"]["type"], "prometheus", "{name}: {title}");
+            let targets = p["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "{name}: {title}: no query");
+            let mut refs = Vec::new();
+            for t in targets {
+                let r = t["refId"].as_str().expect("refId");
+                assert!(!refs.contains(&r), "{name}: {title}: refId {r} twice");
+                refs.push(r);
+                assert_eq!(t["datasource"]["uid"], "${datasource}", "{name}: {title}");
+            }
+        }
+        for (title, expr) in dashboards::queries(&d) {
+            dashboards::expand(&expr, &values).unwrap_or_else(|e| panic!("{name}: {title}: {e}"));
+            // A recording rule's name has a colon; plain metrics have none.
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+                if word.contains(':') && word.contains("tcpwatch") {
+                    assert!(
+                        recorded.contains(&word),
+                        "{name}: {title}: {word} is not recorded"
+                    );
+                }
+            }
+        }
+    }
+    let provider =
+        std::fs::read_to_string(dashboards::dir().join("provisioning/tcpwatch.yml")).unwrap();
+    let cargo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    assert!(
+        provider.contains("path: /usr/share/tcpwatch/grafana/dashboards\n"),
+        "{provider}"
+    );
+    assert!(
+        cargo.contains(
+            "\"../deploy/grafana/dashboards/*.json\", \"usr/share/tcpwatch/grafana/dashboards/\""
+        ),
+        "the package does not put the dashboards where the provider reads them"
+    );
 }

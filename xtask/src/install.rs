@@ -1,7 +1,7 @@
 //! `cargo xtask install`: the release binary where `sudo tcpwatch` finds it,
 //! and what runs it as a service: the systemd unit, its group (sysusers),
-//! the default configuration (never over an existing one) and the
-//! Prometheus rules, from `deploy/`.
+//! the default configuration (never over an existing one), the
+//! Prometheus rules and the Grafana dashboards, from `deploy/`.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -11,7 +11,8 @@ use clap::Args;
 pub struct InstallArgs {
     /// Installation prefix: the binary goes to PREFIX/sbin (it needs root),
     /// the unit to PREFIX/lib/systemd/system, its group to
-    /// PREFIX/lib/sysusers.d, the Prometheus rules to PREFIX/share/tcpwatch;
+    /// PREFIX/lib/sysusers.d, the Prometheus rules and Grafana dashboards to
+    /// PREFIX/share/tcpwatch;
     /// the configuration to /etc/tcpwatch/tcpwatch.toml if there is none.
     #[arg(long, default_value = "/usr/local")]
     prefix: PathBuf,
@@ -47,17 +48,34 @@ pub fn run(args: &InstallArgs, root: &Path) -> anyhow::Result<()> {
         &std::fs::read(deploy.join("systemd/tcpwatch.sysusers.conf"))?,
         0o644,
     )?;
-    for name in [
-        "prometheus.yml",
-        "tcpwatch.rules.yml",
-        "tcpwatch.rules.test.yml",
+    // Every shipped rule file and dashboard, as the package ships them.
+    for (from, to) in [
+        ("prometheus", "share/tcpwatch/prometheus"),
+        ("grafana/dashboards", "share/tcpwatch/grafana/dashboards"),
     ] {
-        put(
-            &staged(&prefix.join("share/tcpwatch/prometheus").join(name)),
-            &std::fs::read(deploy.join("prometheus").join(name))?,
-            0o644,
-        )?;
+        for entry in std::fs::read_dir(deploy.join(from))? {
+            let path = entry?.path();
+            put(
+                &staged(&prefix.join(to).join(path.file_name().context("a file")?)),
+                &std::fs::read(&path)?,
+                0o644,
+            )?;
+        }
     }
+    // Grafana's provider points at the dashboards where they were just put.
+    let provider = std::fs::read_to_string(deploy.join("grafana/provisioning/tcpwatch.yml"))?
+        .replace(
+            "/usr/share/tcpwatch/grafana/dashboards",
+            &prefix
+                .join("share/tcpwatch/grafana/dashboards")
+                .display()
+                .to_string(),
+        );
+    put(
+        &staged(&prefix.join("share/tcpwatch/grafana/provisioning/tcpwatch.yml")),
+        provider.as_bytes(),
+        0o644,
+    )?;
     // An operator's configuration is theirs: only a missing one is written.
     let config = staged(Path::new("/etc/tcpwatch/tcpwatch.toml"));
     if config.exists() {

@@ -52,7 +52,7 @@ pub(crate) fn until(
 
 /// The namespace's listener and flood set-up: syncookies as asked, a veth
 /// subnet with an unanswered source, a listener with a small backlog.
-fn setup(ns: &NsWorker, syncookies: bool) -> (TcpListener, SocketAddrV4) {
+pub(crate) fn setup(ns: &NsWorker, syncookies: bool) -> (TcpListener, SocketAddrV4) {
     ns.run(move || {
         std::fs::write(
             "/proc/sys/net/ipv4/tcp_syncookies",
@@ -73,7 +73,7 @@ fn setup(ns: &NsWorker, syncookies: bool) -> (TcpListener, SocketAddrV4) {
 
 /// Floods `dst` from the namespace for `secs` seconds: 400 SYNs every
 /// 200 ms (at most 2,000 a second, 30,000 in all), each from a new port.
-fn flood(ns: &NsWorker, dst: SocketAddrV4, secs: f64) -> u32 {
+pub(crate) fn flood(ns: &NsWorker, dst: SocketAddrV4, secs: f64) -> u32 {
     assert!(secs <= 10.0, "floods are bounded");
     ns.run(move || {
         let start = Instant::now();
@@ -87,7 +87,7 @@ fn flood(ns: &NsWorker, dst: SocketAddrV4, secs: f64) -> u32 {
     })
 }
 
-fn daemon_for(ns: &NsWorker, dir: &tempdir::Dir) -> Daemon {
+pub(crate) fn daemon_for(ns: &NsWorker, dir: &tempdir::Dir) -> Daemon {
     daemon_with(ns, dir, "", &[])
 }
 
@@ -685,23 +685,27 @@ fn an_alertmanager_that_never_answers_slows_nothing() {
 }
 
 /// A real Prometheus on loopback, scraping `targets` (address, instance)
-/// every second with the shipped rules, alerting to `alertmanager`.
-struct Prometheus {
+/// every second with the shipped rules, alerting to `alertmanager` if any.
+pub(crate) struct Prometheus {
     child: std::process::Child,
     port: u16,
     _dir: tempdir::Dir,
 }
 
 impl Prometheus {
-    fn start(targets: &[(&str, &str)], alertmanager: u16) -> Prometheus {
+    pub(crate) fn start(targets: &[(&str, &str)], alertmanager: Option<u16>) -> Prometheus {
         let dir = tempdir::Dir::new("prometheus");
         let rules = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../deploy/prometheus/tcpwatch.rules.yml"
         );
         let mut cfg = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{alertmanager}']\nscrape_configs:\n  - job_name: tcpwatch\n    static_configs:\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\n"
         );
+        if let Some(port) = alertmanager {
+            cfg.push_str(&format!("alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{port}']\n"));
+        }
+        cfg.push_str("scrape_configs:\n  - job_name: tcpwatch\n    static_configs:\n");
         for (addr, instance) in targets {
             cfg.push_str(&format!(
                 "      - targets: ['{addr}']\n        labels:\n          instance: {instance}\n"
@@ -731,7 +735,7 @@ impl Prometheus {
     }
 
     /// An instant query's result vector.
-    fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn query(&self, promql: &str) -> Vec<serde_json::Value> {
         let out = Command::new("curl")
             .args(["-sf", "--get", "--data-urlencode"])
             .arg(format!("query={promql}"))
@@ -771,7 +775,7 @@ fn a_fleet_of_two_daemons_is_watched_by_prometheus_and_alertmanager() {
     let (_listener, dst) = setup(&a, true);
     let (dir_a, dir_b) = (tempdir::Dir::new("fleet-a"), tempdir::Dir::new("fleet-b"));
     let (da, db) = (daemon_for(&a, &dir_a), daemon_for(&b, &dir_b));
-    let prom = Prometheus::start(&[(&da.addr, "host-a"), (&db.addr, "host-b")], am.port);
+    let prom = Prometheus::start(&[(&da.addr, "host-a"), (&db.addr, "host-b")], Some(am.port));
     // Traffic on both hosts.
     for ns in [&a, &b] {
         ns.run(|| {

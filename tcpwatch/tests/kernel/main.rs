@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod daemon;
 mod failures;
+mod grafana;
 mod netns;
 mod service;
 mod synflood;
