@@ -35,7 +35,7 @@ pub fn build(root: &Path) -> anyhow::Result<PathBuf> {
     }
     let out = Command::new(&cargo)
         .current_dir(root)
-        .args(["deb", "--package", "tcpwatch", "--no-build", "--no-strip"])
+        .args(["deb", "--package", "tcpwatch", "--no-build"])
         .output()
         .context("running cargo deb")?;
     if !out.status.success() {
