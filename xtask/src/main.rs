@@ -47,7 +47,7 @@ enum Task {
     /// (default /usr/local/sbin, on root's PATH).
     Install(install::InstallArgs),
     /// Build the Debian package (cargo-deb): binary, unit, configuration,
-    /// man pages, completions, Prometheus rules.
+    /// man pages, completions, Prometheus rules, Grafana dashboards.
     Deb {
         /// Then install it here with dpkg, use it, purge it and check that
         /// nothing is left (root; `cargo xtask test` does this).
