@@ -469,9 +469,12 @@ impl Capture {
             if self.delivered + self.malformed >= emitted {
                 break;
             }
-            if tokio::time::timeout_at(deadline, self.ready())
-                .await
-                .is_err()
+            // Checked here too: `ready` returns at once while the last read
+            // left records behind, and a timeout only fires on a wait.
+            if tokio::time::Instant::now() >= deadline
+                || tokio::time::timeout_at(deadline, self.ready())
+                    .await
+                    .is_err()
             {
                 tracing::warn!(
                     emitted,
