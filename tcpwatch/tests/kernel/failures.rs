@@ -50,6 +50,18 @@ fn abort(s: TcpStream) {
     drop(s);
 }
 
+/// `n` connections to `l` that its server side aborts: each client reads
+/// ECONNRESET.
+fn aborted_by_server(l: &TcpListener, n: usize) {
+    for _ in 0..n {
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        abort(a);
+        let e = c.read(&mut [0u8; 1]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ECONNRESET), "{e}");
+    }
+}
+
 #[test]
 fn resets_and_errors_are_counted_exactly_on_the_side_they_happen() {
     let test = "resets_and_errors_are_counted_exactly_on_the_side_they_happen";
@@ -67,13 +79,7 @@ fn resets_and_errors_are_counted_exactly_on_the_side_they_happen() {
             assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{e}");
         }
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        for _ in 0..ABORTED {
-            let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            let (a, _) = l.accept().unwrap();
-            abort(a);
-            let e = c.read(&mut [0u8; 1]).unwrap_err();
-            assert_eq!(e.raw_os_error(), Some(libc::ECONNRESET), "{e}");
-        }
+        aborted_by_server(&l, ABORTED);
         (closed, l.local_addr().unwrap().port())
     });
     let netns = ns.inode;
@@ -218,15 +224,7 @@ fn resets_of_a_listener_older_than_the_daemon_count_on_its_port() {
             .is_some()
         },
     );
-    ns.run(move || {
-        for _ in 0..ABORTED {
-            let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            let (a, _) = l.accept().unwrap();
-            abort(a);
-            let e = c.read(&mut [0u8; 1]).unwrap_err();
-            assert_eq!(e.raw_os_error(), Some(libc::ECONNRESET), "{e}");
-        }
-    });
+    ns.run(move || aborted_by_server(&l, ABORTED));
     let resets = |text: &str, dir: &str, side: &str| {
         value_now(
             text,
