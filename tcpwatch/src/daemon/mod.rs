@@ -252,7 +252,7 @@ pub async fn run(
                 }
             }
             Some(inputs) = samples.recv() => {
-                seed_listeners(&mut capture, &mut seeded, &inputs)?;
+                seed_listeners(&mut capture, &mut seeded, &inputs);
                 apply(&mut engine, &mut recorder, inputs)?;
             }
             _ = tick.tick() => {
@@ -408,22 +408,18 @@ const SEEDED_NETNS: usize = 16_384;
 /// Gives the probe the listeners of each namespace at its first census:
 /// those older than the probe (or than its sight of the namespace) are in
 /// none of its tables. Once per namespace, so a listener closed since then
-/// is never brought back; a namespace gone leaves the set.
-fn seed_listeners(
-    capture: &mut Capture,
-    seeded: &mut HashSet<u32>,
-    inputs: &[Input],
-) -> anyhow::Result<()> {
+/// is never brought back; a namespace gone leaves the set. A failure is
+/// logged, never fatal: those ports then count as before.
+fn seed_listeners(capture: &mut Capture, seeded: &mut HashSet<u32>, inputs: &[Input]) {
     for input in inputs {
         match input {
             Input::Census(s) | Input::Listeners(s) => {
                 if let Some(netns) = s.summary.netns
                     && seeded.len() < SEEDED_NETNS
                     && seeded.insert(netns)
+                    && let Err(e) = capture.seed_listeners(netns, &s.summary.listening_ports())
                 {
-                    capture
-                        .seed_listeners(netns, &s.summary.listening_ports())
-                        .context("seeding the probe's listeners")?;
+                    tracing::warn!("listeners of netns {netns} not given to the probe: {e}");
                 }
             }
             Input::Namespaces { alive, .. } => {
@@ -433,7 +429,6 @@ fn seed_listeners(
             _ => {}
         }
     }
-    Ok(())
 }
 
 fn apply(
