@@ -12,6 +12,7 @@ const ALLOWED: &[&str] = &[
     "tcpwatch-common",
     "serde",
     "serde_json",
+    "itoa",
     "thiserror",
     "foldhash",
     "prometheus-client",

@@ -65,11 +65,12 @@ pub struct Sink {
 impl<T: Send + 'static> Output<T> {
     /// Starts a writer on stdout: flushed per batch on a terminal or with
     /// `line_buffered`, else block-buffered and flushed every `FLUSH_EVERY`.
-    /// `header` is written first; `format` makes one line of an item.
+    /// `header` is written first; `format` appends one line of an item
+    /// (without its newline) to a batch's text.
     pub fn stdout(
         header: Option<String>,
         line_buffered: bool,
-        format: impl FnMut(&T) -> String + Send + 'static,
+        format: impl FnMut(&T, &mut String) + Send + 'static,
     ) -> Self {
         let stdout = io::stdout();
         let line_buffered = line_buffered || stdout.is_terminal();
@@ -89,7 +90,7 @@ impl<T: Send + 'static> Output<T> {
     pub fn new(
         sink: Sink,
         header: Option<String>,
-        mut format: impl FnMut(&T) -> String + Send + 'static,
+        mut format: impl FnMut(&T, &mut String) + Send + 'static,
     ) -> Self {
         let (tx, rx) = mpsc::sync_channel::<Vec<T>>(QUEUE_BATCHES);
         let written = Arc::new(AtomicU64::new(0));
@@ -202,13 +203,16 @@ fn write_all<T>(
     rx: &mpsc::Receiver<Vec<T>>,
     written: &AtomicU64,
     queued: &AtomicU64,
-    format: &mut impl FnMut(&T) -> String,
+    format: &mut impl FnMut(&T, &mut String),
 ) -> io::Result<()> {
     if let Some(h) = header {
         writeln!(sink.out, "{h}")?;
     }
     let mut unflushed = 0u64;
     let mut last_flush = Instant::now();
+    // A batch's lines, formatted into one reused buffer and written at
+    // once: no allocation or `fmt` per line.
+    let mut text = String::new();
     let flush = |out: &mut Box<dyn Write + Send>, n: &mut u64, at: &mut Instant| {
         out.flush()?;
         written.fetch_add(std::mem::take(n), Ordering::Relaxed);
@@ -218,9 +222,12 @@ fn write_all<T>(
     loop {
         match rx.recv_timeout(FLUSH_EVERY) {
             Ok(batch) => {
+                text.clear();
                 for item in &batch {
-                    writeln!(sink.out, "{}", format(item))?;
+                    format(item, &mut text);
+                    text.push('\n');
                 }
+                sink.out.write_all(text.as_bytes())?;
                 queued.fetch_sub(batch.len() as u64, Ordering::Relaxed);
                 unflushed += batch.len() as u64;
                 if sink.line_buffered || last_flush.elapsed() >= FLUSH_EVERY {
@@ -290,7 +297,7 @@ mod tests {
         let mut out = Output::new(
             sink(Stalled(gate.clone(), data.clone())),
             None,
-            |n: &u32| n.to_string(),
+            |n: &u32, s: &mut String| s.push_str(&n.to_string()),
         );
         // More items than the queue holds, in small batches (the bound is
         // on items, not batches).
@@ -315,7 +322,11 @@ mod tests {
     fn a_sink_stalled_forever_does_not_hang_the_exit() {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let data = Arc::new(Mutex::new(Vec::new()));
-        let mut out = Output::new(sink(Stalled(gate, data)), None, |n: &u32| n.to_string());
+        let mut out = Output::new(
+            sink(Stalled(gate, data)),
+            None,
+            |n: &u32, s: &mut String| s.push_str(&n.to_string()),
+        );
         out.send(vec![1]);
         let start = Instant::now();
         let stats = out.finish(Duration::from_millis(200));
@@ -334,7 +345,11 @@ mod tests {
                 Ok(())
             }
         }
-        let mut out = Output::new(sink(Closed), Some("HEADER".into()), |n: &u32| n.to_string());
+        let mut out = Output::new(
+            sink(Closed),
+            Some("HEADER".into()),
+            |n: &u32, s: &mut String| s.push_str(&n.to_string()),
+        );
         std::thread::sleep(Duration::from_millis(50));
         let mut accepted = true;
         for _ in 0..10 {

@@ -8,7 +8,7 @@ use tcpwatch::{
     core::{
         chains::Chains,
         model::{Accounting, Transition},
-        view::trace::{Filter, TextColumns, json_line},
+        view::trace::{Filter, TextColumns, push_json_line},
     },
     host::clock::wall_clock,
     probe::capture::Capture,
@@ -116,11 +116,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         capture.hook()
     );
     let mut out: Output<Transition> = if args.json {
-        Output::stdout(None, args.line_buffered, move |t| json_line(t, &clock))
+        Output::stdout(None, args.line_buffered, move |t, s| {
+            push_json_line(s, t, &clock)
+        })
     } else {
         let mut cols = TextColumns::new(args.ipv6);
-        Output::stdout(Some(cols.header()), args.line_buffered, move |t| {
-            cols.line(t, &clock)
+        Output::stdout(Some(cols.header()), args.line_buffered, move |t, s| {
+            s.push_str(&cols.line(t, &clock))
         })
     };
 

@@ -96,9 +96,8 @@ pub fn rfc3339(unix_ns: i128) -> String {
 }
 
 fn push_rfc3339(s: &mut String, unix_ns: i128) {
-    use std::fmt::Write as _;
     let secs = unix_ns.div_euclid(1_000_000_000) as i64;
-    let micros = unix_ns.rem_euclid(1_000_000_000) / 1000;
+    let micros = (unix_ns.rem_euclid(1_000_000_000) / 1000) as i64;
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     // Howard Hinnant's civil_from_days.
@@ -111,13 +110,35 @@ fn push_rfc3339(s: &mut String, unix_ns: i128) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    let _ = write!(
-        s,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    );
+    if (0..10_000).contains(&y) {
+        // Digits by hand into one buffer: this runs once per line of
+        // `trace --json`.
+        let mut buf = *b"0000-00-00T00:00:00.000000Z";
+        put_digits(&mut buf[0..4], y);
+        put_digits(&mut buf[5..7], m);
+        put_digits(&mut buf[8..10], d);
+        put_digits(&mut buf[11..13], sod / 3600);
+        put_digits(&mut buf[14..16], sod / 60 % 60);
+        put_digits(&mut buf[17..19], sod % 60);
+        put_digits(&mut buf[20..26], micros);
+        s.push_str(ascii(&buf));
+    } else {
+        let _ = write!(
+            s,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+            sod / 3600,
+            sod / 60 % 60,
+            sod % 60
+        );
+    }
+}
+
+/// The low decimal digits of `v` (0 <= v) into `out`, zero-padded.
+fn put_digits(out: &mut [u8], mut v: i64) {
+    for b in out.iter_mut().rev() {
+        *b = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
 }
 
 /// Column header of the text output with address columns `width` wide.
@@ -237,50 +258,140 @@ pub struct JsonEvent {
 
 /// One JSON line, written into one string: the same text as serializing
 /// [`JsonEvent`] (a test holds them equal), without its dozen allocations
-/// per line (the output thread fell behind `trace --json` at full churn).
+/// or `core::fmt` (formatting was 87 % of `trace --json`'s CPU at full
+/// churn, most of it `fmt::write` and padding of integers and addresses).
 pub fn json_line(t: &Transition, clock: &Clock) -> String {
-    use std::fmt::Write as _;
     let mut s = String::with_capacity(320);
+    push_json_line(&mut s, t, clock);
+    s
+}
+
+/// [`json_line`], appended to `s` (the writer formats a batch into one
+/// reused buffer).
+pub fn push_json_line(s: &mut String, t: &Transition, clock: &Clock) {
+    let mut n = itoa::Buffer::new();
     s.push_str("{\"time\":\"");
-    push_rfc3339(&mut s, clock.unix_ns(t.ts_ns));
-    let _ = write!(s, "\",\"ts_ns\":{},\"skaddr\":\"{:#x}\"", t.ts_ns, t.skaddr);
+    push_rfc3339(s, clock.unix_ns(t.ts_ns));
+    s.push_str("\",\"ts_ns\":");
+    s.push_str(n.format(t.ts_ns));
+    s.push_str(",\"skaddr\":\"");
+    push_hex(s, t.skaddr);
+    s.push('"');
     let owner = t.owner.as_ref();
-    push_field(&mut s, "netns", t.netns);
-    push_field(&mut s, "pid", owner.map(|o| o.pid));
-    push_field(&mut s, "tid", owner.map(|o| o.tid));
+    push_field(s, "netns", t.netns);
+    push_field(s, "pid", owner.map(|o| o.pid));
+    push_field(s, "tid", owner.map(|o| o.tid));
     s.push_str(",\"comm\":");
     match owner {
-        Some(o) => push_json_str(&mut s, &o.comm.to_str()),
+        Some(o) => push_json_str(s, &o.comm.to_str()),
         None => s.push_str("null"),
     }
-    let protocol = match t.protocol {
-        Protocol::Tcp => "tcp",
-        Protocol::Mptcp => "mptcp",
-    };
-    let _ = write!(
-        s,
-        ",\"family\":{},\"protocol\":\"{protocol}\",\"laddr\":\"{}\",\"lport\":{},\"raddr\":\"{}\",\"rport\":{},\"oldstate\":\"{}\",\"newstate\":\"{}\",\"ms\":",
-        t.ip_version(),
-        t.local.ip(),
-        t.local.port(),
-        t.remote.ip(),
-        t.remote.port(),
-        t.old,
-        t.new,
-    );
+    s.push_str(",\"family\":");
+    s.push_str(n.format(t.ip_version()));
+    s.push_str(match t.protocol {
+        Protocol::Tcp => ",\"protocol\":\"tcp\",\"laddr\":\"",
+        Protocol::Mptcp => ",\"protocol\":\"mptcp\",\"laddr\":\"",
+    });
+    push_ip(s, t.local.ip());
+    s.push_str("\",\"lport\":");
+    s.push_str(n.format(t.local.port()));
+    s.push_str(",\"raddr\":\"");
+    push_ip(s, t.remote.ip());
+    s.push_str("\",\"rport\":");
+    s.push_str(n.format(t.remote.port()));
+    s.push_str(",\"oldstate\":\"");
+    push_state(s, t.old);
+    s.push_str("\",\"newstate\":\"");
+    push_state(s, t.new);
+    s.push_str("\",\"ms\":");
     match in_old_ms(t) {
-        // serde_json's own float text, as the struct form writes it.
-        Some(ms) => s.push_str(&serde_json::Value::from(ms).to_string()),
+        Some(ms) => push_f64(s, ms),
         None => s.push_str("null"),
     }
-    let _ = write!(s, ",\"caught\":{}", t.caught);
+    s.push_str(if t.caught {
+        ",\"caught\":true"
+    } else {
+        ",\"caught\":false"
+    });
     if let Some(e) = t.error {
         s.push_str(",\"error\":");
-        push_json_str(&mut s, &errno_name(e));
-        let _ = write!(s, ",\"errno\":{e}");
+        push_json_str(s, &errno_name(e));
+        s.push_str(",\"errno\":");
+        s.push_str(n.format(e));
     }
     s.push('}');
-    s
+}
+
+/// `{:#x}`: `0x` and lowercase digits without leading zeros.
+fn push_hex(s: &mut String, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = *b"0x0000000000000000";
+    let digits = (64 - v.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        buf[2 + digits - 1 - i] = DIGITS[(v >> (4 * i) & 0xf) as usize];
+    }
+    s.push_str(ascii(&buf[..2 + digits]));
+}
+
+/// Text made of ASCII bytes written here.
+fn ascii(b: &[u8]) -> &str {
+    std::str::from_utf8(b).expect("ASCII")
+}
+
+/// An address as `Display` writes it; IPv4 without `core::fmt`.
+fn push_ip(s: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    buf[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    buf[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                buf[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            s.push_str(ascii(&buf[..len]));
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(s, "{v6}");
+        }
+    }
+}
+
+fn push_state(s: &mut String, state: crate::model::State) {
+    match state {
+        crate::model::State::Known(k) => s.push_str(k.name()),
+        unknown => {
+            let _ = write!(s, "{unknown}");
+        }
+    }
+}
+
+/// serde_json's own float text (what the struct form writes), through its
+/// formatter into a stack buffer.
+fn push_f64(s: &mut String, v: f64) {
+    use serde_json::ser::Formatter as _;
+    let mut buf = [0u8; 40];
+    let mut w: &mut [u8] = &mut buf;
+    let left = match serde_json::ser::CompactFormatter.write_f64(&mut w, v) {
+        Ok(()) => w.len(),
+        Err(_) => {
+            s.push_str(&serde_json::Value::from(v).to_string());
+            return;
+        }
+    };
+    let used = buf.len() - left;
+    s.push_str(std::str::from_utf8(&buf[..used]).unwrap_or("null"));
 }
 
 /// To the microsecond: the nanoseconds' float noise (0.055142000000000004)
@@ -290,11 +401,13 @@ fn in_old_ms(t: &Transition) -> Option<f64> {
 }
 
 fn push_field(s: &mut String, name: &str, v: Option<u32>) {
-    use std::fmt::Write as _;
-    let _ = match v {
-        Some(v) => write!(s, ",\"{name}\":{v}"),
-        None => write!(s, ",\"{name}\":null"),
-    };
+    s.push_str(",\"");
+    s.push_str(name);
+    s.push_str("\":");
+    match v {
+        Some(v) => s.push_str(itoa::Buffer::new().format(v)),
+        None => s.push_str("null"),
+    }
 }
 
 /// A JSON string, escaped as serde_json escapes it.
@@ -481,6 +594,95 @@ mod tests {
         for t in &cases {
             let reference = serde_json::to_string(&json_event(t, &CLOCK)).unwrap();
             assert_eq!(json_line(t, &CLOCK), reference);
+        }
+    }
+
+    /// The hand-written date digits against `format!` of the same fields,
+    /// from before year 0 to past year 9999.
+    #[test]
+    fn rfc3339_digits_match_formatted_text() {
+        fn reference(unix_ns: i128) -> String {
+            let secs = unix_ns.div_euclid(1_000_000_000) as i64;
+            let micros = unix_ns.rem_euclid(1_000_000_000) / 1000;
+            let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+            let z = days + 719_468;
+            let era = z.div_euclid(146_097);
+            let doe = z - era * 146_097;
+            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            let mp = (5 * doy + 2) / 153;
+            let d = doy - (153 * mp + 2) / 5 + 1;
+            let m = if mp < 10 { mp + 3 } else { mp - 9 };
+            let y = yoe + era * 400 + i64::from(m <= 2);
+            format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+                sod / 3600,
+                sod / 60 % 60,
+                sod % 60
+            )
+        }
+        let year = 365 * 86_400 * 1_000_000_000i128;
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for i in 0..20_000i128 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Years -3000 to 12000 around the epoch, at any nanosecond.
+            let ns = (i * 15_000 / 20_000 - 3_000 - 1_970) * year + (x % (year as u64)) as i128;
+            assert_eq!(rfc3339(ns), reference(ns), "at {ns}");
+        }
+    }
+
+    /// The hand-written digits against serde over a spread of values: every
+    /// width of address, port, time and duration, unknown states, far dates.
+    #[test]
+    fn json_line_matches_serde_over_many_values() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..5000u64 {
+            let r = next();
+            let mut t = sample();
+            t.skaddr = match i % 4 {
+                0 => r,
+                1 => r >> (r % 64),
+                2 => i,
+                _ => 0,
+            };
+            t.ts_ns = if i % 3 == 0 { r } else { r >> (r % 64) };
+            t.old = State::from_raw((r >> 8) as u8 % 16);
+            t.new = State::from_raw((r >> 16) as u8);
+            let (a, b) = ((r >> 24) as u32 >> (r % 32), (r >> 40) as u16);
+            t.local = if i % 5 == 4 {
+                std::net::SocketAddr::new(
+                    std::net::Ipv6Addr::from(u128::from(r) << 64 | u128::from(a)).into(),
+                    b,
+                )
+            } else {
+                std::net::SocketAddr::new(std::net::Ipv4Addr::from(a).into(), b >> (r % 16))
+            };
+            t.remote = std::net::SocketAddr::new(std::net::Ipv4Addr::from(!a).into(), !b);
+            t.in_old = (i % 7 != 0).then(|| Duration::from_nanos(r >> (r % 64)));
+            t.netns = (i % 11 != 0).then_some(a);
+            t.error = (i % 13 == 0).then_some(b);
+            if i % 17 == 0 {
+                t.owner = None;
+            }
+            let offset = (r as i64 >> (r % 64)) as i128;
+            let clock = Clock {
+                // Some past year 9999 or before year 0 (the fallback's).
+                offset_ns: match i % 3 {
+                    0 => offset,
+                    1 => -offset,
+                    _ => offset * 1_000_000,
+                },
+            };
+            let reference = serde_json::to_string(&json_event(&t, &clock)).unwrap();
+            assert_eq!(json_line(&t, &clock), reference, "case {i}");
         }
     }
 
