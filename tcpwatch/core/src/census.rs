@@ -165,41 +165,39 @@ fn is_zero(n: &u64) -> bool {
 /// Listeners, and processes, a summary lists at most.
 pub const MAX_LISTED: usize = 4096;
 
+/// Listening ports from each listening socket's (port, owner), whether
+/// the census or procfs found them: how many listen on each, and their
+/// owner only when every one was found in one process (else none, unknown
+/// but never wrong: in SO_REUSEPORT groups or v4 and v6 sockets of other
+/// processes, a child could be any one's).
+pub fn listening_ports(
+    listeners: impl IntoIterator<Item = (u16, Option<Owner>)>,
+) -> Vec<(u16, u64, Option<Owner>)> {
+    // Per port: how many listen, the first's owner, whether all share it.
+    let mut ports: BTreeMap<u16, (u64, Option<Owner>, bool)> = BTreeMap::new();
+    for (port, owner) in listeners {
+        let p = ports.entry(port).or_insert((0, owner, true));
+        p.0 += 1;
+        p.2 &= owner.is_some() && p.1.map(|o| o.pid) == owner.map(|o| o.pid);
+    }
+    ports
+        .into_iter()
+        .map(|(port, (n, owner, one))| (port, n, owner.filter(|_| one)))
+        .collect()
+}
+
 impl Summary {
     /// Its listening ports: how many listeners each has, and their owner
-    /// when one process holds them all (else none: unknown, never wrong).
-    pub fn listening_ports(&self) -> Vec<(u16, u64, Option<crate::model::Owner>)> {
-        // Per port: how many listen, the first's owner, whether all share it.
-        struct Port<'a> {
-            listeners: u64,
-            owner: Option<(u32, &'a str)>,
-            one_owner: bool,
-        }
-        let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
-        for l in &self.listeners {
-            let owner = l.pid.zip(l.comm.as_deref());
-            let p = ports.entry(l.port).or_insert(Port {
-                listeners: 0,
-                owner,
-                one_owner: true,
+    /// when one process holds them all (see [`listening_ports`]).
+    pub fn listening_ports(&self) -> Vec<(u16, u64, Option<Owner>)> {
+        listening_ports(self.listeners.iter().map(|l| {
+            let owner = l.pid.zip(l.comm.as_deref()).map(|(pid, comm)| Owner {
+                pid,
+                tid: pid,
+                comm: comm.into(),
             });
-            p.listeners += 1;
-            p.one_owner &= owner.is_some() && p.owner.map(|o| o.0) == owner.map(|o| o.0);
-        }
-        ports
-            .into_iter()
-            .map(|(port, p)| {
-                let owner =
-                    p.owner
-                        .filter(|_| p.one_owner)
-                        .map(|(pid, comm)| crate::model::Owner {
-                            pid,
-                            tid: pid,
-                            comm: comm.into(),
-                        });
-                (port, p.listeners, owner)
-            })
-            .collect()
+            (l.port, owner)
+        }))
     }
 
     /// Adds another namespace's socket counts (for `other`).

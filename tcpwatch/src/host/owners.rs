@@ -100,31 +100,11 @@ pub fn listeners() -> anyhow::Result<Vec<(u16, u64, Option<Owner>)>> {
     }
     let inodes: HashSet<u64> = by_inode.keys().copied().collect();
     let owners = socket_owners(&inodes)?;
-    let mut by_port: std::collections::BTreeMap<u16, Option<Owner>> = Default::default();
-    let mut mixed: HashSet<u16> = HashSet::new();
-    let mut count: HashMap<u16, u64> = HashMap::new();
-    for (inode, port) in &by_inode {
-        *count.entry(*port).or_default() += 1;
-        let owner = owners.get(inode).copied();
-        match by_port.get(port) {
-            None => {
-                by_port.insert(*port, owner);
-            }
-            Some(prev) => {
-                if prev.is_none() || owner.is_none() || prev.map(|o| o.pid) != owner.map(|o| o.pid)
-                {
-                    mixed.insert(*port);
-                }
-            }
-        }
-    }
-    Ok(by_port
-        .into_iter()
-        .map(|(port, owner)| {
-            let n = count.get(&port).copied().unwrap_or(1);
-            (port, n, owner.filter(|_| !mixed.contains(&port)))
-        })
-        .collect())
+    Ok(tcpwatch_core::census::listening_ports(
+        by_inode
+            .iter()
+            .map(|(inode, port)| (*port, owners.get(inode).copied())),
+    ))
 }
 
 #[cfg(test)]
