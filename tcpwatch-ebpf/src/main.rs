@@ -585,9 +585,14 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
     if r.depth > 1 {
         bump(stat_index(PROG_MAIN, stat::NESTED));
     }
-    if r.depth == 1 && r.catcher_depth == 0 {
-        // Nothing in progress on this CPU: whatever is left (from before the
-        // catcher was attached) is stale.
+    if !armed && r.depth == 1 && r.catcher_depth == 0 {
+        // Before arming, what is left may be from before the catcher was
+        // attached (stale). Not once armed: between a firing's main run and
+        // its catcher run nothing of this program is in progress either, and
+        // a softirq that lands there would wipe that firing's identity (seen:
+        // its catcher then delivered it a second time). Once both are
+        // attached, every identity is taken by its catcher, or cut by an
+        // enclosing catcher run (see tcpwatch_catch).
         r.top = 0;
     }
     let (not_run, skip) = simulated(r, &cfg, armed);
@@ -661,13 +666,15 @@ pub fn tcpwatch_catch(ctx: BtfTracePointContext) -> i32 {
     let id = transition_id(args.0, args.1, args.2);
     let mut found = false;
     let top = r.top;
+    let mut keep = top;
     // Top down, over constant indices (a form the verifier bounds).
     for j in 0..RECENT_SLOTS {
         let i = RECENT_SLOTS - 1 - j;
         if (i as u64) < top && r.ids[i] == id {
             // The main program handled it (the normal case). Entries above
             // belong to nested runs that have finished: drop them too.
-            r.top = i as u64;
+            keep = i as u64;
+            r.top = keep;
             found = true;
             break;
         }
@@ -678,6 +685,9 @@ pub fn tcpwatch_catch(ctx: BtfTracePointContext) -> i32 {
             handle(PROG_CATCHER, &t, &cfg, FLAG_CAUGHT);
         }
     }
+    // Identities pushed by main runs nested in this one are stale: their
+    // own catcher runs were skipped (the catcher never nests in itself).
+    r.top = keep;
     r.catcher_depth -= 1;
     0
 }

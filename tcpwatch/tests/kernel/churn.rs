@@ -8,7 +8,7 @@ use std::{
 use tcpwatch::{core::model::Accounting, probe::loader::LoadOptions};
 use tcpwatch_common::state::*;
 
-use crate::common::{capture_during, netns_thread, root_available};
+use crate::common::{capture_during, capture_watching, netns_thread, root_available};
 
 const CONNECTIONS: u32 = 20_000;
 
@@ -363,5 +363,255 @@ fn witness_counts_exactly_the_firings_no_program_ran_for() {
         r.chain_breaks > short / 2 && r.chain_breaks <= short,
         "{} breaks for {short} lost",
         r.chain_breaks
+    );
+}
+
+/// Sockets of one wave, made over a second, that give up connecting
+/// about a second after each was made.
+const WAVE: usize = 500;
+const WAVE_PACE: Duration = Duration::from_millis(2);
+/// Waves at most, until the kernel has skipped the main program.
+const MAX_WAVES: u32 = 20;
+
+/// A real nested run, made on demand: SYN-SENT sockets to an address that
+/// never answers (the test's own veth subnet, a static neighbour entry)
+/// give up together in the timer softirq, about a second after their
+/// connect(), while loopback churn on both CPUs keeps the main program
+/// running in process context. A timer interrupt that lands inside such a
+/// run changes a socket's state nested in it; the kernel then skips the
+/// main program (its recursion check) and only the catcher sees the
+/// transition. Loopback churn alone never nests: its softirqs run where
+/// the sender enables them again, never inside a program run.
+///
+/// Wave after wave until `enough` is set (or MAX_WAVES). Returns (churn
+/// connections, sockets that timed out, waves).
+fn nest_load(enough: std::sync::Arc<std::sync::atomic::AtomicBool>) -> (u64, u64, u32) {
+    use std::{
+        os::fd::AsRawFd,
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+    };
+    let _net = crate::synflood::SpoofNet::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    // One listener per thread: each accept() takes that thread's own connect.
+    let churners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let client = TcpStream::connect(addr).unwrap();
+                    let (mut server, _) = listener.accept().unwrap();
+                    drop(client);
+                    // The client's FIN is in before the server closes: with
+                    // softirqs deferred to ksoftirqd under the timer storms,
+                    // a close before it would make some simultaneous closes.
+                    assert_eq!(std::io::Read::read(&mut server, &mut [0]).unwrap(), 0);
+                    drop(server);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut timed_out = 0u64;
+    let mut waves = 0;
+    while waves < MAX_WAVES && !enough.load(Ordering::Relaxed) {
+        waves += 1;
+        // Paced over a second: the timer wheel batches 1 s timeouts into
+        // 32 ms slots, and each slot whose softirq runs at an interrupt is
+        // one more chance to land inside a program run.
+        let socks: Vec<std::os::fd::OwnedFd> = (0..WAVE)
+            .map(|_| {
+                std::thread::sleep(WAVE_PACE);
+                syn_sent_to_nobody()
+            })
+            .collect();
+        // Until every connect has ended (poll says so), then its error.
+        let mut fds: Vec<libc::pollfd> = socks
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fds.iter().any(|p| p.revents == 0) {
+            assert!(
+                Instant::now() < deadline,
+                "connects still pending after 10 s"
+            );
+            let mut pending: Vec<libc::pollfd> =
+                fds.iter().filter(|p| p.revents == 0).copied().collect();
+            // SAFETY: poll on our own open descriptors, `pending.len()` of them.
+            let n = unsafe { libc::poll(pending.as_mut_ptr(), pending.len() as _, 1000) };
+            assert!(n >= 0, "poll: {}", std::io::Error::last_os_error());
+            for p in pending.iter().filter(|p| p.revents != 0) {
+                fds.iter_mut().find(|f| f.fd == p.fd).unwrap().revents = p.revents;
+            }
+        }
+        for s in &socks {
+            assert_eq!(so_error(s), libc::ETIMEDOUT, "how the connect failed");
+            timed_out += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let connections = churners.into_iter().map(|c| c.join().unwrap()).sum();
+    wait_until_only_time_wait();
+    (connections, timed_out, waves)
+}
+
+/// A non-blocking connect() to SPOOFED, which never answers, given up at
+/// the first retransmission timer (1 s) rather than after the SYN retries.
+fn syn_sent_to_nobody() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; the
+    // option and address are correctly sized values of ours.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let ms: libc::c_uint = 50;
+        let rc = libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&raw const ms).cast(),
+            size_of_val(&ms) as libc::socklen_t,
+        );
+        assert_eq!(
+            rc,
+            0,
+            "TCP_USER_TIMEOUT: {}",
+            std::io::Error::last_os_error()
+        );
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 9u16.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(crate::synflood::SPOOFED).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            (&raw const to).cast(),
+            size_of_val(&to) as libc::socklen_t,
+        );
+        let e = std::io::Error::last_os_error();
+        assert!(
+            rc == -1 && e.raw_os_error() == Some(libc::EINPROGRESS),
+            "connect: {e}"
+        );
+        fd
+    }
+}
+
+/// The socket's pending error (SO_ERROR), 0 if none.
+fn so_error(fd: &std::os::fd::OwnedFd) -> i32 {
+    let mut err: libc::c_int = 0;
+    let mut len = size_of_val(&err) as libc::socklen_t;
+    // SAFETY: getsockopt into a local int of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&raw mut err).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "SO_ERROR: {}", std::io::Error::last_os_error());
+    err
+}
+
+#[test]
+fn a_real_nested_run_is_caught_and_delivered_once() {
+    let test = "a_real_nested_run_is_caught_and_delivered_once";
+    if !root_available(test) {
+        return;
+    }
+    let _witness = crate::common::witness_may_count();
+    // Its churn would spoil the budget of the churn tests' catcher.
+    let _churn = crate::common::full_churn_elsewhere();
+    let enough = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = enough.clone();
+    let (ino, go, worker) = netns_thread(move || nest_load(enough));
+    let opts = LoadOptions {
+        netns: Some(ino),
+        ring_bytes: Some(32 << 20),
+        witness: true,
+        ..LoadOptions::default()
+    };
+    let watch = move |c: &tcpwatch::core::model::KernelCounters| {
+        if c.summary().kernel_skipped > 0 {
+            seen.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    let cap = capture_watching(opts, Duration::from_millis(500), watch, move || {
+        go.send(()).unwrap();
+        worker.join().unwrap()
+    });
+    let (connections, timed_out, waves) = cap.result;
+    let acct = cap.counters.summary();
+    let ours: Vec<&tcpwatch::core::model::Transition> =
+        cap.events.iter().filter(|e| e.netns == Some(ino)).collect();
+    let caught: Vec<_> = ours.iter().filter(|e| e.caught).collect();
+    eprintln!(
+        "{test}: {connections} connections, {timed_out} timed out in {waves} waves: {acct:?}; caught {:?}",
+        caught
+            .iter()
+            .fold(std::collections::BTreeMap::new(), |mut m, e| {
+                *m.entry(format!("{} -> {}", e.old, e.new)).or_insert(0u64) += 1;
+                m
+            })
+    );
+    assert!(
+        acct.kernel_skipped > 0,
+        "no real nested run in {waves} waves of {WAVE} timeouts: the kernel never skipped the main program: {acct:?}"
+    );
+    // Every real skip was caught and delivered once, and the chains of the
+    // namespace's sockets show nothing missing.
+    assert_eq!(acct.caught, acct.kernel_skipped, "{acct:?}");
+    assert_eq!(acct.unrecovered, 0, "{acct:?}");
+    assert_eq!(acct.double_counted, 0, "{acct:?}");
+    assert_eq!(caught.len() as u64, acct.caught, "{acct:?}");
+    assert_eq!(acct.ringbuf_full, 0, "{acct:?}");
+    assert_eq!(cap.delivered, acct.counted, "{acct:?}");
+    assert_eq!(ours.len() as u64, acct.counted, "{acct:?}");
+    let mut chains = tcpwatch::core::chains::Chains::default();
+    for e in &ours {
+        chains.follow(e);
+    }
+    assert_eq!(chains.breaks, 0, "{acct:?}");
+    // And the per-transition counters are the workload's, exactly.
+    let c = &cap.counters;
+    let n = connections;
+    for ((old, new), want) in TEN
+        .iter()
+        .map(|&t| (t, n))
+        .chain([((TCP_CLOSE, TCP_LISTEN), 2), ((TCP_LISTEN, TCP_CLOSE), 2)])
+    {
+        let extra = if (old, new) == (TCP_CLOSE, TCP_SYN_SENT) {
+            timed_out
+        } else {
+            0
+        };
+        assert_eq!(
+            c.transition(old, new),
+            want + extra,
+            "{old} -> {new}: {acct:?}"
+        );
+    }
+    assert_eq!(c.transition(TCP_SYN_SENT, TCP_CLOSE), timed_out, "{acct:?}");
+    assert_eq!(
+        c.transitions().iter().map(|(_, v)| v).sum::<u64>(),
+        10 * n + 4 + 2 * timed_out,
+        "no other transition: {acct:?}"
     );
 }

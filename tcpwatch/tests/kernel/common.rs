@@ -90,6 +90,18 @@ pub fn capture_during<R: Send + 'static>(
     settle: Duration,
     work: impl FnOnce() -> R + Send + 'static,
 ) -> Captured<R> {
+    capture_watching(opts, settle, |_| {}, work)
+}
+
+/// [`capture_during`], showing `watch` the kernel counters as they stand
+/// after each read of the ring (so the test can tell its work when enough
+/// has happened).
+pub fn capture_watching<R: Send + 'static>(
+    opts: LoadOptions,
+    settle: Duration,
+    mut watch: impl FnMut(&KernelCounters) + Send + 'static,
+    work: impl FnOnce() -> R + Send + 'static,
+) -> Captured<R> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -109,6 +121,7 @@ pub fn capture_during<R: Send + 'static>(
             let _ =
                 tokio::time::timeout(Duration::from_millis(20), cap.next_batch(&mut events, 8192))
                     .await;
+            watch(&cap.counters().unwrap());
         }
         cap.stop(&mut events).await.unwrap();
         let counters = cap.counters().unwrap();
