@@ -95,7 +95,8 @@ pub fn rfc3339(unix_ns: i128) -> String {
     s
 }
 
-fn push_rfc3339(s: &mut String, unix_ns: i128) {
+/// A UTC instant's fields: (year, month, day, second of day, microsecond).
+fn civil(unix_ns: i128) -> (i64, i64, i64, i64, i64) {
     let secs = unix_ns.div_euclid(1_000_000_000) as i64;
     let micros = (unix_ns.rem_euclid(1_000_000_000) / 1000) as i64;
     let days = secs.div_euclid(86_400);
@@ -109,10 +110,25 @@ fn push_rfc3339(s: &mut String, unix_ns: i128) {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    (yoe + era * 400 + i64::from(m <= 2), m, d, sod, micros)
+}
+
+/// `{y:04}-{m:02}-{d:02}T{h:02}:{m:02}:{s:02}.{micros:06}Z`, the fields
+/// as [`civil`] gives them.
+fn formatted((y, m, d, sod, micros): (i64, i64, i64, i64, i64)) -> String {
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    )
+}
+
+fn push_rfc3339(s: &mut String, unix_ns: i128) {
+    let (y, m, d, sod, micros) = civil(unix_ns);
     if (0..10_000).contains(&y) {
         // Digits by hand into one buffer: this runs once per line of
-        // `trace --json`.
+        // `trace --json` (a test holds it to `formatted`).
         let mut buf = *b"0000-00-00T00:00:00.000000Z";
         put_digits(&mut buf[0..4], y);
         put_digits(&mut buf[5..7], m);
@@ -123,13 +139,7 @@ fn push_rfc3339(s: &mut String, unix_ns: i128) {
         put_digits(&mut buf[20..26], micros);
         s.push_str(ascii(&buf));
     } else {
-        let _ = write!(
-            s,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-            sod / 3600,
-            sod / 60 % 60,
-            sod % 60
-        );
+        s.push_str(&formatted((y, m, d, sod, micros)));
     }
 }
 
@@ -601,26 +611,6 @@ mod tests {
     /// from before year 0 to past year 9999.
     #[test]
     fn rfc3339_digits_match_formatted_text() {
-        fn reference(unix_ns: i128) -> String {
-            let secs = unix_ns.div_euclid(1_000_000_000) as i64;
-            let micros = unix_ns.rem_euclid(1_000_000_000) / 1000;
-            let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-            let z = days + 719_468;
-            let era = z.div_euclid(146_097);
-            let doe = z - era * 146_097;
-            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-            let mp = (5 * doy + 2) / 153;
-            let d = doy - (153 * mp + 2) / 5 + 1;
-            let m = if mp < 10 { mp + 3 } else { mp - 9 };
-            let y = yoe + era * 400 + i64::from(m <= 2);
-            format!(
-                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-                sod / 3600,
-                sod / 60 % 60,
-                sod % 60
-            )
-        }
         let year = 365 * 86_400 * 1_000_000_000i128;
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         for i in 0..20_000i128 {
@@ -629,7 +619,7 @@ mod tests {
             x ^= x << 17;
             // Years -3000 to 12000 around the epoch, at any nanosecond.
             let ns = (i * 15_000 / 20_000 - 3_000 - 1_970) * year + (x % (year as u64)) as i128;
-            assert_eq!(rfc3339(ns), reference(ns), "at {ns}");
+            assert_eq!(rfc3339(ns), formatted(civil(ns)), "at {ns}");
         }
     }
 
