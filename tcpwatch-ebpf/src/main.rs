@@ -610,7 +610,18 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
         // Pushed even while not armed, so that at the arming (and disarming)
         // edge the catcher never takes a transition for a skipped one; and
         // for a simulated not-run, so that the catcher leaves it alone too.
-        let top = r.top as usize;
+        let mut top = r.top as usize;
+        if top >= RECENT_SLOTS && r.depth == 1 && r.catcher_depth == 0 {
+            // Full of stale identities: pushed where the kernel skipped the
+            // catcher in its own prologue or epilogue, which catcher_depth
+            // cannot see, and nothing else takes them while armed. Left
+            // full, every later firing would go unpushed and its catcher
+            // would deliver it again: start over, at the risk of the wipe
+            // above for a firing whose catcher has not run yet.
+            bump(stat_index(PROG_MAIN, stat::RECENT_FULL));
+            r.top = 0;
+            top = 0;
+        }
         if top < RECENT_SLOTS {
             r.ids[top] = transition_id(args.0, args.1, args.2);
             r.top += 1;
