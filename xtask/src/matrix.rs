@@ -11,8 +11,8 @@ use crate::vm;
 /// Test-name filters of the kernel suite run in each guest: exact
 /// transitions (v4, v6, mapped, linger, refused, simultaneous close, MPTCP,
 /// the classic fallback, layouts), the CLI's accounting without the
-/// witness, exit codes, non-root behaviour, a namespace awaited, resets
-/// counted on their side (where kernels differ), and real nested runs. The daemon's
+/// witness, exit codes, non-root behaviour, a namespace awaited, and
+/// resets counted on their side (where kernels differ). The daemon's
 /// timed scenarios stay on the host: emulated, they measure the emulator.
 const BEHAVIOUR: &[&str] = &[
     "transitions::",
@@ -25,9 +25,6 @@ const BEHAVIOUR: &[&str] = &[
     "cli::bad_arguments_exit_2",
     "cli::trace_waits_for_a_namespace",
     "failures::resets_and_errors_are_counted_exactly",
-    // Real nested runs: whether this kernel skips and counts them as the
-    // catcher's arithmetic assumes (about 45 s in a guest).
-    "churn::a_real_nested_run",
 ];
 
 /// A guest run's limit: boot and the tests above took about 3 minutes.
