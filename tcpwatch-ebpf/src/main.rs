@@ -15,7 +15,9 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use aya_ebpf::bindings::{
+    BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+};
 use aya_ebpf::{
     EbpfContext,
     btf_maps::{ArrayOfMaps, RingBuf},
@@ -29,10 +31,10 @@ use aya_ebpf::{
 };
 use tcpwatch_common::{
     AF_INET6, DIR_IN, DIR_OUT, EventHeader, FLAG_CAUGHT, FLAG_OWNER_KNOWN, HOOK_BTF, HOOK_CLASSIC,
-    IPPROTO_MPTCP, IPPROTO_TCP, PF_KTHREAD, PROG_CATCHER, PROG_MAIN, ProbeConfig, RECENT_SLOTS,
-    Recent, STATS_LEN, SignalKey, SignalStats, Stats, TP_RECORD_READ, TaskComm, TransitionEvent,
-    kind, listener_key, owner_runs_transition, signal, stat, stat_index, state::*, transition_id,
-    transition_index,
+    IPPROTO_MPTCP, IPPROTO_TCP, LanePos, PF_KTHREAD, PROG_CATCHER, PROG_MAIN, ProbeConfig,
+    RECENT_SLOTS, Recent, STATS_LEN, SignalKey, SignalStats, Stats, TP_RECORD_READ, TaskComm,
+    TransitionEvent, kind, listener_key, owner_runs_transition, signal, stat, stat_index, state::*,
+    transition_id, transition_index,
 };
 
 /// Filled in by user space before load (read-only data).
@@ -78,6 +80,14 @@ static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
 fn armed() -> bool {
     CONTROL.get(0).is_some_and(|v| *v == 1)
 }
+
+/// The main program's lanes (see `LanePos`): every CPU's slots in turn,
+/// sized by user space, which maps both arrays and reads them in place.
+#[map]
+static LANES: Array<TransitionEvent> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+#[map]
+static LANE_POS: Array<LanePos> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// The main program's recent transition identities, for the catcher.
 #[map]
@@ -437,8 +447,10 @@ fn admit(prog: u32, protocol: u16, netns: u32, cfg: &ProbeConfig) -> bool {
 /// Counts one transition and emits the event, with the current task only
 /// where it is the owner (user space follows owners, sides and times from
 /// there). Never fails: whatever cannot be done is counted in `STATS`.
+/// `lane`: the caller is the lanes' one producer (the main program on the
+/// BTF hook); everyone else writes to the ring buffers.
 #[inline(always)]
-fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
+fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16, lane: bool) {
     match transition_index(prog, t.oldstate, t.newstate) {
         Some(i) => bump(i),
         None => bump(stat_index(prog, stat::BAD_STATE)),
@@ -458,6 +470,114 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
     let by_owner = owner_runs_transition(t.oldstate, t.newstate) && !in_kernel_thread(cfg, prog);
     // SAFETY: a helper without preconditions.
     let cpu = unsafe { generated::bpf_get_smp_processor_id() };
+    let event = || event_of(t, by_owner, extra_flags);
+    if lane && cfg.lane_slots != 0 {
+        emit_to_lane(prog, cpu, cfg, event);
+    } else {
+        emit_to_ring(prog, cpu, cfg, event);
+    }
+}
+
+/// The record of transition `t`, with the current task as its owner when
+/// `by_owner`.
+#[inline(always)]
+fn event_of(t: &Transition, by_owner: bool, extra_flags: u16) -> TransitionEvent {
+    let (pid, tgid, comm, owner) = if by_owner {
+        let id = bpf_get_current_pid_tgid();
+        (
+            id as u32,
+            (id >> 32) as u32,
+            current_comm(),
+            FLAG_OWNER_KNOWN,
+        )
+    } else {
+        (0, 0, zeroed(), 0)
+    };
+    TransitionEvent {
+        header: EventHeader {
+            kind: kind::TRANSITION,
+            size: core::mem::size_of::<TransitionEvent>() as u16,
+            _pad: 0,
+        },
+        // SAFETY: a helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        skaddr: t.skaddr,
+        netns: t.netns,
+        pid,
+        tgid,
+        oldstate: t.oldstate,
+        newstate: t.newstate,
+        family: t.family,
+        protocol: t.protocol,
+        sport: t.sport,
+        dport: t.dport,
+        flags: extra_flags | owner,
+        saddr: words_to_bytes(t.saddr),
+        daddr: words_to_bytes(t.daddr),
+        comm,
+        error: t.error,
+        _pad2: [0; 3],
+    }
+}
+
+/// Writes an event into this CPU's lane (see `LanePos`), or counts it as
+/// dropped when the lane is full. Only the main program on the BTF hook
+/// writes here: it never runs nested in itself on one CPU, so it is the
+/// lane's one producer.
+#[inline(always)]
+fn emit_to_lane(prog: u32, cpu: u32, cfg: &ProbeConfig, event: impl FnOnce() -> TransitionEvent) {
+    let slots = cfg.lane_slots;
+    let Some(pos) = LANE_POS.get_ptr_mut(cpu) else {
+        bump(stat_index(prog, stat::RINGBUF_FULL));
+        return;
+    };
+    // SAFETY: this CPU's entry of the positions array, valid for the run;
+    // `head` is ours alone, `tail` is user space's and only read here.
+    let (head, tail) = unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*pos).head)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*pos).tail)),
+        )
+    };
+    let fill = head.wrapping_sub(tail);
+    if fill >= slots as u64 {
+        bump(stat_index(prog, stat::RINGBUF_FULL));
+        return;
+    }
+    let index = cpu.wrapping_mul(slots) + (head as u32 & slots.wrapping_sub(1));
+    let Some(slot) = LANES.get_ptr_mut(index) else {
+        bump(stat_index(prog, stat::RINGBUF_FULL));
+        return;
+    };
+    // SAFETY: a slot of this CPU's lane that user space has read already
+    // (head - tail < slots) and does not read until head passes it.
+    unsafe { slot.write(event()) };
+    // The slot is written before head says so: the compiler keeps this
+    // order, and x86-64's stores are seen by other CPUs in program order
+    // (user space turns lanes on only there).
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*pos).head), head + 1) };
+    bump(stat_index(prog, stat::EMITTED));
+    // Once per crossing of a quarter full (the fill grows one at a time:
+    // only this program adds to it), ring user space's doorbell; it also
+    // polls, so a doorbell lost to a full ring only delays the read.
+    if fill + 1 == (slots / 4) as u64
+        && let Some(ring) = EVENTS.get(cpu)
+    {
+        let bell = EventHeader {
+            kind: kind::LANE_WAKE,
+            size: core::mem::size_of::<EventHeader>() as u16,
+            _pad: 0,
+        };
+        let _ = ring.output_untyped(&bell, BPF_RB_FORCE_WAKEUP as u64);
+    }
+}
+
+/// Writes an event into this CPU's ring buffer, waking user space where
+/// the backlog crosses a mark, or counts it as dropped.
+#[inline(always)]
+fn emit_to_ring(prog: u32, cpu: u32, cfg: &ProbeConfig, event: impl FnOnce() -> TransitionEvent) {
     // No ring for this CPU cannot happen (user space gives every possible
     // CPU one); were it to, the event is counted as dropped, never silent.
     let Some(ring) = EVENTS.get(cpu) else {
@@ -466,42 +586,7 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16) {
     };
     match ring.reserve(0) {
         Some(mut entry) => {
-            let (pid, tgid, comm, owner) = if by_owner {
-                let id = bpf_get_current_pid_tgid();
-                (
-                    id as u32,
-                    (id >> 32) as u32,
-                    current_comm(),
-                    FLAG_OWNER_KNOWN,
-                )
-            } else {
-                (0, 0, zeroed(), 0)
-            };
-            entry.write(TransitionEvent {
-                header: EventHeader {
-                    kind: kind::TRANSITION,
-                    size: core::mem::size_of::<TransitionEvent>() as u16,
-                    _pad: 0,
-                },
-                // SAFETY: a helper without preconditions.
-                ts_ns: unsafe { bpf_ktime_get_ns() },
-                skaddr: t.skaddr,
-                netns: t.netns,
-                pid,
-                tgid,
-                oldstate: t.oldstate,
-                newstate: t.newstate,
-                family: t.family,
-                protocol: t.protocol,
-                sport: t.sport,
-                dport: t.dport,
-                flags: extra_flags | owner,
-                saddr: words_to_bytes(t.saddr),
-                daddr: words_to_bytes(t.daddr),
-                comm,
-                error: t.error,
-                _pad2: [0; 3],
-            });
+            entry.write(event());
             // Wake user space when the unread backlog (this record
             // included, it is reserved) crosses the mark or a multiple of
             // it, never per event: user space also drains on a timer. Not
@@ -590,9 +675,10 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
         // attached (stale). Not once armed: between a firing's main run and
         // its catcher run nothing of this program is in progress either, and
         // a softirq that lands there would wipe that firing's identity (seen:
-        // its catcher then delivered it a second time). Once both are
-        // attached, every identity is taken by its catcher, or cut by an
-        // enclosing catcher run (see tcpwatch_catch).
+        // its catcher then delivered it a second time). Once armed, an
+        // identity is taken by its catcher or cut by an enclosing catcher
+        // run (see tcpwatch_catch); what neither reaches (a run in the
+        // catcher's own prologue) piles up until the stack is full, below.
         r.top = 0;
     }
     let (not_run, skip) = simulated(r, &cfg, armed);
@@ -632,7 +718,7 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
             && !not_run
             && let Some(t) = read_btf(&ctx, args, &cfg, PROG_MAIN)
         {
-            handle(PROG_MAIN, &t, &cfg, 0);
+            handle(PROG_MAIN, &t, &cfg, 0, true);
         }
     }
     r.depth -= 1;
@@ -693,7 +779,7 @@ pub fn tcpwatch_catch(ctx: BtfTracePointContext) -> i32 {
     if !found && armed() {
         bump(stat_index(PROG_CATCHER, stat::CAUGHT));
         if let Some(t) = read_btf(&ctx, args, &cfg, PROG_CATCHER) {
-            handle(PROG_CATCHER, &t, &cfg, FLAG_CAUGHT);
+            handle(PROG_CATCHER, &t, &cfg, FLAG_CAUGHT, false);
         }
     }
     // Identities pushed by main runs nested in this one are stale: their
@@ -726,7 +812,9 @@ pub fn tcpwatch_classic(ctx: TracePointContext) -> u32 {
         return 0;
     }
     if let Some(t) = read_classic(&ctx, &cfg) {
-        handle(PROG_MAIN, &t, &cfg, 0);
+        // The ring buffer: nothing keeps this program from nesting in
+        // itself on older kernels, and a lane has one producer.
+        handle(PROG_MAIN, &t, &cfg, 0, false);
     }
     0
 }

@@ -26,6 +26,7 @@ use tcpwatch_core::{
 use crate::{
     host::owners,
     probe::{
+        lane::Lanes,
         loader::{self, Hook, LoadError, LoadOptions, Loaded},
         signals::SignalReader,
         witness::{self, Reading, Witness},
@@ -57,6 +58,9 @@ pub struct Capture {
     loaded: Loaded,
     /// Each CPU's ring, by CPU index.
     rings: Vec<AsyncFd<RingBuf<MapData>>>,
+    /// The main program's lanes, if it writes there (the rings then carry
+    /// the catcher's events and the lanes' doorbells).
+    lanes: Option<Lanes>,
     /// Records read from the rings: each CPU's ring is in its own order,
     /// and a socket moves between CPUs.
     reorder: Reorder<TransitionEvent>,
@@ -89,6 +93,8 @@ pub struct Capture {
     /// The previous sample's gap (see `witness::Reading::gap`).
     witness_last_gap: Cell<Option<i128>>,
     delivered: u64,
+    /// Transitions read from the lanes (the rest came through the rings).
+    from_lanes: u64,
     /// The last drain stopped at its limit: more events may be waiting
     /// without a wakeup to say so.
     more: bool,
@@ -131,6 +137,7 @@ impl Capture {
             .ok_or(CaptureError::MissingMap("STATS"))?;
         let stats = PerCpuArray::try_from(stats).map_err(|e| CaptureError::Map("STATS", e))?;
         let signals = SignalReader::new(&mut loaded.ebpf)?;
+        let lanes = loaded.lanes.take();
         let rings = std::mem::take(&mut loaded.rings)
             .into_iter()
             .map(|ring| {
@@ -177,8 +184,14 @@ impl Capture {
         loaded.set_armed(true)?;
         Ok(Capture {
             loaded,
-            reorder: Reorder::new(rings.len()),
+            // A source per ring and per lane: each is in time order on its
+            // own (a lane has one writer; a ring's writers rarely
+            // interleave), and the merge puts them together. (Put in one
+            // queue, every catcher record scanned past the lane's later
+            // ones: quadratic with --simulate-skip, seen stalling a read.)
+            reorder: Reorder::new(rings.len() + lanes.as_ref().map_or(0, Lanes::cpus)),
             rings,
+            lanes,
             ring_records,
             flush: false,
             capped: false,
@@ -190,6 +203,7 @@ impl Capture {
             witness_not_run: Cell::new(0),
             witness_last_gap: Cell::new(None),
             delivered: 0,
+            from_lanes: 0,
             more: false,
             signals: Some(signals),
             sockets,
@@ -393,7 +407,22 @@ impl Capture {
             crate::host::clock::monotonic_ns().saturating_sub(CLOCK_SLACK_NS)
         };
         let mut capped = false;
+        let rings = self.rings.len();
         for (i, ring) in self.rings.iter_mut().enumerate() {
+            if let Some(lanes) = self.lanes.as_mut().filter(|l| i < l.cpus()) {
+                let (reorder, malformed) = (&mut self.reorder, &mut self.malformed);
+                let from_lanes = &mut self.from_lanes;
+                let source = rings + i;
+                let n = lanes.read(i, self.ring_records, |event| {
+                    if is_transition(bytes_of(&event)) {
+                        *from_lanes += 1;
+                        reorder.push(source, event.ts_ns, event);
+                    } else {
+                        *malformed += 1;
+                    }
+                });
+                capped |= n == self.ring_records;
+            }
             let n = read_ring(
                 ring.get_mut(),
                 i,
@@ -424,6 +453,12 @@ impl Capture {
     /// Events read from the ring buffer so far.
     pub fn delivered(&self) -> u64 {
         self.delivered
+    }
+
+    /// Transitions read from the main program's lanes so far (0 without
+    /// lanes); the others came through the ring buffers.
+    pub fn read_from_lanes(&self) -> u64 {
+        self.from_lanes
     }
 
     /// Ring-buffer records that were not events of our layout.
@@ -606,7 +641,9 @@ fn read_ring(
         let Some(item) = ring.next() else { break };
         n += 1;
         if !is_transition(&item) {
-            *malformed += 1;
+            if !is_lane_wake(&item) {
+                *malformed += 1;
+            }
             continue;
         }
         // SAFETY: the record is exactly one TransitionEvent (checked
@@ -620,14 +657,37 @@ fn read_ring(
 }
 
 /// Whether a record is a whole transition event: by its header's kind and
-/// size (the only kind the programs write today).
+/// size.
 fn is_transition(record: &[u8]) -> bool {
+    is_record::<TransitionEvent>(record, kind::TRANSITION)
+}
+
+/// Whether a record is a lane's doorbell: a header alone, which only woke
+/// us.
+fn is_lane_wake(record: &[u8]) -> bool {
+    is_record::<EventHeader>(record, kind::LANE_WAKE)
+}
+
+/// Whether `record` is one whole `T` of kind `of`, by its header.
+fn is_record<T>(record: &[u8], of: u16) -> bool {
     let Some(h) = record.get(..size_of::<EventHeader>()) else {
         return false;
     };
     let kind_of = u16::from_ne_bytes([h[0], h[1]]);
     let size = u16::from_ne_bytes([h[2], h[3]]) as usize;
-    kind_of == kind::TRANSITION && size == size_of::<TransitionEvent>() && record.len() == size
+    kind_of == of && size == size_of::<T>() && record.len() == size
+}
+
+/// An event's bytes, for the header checks records get.
+fn bytes_of(event: &TransitionEvent) -> &[u8] {
+    // SAFETY: TransitionEvent is plain data without implicit padding (its
+    // size is asserted in tcpwatch_common), so all its bytes are initialized.
+    unsafe {
+        std::slice::from_raw_parts(
+            std::ptr::from_ref(event).cast::<u8>(),
+            size_of::<TransitionEvent>(),
+        )
+    }
 }
 
 /// The part of `struct bpf_prog_info` we read, via BPF_OBJ_GET_INFO_BY_FD

@@ -16,7 +16,7 @@ use aya::{
 };
 use tcpwatch_common::{HOOK_BTF, LAYOUT_VERSION, ProbeConfig};
 
-use crate::probe::layout;
+use crate::probe::{lane::Lanes, layout};
 
 /// The eBPF object built by build.rs from tcpwatch-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpwatch-probes"));
@@ -303,6 +303,8 @@ pub struct Loaded {
     links: Vec<(&'static str, Link)>,
     /// Each CPU's ring buffer of events, by CPU index (taken by the capture).
     pub rings: Vec<RingBuf<MapData>>,
+    /// The main program's lanes, if it writes to lanes (taken by the capture).
+    pub lanes: Option<Lanes>,
 }
 
 enum Link {
@@ -522,11 +524,17 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
     // Wake the reader at a quarter full: early enough that a burst does not
     // overflow before it runs, rare enough to cost nothing per event.
     config.wakeup_bytes = ring_bytes / 4;
+    config.lane_slots = lane_slots(config.hook, ring_bytes);
+    let lane_events = cpus
+        .checked_mul(config.lane_slots)
+        .ok_or_else(|| LoadError::Usage(format!("lanes of {ring_bytes} bytes are too large")))?;
     debug_assert_eq!(config.layout_version, LAYOUT_VERSION);
 
     let mut ebpf = EbpfLoader::new()
         .override_global("CONFIG", &config, true)
         .map_max_entries("EVENTS", cpus)
+        .map_max_entries("LANES", lane_events.max(1))
+        .map_max_entries("LANE_POS", cpus)
         .load(object)
         .map_err(|e| match e {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
@@ -540,6 +548,11 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
     // Before attaching: a program that found no ring would count its events
     // as dropped.
     let rings = make_rings(&mut ebpf, cpus, ring_bytes)?;
+    let lanes = if config.lane_slots != 0 {
+        Some(map_lanes(&mut ebpf, cpus, config.lane_slots)?)
+    } else {
+        None
+    };
     let mut links = Vec::new();
     let mut skipped = Vec::new();
     let mut btf = None;
@@ -577,7 +590,34 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
         skipped,
         links,
         rings,
+        lanes,
     })
+}
+
+/// Events in each CPU's lane: as many as the ring buffer's bytes hold, to
+/// a power of two below. Only on the BTF hook (whose main program never
+/// nests in itself) and on x86-64, whose stores other CPUs see in program
+/// order, which the lane's publication relies on; elsewhere, none.
+fn lane_slots(hook: u32, ring_bytes: u32) -> u32 {
+    if hook != HOOK_BTF || !cfg!(target_arch = "x86_64") {
+        return 0;
+    }
+    let fits = ring_bytes / size_of::<tcpwatch_common::TransitionEvent>() as u32;
+    1 << fits.max(2).ilog2()
+}
+
+/// Maps the lanes' arrays, sized at load for every CPU's lane.
+fn map_lanes(ebpf: &mut Ebpf, cpus: u32, slots: u32) -> Result<Lanes, LoadError> {
+    let mut take = |name: &'static str| match ebpf.take_map(name) {
+        Some(aya::maps::Map::Array(data)) => Ok(data),
+        _ => Err(LoadError::other(
+            "the eBPF object",
+            io::Error::other(format!("no array map {name}")),
+        )),
+    };
+    let (events, positions) = (take("LANES")?, take("LANE_POS")?);
+    Lanes::map(events, positions, cpus as usize, slots as usize)
+        .map_err(|e| LoadError::other("mapping the lanes", e))
 }
 
 /// Each CPU's ring by default: 4 MiB in all, at least 256 KiB per CPU (a

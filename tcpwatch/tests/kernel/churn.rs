@@ -77,6 +77,8 @@ struct Run {
     /// Breaks in the namespace's sockets' chains of transitions, followed
     /// in delivery order as trace follows them.
     chain_breaks: u64,
+    /// Delivered events read from the main program's lanes.
+    from_lanes: u64,
 }
 
 fn run(ring_bytes: u32, simulate_skip_every: u32, simulate_not_run_every: u16) -> Run {
@@ -136,6 +138,7 @@ fn run(ring_bytes: u32, simulate_skip_every: u32, simulate_not_run_every: u16) -
         counters: cap.counters,
         acct,
         delivered: cap.delivered,
+        from_lanes: cap.from_lanes,
         in_netns,
         caught_in_netns,
     }
@@ -225,6 +228,7 @@ fn churn_counts_every_transition_and_accounts_for_every_event() {
         "a delivered event from elsewhere"
     );
     assert_eq!(r.acct.read_failed, 0);
+    assert_lanes_carry_the_main_program(&r);
     // Whatever the catcher delivered (real skips are rare) it also counted.
     assert!(r.caught_in_netns <= r.acct.caught, "{:?}", r.acct);
     // A chain breaks only where a transition was lost: with nothing lost,
@@ -249,6 +253,7 @@ fn churn_counts_every_transition_and_accounts_for_every_event() {
         "{:?}",
         r.acct
     );
+    assert_lanes_carry_the_main_program(&r);
     // Each break is a drop the ring counted (or a loss the account names).
     assert!(
         r.chain_breaks > 0 && r.chain_breaks <= r.acct.ringbuf_full + r.acct.lost_in_kernel(),
@@ -256,6 +261,27 @@ fn churn_counts_every_transition_and_accounts_for_every_event() {
         r.chain_breaks,
         r.acct
     );
+}
+
+/// On x86-64 the main program writes to its lanes, the catcher to the
+/// rings: each path carries exactly its program's emitted events (elsewhere
+/// there are no lanes, and everything comes through the rings).
+fn assert_lanes_carry_the_main_program(r: &Run) {
+    use tcpwatch_common::stat::EMITTED;
+    let main = r.counters.main.stats[EMITTED as usize];
+    let expected = if cfg!(target_arch = "x86_64") {
+        main
+    } else {
+        0
+    };
+    assert_eq!(r.from_lanes, expected, "{:?}", r.acct);
+    assert!(main > 0, "{:?}", r.acct);
+    let caught = r
+        .counters
+        .catcher
+        .as_ref()
+        .map_or(0, |c| c.stats[EMITTED as usize]);
+    assert_eq!(r.delivered, main + caught, "{:?}", r.acct);
 }
 
 /// The fault-injection tests below exist only in a test build with the

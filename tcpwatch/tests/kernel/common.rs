@@ -81,6 +81,8 @@ pub struct Captured<R> {
     pub events: Vec<Transition>,
     pub counters: KernelCounters,
     pub delivered: u64,
+    /// Of those, read from the main program's lanes.
+    pub from_lanes: u64,
 }
 
 /// Starts the probe, runs `work` on a thread, keeps draining until it is
@@ -130,6 +132,7 @@ pub fn capture_watching<R: Send + 'static>(
             events,
             counters,
             delivered: cap.delivered(),
+            from_lanes: cap.read_from_lanes(),
         }
     })
 }
