@@ -86,7 +86,7 @@ pub struct LanePos {
 
 const _: () = assert!(core::mem::size_of::<LanePos>() == 128);
 
-/// One TCP state transition, as written into the ring buffer.
+/// One TCP state transition, as written into a lane or a ring buffer.
 ///
 /// Addresses are in network byte order, IPv4 in the first 4 bytes; ports in
 /// host byte order. `ts_ns` is `CLOCK_MONOTONIC` (`bpf_ktime_get_ns`).
