@@ -413,7 +413,7 @@ impl Capture {
                 let (reorder, malformed) = (&mut self.reorder, &mut self.malformed);
                 let from_lanes = &mut self.from_lanes;
                 let source = rings + i;
-                let n = lanes.read(i, self.ring_records, |event| {
+                let n = lanes.read(i, |event| {
                     if is_transition(bytes_of(&event)) {
                         *from_lanes += 1;
                         reorder.push(source, event.ts_ns, event);
@@ -421,7 +421,7 @@ impl Capture {
                         *malformed += 1;
                     }
                 });
-                capped |= n == self.ring_records;
+                capped |= n == lanes.slots();
             }
             let n = read_ring(
                 ring.get_mut(),

@@ -63,6 +63,11 @@ impl Lanes {
         self.cpus
     }
 
+    /// Events one lane holds.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
     /// CPU `cpu`'s head and tail, as atomics over the shared mapping.
     fn ends(&self, cpu: usize) -> (&AtomicU64, &AtomicU64) {
         assert!(cpu < self.cpus);
@@ -80,17 +85,16 @@ impl Lanes {
         }
     }
 
-    /// Reads up to `max` events of CPU `cpu`'s lane, oldest first, handing
-    /// each to `f`; returns how many were read (all that were there when
-    /// the read began, if fewer than `max`).
-    pub fn read(&mut self, cpu: usize, max: usize, mut f: impl FnMut(TransitionEvent)) -> usize {
+    /// Reads the events in CPU `cpu`'s lane when the read begins, oldest
+    /// first, handing each to `f`; returns how many were read.
+    pub fn read(&mut self, cpu: usize, mut f: impl FnMut(TransitionEvent)) -> usize {
         let (head, tail) = self.ends(cpu);
         // Acquire: the slots up to `head` were written before it moved.
         let end = head.load(Ordering::Acquire);
         let start = tail.load(Ordering::Relaxed);
         // The kernel never gets ahead by more than a lane; were a bug to
         // make it, the excess is skipped rather than read twice.
-        let n = (end.wrapping_sub(start) as usize).min(self.slots).min(max);
+        let n = (end.wrapping_sub(start) as usize).min(self.slots);
         let lane = self.events.as_mut_ptr().cast_const();
         for i in 0..n as u64 {
             let slot = cpu * self.slots + ((start + i) as usize & (self.slots - 1));

@@ -521,13 +521,21 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
         .max(4096)
         .checked_next_power_of_two()
         .ok_or_else(|| LoadError::Usage(format!("ring buffer of {asked} bytes is too large")))?;
-    // Wake the reader at a quarter full: early enough that a burst does not
-    // overflow before it runs, rare enough to cost nothing per event.
-    config.wakeup_bytes = ring_bytes / 4;
     config.lane_slots = lane_slots(config.hook, ring_bytes);
     let lane_events = cpus
         .checked_mul(config.lane_slots)
         .ok_or_else(|| LoadError::Usage(format!("lanes of {ring_bytes} bytes are too large")))?;
+    // With lanes, the rings carry only the catcher's events and the lanes'
+    // doorbells: a quarter of the size (at least a page), so that lanes and
+    // rings together take about the memory the rings alone took.
+    let ring_bytes = if config.lane_slots != 0 {
+        (ring_bytes / 4).max(4096)
+    } else {
+        ring_bytes
+    };
+    // Wake the reader at a quarter full: early enough that a burst does not
+    // overflow before it runs, rare enough to cost nothing per event.
+    config.wakeup_bytes = ring_bytes / 4;
     debug_assert_eq!(config.layout_version, LAYOUT_VERSION);
 
     let mut ebpf = EbpfLoader::new()
