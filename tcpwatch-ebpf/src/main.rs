@@ -115,11 +115,14 @@ struct Transition {
 }
 
 #[inline(always)]
-fn config() -> ProbeConfig {
-    // SAFETY: CONFIG is a plain-data static; the volatile read keeps the
-    // compiler from folding the compiled-in default, since user space
-    // rewrites it before load.
-    unsafe { core::ptr::read_volatile(&CONFIG) }
+fn config() -> &'static ProbeConfig {
+    let p: *const ProbeConfig = &CONFIG;
+    // SAFETY: a volatile read of a local pointer to the CONFIG static. The
+    // compiler cannot see which static it points to, so it does not fold
+    // field reads to the compiled-in default (user space rewrites CONFIG
+    // before load); and only the fields used are read, where a copy of the
+    // whole struct read all 136 bytes on every run.
+    unsafe { &*core::ptr::read_volatile(&p) }
 }
 
 #[inline(always)]
@@ -681,7 +684,7 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
         // catcher's own prologue) piles up until the stack is full, below.
         r.top = 0;
     }
-    let (not_run, skip) = simulated(r, &cfg, armed);
+    let (not_run, skip) = simulated(r, cfg, armed);
     if not_run {
         bump(stat_index(PROG_MAIN, stat::SIMULATED_NOT_RUN));
     } else {
@@ -716,9 +719,9 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
         }
         if armed
             && !not_run
-            && let Some(t) = read_btf(&ctx, args, &cfg, PROG_MAIN)
+            && let Some(t) = read_btf(&ctx, args, cfg, PROG_MAIN)
         {
-            handle(PROG_MAIN, &t, &cfg, 0, true);
+            handle(PROG_MAIN, &t, cfg, 0, true);
         }
     }
     r.depth -= 1;
@@ -778,8 +781,8 @@ pub fn tcpwatch_catch(ctx: BtfTracePointContext) -> i32 {
     }
     if !found && armed() {
         bump(stat_index(PROG_CATCHER, stat::CAUGHT));
-        if let Some(t) = read_btf(&ctx, args, &cfg, PROG_CATCHER) {
-            handle(PROG_CATCHER, &t, &cfg, FLAG_CAUGHT, false);
+        if let Some(t) = read_btf(&ctx, args, cfg, PROG_CATCHER) {
+            handle(PROG_CATCHER, &t, cfg, FLAG_CAUGHT, false);
         }
     }
     // Identities pushed by main runs nested in this one are stale: their
@@ -811,10 +814,10 @@ pub fn tcpwatch_classic(ctx: TracePointContext) -> u32 {
     if cfg.hook != HOOK_CLASSIC || !armed() {
         return 0;
     }
-    if let Some(t) = read_classic(&ctx, &cfg) {
+    if let Some(t) = read_classic(&ctx, cfg) {
         // The ring buffer: nothing keeps this program from nesting in
         // itself on older kernels, and a lane has one producer.
-        handle(PROG_MAIN, &t, &cfg, 0, false);
+        handle(PROG_MAIN, &t, cfg, 0, false);
     }
     0
 }
@@ -971,7 +974,7 @@ fn socket_signal(sk: *const u8, kind: u16, cfg: &ProbeConfig, listener: bool) {
 pub fn tcpwatch_rst_in(ctx: BtfTracePointContext) -> i32 {
     let cfg = config();
     if cfg.hook == HOOK_BTF && armed() {
-        socket_signal(ctx.arg(0), signal::RST_RECEIVED, &cfg, false);
+        socket_signal(ctx.arg(0), signal::RST_RECEIVED, cfg, false);
     }
     0
 }
@@ -981,7 +984,7 @@ pub fn tcpwatch_rst_in(ctx: BtfTracePointContext) -> i32 {
 pub fn tcpwatch_synack(ctx: BtfTracePointContext) -> i32 {
     let cfg = config();
     if cfg.hook == HOOK_BTF && armed() {
-        socket_signal(ctx.arg(0), signal::SYNACK_RETRANSMIT, &cfg, true);
+        socket_signal(ctx.arg(0), signal::SYNACK_RETRANSMIT, cfg, true);
     }
     0
 }
@@ -999,7 +1002,7 @@ pub fn tcpwatch_rst_out(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let skb: *const u8 = ctx.arg(1);
     if skb.is_null() {
-        socket_signal(sk, signal::RST_SENT, &cfg, false);
+        socket_signal(sk, signal::RST_SENT, cfg, false);
         return 0;
     }
     if cfg.skb_data == 0 {
@@ -1016,11 +1019,11 @@ pub fn tcpwatch_rst_out(ctx: BtfTracePointContext) -> i32 {
     };
     let netns = if sk.is_null() {
         // SAFETY: `skb` is the hook's non-NULL packet argument.
-        unsafe { skb_netns(skb, &cfg) }
+        unsafe { skb_netns(skb, cfg) }
     } else {
         // SAFETY: a non-NULL socket argument of the hook (any kind: its
         // sock_common is all that is read).
-        unsafe { sk_netns(sk, &cfg) }
+        unsafe { sk_netns(sk, cfg) }
     };
     let key = signal_key(
         netns,
@@ -1133,7 +1136,7 @@ pub fn tcpwatch_connect_exit(ctx: TracePointContext) -> u32 {
         signal_stat(true, signal::CONNECT_FAILED);
         return 0;
     };
-    let Some(sk) = socket_of_fd(&cfg, fd) else {
+    let Some(sk) = socket_of_fd(cfg, fd) else {
         signal_stat(true, signal::CONNECT_FAILED);
         return 0;
     };
