@@ -75,6 +75,8 @@ pub struct Capture {
     stats: PerCpuArray<MapData, Stats>,
     /// Records of an unexpected size (an object built from other sources).
     malformed: u64,
+    /// Lane doorbells read from the rings.
+    doorbells: u64,
     /// The main program's `recursion_misses` before arming: skips of runs
     /// that did nothing, not transitions we missed.
     misses_before_arming: u64,
@@ -197,6 +199,7 @@ impl Capture {
             capped: false,
             stats,
             malformed: 0,
+            doorbells: 0,
             misses_before_arming,
             misses_at_disarm: None,
             witness: RefCell::new(witness),
@@ -428,6 +431,7 @@ impl Capture {
                 i,
                 self.ring_records,
                 &mut self.malformed,
+                &mut self.doorbells,
                 &mut self.reorder,
             );
             capped |= n == self.ring_records;
@@ -459,6 +463,12 @@ impl Capture {
     /// lanes); the others came through the ring buffers.
     pub fn read_from_lanes(&self) -> u64 {
         self.from_lanes
+    }
+
+    /// Doorbells of the lanes read so far (each rung as a lane filled to a
+    /// quarter).
+    pub fn doorbells(&self) -> u64 {
+        self.doorbells
     }
 
     /// Ring-buffer records that were not events of our layout.
@@ -634,6 +644,7 @@ fn read_ring(
     index: usize,
     max: usize,
     malformed: &mut u64,
+    doorbells: &mut u64,
     into: &mut Reorder<TransitionEvent>,
 ) -> usize {
     let mut n = 0;
@@ -641,7 +652,9 @@ fn read_ring(
         let Some(item) = ring.next() else { break };
         n += 1;
         if !is_transition(&item) {
-            if !is_lane_wake(&item) {
+            if is_lane_wake(&item) {
+                *doorbells += 1;
+            } else {
                 *malformed += 1;
             }
             continue;

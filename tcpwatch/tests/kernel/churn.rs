@@ -79,6 +79,8 @@ struct Run {
     chain_breaks: u64,
     /// Delivered events read from the main program's lanes.
     from_lanes: u64,
+    doorbells: u64,
+    malformed: u64,
 }
 
 fn run(ring_bytes: u32, simulate_skip_every: u32, simulate_not_run_every: u16) -> Run {
@@ -139,6 +141,8 @@ fn run(ring_bytes: u32, simulate_skip_every: u32, simulate_not_run_every: u16) -
         acct,
         delivered: cap.delivered,
         from_lanes: cap.from_lanes,
+        doorbells: cap.doorbells,
+        malformed: cap.malformed,
         in_netns,
         caught_in_netns,
     }
@@ -254,6 +258,15 @@ fn churn_counts_every_transition_and_accounts_for_every_event() {
         r.acct
     );
     assert_lanes_carry_the_main_program(&r);
+    // A lane of 32 events fills to its quarter over and over: its doorbell
+    // rings, and is read as one.
+    if cfg!(target_arch = "x86_64") {
+        assert!(
+            r.doorbells > 0,
+            "no doorbell from a full lane: {:?}",
+            r.acct
+        );
+    }
     // Each break is a drop the ring counted (or a loss the account names).
     assert!(
         r.chain_breaks > 0 && r.chain_breaks <= r.acct.ringbuf_full + r.acct.lost_in_kernel(),
@@ -282,6 +295,7 @@ fn assert_lanes_carry_the_main_program(r: &Run) {
         .as_ref()
         .map_or(0, |c| c.stats[EMITTED as usize]);
     assert_eq!(r.delivered, main + caught, "{:?}", r.acct);
+    assert_eq!(r.malformed, 0, "doorbells are no malformed records");
 }
 
 /// The fault-injection tests below exist only in a test build with the

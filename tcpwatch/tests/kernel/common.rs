@@ -83,6 +83,9 @@ pub struct Captured<R> {
     pub delivered: u64,
     /// Of those, read from the main program's lanes.
     pub from_lanes: u64,
+    /// Lane doorbells read, and records of no known kind.
+    pub doorbells: u64,
+    pub malformed: u64,
 }
 
 /// Starts the probe, runs `work` on a thread, keeps draining until it is
@@ -133,6 +136,8 @@ pub fn capture_watching<R: Send + 'static>(
             counters,
             delivered: cap.delivered(),
             from_lanes: cap.read_from_lanes(),
+            doorbells: cap.doorbells(),
+            malformed: cap.malformed(),
         }
     })
 }
