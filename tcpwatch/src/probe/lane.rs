@@ -92,8 +92,8 @@ impl Lanes {
         // Acquire: the slots up to `head` were written before it moved.
         let end = head.load(Ordering::Acquire);
         let start = tail.load(Ordering::Relaxed);
-        // The kernel never gets ahead by more than a lane; were a bug to
-        // make it, the excess is skipped rather than read twice.
+        // The program never gets more than a lane ahead (it checks the
+        // tail first); were it to, a read still stays within one lane.
         let n = (end.wrapping_sub(start) as usize).min(self.slots);
         let lane = self.events.as_mut_ptr().cast_const();
         for i in 0..n as u64 {
