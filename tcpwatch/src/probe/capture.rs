@@ -417,7 +417,9 @@ impl Capture {
                 let from_lanes = &mut self.from_lanes;
                 let source = rings + i;
                 let n = lanes.read(i, |event| {
-                    if is_transition(bytes_of(&event)) {
+                    if event.header.kind == kind::TRANSITION
+                        && usize::from(event.header.size) == size_of::<TransitionEvent>()
+                    {
                         *from_lanes += 1;
                         reorder.push(source, event.ts_ns, event);
                     } else {
@@ -689,18 +691,6 @@ fn is_record<T>(record: &[u8], of: u16) -> bool {
     let kind_of = u16::from_ne_bytes([h[0], h[1]]);
     let size = u16::from_ne_bytes([h[2], h[3]]) as usize;
     kind_of == of && size == size_of::<T>() && record.len() == size
-}
-
-/// An event's bytes, for the header checks records get.
-fn bytes_of(event: &TransitionEvent) -> &[u8] {
-    // SAFETY: TransitionEvent is plain data without implicit padding (its
-    // size is asserted in tcpwatch_common), so all its bytes are initialized.
-    unsafe {
-        std::slice::from_raw_parts(
-            std::ptr::from_ref(event).cast::<u8>(),
-            size_of::<TransitionEvent>(),
-        )
-    }
 }
 
 /// The part of `struct bpf_prog_info` we read, via BPF_OBJ_GET_INFO_BY_FD

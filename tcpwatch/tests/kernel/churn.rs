@@ -281,7 +281,7 @@ fn churn_counts_every_transition_and_accounts_for_every_event() {
 /// there are no lanes, and everything comes through the rings).
 fn assert_lanes_carry_the_main_program(r: &Run) {
     use tcpwatch_common::stat::EMITTED;
-    let main = r.counters.main.stats[EMITTED as usize];
+    let main = r.counters.main.stat(EMITTED);
     let expected = if cfg!(target_arch = "x86_64") {
         main
     } else {
@@ -289,11 +289,7 @@ fn assert_lanes_carry_the_main_program(r: &Run) {
     };
     assert_eq!(r.from_lanes, expected, "{:?}", r.acct);
     assert!(main > 0, "{:?}", r.acct);
-    let caught = r
-        .counters
-        .catcher
-        .as_ref()
-        .map_or(0, |c| c.stats[EMITTED as usize]);
+    let caught = r.counters.catcher.as_ref().map_or(0, |c| c.stat(EMITTED));
     assert_eq!(r.delivered, main + caught, "{:?}", r.acct);
     assert_eq!(r.malformed, 0, "doorbells are no malformed records");
 }
