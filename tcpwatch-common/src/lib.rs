@@ -13,7 +13,7 @@ pub use state::TcpState;
 /// Bumped whenever the layout of [`TransitionEvent`], [`ProbeConfig`]
 /// or the statistics array changes. The eBPF object carries it in
 /// its configuration; user space refuses to run an object of another version.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// `sk_protocol` values the programs report (everything else is ignored).
 pub const IPPROTO_TCP: u16 = 6;
@@ -78,7 +78,11 @@ pub mod kind {
 pub struct LanePos {
     /// Events written so far (the next slot is `head % lane_slots`).
     pub head: u64,
-    pub _pad: [u64; 7],
+    /// The program's last read of `tail`, kept beside `head`: it reads
+    /// `tail` again only near the wake mark, not on every event (each read
+    /// after user space moved it was a cache miss).
+    pub tail_seen: u64,
+    pub _pad: [u64; 6],
     /// Events user space has read so far.
     pub tail: u64,
     pub _pad2: [u64; 7],
@@ -116,7 +120,10 @@ pub struct TransitionEvent {
     /// EHOSTUNREACH, ECONNRESET...), which the kernel sets before the
     /// transition; 0 for a close without error and for other transitions.
     pub error: u16,
-    pub _pad2: [u16; 3],
+    /// Two fields, not a `[u16; 3]`: the program's struct literal made an
+    /// array of zeroes a call of its byte-wise `memset`.
+    pub _pad2: u16,
+    pub _pad3: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 104);
@@ -150,7 +157,10 @@ pub struct ProbeConfig {
     // Offsets in `struct sock`, for HOOK_BTF: the program reads these fields
     // in place, and the verifier checks each access against BTF.
     pub sk_family: u16,
-    pub _pad1: u16,
+    /// `skc_num`, the local port in host order: equal to `inet_sport`
+    /// while the port is held, read in place where `inet_sport` (past
+    /// `struct sock`) needs a helper call.
+    pub sk_num: u16,
     pub sk_dport: u16,
     pub sk_rcv_saddr: u16,
     pub sk_daddr: u16,
@@ -222,9 +232,20 @@ pub struct ProbeConfig {
     /// Events in each CPU's lane (a power of two), 0 for none: then the
     /// main program writes to the ring buffers too.
     pub lane_slots: u32,
+    /// Offset of the u64 `net_cookie` in `struct net` (0: unknown). It is
+    /// never reused and sits in a read-mostly cache line, where `ns.inum`
+    /// shares one with the namespace's reference count, which every socket
+    /// created or freed writes: the programs read the cookie and keep the
+    /// last (cookie, inode) pair per CPU (`Recent::net`).
+    pub net_cookie: u32,
+    /// Offsets of `pid` (with `tgid` right after it) and `comm` in
+    /// `struct task_struct` (0: unknown, read by helpers instead).
+    pub task_pid: u32,
+    pub task_comm: u32,
+    pub _pad4: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 136);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 152);
 
 impl ProbeConfig {
     /// The configuration compiled into the object: inert until user space
@@ -235,7 +256,7 @@ impl ProbeConfig {
         filter_netns: 0,
         netns_readable: 0,
         sk_family: 0,
-        _pad1: 0,
+        sk_num: 0,
         sk_dport: 0,
         sk_rcv_saddr: 0,
         sk_daddr: 0,
@@ -274,6 +295,10 @@ impl ProbeConfig {
         regs_arg1: 0,
         sk_cookie: 0,
         lane_slots: 0,
+        net_cookie: 0,
+        task_pid: 0,
+        task_comm: 0,
+        _pad4: 0,
     };
 }
 
@@ -453,6 +478,17 @@ pub struct Recent {
     /// as a number (see `tcpwatch_probes::btf_args`). One slot per program
     /// suffices: the kernel never runs a program nested in itself on a CPU.
     pub sk_slot: [u64; NUM_PROGS as usize],
+    /// Per program (the same reason), the namespace of the last socket
+    /// seen: its `net_cookie` and inode (see `ProbeConfig::net_cookie`).
+    pub net: [NetSeen; NUM_PROGS as usize],
+}
+
+/// A namespace's never-reused cookie and its inode number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetSeen {
+    pub cookie: u64,
+    pub inum: u64,
 }
 
 /// Identity of one transition: the socket address's low 48 bits (kernel
@@ -513,7 +549,7 @@ mod tests {
     #[test]
     fn event_layout_is_stable() {
         assert_eq!(
-            LAYOUT_VERSION, 6,
+            LAYOUT_VERSION, 7,
             "layout changed: bump LAYOUT_VERSION and these offsets"
         );
         assert_eq!(core::mem::size_of::<EventHeader>(), 8);
@@ -542,12 +578,14 @@ mod tests {
 
     #[test]
     fn config_layout_is_stable() {
-        assert_eq!(core::mem::size_of::<ProbeConfig>(), 136);
+        assert_eq!(core::mem::size_of::<ProbeConfig>(), 152);
         assert_eq!(offset_of!(ProbeConfig, sk_err), 80);
         assert_eq!(offset_of!(ProbeConfig, sk_protocol), 32);
         assert_eq!(offset_of!(ProbeConfig, inet_sport), 40);
         assert_eq!(offset_of!(ProbeConfig, tp_skaddr), 48);
         assert_eq!(offset_of!(ProbeConfig, lane_slots), 132);
+        assert_eq!(offset_of!(ProbeConfig, net_cookie), 136);
+        assert_eq!(offset_of!(ProbeConfig, task_comm), 144);
         assert_eq!(offset_of!(LanePos, tail), 64);
         assert_eq!(ProbeConfig::UNSET.layout_version, LAYOUT_VERSION);
     }

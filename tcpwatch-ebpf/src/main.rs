@@ -31,7 +31,7 @@ use aya_ebpf::{
 };
 use tcpwatch_common::{
     AF_INET6, DIR_IN, DIR_OUT, EventHeader, FLAG_CAUGHT, FLAG_OWNER_KNOWN, HOOK_BTF, HOOK_CLASSIC,
-    IPPROTO_MPTCP, IPPROTO_TCP, LanePos, PF_KTHREAD, PROG_CATCHER, PROG_MAIN, ProbeConfig,
+    IPPROTO_MPTCP, IPPROTO_TCP, LanePos, NetSeen, PF_KTHREAD, PROG_CATCHER, PROG_MAIN, ProbeConfig,
     RECENT_SLOTS, Recent, STATS_LEN, SignalKey, SignalStats, Stats, TP_RECORD_READ, TaskComm,
     TransitionEvent, kind, listener_key, owner_runs_transition, signal, stat, stat_index, state::*,
     transition_id, transition_index,
@@ -112,6 +112,18 @@ struct Transition {
     /// At SYN-SENT -> CLOSE on the BTF hook (when the connect() programs
     /// run), the socket's cookie, else 0.
     cookie: u64,
+    /// When it was seen (`bpf_ktime_get_ns`).
+    ts_ns: u64,
+}
+
+/// The clock, read as soon as a transition is admitted: its read waits for
+/// every load before it to complete (the TSC read is ordered), and there
+/// few are still in flight (measured: ~5 % of the main program's time
+/// went to that wait when it was read last).
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: a helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 #[inline(always)]
@@ -257,6 +269,7 @@ fn read_btf(
     (skaddr, oldstate, newstate): (u64, u8, u8),
     cfg: &ProbeConfig,
     prog: u32,
+    seen: &mut NetSeen,
 ) -> Option<Transition> {
     let sk: *const u8 = ctx.arg::<*const u8>(0);
     // SAFETY (all `field` calls): offsets are BTF member offsets of struct
@@ -264,20 +277,31 @@ fn read_btf(
     // the verifier against BTF.
     let protocol: u16 = unsafe { field(sk, off32(&CONFIG.sk_protocol)) };
     // SAFETY: `sk` is the hook's socket argument.
-    let netns = unsafe { sk_netns(sk, cfg) };
+    let netns = unsafe { sk_netns_seen(sk, cfg, seen) };
     if !admit(prog, protocol, netns, cfg) {
         return None;
     }
+    let ts_ns = now_ns();
     let family: u16 = unsafe { field(sk, off(&CONFIG.sk_family)) };
-    // The local port through the socket seen as a `struct tcp_sock`, a BTF
-    // type that reaches past `struct sock`: a direct load, not a helper read
-    // (before, helper reads were ~6 % of the programs' time, this one among
-    // them). MPTCP's own socket is no tcp_sock (NULL here) and keeps the
-    // helper read.
-    // SAFETY: `sk` is the hook's socket argument.
-    let sport = match unsafe { tcp_local_port(sk) } {
-        Some(port) => port,
-        None => u16::from_be(read_kernel(prog, skaddr + cfg.inet_sport as u64).unwrap_or(0)),
+    // The local port: `skc_num` in place while the socket holds its port
+    // (it is then `inet_sport`, which the classic tracepoint reads). When
+    // 0 (no port yet, or released just before `-> CLOSE`, where
+    // `inet_sport` keeps it), `inet_sport` through the socket seen as a
+    // `struct tcp_sock` (a helper call, the cast), or a helper read for
+    // MPTCP's own socket, which is no tcp_sock (NULL there).
+    let num: u16 = if cfg.sk_num != 0 {
+        unsafe { field(sk, off(&CONFIG.sk_num)) }
+    } else {
+        0
+    };
+    let sport = if num != 0 {
+        num
+    } else {
+        // SAFETY: `sk` is the hook's socket argument.
+        match unsafe { tcp_local_port(sk) } {
+            Some(port) => port,
+            None => u16::from_be(read_kernel(prog, skaddr + cfg.inet_sport as u64).unwrap_or(0)),
+        }
     };
     let dport: u16 = unsafe { field(sk, off(&CONFIG.sk_dport)) };
     let mut t = Transition {
@@ -293,6 +317,7 @@ fn read_btf(
         daddr: [0; 4],
         error: 0,
         cookie: 0,
+        ts_ns,
     };
     if newstate == TCP_CLOSE && cfg.sk_err != 0 {
         // SAFETY: `sk_err` is an int at this BTF offset of struct sock.
@@ -344,11 +369,13 @@ fn read_classic(ctx: &TracePointContext, cfg: &ProbeConfig) -> Option<Transition
         daddr: [0; 4],
         error: 0,
         cookie: 0,
+        ts_ns: 0,
     };
     t.netns = classic_netns(cfg, skaddr);
     if !admit(PROG_MAIN, t.protocol, t.netns, cfg) {
         return None;
     }
+    t.ts_ns = now_ns();
     if t.newstate == TCP_CLOSE && cfg.sk_err != 0 {
         t.error = read_kernel::<i32>(PROG_MAIN, skaddr + cfg.sk_err as u64).unwrap_or(0) as u16;
     }
@@ -366,8 +393,44 @@ fn read_classic(ctx: &TracePointContext, cfg: &ProbeConfig) -> Option<Transition
     Some(t)
 }
 
-/// Whether the current task is a kernel thread (never a socket's owner in
-/// tcpwatch's sense, even in a syscall-like path). Unknown offsets: no.
+/// The current task as a socket's owner: its ids as
+/// `bpf_get_current_pid_tgid` gives them and its comm, or `None` for a
+/// kernel thread (never a socket's owner in tcpwatch's sense, even in a
+/// syscall-like path). On the BTF hook, with the offsets known, read in
+/// place from the task (two helper calls fewer).
+#[inline(always)]
+fn current_owner(cfg: &ProbeConfig, prog: u32) -> Option<(u64, TaskComm)> {
+    if cfg.hook == HOOK_BTF && cfg.task_pid != 0 && cfg.task_comm != 0 {
+        // SAFETY: a helper without preconditions; it returns the current
+        // task as a BTF pointer, never NULL.
+        let task = unsafe { generated::bpf_get_current_task_btf() } as *const u8;
+        // SAFETY (all `field` calls): BTF offsets in task_struct of the u32
+        // `flags`, the ints `pid` and `tgid` (one after the other) and the
+        // 16-byte `comm`, checked by user space and by the verifier.
+        unsafe {
+            if cfg.task_flags != 0 {
+                let flags: u32 = field(task, off32(&CONFIG.task_flags));
+                if flags & PF_KTHREAD != 0 {
+                    return None;
+                }
+            }
+            let pid_at = off32(&CONFIG.task_pid);
+            let pid: u32 = field(task, pid_at);
+            let tgid: u32 = field(task, pid_at + 4);
+            let comm_at = off32(&CONFIG.task_comm);
+            let words: [u64; 2] = [field(task, comm_at), field(task, comm_at + 8)];
+            // Whatever follows the name's NUL is ignored by user space.
+            let comm = TaskComm(core::mem::transmute::<[u64; 2], [u8; 16]>(words));
+            return Some(((tgid as u64) << 32 | pid as u64, comm));
+        }
+    }
+    if in_kernel_thread(cfg, prog) {
+        return None;
+    }
+    Some((bpf_get_current_pid_tgid(), current_comm()))
+}
+
+/// Whether the current task is a kernel thread. Unknown offsets: no.
 #[inline(always)]
 fn in_kernel_thread(cfg: &ProbeConfig, prog: u32) -> bool {
     if cfg.task_flags == 0 {
@@ -470,10 +533,14 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16, lane: 
         };
         let _ = CONNECT_ENDS.insert(&t.skaddr, &end, 0);
     }
-    let by_owner = owner_runs_transition(t.oldstate, t.newstate) && !in_kernel_thread(cfg, prog);
+    let owner = if owner_runs_transition(t.oldstate, t.newstate) {
+        current_owner(cfg, prog)
+    } else {
+        None
+    };
     // SAFETY: a helper without preconditions.
     let cpu = unsafe { generated::bpf_get_smp_processor_id() };
-    let event = || event_of(t, by_owner, extra_flags);
+    let event = || event_of(t, owner, extra_flags);
     if lane && cfg.lane_slots != 0 {
         emit_to_lane(prog, cpu, cfg, event);
     } else {
@@ -481,20 +548,12 @@ fn handle(prog: u32, t: &Transition, cfg: &ProbeConfig, extra_flags: u16, lane: 
     }
 }
 
-/// The record of transition `t`, with the current task as its owner when
-/// `by_owner`.
+/// The record of transition `t`, with `owner` (ids, comm) when known.
 #[inline(always)]
-fn event_of(t: &Transition, by_owner: bool, extra_flags: u16) -> TransitionEvent {
-    let (pid, tgid, comm, owner) = if by_owner {
-        let id = bpf_get_current_pid_tgid();
-        (
-            id as u32,
-            (id >> 32) as u32,
-            current_comm(),
-            FLAG_OWNER_KNOWN,
-        )
-    } else {
-        (0, 0, zeroed(), 0)
+fn event_of(t: &Transition, owner: Option<(u64, TaskComm)>, extra_flags: u16) -> TransitionEvent {
+    let (pid, tgid, comm, owner) = match owner {
+        Some((id, comm)) => (id as u32, (id >> 32) as u32, comm, FLAG_OWNER_KNOWN),
+        None => (0, 0, zeroed(), 0),
     };
     TransitionEvent {
         header: EventHeader {
@@ -502,8 +561,7 @@ fn event_of(t: &Transition, by_owner: bool, extra_flags: u16) -> TransitionEvent
             size: core::mem::size_of::<TransitionEvent>() as u16,
             _pad: 0,
         },
-        // SAFETY: a helper without preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns: t.ts_ns,
         skaddr: t.skaddr,
         netns: t.netns,
         pid,
@@ -519,7 +577,8 @@ fn event_of(t: &Transition, by_owner: bool, extra_flags: u16) -> TransitionEvent
         daddr: words_to_bytes(t.daddr),
         comm,
         error: t.error,
-        _pad2: [0; 3],
+        _pad2: 0,
+        _pad3: 0,
     }
 }
 
@@ -534,15 +593,29 @@ fn emit_to_lane(prog: u32, cpu: u32, cfg: &ProbeConfig, event: impl FnOnce() -> 
         bump(stat_index(prog, stat::RINGBUF_FULL));
         return;
     };
+    let quarter = (slots / 4) as u64;
     // SAFETY: this CPU's entry of the positions array, valid for the run;
-    // `head` is ours alone, `tail` is user space's and only read here.
-    let (head, tail) = unsafe {
+    // `head` and `tail_seen` are ours alone, `tail` is user space's and
+    // only read here.
+    let (head, seen) = unsafe {
         (
             core::ptr::read_volatile(core::ptr::addr_of!((*pos).head)),
-            core::ptr::read_volatile(core::ptr::addr_of!((*pos).tail)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*pos).tail_seen)),
         )
     };
-    let fill = head.wrapping_sub(tail);
+    // `tail` only grows, so the fill from `seen` is never below the true
+    // one: below the wake mark there is room and no doorbell to ring
+    // without reading `tail` itself.
+    let mut fill = head.wrapping_sub(seen);
+    let near_mark = fill + 1 >= quarter;
+    if near_mark {
+        // SAFETY: as above.
+        unsafe {
+            let tail = core::ptr::read_volatile(core::ptr::addr_of!((*pos).tail));
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*pos).tail_seen), tail);
+            fill = head.wrapping_sub(tail);
+        }
+    }
     if fill >= slots as u64 {
         bump(stat_index(prog, stat::RINGBUF_FULL));
         return;
@@ -565,7 +638,8 @@ fn emit_to_lane(prog: u32, cpu: u32, cfg: &ProbeConfig, event: impl FnOnce() -> 
     // Once per crossing of a quarter full (the fill grows one at a time:
     // only this program adds to it), ring user space's doorbell; it also
     // polls, so a doorbell lost to a full ring only delays the read.
-    if fill + 1 == (slots / 4) as u64
+    if near_mark
+        && fill + 1 == quarter
         && let Some(ring) = EVENTS.get(cpu)
     {
         let bell = EventHeader {
@@ -719,7 +793,7 @@ pub fn tcpwatch_main(ctx: BtfTracePointContext) -> i32 {
         }
         if armed
             && !not_run
-            && let Some(t) = read_btf(&ctx, args, cfg, PROG_MAIN)
+            && let Some(t) = read_btf(&ctx, args, cfg, PROG_MAIN, &mut r.net[PROG_MAIN as usize])
         {
             handle(PROG_MAIN, &t, cfg, 0, true);
         }
@@ -781,7 +855,13 @@ pub fn tcpwatch_catch(ctx: BtfTracePointContext) -> i32 {
     }
     if !found && armed() {
         bump(stat_index(PROG_CATCHER, stat::CAUGHT));
-        if let Some(t) = read_btf(&ctx, args, cfg, PROG_CATCHER) {
+        if let Some(t) = read_btf(
+            &ctx,
+            args,
+            cfg,
+            PROG_CATCHER,
+            &mut r.net[PROG_CATCHER as usize],
+        ) {
             handle(PROG_CATCHER, &t, cfg, FLAG_CAUGHT, false);
         }
     }
@@ -902,6 +982,43 @@ unsafe fn sk_netns(sk: *const u8, cfg: &ProbeConfig) -> u32 {
             return 0;
         }
         field(net, off32(&CONFIG.net_ns_inum))
+    }
+}
+
+/// As `sk_netns`, through `seen`, the last namespace this program saw on
+/// this CPU: a socket of the same namespace (same cookie) costs no read of
+/// the inode's cache line, which other CPUs keep writing (see
+/// `ProbeConfig::net_cookie`).
+///
+/// # Safety
+/// As `sk_netns`.
+#[inline(always)]
+unsafe fn sk_netns_seen(sk: *const u8, cfg: &ProbeConfig, seen: &mut NetSeen) -> u32 {
+    if cfg.netns_readable == 0 || cfg.net_cookie == 0 {
+        // SAFETY: as this function's.
+        return unsafe { sk_netns(sk, cfg) };
+    }
+    // SAFETY: BTF offsets of `skc_net` in struct sock and of `net_cookie`
+    // and `ns.inum` in struct net, checked by user space and by the
+    // verifier.
+    unsafe {
+        let net: *const u8 = field(sk, off(&CONFIG.sk_net));
+        if net.is_null() {
+            return 0;
+        }
+        let cookie: u64 = field(net, off32(&CONFIG.net_cookie));
+        if cookie == 0 {
+            // Not made yet (kernels before 5.12 make it on first use).
+            return field(net, off32(&CONFIG.net_ns_inum));
+        }
+        if cookie != seen.cookie {
+            // `seen` is this program's alone on this CPU (it never nests
+            // in itself), so the pair is never torn.
+            let inum: u32 = field(net, off32(&CONFIG.net_ns_inum));
+            seen.cookie = cookie;
+            seen.inum = inum as u64;
+        }
+        seen.inum as u32
     }
 }
 

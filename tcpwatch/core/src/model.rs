@@ -564,7 +564,8 @@ mod tests {
             daddr: [127, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             comm: tcpwatch_common::TaskComm(*b"curl\0\0\0\0\0\0\0\0\0\0\0\0"),
             error: 0,
-            _pad2: [0; 3],
+            _pad2: 0,
+            _pad3: 0,
         }
     }
 

@@ -178,6 +178,8 @@ fn config_from_btf(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
     cfg.hook = HOOK_BTF;
     cfg.sk_family = sock_common_field(btf, "skc_family", 2)?;
     cfg.sk_dport = sock_common_field(btf, "skc_dport", 2)?;
+    // Optional: without it the port is read through `inet_sport` alone.
+    cfg.sk_num = sock_common_field(btf, "skc_num", 2).unwrap_or(0);
     cfg.sk_rcv_saddr = sock_common_field(btf, "skc_rcv_saddr", 4)?;
     cfg.sk_daddr = sock_common_field(btf, "skc_daddr", 4)?;
     cfg.sk_v6_rcv_saddr = sock_common_field(btf, "skc_v6_rcv_saddr", 16)?;
@@ -290,10 +292,21 @@ fn packet_fields(btf: &Btf, cfg: &mut ProbeConfig) {
 }
 
 /// `task_struct.flags`, to tell kernel threads from owners; left unknown
-/// (never checked) if BTF lacks it.
+/// (never checked) if BTF lacks it. And `pid`, `tgid` (right after it) and
+/// `comm`, which the BTF program reads in place; left unknown (helpers read
+/// them) if BTF lacks them or places them otherwise.
 fn task_fields(btf: &Btf, cfg: &mut ProbeConfig) {
     if let Ok((off, 4)) = member(btf, "task_struct", &["flags"]) {
         cfg.task_flags = off as u32;
+    }
+    let pid = member(btf, "task_struct", &["pid"]);
+    let tgid = member(btf, "task_struct", &["tgid"]);
+    let comm = member(btf, "task_struct", &["comm"]);
+    if let (Ok((pid, 4)), Ok((tgid, 4)), Ok((comm, 16))) = (pid, tgid, comm)
+        && tgid == pid + 4
+    {
+        cfg.task_pid = pid as u32;
+        cfg.task_comm = comm as u32;
     }
 }
 
@@ -306,6 +319,9 @@ fn netns_fields(btf: &Btf, cfg: &mut ProbeConfig) {
         cfg.sk_net = net;
         cfg.net_ns_inum = inum as u32;
         cfg.netns_readable = 1;
+        if let Ok((cookie, 8)) = member(btf, "net", &["net_cookie"]) {
+            cfg.net_cookie = cookie as u32;
+        }
     }
 }
 
@@ -465,6 +481,7 @@ mod tests {
         assert_eq!(cfg.sk_rcv_saddr, 4);
         assert!(cfg.sk_dport > cfg.sk_rcv_saddr);
         assert!(cfg.sk_family > cfg.sk_dport);
+        assert_eq!(cfg.sk_num, cfg.sk_dport + 2);
         assert!(cfg.sk_protocol as u16 > cfg.sk_v6_rcv_saddr);
         assert!(cfg.inet_sport > cfg.sk_protocol);
         assert_eq!(cfg.netns_readable, 1);
@@ -480,6 +497,13 @@ mod tests {
         assert_ne!(cfg.dev_nd_net, 0);
         assert_ne!(cfg.socket_sk, 0);
         assert_ne!(cfg.task_files, 0);
+        // struct net keeps its cookie past its first 4 KiB, the task its
+        // comm past its ids.
+        assert!(cfg.net_cookie > cfg.net_ns_inum, "{cfg:?}");
+        assert!(
+            cfg.task_comm > cfg.task_pid && cfg.task_pid > cfg.task_flags,
+            "{cfg:?}"
+        );
     }
 
     #[test]
