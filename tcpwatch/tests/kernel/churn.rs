@@ -405,9 +405,13 @@ fn witness_counts_exactly_the_firings_no_program_ran_for() {
     );
     // The sockets' chains name those losses in scope, for free: at least
     // one per socket that went on after its loss, never more than were lost.
+    // The lower bound is the simulated losses': a real pair the kernel ran
+    // nothing for (seen here: 20,001 breaks for 40,002 lost, 2 of them
+    // real) is a socket's last two transitions, which no break follows.
+    let simulated_short = short - real.min(short);
     assert!(
-        r.chain_breaks > short / 2 && r.chain_breaks <= short,
-        "{} breaks for {short} lost",
+        r.chain_breaks > simulated_short / 2 && r.chain_breaks <= short,
+        "{} breaks for {short} lost ({real} not run by the kernel itself)",
         r.chain_breaks
     );
 }
