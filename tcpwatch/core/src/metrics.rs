@@ -671,6 +671,12 @@ impl Collector for ViewCollector {
             c,
             Val::from(v.stats.chain_breaks),
         )?;
+        g1(
+            "tcpwatch_sockets_vanished",
+            "Sockets followed in an open state that a census of their namespace no longer showed, with none of their later transitions seen: each names at least one lost transition (its last), in the daemon's scope",
+            c,
+            Val::from(v.stats.sockets_vanished),
+        )?;
         if let Some(k) = &v.kernel {
             let a = &k.accounting;
             g1(

@@ -8,12 +8,17 @@
 //! The promise is the probe's: an owner is unknown, never wrong. A socket
 //! whose chain breaks (a transition of it was lost) starts over, as if seen
 //! for the first time, and so does one past the table's bound.
-use std::collections::{HashMap, hash_map::Entry};
+use std::collections::{HashMap, HashSet, hash_map::Entry};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use tcpwatch_common::state::{TCP_CLOSE, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT};
+use tcpwatch_common::state::{
+    TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2,
+    TCP_LAST_ACK, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT,
+};
 
-use crate::model::{Owner, Transition};
+use crate::census::SockEntry;
+use crate::model::{Owner, Protocol, Transition};
 
 /// Sockets followed at most (about 16 MiB); past it new sockets are not
 /// followed (their owner is what their own transitions carry) until others
@@ -35,6 +40,89 @@ struct Followed {
     owner: Option<Owner>,
     /// Said by the socket's first transition, for good.
     passive: Option<bool>,
+    /// Its namespace (0: unknown) and, in a state a census must show,
+    /// its address pair ([`pair_key`]; 0 otherwise): see
+    /// [`Follower::vanished`].
+    netns: u32,
+    pair: u64,
+    /// The last census of its namespace did not show it (see
+    /// [`Follower::vanished`]).
+    missed: bool,
+}
+
+/// States in which a TCP socket is a full socket in its namespace's
+/// established hash from before its transition into them until its
+/// transition out (SYN-SENT and SYN-RECV are not: a socket enters them
+/// before it is hashed), so a census always lists it.
+fn censused(state: u8) -> bool {
+    matches!(
+        state,
+        TCP_ESTABLISHED
+            | TCP_FIN_WAIT1
+            | TCP_FIN_WAIT2
+            | TCP_CLOSE_WAIT
+            | TCP_LAST_ACK
+            | TCP_CLOSING
+    )
+}
+
+/// A socket's (local, remote) addresses and ports as one number, the same
+/// from its transitions and from a census; never 0. Two pairs may share
+/// one: then a vanished socket goes unnamed, never the other way round.
+pub fn pair_key(local: SocketAddr, remote: SocketAddr) -> u64 {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut mix = |w: u64| h = (h ^ w).wrapping_mul(0x0100_0000_01b3).rotate_left(29);
+    for a in [local, remote] {
+        match a.ip() {
+            std::net::IpAddr::V4(ip) => mix(u64::from(u32::from(ip))),
+            std::net::IpAddr::V6(ip) => {
+                let v = u128::from(ip);
+                mix(v as u64);
+                mix((v >> 64) as u64 | 1 << 63);
+            }
+        }
+        mix(u64::from(a.port()) << 48);
+    }
+    h.max(1)
+}
+
+/// What a census of one namespace found: the pairs of its full sockets in
+/// the states [`censused`] covers, and when its dump began.
+#[derive(Clone, Debug, Default)]
+pub struct OpenPairs {
+    pub netns: u32,
+    pub taken_ns: u64,
+    /// When the dump ended: the check waits until every transition up to
+    /// then (and a margin) has been followed.
+    pub done_ns: u64,
+    pub pairs: HashSet<u64>,
+}
+
+impl OpenPairs {
+    /// The full sockets of a census (a TIME-WAIT or FIN-WAIT-2
+    /// minisocket is what is left of one that closed: not one of them).
+    pub fn of(netns: u32, taken_ns: u64, done_ns: u64, entries: &[SockEntry]) -> OpenPairs {
+        OpenPairs {
+            netns,
+            taken_ns,
+            done_ns,
+            pairs: entries
+                .iter()
+                .filter(|e| !e.minisock && censused(e.state))
+                .map(|e| pair_key(e.local, e.remote))
+                .collect(),
+        }
+    }
+}
+
+/// A followed socket a census no longer showed: its last transitions
+/// (at least the one to CLOSE) were lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vanished {
+    pub skaddr: u64,
+    pub netns: u32,
+    /// The state it was last seen going to.
+    pub state: u8,
 }
 
 /// The sockets listening on one port, each with its owner if known. A
@@ -114,6 +202,8 @@ impl Follower {
                 t.passive = s.passive;
                 s.state = new;
                 s.last_ns = t.ts_ns;
+                s.pair = pair_of(t, new);
+                s.missed = false;
                 if new == TCP_CLOSE {
                     // The address is reused once freed: forget it now.
                     e.remove();
@@ -136,6 +226,9 @@ impl Follower {
                     last_ns: t.ts_ns,
                     owner: t.owner,
                     passive: t.passive,
+                    netns: t.netns.unwrap_or(0),
+                    pair: pair_of(t, new),
+                    missed: false,
                 };
                 match slot {
                     Entry::Occupied(mut e) if new != TCP_CLOSE => {
@@ -201,8 +294,56 @@ impl Follower {
         self.socks.len()
     }
 
+    /// The followed sockets that two censuses in a row of their namespace
+    /// should have shown and did not, forgotten here: each went to a state
+    /// a census lists ([`censused`]) before the census began, and nothing
+    /// of it was seen since. Twice, because a dump is no snapshot: a socket
+    /// removed from a hash chain between two of its reads shifts the
+    /// sockets after it, and one of those can be skipped once. Call it only
+    /// once every transition up to each census's end (and a margin) has
+    /// been followed: a socket that closed during a dump has its close
+    /// followed by then. One pass, whatever the number of namespaces.
+    pub fn vanished(&mut self, found: &[OpenPairs]) -> Vec<Vanished> {
+        let by_netns: HashMap<u32, &OpenPairs, Fast> = found.iter().map(|o| (o.netns, o)).collect();
+        let mut gone = Vec::new();
+        self.socks.retain(|&skaddr, s| {
+            let Some(o) = by_netns.get(&s.netns) else {
+                return true;
+            };
+            if s.pair == 0 || s.last_ns >= o.taken_ns {
+                return true;
+            }
+            if o.pairs.contains(&s.pair) {
+                s.missed = false;
+                return true;
+            }
+            if !s.missed {
+                s.missed = true;
+                return true;
+            }
+            gone.push(Vanished {
+                skaddr,
+                netns: s.netns,
+                state: s.state,
+            });
+            false
+        });
+        gone
+    }
+
     pub fn is_empty(&self) -> bool {
         self.socks.is_empty()
+    }
+}
+
+/// The pair a census must show the socket under after transition `t`, or
+/// 0: not TCP (MPTCP's own sockets are not in a TCP census), its namespace
+/// unknown, or a state a census need not list.
+fn pair_of(t: &Transition, new: u8) -> u64 {
+    if t.protocol == Protocol::Tcp && t.netns.is_some() && censused(new) {
+        pair_key(t.local, t.remote)
+    } else {
+        0
     }
 }
 
@@ -381,5 +522,102 @@ mod tests {
         }
         assert_eq!(f.listeners.len(), MAX_LISTENERS);
         assert_eq!(f.listeners_untracked, 3);
+    }
+
+    fn open(netns: u32, taken_ns: u64, pairs: &[u64]) -> OpenPairs {
+        OpenPairs {
+            netns,
+            taken_ns,
+            done_ns: taken_ns + 1,
+            pairs: pairs.iter().copied().collect(),
+        }
+    }
+
+    fn at(sk: u64, ns: u64, old: TcpState, new: TcpState, lport: u16) -> Transition {
+        let mut x = t(sk, ns, old, new, None);
+        x.local.set_port(lport);
+        x
+    }
+
+    #[test]
+    fn a_socket_the_census_no_longer_shows_lost_its_last_transitions() {
+        let mut f = Follower::default();
+        // Socket 1 is still open; socket 2's FIN-WAIT-1 -> ... -> CLOSE
+        // were lost; socket 3 went to FIN-WAIT-1 after the dump began.
+        let still = run(&mut f, at(1, 10, SynSent, Established, 5001));
+        run(&mut f, at(2, 11, Established, FinWait1, 5002));
+        run(&mut f, at(3, 30, Established, FinWait1, 5003));
+        let kept = pair_key(still.local, still.remote);
+        // Missed once: a dump can skip a socket; not named yet.
+        assert_eq!(f.vanished(&[open(7, 20, &[kept])]), []);
+        let gone = f.vanished(&[open(7, 21, &[kept])]);
+        assert_eq!(
+            gone,
+            [Vanished {
+                skaddr: 2,
+                netns: 7,
+                state: FinWait1 as u8
+            }]
+        );
+        // Named once: it is forgotten. Socket 3 now, at its second miss.
+        assert_eq!(f.vanished(&[open(7, 40, &[kept])]), []);
+        assert_eq!(f.vanished(&[open(7, 50, &[kept])]).len(), 1);
+        assert_eq!(f.vanished(&[open(7, 60, &[kept])]), []);
+        assert_eq!(f.len(), 1);
+    }
+
+    #[test]
+    fn a_socket_missed_once_then_seen_or_moving_is_not_named() {
+        let mut f = Follower::default();
+        let s1 = run(&mut f, at(1, 10, SynSent, Established, 5001));
+        run(&mut f, at(2, 10, SynSent, Established, 5002));
+        let p1 = pair_key(s1.local, s1.remote);
+        // Both missed once (a skipping dump); then 2 moves on and 1 is seen
+        // again: neither is named at the next census.
+        assert_eq!(f.vanished(&[open(7, 20, &[])]), []);
+        run(&mut f, at(2, 25, Established, FinWait1, 5002));
+        assert_eq!(f.vanished(&[open(7, 30, &[p1])]), [], "2 moved since");
+        let second = |v: Vec<Vanished>| v.iter().map(|v| v.skaddr).collect::<Vec<_>>();
+        assert_eq!(second(f.vanished(&[open(7, 40, &[p1])])), [2]);
+        assert_eq!(
+            f.vanished(&[open(7, 50, &[])]),
+            [],
+            "1 was seen at 30 and 40"
+        );
+        assert_eq!(second(f.vanished(&[open(7, 60, &[])])), [1]);
+    }
+
+    #[test]
+    fn only_states_a_census_must_show_and_censused_namespaces_count() {
+        let mut f = Follower::default();
+        // Not hashed yet when they enter these states, or not TCP's.
+        run(&mut f, at(1, 10, Close, SynSent, 5001));
+        run(&mut f, at(2, 10, Listen, SynRecv, 5002));
+        let mut mptcp = at(3, 10, SynSent, Established, 5003);
+        mptcp.protocol = Protocol::Mptcp;
+        run(&mut f, mptcp);
+        let mut unknown = at(4, 10, SynSent, Established, 5004);
+        unknown.netns = None;
+        run(&mut f, unknown);
+        // Another namespace's census says nothing of namespace 7.
+        run(&mut f, at(5, 10, SynSent, Established, 5005));
+        for ns in [8, 8, 8] {
+            assert_eq!(f.vanished(&[open(ns, 20, &[])]), []);
+        }
+        assert_eq!(f.vanished(&[open(7, 20, &[])]), []);
+        assert_eq!(f.vanished(&[open(7, 21, &[])]).len(), 1);
+        assert_eq!(f.len(), 4);
+    }
+
+    #[test]
+    fn pair_keys_tell_addresses_and_ports_apart() {
+        let a = |ip: [u8; 4], port: u16| SocketAddr::from((ip, port));
+        let k = pair_key(a([127, 0, 0, 1], 1), a([127, 0, 0, 2], 2));
+        assert_ne!(k, pair_key(a([127, 0, 0, 2], 2), a([127, 0, 0, 1], 1)));
+        assert_ne!(k, pair_key(a([127, 0, 0, 1], 2), a([127, 0, 0, 2], 1)));
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:1".parse().unwrap();
+        assert_ne!(k, pair_key(mapped, "[::ffff:127.0.0.2]:2".parse().unwrap()));
+        assert_eq!(k, pair_key(a([127, 0, 0, 1], 1), a([127, 0, 0, 2], 2)));
+        assert_ne!(k, 0);
     }
 }

@@ -320,6 +320,12 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
             out.chain_breaks - unexplained
         );
     }
+    if out.sockets_vanished > 0 {
+        say!(
+            "tcpwatch: {} sockets vanished from a census while their last transition seen said open: their last transitions were lost before any program counted them",
+            out.sockets_vanished
+        );
+    }
     if a.double_counted > 0 || a.nested > 0 {
         say!(
             "tcpwatch: {} transitions may have been counted twice; the main program ran nested {} times",
@@ -328,7 +334,7 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
         );
     }
     say!(
-        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} engine={} kernel_skipped={} caught={} unrecovered={} not_run={} witness={} double_counted={} nested={} chain_breaks={} bpf_run_time_ns={} bpf_run_cnt={}",
+        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} engine={} kernel_skipped={} caught={} unrecovered={} not_run={} witness={} double_counted={} nested={} chain_breaks={} sockets_vanished={} bpf_run_time_ns={} bpf_run_cnt={}",
         a.counted,
         a.emitted,
         out.delivered,
@@ -342,11 +348,15 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
         a.double_counted,
         a.nested,
         out.chain_breaks,
+        out.sockets_vanished,
         a.bpf_run_time_ns,
         a.bpf_run_cnt,
     );
     let why = *why.lock().unwrap_or_else(|p| p.into_inner());
-    Ok(exit_status(a.promise_broken() || unexplained > 0, why))
+    Ok(exit_status(
+        a.promise_broken() || unexplained > 0 || out.sockets_vanished > 0,
+        why,
+    ))
 }
 
 /// Asked to stop by a signal (an operator, systemd), the daemon has done

@@ -63,7 +63,7 @@ fn input_ts(i: &Input) -> u64 {
         Input::Kernel(k) => k.ts_ns,
         Input::Signals(s) => s.ts_ns,
         Input::Tick { ts_ns } => *ts_ns,
-        Input::Namespaces { ts_ns, .. } => *ts_ns,
+        Input::Namespaces { ts_ns, .. } | Input::Vanished { ts_ns, .. } => *ts_ns,
     }
 }
 

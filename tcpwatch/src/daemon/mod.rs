@@ -7,7 +7,7 @@ pub mod recorder;
 pub mod sampler;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     sync::{
         Arc,
@@ -25,6 +25,7 @@ use tcpwatch_core::{
     metrics::{ControlCounters, Info},
     model::{Accounting, Transition},
     snapshot::Snapshot,
+    sockets::OpenPairs,
     view::trace::Clock,
 };
 use tokio::sync::{mpsc, watch};
@@ -96,6 +97,8 @@ pub struct Outcome {
     pub engine_transitions: u64,
     /// Breaks in sockets' chains of transitions the engine followed.
     pub chain_breaks: u64,
+    /// Followed sockets that vanished from a census while believed open.
+    pub sockets_vanished: u64,
     /// Lines written to the recording, if any.
     pub recorded: Option<(PathBuf, u64)>,
 }
@@ -219,6 +222,7 @@ pub async fn run(
     let mut tick = ticker(&running);
     let mut pending: Vec<u32> = Vec::new();
     let mut seeded: HashSet<u32> = HashSet::new();
+    let mut unchecked: HashMap<u32, OpenPairs> = HashMap::new();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -238,6 +242,7 @@ pub async fn run(
             r = capture.ready() => {
                 r.context("reading the ring buffer")?;
                 capture.drain_each(BATCH, |t| apply_transition(&mut engine, &mut recorder, t))?;
+                check_vanished(&mut capture, &mut unchecked, &mut engine, &mut recorder)?;
                 // New namespaces are censused at once (bounded; never waited
                 // for); what the sampler cannot take yet waits for the next.
                 if let Some(tx) = &first_seen {
@@ -251,11 +256,13 @@ pub async fn run(
                     }
                 }
             }
-            Some(inputs) = samples.recv() => {
+            Some((inputs, open)) = samples.recv() => {
                 seed_listeners(&mut capture, &mut seeded, &inputs);
                 apply(&mut engine, &mut recorder, inputs)?;
+                queue_open(&mut unchecked, open);
             }
             _ = tick.tick() => {
+                check_vanished(&mut capture, &mut unchecked, &mut engine, &mut recorder)?;
                 let k = kernel_sample(&capture)?;
                 apply(&mut engine, &mut recorder, [k, Input::Tick { ts_ns: monotonic_ns() }])?;
                 if let Some(r) = &mut recorder {
@@ -302,6 +309,7 @@ pub async fn run(
         delivered: capture.delivered(),
         engine_transitions: engine.view().stats.transitions,
         chain_breaks: engine.view().stats.chain_breaks,
+        sockets_vanished: engine.view().stats.sockets_vanished,
         recorded,
     })
 }
@@ -401,6 +409,71 @@ fn apply_transition(
     Ok(())
 }
 
+/// How far past a census's end every transition must have been followed
+/// before its check: a socket leaves the established hash just before its
+/// transition to CLOSE (TIME-WAIT's hash dance), so a dump can miss a
+/// socket whose close is stamped microseconds after the dump's end.
+const VANISH_MARGIN_NS: u64 = 100_000_000;
+
+/// Censuses waiting for their check, at most (one per namespace, the
+/// newest kept: a socket missing from it was missing from the older one
+/// too, or seen since).
+const UNCHECKED_MAX: usize = 4_096;
+
+fn queue_open(unchecked: &mut HashMap<u32, OpenPairs>, open: Vec<OpenPairs>) {
+    for o in open {
+        if unchecked.len() < UNCHECKED_MAX || unchecked.contains_key(&o.netns) {
+            unchecked.insert(o.netns, o);
+        }
+    }
+}
+
+/// Checks the censuses whose end (and margin) every followed transition
+/// has passed for sockets they should have shown (see
+/// `Follower::vanished`), and counts those in the engine.
+fn check_vanished(
+    capture: &mut Capture,
+    unchecked: &mut HashMap<u32, OpenPairs>,
+    engine: &mut Engine,
+    recorder: &mut Option<Recorder>,
+) -> anyhow::Result<()> {
+    let followed_to = capture.followed_to();
+    let is_due = |o: &OpenPairs| o.done_ns.saturating_add(VANISH_MARGIN_NS) < followed_to;
+    // Most drains: nothing waiting, or nothing due yet.
+    if !unchecked.values().any(is_due) {
+        return Ok(());
+    }
+    let due_netns: Vec<u32> = unchecked
+        .values()
+        .filter(|o| is_due(o))
+        .map(|o| o.netns)
+        .collect();
+    let due: Vec<OpenPairs> = due_netns
+        .iter()
+        .filter_map(|n| unchecked.remove(n))
+        .collect();
+    let gone = capture.vanished(&due);
+    if gone.is_empty() {
+        return Ok(());
+    }
+    for v in gone.iter().take(8) {
+        tracing::debug!(
+            skaddr = v.skaddr,
+            netns = v.netns,
+            state = v.state,
+            "socket vanished"
+        );
+    }
+    apply(
+        engine,
+        recorder,
+        [Input::Vanished {
+            ts_ns: monotonic_ns(),
+            sockets: gone.iter().map(|v| v.skaddr).collect(),
+        }],
+    )
+}
+
 /// Namespaces whose listeners were given to the probe, kept at most (any
 /// user can make namespaces in bulk; past this, as before any census).
 const SEEDED_NETNS: usize = 16_384;
@@ -464,7 +537,7 @@ fn kernel_sample(capture: &Capture) -> anyhow::Result<Input> {
 /// path.
 struct SamplerThread {
     handle: JoinHandle<()>,
-    samples: mpsc::Receiver<Vec<Input>>,
+    samples: mpsc::Receiver<(Vec<Input>, Vec<OpenPairs>)>,
     stop: Arc<AtomicBool>,
     /// Namespaces the engine just met, for an immediate census (`All`).
     first_seen: Option<std::sync::mpsc::SyncSender<Vec<u32>>>,
@@ -476,7 +549,7 @@ fn spawn_sampler(
     signals: Option<SignalReader>,
 ) -> std::io::Result<SamplerThread> {
     let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel::<Vec<Input>>(4);
+    let (tx, rx) = mpsc::channel::<(Vec<Input>, Vec<OpenPairs>)>(4);
     let (first_seen, fresh) = std::sync::mpsc::sync_channel::<Vec<u32>>(4);
     let first_seen = matches!(scope, Scope::All { .. }).then_some(first_seen);
     let sampler = Sampler::new(scope, settings.borrow().owners_every);
@@ -504,7 +577,7 @@ fn census_loop(
     mut signals: Option<SignalReader>,
     mut settings: watch::Receiver<SamplerSettings>,
     fresh: std::sync::mpsc::Receiver<Vec<u32>>,
-    tx: mpsc::Sender<Vec<Input>>,
+    tx: mpsc::Sender<(Vec<Input>, Vec<OpenPairs>)>,
     stop: Arc<AtomicBool>,
 ) {
     // Full censuses are spaced by their CPU budget; in between,
@@ -521,12 +594,12 @@ fn census_loop(
         sampler.set_max_netns(s.max_netns);
         sampler.time_wait_peers_at = Some(s.time_wait_fill);
         let started = Instant::now();
-        let mut inputs = if started >= next_full {
-            let (inputs, spent) = cpu_of(|| sampler.sample());
+        let (mut inputs, open) = if started >= next_full {
+            let (sampled, spent) = cpu_of(|| sampler.sample());
             next_full = started + census_delay(s.interval, spent, s.budget_pct);
-            inputs
+            sampled
         } else {
-            sampler.sample_listeners()
+            (sampler.sample_listeners(), Vec::new())
         };
         // At most once a second: a full table is thousands of syscalls.
         if let Some(reader) = &mut signals
@@ -543,7 +616,7 @@ fn census_loop(
             }
         }
         next += s.interval;
-        if tx.blocking_send(inputs).is_err() {
+        if tx.blocking_send((inputs, open)).is_err() {
             break;
         }
         // Sleep in short steps so a stop is seen quickly, and
@@ -576,9 +649,9 @@ fn census_loop(
             inodes.dedup();
             last_first_seen = Instant::now();
             // Charged to the budget like a full round's census.
-            let (inputs, spent) = cpu_of(|| sampler.sample_first_seen(&inodes));
+            let ((inputs, open), spent) = cpu_of(|| sampler.sample_first_seen(&inodes));
             next_full += budget_time(spent, s.budget_pct);
-            if !inputs.is_empty() && tx.blocking_send(inputs).is_err() {
+            if !inputs.is_empty() && tx.blocking_send((inputs, open)).is_err() {
                 return;
             }
         }

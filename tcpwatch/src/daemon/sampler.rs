@@ -12,6 +12,7 @@ use tcpwatch_core::{
     census::{Census, TimeWait, TimeWaitPeer, summarize},
     engine::{CensusSample, CountersSample, Input},
     model::Owner,
+    sockets::OpenPairs,
 };
 
 use crate::host::{census, clock::monotonic_ns, counters, netns};
@@ -231,8 +232,10 @@ impl Sampler {
     }
 
     /// A full round: the enumeration (for `All`), then a census and a
-    /// counter sample per namespace in scope.
-    pub fn sample(&mut self) -> Vec<Input> {
+    /// counter sample per namespace in scope; and each census's full
+    /// sockets, for the event loop's check of vanished ones (not recorded:
+    /// the check needs the live sockets, a replay has none).
+    pub fn sample(&mut self) -> (Vec<Input>, Vec<OpenPairs>) {
         // Before the enumeration: what the engine saw after this is newer
         // than the list, and is not dropped by it.
         let enumerated_ns = monotonic_ns();
@@ -268,17 +271,18 @@ impl Sampler {
                 self.with_listeners.insert(n);
             }
         }
-        push_inputs(&mut out, raws, owners, scan_ns.unwrap_or(0));
-        out
+        let mut open = Vec::new();
+        push_inputs(&mut out, &mut open, raws, owners, scan_ns.unwrap_or(0));
+        (out, open)
     }
 
     /// Namespaces the engine has just seen for the first time (`All`
     /// only): a census and counters at once, so one that lives less than
     /// an interval is sampled too. At most `FIRST_SEEN_ROUND` of them;
     /// owners from the cache.
-    pub fn sample_first_seen(&mut self, inodes: &[u32]) -> Vec<Input> {
+    pub fn sample_first_seen(&mut self, inodes: &[u32]) -> (Vec<Input>, Vec<OpenPairs>) {
         if !matches!(self.scope, Scope::All { .. }) || inodes.is_empty() {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         let targets: Vec<Target> = netns::all()
             .into_iter()
@@ -287,9 +291,9 @@ impl Sampler {
             .map(|n| (Some(n.path), Some(n.inode)))
             .collect();
         let raws = self.take(&targets);
-        let mut out = Vec::new();
-        push_inputs(&mut out, raws, &self.owners.map, 0);
-        out
+        let (mut out, mut open) = (Vec::new(), Vec::new());
+        push_inputs(&mut out, &mut open, raws, &self.owners.map, 0);
+        (out, open)
     }
 
     fn take(&mut self, targets: &[Target]) -> Vec<Raw> {
@@ -358,9 +362,20 @@ impl Sampler {
 /// Namespaces censused at once when first seen, per round at most.
 const FIRST_SEEN_ROUND: usize = 16;
 
-/// Censuses (summarized with `owners`) and counter samples as inputs.
-fn push_inputs(out: &mut Vec<Input>, raws: Vec<Raw>, owners: &HashMap<u64, Owner>, scan_ns: u64) {
+/// Censuses (summarized with `owners`) and counter samples as inputs, and
+/// the full sockets of each census of a known namespace.
+fn push_inputs(
+    out: &mut Vec<Input>,
+    open: &mut Vec<OpenPairs>,
+    raws: Vec<Raw>,
+    owners: &HashMap<u64, Owner>,
+    scan_ns: u64,
+) {
     for r in raws {
+        if let Some(netns) = r.netns {
+            let done_ns = r.taken_ns + r.census_ns;
+            open.push(OpenPairs::of(netns, r.taken_ns, done_ns, &r.census.entries));
+        }
         let summary = summarize(r.netns, &r.census, owners);
         out.push(Input::Census(CensusSample {
             ts_ns: r.taken_ns,

@@ -20,7 +20,7 @@ use tcpwatch_common::{
 use tcpwatch_core::{
     model::{KernelCounters, Owner, ProgCounters, Slot, Transition, stats_slot},
     reorder::Reorder,
-    sockets::Follower,
+    sockets::{Follower, OpenPairs, Vanished},
 };
 
 use crate::{
@@ -100,6 +100,10 @@ pub struct Capture {
     /// The last drain stopped at its limit: more events may be waiting
     /// without a wakeup to say so.
     more: bool,
+    /// The last read's watermark (see `read_rings`), and the one up to
+    /// which every transition has been delivered (and followed).
+    watermark: u64,
+    followed_to: u64,
     /// The signal counters' reader, until someone takes it.
     signals: Option<SignalReader>,
     /// Each socket's owner, side and time in its state, completed here on
@@ -208,6 +212,8 @@ impl Capture {
             delivered: 0,
             from_lanes: 0,
             more: false,
+            watermark: 0,
+            followed_to: 0,
             signals: Some(signals),
             sockets,
         })
@@ -387,7 +393,25 @@ impl Capture {
         }
         self.delivered += n as u64;
         self.more = self.reorder.ready() || self.capped;
+        if !self.more {
+            // Nothing released is left and the last read was whole.
+            self.followed_to = self.watermark;
+        }
         result.map(|()| n)
+    }
+
+    /// Every transition stamped before this (CLOCK_MONOTONIC ns) has been
+    /// delivered and followed: the last drain emptied what the last whole
+    /// read of the rings released.
+    pub fn followed_to(&self) -> u64 {
+        self.followed_to
+    }
+
+    /// The followed sockets these censuses should have shown and did not
+    /// (see `Follower::vanished`); only once `followed_to` is past each
+    /// census's end.
+    pub fn vanished(&mut self, found: &[OpenPairs]) -> Vec<Vanished> {
+        self.sockets.vanished(found)
     }
 
     /// Reads every ring once and releases what is surely complete; true if
@@ -439,6 +463,7 @@ impl Capture {
             capped |= n == self.ring_records;
         }
         self.reorder.release(watermark);
+        self.watermark = watermark;
         capped
     }
 

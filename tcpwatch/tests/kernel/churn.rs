@@ -662,3 +662,225 @@ fn a_real_nested_run_is_caught_and_what_is_not_exact_is_named() {
         );
     }
 }
+
+/// Sockets of the vanish test kept open across its census.
+const KEPT: usize = 5;
+/// Connections opened all at once, then all closed: no address is reused
+/// before the census, so every lost close is the follower's to name (with
+/// churn, the next socket at a freed address names most as chain breaks).
+const VANISH_CONNECTIONS: u32 = 500;
+
+struct VanishRun {
+    /// Sockets the follower named as vanished.
+    gone: Vec<tcpwatch::core::sockets::Vanished>,
+    /// Of those, sockets still open at the census (must be none).
+    kept_named: usize,
+    /// The kept sockets' pairs the census showed (must be all).
+    kept_found: usize,
+    /// Churned sockets whose transition to CLOSE was not delivered.
+    lost_closes: u64,
+    /// Addresses whose last delivered transition left a churned socket in
+    /// a state a census lists: counted plainly from the events, what the
+    /// follower must name, exactly.
+    unclosed: usize,
+    acct: Accounting,
+}
+
+const OPEN_STATES: [u8; 6] = [
+    TCP_ESTABLISHED,
+    TCP_FIN_WAIT1,
+    TCP_FIN_WAIT2,
+    TCP_CLOSE_WAIT,
+    TCP_LAST_ACK,
+    TCP_CLOSING,
+];
+
+/// Churn in a namespace of the test's own with `KEPT` connections held
+/// open, a census once only those and TIME-WAIT are left, then the
+/// daemon's check: the delivered events, followed as the capture follows
+/// them, against the census.
+fn vanish_run(simulate_not_run_every: u16) -> VanishRun {
+    use tcpwatch::core::census::TimeWait;
+    use tcpwatch::core::sockets::{Follower, OpenPairs, pair_key};
+    use tcpwatch::host::census;
+
+    let _witness = crate::common::witness_may_count();
+    let _budget = crate::common::churn_budget_holds();
+    let (ino, go, worker) = netns_thread(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let kept: Vec<(TcpStream, TcpStream)> = (0..KEPT)
+            .map(|_| {
+                let c = TcpStream::connect(addr).unwrap();
+                (c, listener.accept().unwrap().0)
+            })
+            .collect();
+        let pairs: Vec<(TcpStream, TcpStream)> = (0..VANISH_CONNECTIONS)
+            .map(|_| {
+                let c = TcpStream::connect(addr).unwrap();
+                (c, listener.accept().unwrap().0)
+            })
+            .collect();
+        for (client, server) in pairs {
+            drop(client);
+            drop(server);
+        }
+        // Every churned socket has made its last transition: only the
+        // kept ones (two sockets each) and the listener are left open.
+        wait_until_open_at_most(2 * KEPT + 1);
+        // Two, as the daemon names a socket missing from two in a row.
+        let found: Vec<_> = (0..2)
+            .map(|_| {
+                let taken = tcpwatch::host::clock::monotonic_ns();
+                let c = census::take(TimeWait::Counted, None).unwrap();
+                (c, taken, tcpwatch::host::clock::monotonic_ns())
+            })
+            .collect();
+        let pairs: Vec<u64> = kept
+            .iter()
+            .flat_map(|(c, s)| {
+                [
+                    pair_key(c.local_addr().unwrap(), c.peer_addr().unwrap()),
+                    pair_key(s.local_addr().unwrap(), s.peer_addr().unwrap()),
+                ]
+            })
+            .collect();
+        (kept, listener, found, pairs)
+    });
+    let opts = LoadOptions {
+        netns: Some(ino),
+        ..LoadOptions::default()
+    };
+    #[cfg(feature = "fault-injection")]
+    let opts = LoadOptions {
+        simulate_not_run_every,
+        ..opts
+    };
+    #[cfg(not(feature = "fault-injection"))]
+    assert_eq!(
+        simulate_not_run_every, 0,
+        "fault injection needs --features fault-injection"
+    );
+    let cap = capture_during(opts, Duration::from_millis(300), move || {
+        go.send(()).unwrap();
+        worker.join().unwrap()
+    });
+    // The kept sockets close only now, after the capture.
+    let (_kept, _listener, found, kept_pairs) = cap.result;
+    let open: Vec<OpenPairs> = found
+        .iter()
+        .map(|(c, taken, done)| OpenPairs::of(ino, *taken, *done, &c.entries))
+        .collect();
+    let kept_found = kept_pairs
+        .iter()
+        .filter(|p| open.iter().all(|o| o.pairs.contains(p)))
+        .count();
+    let mut follower = Follower::default();
+    let mut kept_skaddrs = std::collections::HashSet::new();
+    let mut closes = 0u64;
+    let mut last = std::collections::HashMap::new();
+    for e in cap.events.iter().filter(|e| e.netns == Some(ino)) {
+        let mut t = e.clone();
+        follower.follow(&mut t);
+        last.insert(e.skaddr, e.new.raw());
+        if kept_pairs.contains(&pair_key(e.local, e.remote)) {
+            kept_skaddrs.insert(e.skaddr);
+        }
+        let old = e.old.raw();
+        if e.new.raw() == TCP_CLOSE && old != TCP_LISTEN && old != TCP_SYN_SENT {
+            closes += 1;
+        }
+    }
+    assert_eq!(follower.vanished(&open[..1]), [], "named at a first miss");
+    let gone = follower.vanished(&open[1..]);
+    let kept_named = gone
+        .iter()
+        .filter(|v| kept_skaddrs.contains(&v.skaddr))
+        .count();
+    for v in &gone {
+        assert_eq!(last.get(&v.skaddr), Some(&v.state), "{v:?}");
+    }
+    let unclosed = last
+        .iter()
+        .filter(|(sk, st)| OPEN_STATES.contains(st) && !kept_skaddrs.contains(sk))
+        .count();
+    VanishRun {
+        kept_named,
+        kept_found,
+        lost_closes: (2 * u64::from(VANISH_CONNECTIONS)).saturating_sub(closes),
+        unclosed,
+        gone,
+        acct: cap.counters.summary(),
+    }
+}
+
+/// Waits until at most `n` TCP sockets of this thread's namespace are in a
+/// state other than TIME-WAIT.
+fn wait_until_open_at_most(n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let open = ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+            .filter(|l| l.split_whitespace().nth(3) != Some("06"))
+            .count();
+        if open <= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{open} sockets open after 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// With nothing lost, no socket vanishes: every churned socket's close was
+/// followed, and the sockets still open are in the census under the pairs
+/// their transitions gave.
+#[test]
+fn no_socket_vanishes_when_nothing_was_lost() {
+    if !root_available("no_socket_vanishes_when_nothing_was_lost") {
+        return;
+    }
+    let r = vanish_run(0);
+    assert_eq!(r.kept_found, 2 * KEPT, "the census shows the kept sockets");
+    assert_eq!(r.kept_named, 0, "{:?}", r.gone);
+    // What the kernel itself may lose (a pair now and then on this VM,
+    // see the README) is named too, and nothing else.
+    assert_eq!(r.gone.len(), r.unclosed, "{:?}", r.acct);
+    assert!(r.unclosed as u64 <= r.lost_closes, "{:?}", r.acct);
+    if r.lost_closes > 0 {
+        eprintln!(
+            "vanish: NOTE {} closes lost by the kernel itself, {} named",
+            r.lost_closes,
+            r.gone.len()
+        );
+    }
+}
+
+/// A socket whose last transitions no program ran for (injected on every
+/// 13th run) vanishes from the census while its chain says open: it is
+/// named, once, and a socket still open never is. Not every lost close is
+/// named so: one whose transitions into an open state were all lost too is
+/// not followed in one (and under churn, a socket whose address a later
+/// one took before the census is named by that one's chain break).
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_socket_that_vanishes_from_the_census_names_its_lost_last_transitions() {
+    if !root_available("a_socket_that_vanishes_from_the_census_names_its_lost_last_transitions") {
+        return;
+    }
+    let r = vanish_run(13);
+    assert_eq!(r.kept_found, 2 * KEPT);
+    assert_eq!(r.kept_named, 0, "{:?}", r.gone);
+    let gone = r.gone.len() as u64;
+    assert_eq!(r.gone.len(), r.unclosed, "{:?}", r.acct);
+    // No address reused: all but the sockets whose every transition into
+    // an open state was lost too (then it is not followed in one).
+    assert!(
+        gone >= r.lost_closes * 3 / 4 && gone <= r.lost_closes,
+        "{gone} named of {} lost closes: {:?}",
+        r.lost_closes,
+        r.acct
+    );
+    eprintln!("vanish: {gone} named of {} lost closes", r.lost_closes);
+}

@@ -89,6 +89,13 @@ pub enum Input {
         ts_ns: u64,
         alive: Vec<u32>,
     },
+    /// Followed sockets (their addresses) a census no longer showed, none
+    /// of whose later transitions arrived (`sockets::Follower::vanished`):
+    /// each lost at least its transition to CLOSE.
+    Vanished {
+        ts_ns: u64,
+        sockets: Vec<u64>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -463,6 +470,11 @@ pub struct EngineStats {
     /// state): each names at least one lost transition of that socket.
     #[serde(default)]
     pub chain_breaks: u64,
+    /// Followed sockets a census no longer showed while their last known
+    /// state said open: each names at least one lost transition (its last
+    /// ones), which no chain break can.
+    #[serde(default)]
+    pub sockets_vanished: u64,
 }
 
 impl Engine {
@@ -511,6 +523,14 @@ impl Engine {
             Input::Signals(s) => self.signals(s),
             Input::Tick { ts_ns } => self.tick(ts_ns),
             Input::Namespaces { ts_ns, alive } => self.namespaces_alive(ts_ns, &alive),
+            Input::Vanished { ts_ns, sockets } => {
+                self.tick(ts_ns);
+                self.stats.sockets_vanished += sockets.len() as u64;
+                // Closed unseen: no longer a CLOSE-WAIT socket aging.
+                for sk in sockets {
+                    self.close_wait.remove(&sk);
+                }
+            }
         }
     }
 

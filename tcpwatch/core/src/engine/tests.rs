@@ -575,3 +575,25 @@ fn a_namespace_known_from_signals_alone_asks_for_its_census_at_its_first_transit
     e.transition(&in_ns(10, 4 * S));
     assert!(e.take_first_seen().is_empty());
 }
+
+#[test]
+fn a_vanished_socket_is_counted_and_no_longer_ages_in_close_wait() {
+    let mut e = Engine::new(EngineConfig::default());
+    for sk in [5, 6] {
+        e.transition(&t(
+            S,
+            sk,
+            Established,
+            CloseWait,
+            "10.0.0.1:443",
+            "10.0.0.9:50000",
+        ));
+    }
+    e.apply(Input::Vanished {
+        ts_ns: 2 * S,
+        sockets: vec![5],
+    });
+    let v = e.view();
+    assert_eq!(v.stats.sockets_vanished, 1);
+    assert_eq!(v.close_wait_open.sockets, 1, "socket 6 is still followed");
+}
