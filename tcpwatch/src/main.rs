@@ -121,6 +121,11 @@ pub struct ProbeArgs {
     /// No witness, even if the configuration file asks for one.
     #[arg(long)]
     no_witness: bool,
+    /// Fault injection (test builds only): the programs act as if the
+    /// kernel never ran them for every N-th armed firing on each CPU.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, hide = true, value_name = "N")]
+    simulate_not_run_every: Option<u16>,
 }
 
 /// The engine's cardinality caps (daemon, record, replay); for the daemon
@@ -202,6 +207,8 @@ impl ProbeArgs {
             ring_bytes: probe.ring_kib.map(|k| k.saturating_mul(1024)),
             verbose: self.verbose,
             witness: probe.witness,
+            #[cfg(feature = "fault-injection")]
+            simulate_not_run_every: self.simulate_not_run_every.unwrap_or(0),
             ..LoadOptions::default()
         }
     }

@@ -1556,3 +1556,63 @@ fn record_never_follows_a_symlink_and_ends_whole_on_hangup_or_quit() {
     assert!(v["kernel"]["accounting"]["counted"].is_u64(), "{v}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// End to end, through the daemon's census thread, event loop and metrics:
+/// connections opened together, then closed, with every 13th firing acting
+/// as never run (fault injection, as the churn tests do it); the sockets
+/// whose close no program ran for vanish from two censuses in a row and
+/// are counted, and said at exit.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn sockets_whose_close_no_program_ran_for_are_named_in_the_metrics() {
+    if !root_available("sockets_whose_close_no_program_ran_for_are_named_in_the_metrics") {
+        return;
+    }
+    const N: usize = 200;
+    let ns = NsWorker::new();
+    let d = Daemon::start(&["--netns", &ns.path, "--simulate-not-run-every", "13"]);
+    ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        // All open at once: no socket's address is reused before the
+        // censuses (a reuse names the loss as a chain break instead).
+        let pairs: Vec<(TcpStream, TcpStream)> = (0..N)
+            .map(|_| {
+                let c = TcpStream::connect(addr).unwrap();
+                (c, l.accept().unwrap().0)
+            })
+            .collect();
+        drop(pairs);
+    });
+    // Censuses every 0.2 s: two in a row and the check's margin.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let named = loop {
+        let v = value(&d.scrape(), "tcpwatch_sockets_vanished_total", "");
+        if v > 0.0 {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing named in 10 s:\n{}",
+            d.all_stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Each of the 2N sockets closes once: no more can vanish.
+    assert!(named <= (2 * N) as f64, "{named}");
+    // Said at exit too, with at least what the metric showed.
+    d.signal(libc::SIGTERM);
+    d.wait_for_log("tcpwatch-accounting:");
+    let log = d.all_stderr();
+    let at_exit: f64 = log
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("sockets_vanished="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sockets_vanished in the account:\n{log}"));
+    assert!(
+        at_exit >= named,
+        "{at_exit} at exit, {named} before:\n{log}"
+    );
+    assert!(log.contains("sockets vanished from a census"), "{log}");
+    drop(ns);
+}
