@@ -8,7 +8,9 @@ use std::{
 use tcpwatch::{core::model::Accounting, probe::loader::LoadOptions};
 use tcpwatch_common::state::*;
 
-use crate::common::{capture_during, capture_watching, netns_thread, root_available};
+use crate::common::{
+    capture_during, capture_watching, held_connections, netns_thread, root_available,
+};
 
 const CONNECTIONS: u32 = 20_000;
 
@@ -34,23 +36,7 @@ fn churn(n: u32) -> Duration {
 /// i.e. every full socket has made its last transition, so the capture
 /// cannot stop before the kernel is done (softirq work can be deferred).
 fn wait_until_only_time_wait() {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let busy = ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
-            .iter()
-            .filter_map(|p| std::fs::read_to_string(p).ok())
-            .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
-            .filter(|l| l.split_whitespace().nth(3) != Some("06"))
-            .count();
-        if busy == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{busy} sockets still not closed after 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until_open_at_most(0);
 }
 
 const TEN: [(u8, u8); 10] = [
@@ -708,23 +694,8 @@ fn vanish_run(simulate_not_run_every: u16) -> VanishRun {
     let _budget = crate::common::churn_budget_holds();
     let (ino, go, worker) = netns_thread(|| {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let kept: Vec<(TcpStream, TcpStream)> = (0..KEPT)
-            .map(|_| {
-                let c = TcpStream::connect(addr).unwrap();
-                (c, listener.accept().unwrap().0)
-            })
-            .collect();
-        let pairs: Vec<(TcpStream, TcpStream)> = (0..VANISH_CONNECTIONS)
-            .map(|_| {
-                let c = TcpStream::connect(addr).unwrap();
-                (c, listener.accept().unwrap().0)
-            })
-            .collect();
-        for (client, server) in pairs {
-            drop(client);
-            drop(server);
-        }
+        let kept = held_connections(&listener, KEPT);
+        drop(held_connections(&listener, VANISH_CONNECTIONS as usize));
         // Every churned socket has made its last transition: only the
         // kept ones (two sockets each) and the listener are left open.
         wait_until_open_at_most(2 * KEPT + 1);

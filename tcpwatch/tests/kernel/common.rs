@@ -196,6 +196,20 @@ pub fn thread_netns() -> u32 {
     std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino() as u32
 }
 
+/// `n` connections to `listener`, each (client, server), all held open.
+pub fn held_connections(
+    listener: &std::net::TcpListener,
+    n: usize,
+) -> Vec<(std::net::TcpStream, std::net::TcpStream)> {
+    let addr = listener.local_addr().unwrap();
+    (0..n)
+        .map(|_| {
+            let client = std::net::TcpStream::connect(addr).unwrap();
+            (client, listener.accept().unwrap().0)
+        })
+        .collect()
+}
+
 /// A thread that enters a fresh netns, reports its inode, then runs `f`.
 /// The capture should filter on the inode, so start it before `f` begins:
 /// `f` waits on the returned barrier.

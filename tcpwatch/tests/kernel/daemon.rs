@@ -1573,16 +1573,9 @@ fn sockets_whose_close_no_program_ran_for_are_named_in_the_metrics() {
     let d = Daemon::start(&["--netns", &ns.path, "--simulate-not-run-every", "13"]);
     ns.run(|| {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
         // All open at once: no socket's address is reused before the
         // censuses (a reuse names the loss as a chain break instead).
-        let pairs: Vec<(TcpStream, TcpStream)> = (0..N)
-            .map(|_| {
-                let c = TcpStream::connect(addr).unwrap();
-                (c, l.accept().unwrap().0)
-            })
-            .collect();
-        drop(pairs);
+        drop(crate::common::held_connections(&l, N));
     });
     // Censuses every 0.2 s: two in a row and the check's margin.
     let deadline = Instant::now() + Duration::from_secs(10);
