@@ -677,6 +677,14 @@ impl Collector for ViewCollector {
             c,
             Val::from(v.stats.sockets_vanished),
         )?;
+        if v.stats.vanish_checked_ns != 0 {
+            g1(
+                "tcpwatch_vanish_checked_timestamp_seconds",
+                "Unix time before which every census has been checked for vanished sockets: a check that stops (the event loop behind) shows here",
+                g,
+                Val::Float(clock.unix_ns(v.stats.vanish_checked_ns) as f64 / 1e9),
+            )?;
+        }
         if let Some(k) = &v.kernel {
             let a = &k.accounting;
             g1(

@@ -38,7 +38,7 @@ pub fn run(args: StatesArgs) -> anyhow::Result<ExitCode> {
         Some(spec) => {
             let inode = netns::resolve(spec).map_err(super::usage)?;
             let path = netns::path(spec).map_err(super::usage)?;
-            let census = census::take_in(&path, listed, None).context("socket census")?;
+            let census = census::take_in(&path, None, listed, None).context("socket census")?;
             (census, Some(inode))
         }
         None => (

@@ -242,7 +242,6 @@ pub async fn run(
             r = capture.ready() => {
                 r.context("reading the ring buffer")?;
                 capture.drain_each(BATCH, |t| apply_transition(&mut engine, &mut recorder, t))?;
-                check_vanished(&mut capture, &mut unchecked, &mut engine, &mut recorder)?;
                 // New namespaces are censused at once (bounded; never waited
                 // for); what the sampler cannot take yet waits for the next.
                 if let Some(tx) = &first_seen {
@@ -262,6 +261,8 @@ pub async fn run(
                 queue_open(&mut unchecked, open);
             }
             _ = tick.tick() => {
+                // Once per interval at most: each check is a pass over
+                // every followed socket, whatever the number of censuses.
                 check_vanished(&mut capture, &mut unchecked, &mut engine, &mut recorder)?;
                 let k = kernel_sample(&capture)?;
                 apply(&mut engine, &mut recorder, [k, Input::Tick { ts_ns: monotonic_ns() }])?;
@@ -415,9 +416,8 @@ fn apply_transition(
 /// socket whose close is stamped microseconds after the dump's end.
 const VANISH_MARGIN_NS: u64 = 100_000_000;
 
-/// Censuses waiting for their check, at most (one per namespace, the
-/// newest kept: a socket missing from it was missing from the older one
-/// too, or seen since).
+/// Censuses waiting for their check, at most (one per namespace: a newer
+/// one replaces an older one not yet checked, which only delays a name).
 const UNCHECKED_MAX: usize = 4_096;
 
 fn queue_open(unchecked: &mut HashMap<u32, OpenPairs>, open: Vec<OpenPairs>) {
@@ -453,9 +453,6 @@ fn check_vanished(
         .filter_map(|n| unchecked.remove(n))
         .collect();
     let gone = capture.vanished(&due);
-    if gone.is_empty() {
-        return Ok(());
-    }
     for v in gone.iter().take(8) {
         tracing::debug!(
             skaddr = v.skaddr,
@@ -464,14 +461,27 @@ fn check_vanished(
             "socket vanished"
         );
     }
+    // Applied after every check, so its progress shows even with nothing
+    // named (`tcpwatch_vanish_checked_timestamp_seconds`).
     apply(
         engine,
         recorder,
         [Input::Vanished {
             ts_ns: monotonic_ns(),
             sockets: gone.iter().map(|v| v.skaddr).collect(),
+            checked_ns: checked_through(&due, unchecked),
         }],
     )
+}
+
+/// The time before which every census has been checked: the newest just
+/// checked, but not past one still waiting.
+fn checked_through(due: &[OpenPairs], left: &HashMap<u32, OpenPairs>) -> u64 {
+    let newest = due.iter().map(|o| o.taken_ns).max().unwrap_or(0);
+    match left.values().map(|o| o.taken_ns).min() {
+        Some(waiting) => newest.min(waiting.saturating_sub(1)),
+        None => newest,
+    }
 }
 
 /// Namespaces whose listeners were given to the probe, kept at most (any

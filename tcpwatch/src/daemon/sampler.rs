@@ -313,7 +313,7 @@ impl Sampler {
             // most of a census's cost under churn.
             let mut entries = match path {
                 None => census::take(TimeWait::Counted, peers_at),
-                Some(p) => census::take_in(p, TimeWait::Counted, peers_at),
+                Some(p) => census::take_in(p, *inode, TimeWait::Counted, peers_at),
             };
             if let Ok(c) = &mut entries {
                 // Listed (they reached the threshold): remembered, and not

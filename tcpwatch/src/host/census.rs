@@ -102,12 +102,35 @@ fn list_time_wait_peers() -> Result<Vec<TimeWaitPeer>, CensusError> {
 
 /// The census of another network namespace (a path such as
 /// `/run/netns/NAME` or `/proc/PID/ns/net`).
+/// With `expect`, only if the path still opens that namespace (by inode):
+/// a process's or thread's namespace changes with setns or unshare, and a
+/// PID is reused, between the enumeration and the census; another
+/// namespace's sockets filed under the expected one would make its
+/// sockets look vanished.
 pub fn take_in(
     netns: &Path,
+    expect: Option<u32>,
     time_wait: TimeWait,
     peers_at: Option<f64>,
 ) -> Result<Census, CensusError> {
-    in_netns(netns, || take(time_wait, peers_at))
+    in_netns(netns, || {
+        if let Some(want) = expect {
+            use std::os::unix::fs::MetadataExt as _;
+            let found = std::fs::metadata("/proc/thread-self/ns/net")
+                .map_err(|source| CensusError::Netns {
+                    path: netns.display().to_string(),
+                    source,
+                })?
+                .ino();
+            if found != u64::from(want) {
+                return Err(CensusError::Netns {
+                    path: netns.display().to_string(),
+                    source: io::Error::other(format!("it opens namespace {found} now, not {want}")),
+                });
+            }
+        }
+        take(time_wait, peers_at)
+    })
 }
 
 /// Runs a census in another namespace: a netlink socket belongs to the

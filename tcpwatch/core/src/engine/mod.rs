@@ -95,6 +95,9 @@ pub enum Input {
     Vanished {
         ts_ns: u64,
         sockets: Vec<u64>,
+        /// Every census begun before this (CLOCK_MONOTONIC ns) is checked.
+        #[serde(default)]
+        checked_ns: u64,
     },
 }
 
@@ -475,6 +478,10 @@ pub struct EngineStats {
     /// ones), which no chain break can.
     #[serde(default)]
     pub sockets_vanished: u64,
+    /// Censuses begun before this (CLOCK_MONOTONIC ns) have been checked
+    /// for vanished sockets (0: none yet).
+    #[serde(default)]
+    pub vanish_checked_ns: u64,
 }
 
 impl Engine {
@@ -523,9 +530,14 @@ impl Engine {
             Input::Signals(s) => self.signals(s),
             Input::Tick { ts_ns } => self.tick(ts_ns),
             Input::Namespaces { ts_ns, alive } => self.namespaces_alive(ts_ns, &alive),
-            Input::Vanished { ts_ns, sockets } => {
+            Input::Vanished {
+                ts_ns,
+                sockets,
+                checked_ns,
+            } => {
                 self.tick(ts_ns);
                 self.stats.sockets_vanished += sockets.len() as u64;
+                self.stats.vanish_checked_ns = self.stats.vanish_checked_ns.max(checked_ns);
                 // Closed unseen: no longer a CLOSE-WAIT socket aging.
                 for sk in sockets {
                     self.close_wait.remove(&sk);

@@ -592,8 +592,10 @@ fn a_vanished_socket_is_counted_and_no_longer_ages_in_close_wait() {
     e.apply(Input::Vanished {
         ts_ns: 2 * S,
         sockets: vec![5],
+        checked_ns: S,
     });
     let v = e.view();
     assert_eq!(v.stats.sockets_vanished, 1);
+    assert_eq!(v.stats.vanish_checked_ns, S);
     assert_eq!(v.close_wait_open.sockets, 1, "socket 6 is still followed");
 }
