@@ -439,7 +439,7 @@ fn check_vanished(
 ) -> anyhow::Result<()> {
     let followed_to = capture.followed_to();
     let is_due = |o: &OpenPairs| o.done_ns.saturating_add(VANISH_MARGIN_NS) < followed_to;
-    // Most drains: nothing waiting, or nothing due yet.
+    // Most ticks: nothing waiting, or nothing due yet.
     if !unchecked.values().any(is_due) {
         return Ok(());
     }
