@@ -401,19 +401,14 @@ fn read_classic(ctx: &TracePointContext, cfg: &ProbeConfig) -> Option<Transition
 #[inline(always)]
 fn current_owner(cfg: &ProbeConfig, prog: u32) -> Option<(u64, TaskComm)> {
     if cfg.hook == HOOK_BTF && cfg.task_pid != 0 && cfg.task_comm != 0 {
-        // SAFETY: a helper without preconditions; it returns the current
-        // task as a BTF pointer, never NULL.
-        let task = unsafe { generated::bpf_get_current_task_btf() } as *const u8;
-        // SAFETY (all `field` calls): BTF offsets in task_struct of the u32
-        // `flags`, the ints `pid` and `tgid` (one after the other) and the
-        // 16-byte `comm`, checked by user space and by the verifier.
+        let task = current_task_btf();
+        if is_kthread(cfg, task) {
+            return None;
+        }
+        // SAFETY (all `field` calls): BTF offsets in task_struct of the
+        // ints `pid` and `tgid` (one after the other) and the 16-byte
+        // `comm`, checked by user space and by the verifier.
         unsafe {
-            if cfg.task_flags != 0 {
-                let flags: u32 = field(task, off32(&CONFIG.task_flags));
-                if flags & PF_KTHREAD != 0 {
-                    return None;
-                }
-            }
             let pid_at = off32(&CONFIG.task_pid);
             let pid: u32 = field(task, pid_at);
             let tgid: u32 = field(task, pid_at + 4);
@@ -430,6 +425,26 @@ fn current_owner(cfg: &ProbeConfig, prog: u32) -> Option<(u64, TaskComm)> {
     Some((bpf_get_current_pid_tgid(), current_comm()))
 }
 
+/// The current task as a BTF pointer.
+#[inline(always)]
+fn current_task_btf() -> *const u8 {
+    // SAFETY: a helper without preconditions; it returns the current task
+    // as a BTF pointer, never NULL.
+    unsafe { generated::bpf_get_current_task_btf() as *const u8 }
+}
+
+/// Whether `task` (a BTF task pointer) is a kernel thread. Unknown
+/// offsets: no.
+#[inline(always)]
+fn is_kthread(cfg: &ProbeConfig, task: *const u8) -> bool {
+    if cfg.task_flags == 0 {
+        return false;
+    }
+    // SAFETY: `flags` is a u32 at this BTF offset of task_struct.
+    let flags: u32 = unsafe { field(task, off32(&CONFIG.task_flags)) };
+    flags & PF_KTHREAD != 0
+}
+
 /// Whether the current task is a kernel thread. Unknown offsets: no.
 #[inline(always)]
 fn in_kernel_thread(cfg: &ProbeConfig, prog: u32) -> bool {
@@ -437,12 +452,7 @@ fn in_kernel_thread(cfg: &ProbeConfig, prog: u32) -> bool {
         return false;
     }
     if cfg.hook == HOOK_BTF {
-        // SAFETY: a helper without preconditions; it returns the current
-        // task as a BTF pointer, never NULL.
-        let task = unsafe { generated::bpf_get_current_task_btf() } as *const u8;
-        // SAFETY: `flags` is a u32 at this BTF offset of task_struct.
-        let flags: u32 = unsafe { field(task, off32(&CONFIG.task_flags)) };
-        return flags & PF_KTHREAD != 0;
+        return is_kthread(cfg, current_task_btf());
     }
     // SAFETY: a helper without preconditions.
     let task = unsafe { bpf_get_current_task() };
@@ -974,15 +984,34 @@ unsafe fn sk_netns(sk: *const u8, cfg: &ProbeConfig) -> u32 {
     if cfg.netns_readable == 0 {
         return 0;
     }
-    // SAFETY: BTF offsets of `skc_net` in struct sock and of `ns.inum` in
-    // struct net, checked by user space and by the verifier.
-    unsafe {
-        let net: *const u8 = field(sk, off(&CONFIG.sk_net));
-        if net.is_null() {
-            return 0;
-        }
-        field(net, off32(&CONFIG.net_ns_inum))
+    // SAFETY: as this function's.
+    let net = unsafe { sk_net(sk) };
+    if net.is_null() {
+        return 0;
     }
+    // SAFETY: a non-NULL `struct net` of the socket.
+    unsafe { net_inum(net) }
+}
+
+/// The inode number of namespace `net`.
+///
+/// # Safety
+/// `net` must be a non-NULL `struct net` read from a socket.
+#[inline(always)]
+unsafe fn net_inum(net: *const u8) -> u32 {
+    // SAFETY: `ns.inum` is a u32 at this BTF offset of struct net, checked
+    // by user space and by the verifier.
+    unsafe { field(net, off32(&CONFIG.net_ns_inum)) }
+}
+
+/// The socket's `struct net` (NULL if none).
+///
+/// # Safety
+/// As `sk_netns`, with `netns_readable` set.
+#[inline(always)]
+unsafe fn sk_net(sk: *const u8) -> *const u8 {
+    // SAFETY: `skc_net` is a pointer at this BTF offset of struct sock.
+    unsafe { field(sk, off(&CONFIG.sk_net)) }
 }
 
 /// As `sk_netns`, through `seen`, the last namespace this program saw on
@@ -998,25 +1027,25 @@ unsafe fn sk_netns_seen(sk: *const u8, cfg: &ProbeConfig, seen: &mut NetSeen) ->
         // SAFETY: as this function's.
         return unsafe { sk_netns(sk, cfg) };
     }
-    // SAFETY: BTF offsets of `skc_net` in struct sock and of `net_cookie`
-    // and `ns.inum` in struct net, checked by user space and by the
-    // verifier.
+    // SAFETY: as this function's.
+    let net = unsafe { sk_net(sk) };
+    if net.is_null() {
+        return 0;
+    }
+    // SAFETY (all): `net` is the socket's non-NULL `struct net`, and
+    // `net_cookie` a u64 at this BTF offset of it, checked by user space
+    // and by the verifier.
     unsafe {
-        let net: *const u8 = field(sk, off(&CONFIG.sk_net));
-        if net.is_null() {
-            return 0;
-        }
         let cookie: u64 = field(net, off32(&CONFIG.net_cookie));
         if cookie == 0 {
             // Not made yet (kernels before 5.12 make it on first use).
-            return field(net, off32(&CONFIG.net_ns_inum));
+            return net_inum(net);
         }
         if cookie != seen.cookie {
             // `seen` is this program's alone on this CPU (it never nests
             // in itself), so the pair is never torn.
-            let inum: u32 = field(net, off32(&CONFIG.net_ns_inum));
             seen.cookie = cookie;
-            seen.inum = inum as u64;
+            seen.inum = u64::from(net_inum(net));
         }
         seen.inum as u32
     }

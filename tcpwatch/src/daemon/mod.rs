@@ -438,16 +438,15 @@ fn check_vanished(
     recorder: &mut Option<Recorder>,
 ) -> anyhow::Result<()> {
     let followed_to = capture.followed_to();
-    let is_due = |o: &OpenPairs| o.done_ns.saturating_add(VANISH_MARGIN_NS) < followed_to;
-    // Most ticks: nothing waiting, or nothing due yet.
-    if !unchecked.values().any(is_due) {
-        return Ok(());
-    }
     let due_netns: Vec<u32> = unchecked
         .values()
-        .filter(|o| is_due(o))
+        .filter(|o| o.done_ns.saturating_add(VANISH_MARGIN_NS) < followed_to)
         .map(|o| o.netns)
         .collect();
+    // Most ticks: nothing waiting, or nothing due yet.
+    if due_netns.is_empty() {
+        return Ok(());
+    }
     let due: Vec<OpenPairs> = due_netns
         .iter()
         .filter_map(|n| unchecked.remove(n))

@@ -441,9 +441,11 @@ impl Capture {
                 let from_lanes = &mut self.from_lanes;
                 let source = rings + i;
                 let n = lanes.read(i, |event| {
-                    if event.header.kind == kind::TRANSITION
-                        && usize::from(event.header.size) == size_of::<TransitionEvent>()
-                    {
+                    if header_is::<TransitionEvent>(
+                        event.header.kind,
+                        event.header.size,
+                        kind::TRANSITION,
+                    ) {
                         *from_lanes += 1;
                         reorder.push(source, event.ts_ns, event);
                     } else {
@@ -714,8 +716,14 @@ fn is_record<T>(record: &[u8], of: u16) -> bool {
         return false;
     };
     let kind_of = u16::from_ne_bytes([h[0], h[1]]);
-    let size = u16::from_ne_bytes([h[2], h[3]]) as usize;
-    kind_of == of && size == size_of::<T>() && record.len() == size
+    let size = u16::from_ne_bytes([h[2], h[3]]);
+    header_is::<T>(kind_of, size, of) && record.len() == usize::from(size)
+}
+
+/// Whether a header says one whole `T` of kind `of` (a ring's record read
+/// from its bytes, a lane's slot from its fields).
+fn header_is<T>(kind_of: u16, size: u16, of: u16) -> bool {
+    kind_of == of && usize::from(size) == size_of::<T>()
 }
 
 /// The part of `struct bpf_prog_info` we read, via BPF_OBJ_GET_INFO_BY_FD
