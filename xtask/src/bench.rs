@@ -457,6 +457,11 @@ fn run_one(
                 row["kernel_not_run"] = json!(g("not_run"));
                 row["witness"] = json!(g("witness") == 1);
                 row["lost_in_kernel"] = json!(g("unrecovered") + g("not_run"));
+                // Losses named in scope per chain break and per vanished
+                // socket, not per transition (a socket that lost its last
+                // two is one): shown beside the unaccounted transitions,
+                // never netted against them.
+                row["losses_named"] = json!(g("chain_breaks") + g("sockets_vanished"));
                 // Unaccounted: transitions that happened and that the
                 // account does not name (neither delivered nor counted as
                 // dropped, skipped or not run).
@@ -925,6 +930,7 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
             .iter()
             .filter_map(|r| r["lost_in_kernel"].as_u64())
             .max();
+        let named_worst = all.iter().filter_map(|r| r["losses_named"].as_u64()).max();
         let kernel_ns = median(
             all.iter()
                 .filter(|r| r["pass"] == "cost")
@@ -994,6 +1000,7 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
             "expected_median": m("expected"),
             "delivered_median": m("delivered"), "dropped_median": m("dropped"),
             "unaccounted_worst": worst, "lost_in_kernel_worst": lost_worst,
+            "losses_named_worst": named_worst,
             "kernel_ns_per_event": kernel_ns,
             "system_cpu_ns_per_transition": m("system_cpu_ns_per_transition"),
             "system_cpu_ns_over_untraced": sys_over,
@@ -1009,9 +1016,13 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
         };
         let paired_text = format!("{} ({}–{})", f(ratio, 2), f(lo, 2), f(hi, 2));
         let loss_text = format!(
-            "{} / {}",
+            "{} / {}{}",
             worst.map_or("–".into(), |w| w.to_string()),
-            surplus_worst.map_or("–".into(), |w| w.to_string())
+            surplus_worst.map_or("–".into(), |w| w.to_string()),
+            match named_worst {
+                Some(n) if n > 0 => format!(" ({n} named by chain breaks or vanished sockets)"),
+                _ => String::new(),
+            }
         );
         let machine = format!(
             "{} (+{})",
