@@ -54,7 +54,7 @@ struct Followed {
 /// established hash from before its transition into them until its
 /// transition out (SYN-SENT and SYN-RECV are not: a socket enters them
 /// before it is hashed), so a census always lists it.
-fn censused(state: u8) -> bool {
+pub fn censused(state: u8) -> bool {
     matches!(
         state,
         TCP_ESTABLISHED
@@ -334,6 +334,20 @@ impl Follower {
     pub fn is_empty(&self) -> bool {
         self.socks.is_empty()
     }
+
+    /// The namespaces of the sockets followed in a state a census must
+    /// show: where a last census can name a lost close. Sorted.
+    pub fn open_netns(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .socks
+            .values()
+            .filter(|s| s.pair != 0 && s.netns != 0)
+            .map(|s| s.netns)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
 }
 
 /// The pair a census must show the socket under after transition `t`, or
@@ -601,12 +615,15 @@ mod tests {
         run(&mut f, unknown);
         // Another namespace's census says nothing of namespace 7.
         run(&mut f, at(5, 10, SynSent, Established, 5005));
+        // Only socket 5's namespace needs a last census at a stop.
+        assert_eq!(f.open_netns(), [7]);
         for ns in [8, 8, 8] {
             assert_eq!(f.vanished(&[open(ns, 20, &[])]), []);
         }
         assert_eq!(f.vanished(&[open(7, 20, &[])]), []);
         assert_eq!(f.vanished(&[open(7, 21, &[])]).len(), 1);
         assert_eq!(f.len(), 4);
+        assert!(f.open_netns().is_empty());
     }
 
     #[test]

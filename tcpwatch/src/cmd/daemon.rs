@@ -313,24 +313,7 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
     // lost before any program counted them, in scope.
     let named = out.chain_breaks + out.sockets_vanished;
     let unexplained = named.saturating_sub(a.ringbuf_full + a.read_failed);
-    if out.chain_breaks > 0 {
-        say!(
-            "tcpwatch: sockets' chains of transitions broke {} times",
-            out.chain_breaks
-        );
-    }
-    if out.sockets_vanished > 0 {
-        say!(
-            "tcpwatch: {} sockets vanished from a census while their last transition seen said open",
-            out.sockets_vanished
-        );
-    }
-    if named > 0 {
-        say!(
-            "tcpwatch: of those {named}, the ring buffer's counted drops explain {}; the rest are transitions lost before any program counted them",
-            named - unexplained
-        );
-    }
+    super::say_named_losses(out.chain_breaks, out.sockets_vanished, named - unexplained);
     if a.double_counted > 0 || a.nested > 0 {
         say!(
             "tcpwatch: {} transitions may have been counted twice; the main program ran nested {} times",

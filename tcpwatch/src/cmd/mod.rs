@@ -29,6 +29,29 @@ pub mod target;
 pub mod top;
 pub mod trace;
 
+/// Says what sockets' chains and the census check named in scope, and how
+/// many of those the ring buffer's counted drops explain (a dropped close
+/// leaves its socket to vanish): the rest were lost before any program
+/// counted them. `daemon`, `record` and `trace` alike.
+pub fn say_named_losses(breaks: u64, vanished: u64, explained: u64) {
+    if breaks > 0 {
+        say!(
+            "tcpwatch: sockets' chains of transitions broke {breaks} times (a transition's old state was not the one its socket last went to)"
+        );
+    }
+    if vanished > 0 {
+        say!(
+            "tcpwatch: {vanished} sockets vanished from two censuses in a row while their last transition seen said open: their last transitions were lost"
+        );
+    }
+    let named = breaks + vanished;
+    if named > 0 {
+        say!(
+            "tcpwatch: of those {named}, the ring buffer's counted drops explain {explained}; the rest are transitions lost before any program counted them"
+        );
+    }
+}
+
 /// Why a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Why {
@@ -73,6 +96,23 @@ impl Stop {
             tokio::signal::unix::SignalKind::hangup(),
         )?);
         Ok(self)
+    }
+
+    /// Resolves on the next stopping signal only (not the duration, which
+    /// stays passed): a second Ctrl-C cuts what a stop still does.
+    pub async fn signal(&mut self) {
+        let hangup = async {
+            match &mut self.sighup {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.sigint.recv() => {}
+            _ = self.sigterm.recv() => {}
+            _ = self.sigquit.recv() => {}
+            _ = hangup => {}
+        }
     }
 
     /// Resolves when it is time to stop, saying why. Cancel-safe: a

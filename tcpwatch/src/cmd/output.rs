@@ -148,6 +148,11 @@ impl<T: Send + 'static> Output<T> {
         }
     }
 
+    /// Whether the writer has ended (its output closed or failed).
+    pub fn is_ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
     /// Resolves once the writer has ended by itself (its output closed or
     /// failed), whether or not anything was sent since. Cancel-safe.
     pub async fn ended(&self) {

@@ -21,7 +21,8 @@ const HOLD_MAX: usize = 1 << 18;
 pub enum Target {
     /// No `--netns`: every namespace.
     All,
-    Pinned(netns::Pinned),
+    /// Shared with the stop's censuses (`trace`).
+    Pinned(Arc<netns::Pinned>),
     Waiting(Waiting),
 }
 
@@ -45,7 +46,7 @@ impl Target {
             return Ok(Target::All);
         };
         match netns::Pinned::open(spec) {
-            Ok(p) => Ok(Target::Pinned(p)),
+            Ok(p) => Ok(Target::Pinned(Arc::new(p))),
             Err(_) if wait && !spec.starts_with("/proc/") && spec.parse::<u32>().is_err() => {
                 Ok(Target::Waiting(Waiting {
                     spec: spec.into(),

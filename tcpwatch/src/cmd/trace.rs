@@ -1,14 +1,19 @@
 //! `tcpwatch trace`: every transition, as text columns or JSON lines, and at
 //! the end the accounting of what was delivered, dropped and skipped.
-use std::{process::ExitCode, time::Duration};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
 use tcpwatch::{
     core::{
         chains::Chains,
+        config::Config,
         model::{Accounting, Transition},
         view::trace::{Filter, TextColumns, push_json_line},
+    },
+    daemon::{
+        LastCensuses, checkable, last_censuses,
+        sampler::{Sampler, Scope},
     },
     host::clock::wall_clock,
     probe::capture::Capture,
@@ -168,7 +173,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
                 let mut held = w.take_held();
                 shown.wait_dropped = w.overflow;
                 filter.netns = Some(pinned.inode);
-                target = Target::Pinned(pinned);
+                target = Target::Pinned(Arc::new(pinned));
                 if !out.send(shown.take(&filter, &mut held)) {
                     break;
                 }
@@ -180,6 +185,36 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+    }
+    // A socket whose last transitions the kernel lost stays open to the
+    // follower: two censuses at the stop of the namespaces in scope with
+    // sockets followed open name it. Not when nobody reads any more, nor
+    // while still waiting for the namespace (none of it is in scope); a
+    // second signal cuts them short.
+    let scope = match &target {
+        _ if out.is_ended() => None,
+        Target::All => Some(Scope::All {
+            max: Config::default().limits.max_netns,
+        }),
+        Target::Pinned(p) => Some(Scope::One(p.clone())),
+        Target::Waiting(_) => None,
+    };
+    let mut last = LastCensuses {
+        rounds: Vec::new(),
+        missed: 0,
+    };
+    if let Some(scope) = scope {
+        last = last_censuses(
+            &mut capture,
+            move || Some(Sampler::new(scope, u32::MAX)),
+            |c| {
+                c.drain_now(&mut batch);
+                out.send(shown.take(&filter, &mut batch));
+                Ok(())
+            },
+            stop.signal(),
+        )
+        .await?;
     }
     // Whatever arrived before the probe was detached is delivered (and, past
     // --count, counted as not shown).
@@ -193,6 +228,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     }
     let late = shown.take(&filter, &mut batch);
     out.send(late);
+    // The stop's censuses, in the order taken, once followed past (a stop
+    // that gave up reading leaves the rest unchecked: naming would guess).
+    let (rounds, unchecked) = checkable(&capture, last.rounds);
+    for round in &rounds {
+        shown.vanished += capture.vanished(round).len() as u64;
+    }
+    shown.censuses_missed = last.missed + unchecked;
     let counters = capture.counters()?;
     let accounting = counters.summary();
     let output = out.finish(Duration::from_secs(5));
@@ -236,6 +278,11 @@ struct Shown {
     peer_unset_said: bool,
     /// Sockets' chains of transitions: a break names a lost one.
     chains: Chains,
+    /// Sockets the stop's censuses did not show while the follower had
+    /// them open: their last transitions were lost.
+    vanished: u64,
+    /// The stop's censuses not taken or not checked.
+    censuses_missed: usize,
 }
 
 impl Shown {
@@ -248,14 +295,16 @@ impl Shown {
             wait_dropped: 0,
             peer_unset_said: false,
             chains: Chains::default(),
+            vanished: 0,
+            censuses_missed: 0,
         }
     }
 
-    /// Chain breaks the ring buffer's own counted drops do not explain:
+    /// Chain breaks and vanished sockets the ring buffer's own counted
+    /// drops do not explain (a dropped close leaves its socket to vanish):
     /// transitions lost before any program counted them.
     fn unexplained_breaks(&self, a: &Accounting, malformed: u64) -> u64 {
-        self.chains
-            .breaks
+        (self.chains.breaks + self.vanished)
             .saturating_sub(a.ringbuf_full + a.read_failed + malformed)
     }
 
@@ -351,13 +400,18 @@ fn report(
             malformed
         );
     }
-    if shown.chains.breaks > 0 {
+    if shown.censuses_missed > 0 {
         say!(
-            "tcpwatch: sockets' chains of transitions broke {} times (a transition's old state was not the one its socket last went to): {} of those the ring buffer's drops above explain; the rest are transitions lost before any program counted them",
-            shown.chains.breaks,
-            shown.chains.breaks - shown.unexplained_breaks(a, malformed)
+            "tcpwatch: {} of the stop's censuses were not taken or not checked (a namespace gone or not enterable, their 5 s limit, a second signal): a socket there whose last transitions were lost goes unnamed",
+            shown.censuses_missed
         );
     }
+    let named = shown.chains.breaks + shown.vanished;
+    super::say_named_losses(
+        shown.chains.breaks,
+        shown.vanished,
+        named - shown.unexplained_breaks(a, malformed),
+    );
     if shown.wait_dropped > 0 {
         say!(
             "tcpwatch: {} transitions of namespaces made during the wait were dropped (more than could be held): some may have been the awaited one's",
@@ -369,7 +423,7 @@ fn report(
     }
     // One machine-readable line for scripts and tests.
     say!(
-        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} written={} output_dropped={} filtered={} wait_dropped={} kernel_skipped={} caught={} unrecovered={} not_run={} witness={} double_counted={} nested={} malformed={} chain_breaks={} chain_untracked={} bpf_run_time_ns={} bpf_run_cnt={}",
+        "tcpwatch-accounting: counted={} emitted={} delivered={} ringbuf_dropped={} written={} output_dropped={} filtered={} wait_dropped={} kernel_skipped={} caught={} unrecovered={} not_run={} witness={} double_counted={} nested={} malformed={} chain_breaks={} chain_untracked={} sockets_vanished={} bpf_run_time_ns={} bpf_run_cnt={}",
         a.counted,
         a.emitted,
         delivered,
@@ -388,6 +442,7 @@ fn report(
         malformed,
         shown.chains.breaks,
         shown.chains.untracked,
+        shown.vanished,
         a.bpf_run_time_ns,
         a.bpf_run_cnt
     );
@@ -399,5 +454,22 @@ fn parse_count(s: &str) -> Result<u64, String> {
     match s.parse::<u64>() {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(format!("`{s}` is not a count of transitions (1 or more)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vanished_sockets_fail_the_run_unless_counted_drops_explain_them() {
+        let mut shown = Shown::new(None);
+        shown.vanished = 2;
+        let mut a = Accounting::default();
+        assert_eq!(shown.unexplained_breaks(&a, 0), 2);
+        // A dropped close leaves its socket to vanish: drops explain it.
+        a.ringbuf_full = 1;
+        assert_eq!(shown.unexplained_breaks(&a, 0), 1);
+        assert_eq!(shown.unexplained_breaks(&a, 1), 0);
     }
 }

@@ -241,7 +241,7 @@ pub async fn run(
             }
             r = capture.ready() => {
                 r.context("reading the ring buffer")?;
-                capture.drain_each(BATCH, |t| apply_transition(&mut engine, &mut recorder, t))?;
+                drain(&mut capture, &mut engine, &mut recorder)?;
                 // New namespaces are censused at once (bounded; never waited
                 // for); what the sampler cannot take yet waits for the next.
                 if let Some(tx) = &first_seen {
@@ -281,10 +281,45 @@ pub async fn run(
     }
     sampler_stop.store(true, Ordering::Relaxed);
     samples.close();
+    // What the census thread had sent is taken in, so the last censuses
+    // follow the ones before them.
+    while let Ok((inputs, open)) = samples.try_recv() {
+        apply(&mut engine, &mut recorder, inputs)?;
+        queue_open(&mut unchecked, open);
+    }
+    let last = last_censuses(
+        &mut capture,
+        move || sampler.join().ok(),
+        |c| drain(c, &mut engine, &mut recorder),
+        std::future::pending(),
+    )
+    .await?;
+    if last.missed > 0 {
+        tracing::warn!(
+            missed = last.missed,
+            "stopping: {} of the last censuses were not taken (past their {} s limit, or failed): a socket there whose last transitions were lost may go unnamed",
+            last.missed,
+            LAST_CENSUSES.as_secs()
+        );
+    }
     let mut batch = Vec::new();
     capture.stop(&mut batch).await?;
     for t in &batch {
         apply_transition(&mut engine, &mut recorder, t)?;
+    }
+    // Everything is followed now: the censuses still waiting, then the
+    // two last ones, in the order they were taken.
+    check_vanished(&mut capture, &mut unchecked, &mut engine, &mut recorder)?;
+    for round in last.rounds {
+        queue_open(&mut unchecked, round);
+        check_vanished(&mut capture, &mut unchecked, &mut engine, &mut recorder)?;
+    }
+    if !unchecked.is_empty() {
+        // The stop's drain ended before all was read: naming would guess.
+        tracing::warn!(
+            namespaces = unchecked.len(),
+            "stopping: the last censuses were not checked for vanished sockets (the ring buffer was not read to its end)"
+        );
     }
     let k = kernel_sample(&capture)?;
     apply(&mut engine, &mut recorder, [k])?;
@@ -304,7 +339,6 @@ pub async fn run(
         }
         None => None,
     };
-    let _ = sampler.join();
     Ok(Outcome {
         accounting: capture.counters()?.summary(),
         delivered: capture.delivered(),
@@ -314,6 +348,127 @@ pub async fn run(
         recorded,
     })
 }
+
+/// The stop's last censuses: one `Vec` per round, and how many censuses
+/// were not taken (past the limit, cut short, or failed).
+pub struct LastCensuses {
+    pub rounds: Vec<Vec<OpenPairs>>,
+    pub missed: usize,
+}
+
+/// At the stop, while the probe is still attached: two censuses in a row
+/// of the namespaces with sockets followed open, so a socket whose last
+/// transitions were lost is named even when the run ends before two
+/// censuses of its own; a socket that closes after them is still
+/// delivered. `sampler` gives the censuses' sampler (the daemon joins its
+/// census thread, told to stop; `trace` makes one); `drain` delivers what
+/// the rings hold, and runs meanwhile; once `cut` resolves (a second
+/// signal), no further census begins.
+pub async fn last_censuses(
+    capture: &mut Capture,
+    sampler: impl FnOnce() -> Option<Sampler> + Send + 'static,
+    mut drain: impl FnMut(&mut Capture) -> anyhow::Result<()>,
+    cut: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<LastCensuses> {
+    // First follow what came before the stop (a burst just before it is
+    // still in the rings), so its sockets are among those checked.
+    let stop_ns = monotonic_ns();
+    // A read releases what is older than the clocks' slack (1 ms): one
+    // made 2 ms after the stop releases everything before it.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    follow_until(capture, &mut drain, stop_ns).await?;
+    let open = capture.open_netns();
+    let until_ns = monotonic_ns() + LAST_CENSUSES.as_nanos() as u64;
+    let stopped = Arc::new(AtomicBool::new(false));
+    let go_on = {
+        let stopped = stopped.clone();
+        move || !stopped.load(Ordering::Relaxed) && monotonic_ns() < until_ns
+    };
+    let task = tokio::task::spawn_blocking(move || match sampler() {
+        Some(s) if !open.is_empty() => (0..2).map(|_| s.open_pairs(&open, &go_on)).collect(),
+        _ => Vec::new(),
+    });
+    tokio::pin!(task);
+    tokio::pin!(cut);
+    let rounds: Vec<(Vec<OpenPairs>, usize)> = loop {
+        tokio::select! {
+            r = &mut task => break r.unwrap_or_default(),
+            _ = &mut cut, if !stopped.load(Ordering::Relaxed) => stopped.store(true, Ordering::Relaxed),
+            r = capture.ready() => {
+                r.context("reading the ring buffer")?;
+                drain(capture)?;
+            }
+        }
+    };
+    // A socket replaced by its TIME-WAIT one leaves the census before its
+    // own -> CLOSE runs: follow past each census's end by the margin the
+    // running check waits for, before the probe is detached.
+    let last_done = rounds.iter().flat_map(|r| &r.0).map(|o| o.done_ns).max();
+    if let Some(done) = last_done {
+        follow_until(capture, &mut drain, done.saturating_add(VANISH_MARGIN_NS)).await?;
+    }
+    Ok(LastCensuses {
+        missed: rounds.iter().map(|r| r.1).sum(),
+        rounds: rounds.into_iter().map(|r| r.0).collect(),
+    })
+}
+
+/// Drains until every transition up to `until_ns` has been followed, or
+/// for `LAST_CATCH_UP` at most.
+async fn follow_until(
+    capture: &mut Capture,
+    drain: &mut impl FnMut(&mut Capture) -> anyhow::Result<()>,
+    until_ns: u64,
+) -> anyhow::Result<()> {
+    let patience = tokio::time::sleep(LAST_CATCH_UP);
+    tokio::pin!(patience);
+    loop {
+        drain(capture)?;
+        if capture.followed_to() >= until_ns {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = &mut patience => return Ok(()),
+            r = capture.ready() => r.context("reading the ring buffer")?,
+        }
+    }
+}
+
+/// Of the stop's censuses, those every followed transition has passed
+/// (with the margin), to check; and how many are not.
+pub fn checkable(capture: &Capture, rounds: Vec<Vec<OpenPairs>>) -> (Vec<Vec<OpenPairs>>, usize) {
+    let followed_to = capture.followed_to();
+    let mut unchecked = 0;
+    let rounds = rounds
+        .into_iter()
+        .map(|round| {
+            let (due, late): (Vec<_>, Vec<_>) = round
+                .into_iter()
+                .partition(|o| followed_past(o, followed_to));
+            unchecked += late.len();
+            due
+        })
+        .collect();
+    (rounds, unchecked)
+}
+
+/// Delivers what the rings hold now to the engine (and the recording).
+fn drain(
+    capture: &mut Capture,
+    engine: &mut Engine,
+    recorder: &mut Option<Recorder>,
+) -> anyhow::Result<()> {
+    capture.drain_each(BATCH, |t| apply_transition(engine, recorder, t))?;
+    Ok(())
+}
+
+/// How long the stop waits for the transitions before it to be followed.
+const LAST_CATCH_UP: Duration = Duration::from_secs(1);
+
+/// How long after the catch-up the stop's last censuses may still begin:
+/// with the catch-up, well within the systemd unit's 30 s TimeoutStopSec,
+/// past which the account and the recording's end would be lost.
+const LAST_CENSUSES: Duration = Duration::from_secs(5);
 
 /// Listener data older than this is stale to the detectors: a few
 /// intervals (listeners are refreshed every interval).
@@ -416,6 +571,12 @@ fn apply_transition(
 /// socket whose close is stamped microseconds after the dump's end.
 const VANISH_MARGIN_NS: u64 = 100_000_000;
 
+/// Whether every transition up to `o`'s census end and the margin has
+/// been followed: only then may the census name a socket.
+fn followed_past(o: &OpenPairs, followed_to: u64) -> bool {
+    o.done_ns.saturating_add(VANISH_MARGIN_NS) < followed_to
+}
+
 /// Censuses waiting for their check, at most (one per namespace: a newer
 /// one replaces an older one not yet checked, which only delays a name).
 const UNCHECKED_MAX: usize = 4_096;
@@ -440,7 +601,7 @@ fn check_vanished(
     let followed_to = capture.followed_to();
     let due_netns: Vec<u32> = unchecked
         .values()
-        .filter(|o| o.done_ns.saturating_add(VANISH_MARGIN_NS) < followed_to)
+        .filter(|o| followed_past(o, followed_to))
         .map(|o| o.netns)
         .collect();
     // Most ticks: nothing waiting, or nothing due yet.
@@ -545,7 +706,8 @@ fn kernel_sample(capture: &Capture) -> anyhow::Result<Input> {
 /// budget. Its channel is bounded and only it waits on it, never the event
 /// path.
 struct SamplerThread {
-    handle: JoinHandle<()>,
+    /// Gives the sampler back when the thread ends.
+    handle: JoinHandle<Sampler>,
     samples: mpsc::Receiver<(Vec<Input>, Vec<OpenPairs>)>,
     stop: Arc<AtomicBool>,
     /// Namespaces the engine just met, for an immediate census (`All`).
@@ -588,7 +750,7 @@ fn census_loop(
     fresh: std::sync::mpsc::Receiver<Vec<u32>>,
     tx: mpsc::Sender<(Vec<Input>, Vec<OpenPairs>)>,
     stop: Arc<AtomicBool>,
-) {
+) -> Sampler {
     // Full censuses are spaced by their CPU budget; in between,
     // every interval, a listeners-only one keeps the per-listener
     // signals fresh (they matter most in a flood, exactly when a
@@ -661,13 +823,14 @@ fn census_loop(
             let ((inputs, open), spent) = cpu_of(|| sampler.sample_first_seen(&inodes));
             next_full += budget_time(spent, s.budget_pct);
             if !inputs.is_empty() && tx.blocking_send((inputs, open)).is_err() {
-                return;
+                return sampler;
             }
         }
         // A round slower than the interval: start the next now,
         // not a burst of catch-ups.
         next = next.max(Instant::now());
     }
+    sampler
 }
 
 #[cfg(test)]

@@ -311,10 +311,7 @@ impl Sampler {
             let peers_at = self.time_wait_peers_at.filter(|_| due);
             // The daemon only counts TIME-WAIT sockets: listing them is
             // most of a census's cost under churn.
-            let mut entries = match path {
-                None => census::take(TimeWait::Counted, peers_at),
-                Some(p) => census::take_in(p, *inode, TimeWait::Counted, peers_at),
-            };
+            let mut entries = full_census(path.as_deref(), *inode, peers_at);
             if let Ok(c) = &mut entries {
                 // Listed (they reached the threshold): remembered, and not
                 // listed again for a while; below it, checked every census.
@@ -359,8 +356,59 @@ impl Sampler {
     }
 }
 
+/// A full census (TIME-WAIT only counted) of the namespace at `path`
+/// (None: the daemon's own), refused if its inode is no longer `inode`.
+fn full_census(
+    path: Option<&std::path::Path>,
+    inode: Option<u32>,
+    peers_at: Option<f64>,
+) -> Result<Census, census::CensusError> {
+    match path {
+        None => census::take(TimeWait::Counted, peers_at),
+        Some(p) => census::take_in(p, inode, TimeWait::Counted, peers_at),
+    }
+}
+
 /// Namespaces censused at once when first seen, per round at most.
 const FIRST_SEEN_ROUND: usize = 16;
+
+/// Namespaces a last census at a stop covers, at most, in the order of a
+/// round's ranking (any user can make namespaces in bulk; the stop must
+/// not wait on them).
+const FINAL_ROUND: usize = 64;
+
+impl Sampler {
+    /// The full sockets of each namespace of `inodes` that is in scope (at
+    /// most `FINAL_ROUND`), and nothing else of its census: for the check
+    /// of vanished sockets at a stop (the daemon's, `trace`'s). A census
+    /// begins only while `go_on` says so (one begun runs to its end); also
+    /// returned: how many were not taken, for that or because they failed.
+    pub fn open_pairs(&self, inodes: &[u32], go_on: &dyn Fn() -> bool) -> (Vec<OpenPairs>, usize) {
+        // The scope's own namespaces, ranked and capped as for a round.
+        let (targets, _) = self.targets();
+        let mut missed = 0;
+        let mut pairs = Vec::new();
+        for (path, inode) in targets
+            .into_iter()
+            .filter_map(|(path, inode)| Some((path, inode.filter(|i| inodes.contains(i))?)))
+            .take(FINAL_ROUND)
+        {
+            if !go_on() {
+                missed += 1;
+                continue;
+            }
+            let taken_ns = monotonic_ns();
+            match full_census(path.as_deref(), Some(inode), None) {
+                Ok(c) => pairs.push(OpenPairs::of(inode, taken_ns, monotonic_ns(), &c.entries)),
+                Err(e) => {
+                    missed += 1;
+                    tracing::debug!(inode, error = ?e, "last census failed");
+                }
+            }
+        }
+        (pairs, missed)
+    }
+}
 
 /// Censuses (summarized with `owners`) and counter samples as inputs, and
 /// the full sockets of each census of a known namespace.
@@ -403,6 +451,19 @@ mod tests {
             name: name.map(String::from),
             root,
         }
+    }
+
+    #[test]
+    fn the_stops_censuses_begin_only_while_told_to_go_on() {
+        let own = netns::current().expect("this process's namespace");
+        let s = Sampler::new(Scope::Own, 10);
+        let (pairs, missed) = s.open_pairs(&[own], &|| true);
+        assert_eq!((pairs.len(), missed), (1, 0));
+        let (pairs, missed) = s.open_pairs(&[own], &|| false);
+        assert_eq!((pairs.len(), missed), (0, 1));
+        // Namespaces without followed sockets are neither censused nor
+        // counted as missed.
+        assert_eq!(s.open_pairs(&[own.wrapping_add(1)], &|| false).1, 0);
     }
 
     #[test]

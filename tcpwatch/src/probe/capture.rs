@@ -414,6 +414,11 @@ impl Capture {
         self.sockets.vanished(found)
     }
 
+    /// Namespaces with sockets followed in a state a census must show.
+    pub fn open_netns(&self) -> Vec<u32> {
+        self.sockets.open_netns()
+    }
+
     /// Reads every ring once and releases what is surely complete; true if
     /// a ring had more than one read takes.
     ///

@@ -544,3 +544,75 @@ fn trace_waiting_for_a_namespace_that_never_comes_filters_all_it_saw() {
     assert_eq!((a["written"], a["wait_dropped"]), (0, 0), "{stderr}");
     assert_eq!(a["delivered"], a["filtered"], "{stderr}");
 }
+
+/// `trace` names what it lost at a socket's end too: with every 13th
+/// firing never run (fault injection), the two censuses at its stop count
+/// exactly the sockets whose last shown transition left them open and that
+/// are gone, never one still open, and the run exits 3.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn trace_names_the_closes_it_lost_by_two_censuses_at_its_stop() {
+    use tcpwatch::core::sockets::censused;
+    use tcpwatch_common::TcpState;
+    if !root_available("trace_names_the_closes_it_lost_by_two_censuses_at_its_stop") {
+        return;
+    }
+    const N: usize = 200;
+    const KEPT: usize = 5;
+    let ns = crate::common::NamedNetns::new("trace-last");
+    let (mut child, _) = start_attached(
+        &[
+            "trace",
+            "--json",
+            "--netns",
+            &ns.0,
+            "--simulate-not-run-every",
+            "13",
+        ],
+        Stdio::piped(),
+    );
+    let reader = read_stdout(&mut child);
+    // N connections opened and closed (client first), then KEPT held open
+    // across the stop.
+    let (listener, kept) = ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = listener.local_addr().unwrap();
+        drop(crate::common::held_connections(&listener, to, N));
+        let kept = crate::common::held_connections(&listener, to, KEPT);
+        (listener, kept)
+    });
+    let kept_ports: std::collections::HashSet<u64> = kept
+        .iter()
+        .map(|(c, _)| u64::from(c.local_addr().unwrap().port()))
+        .collect();
+    // SAFETY: a signal to our own child, still running (not yet reaped).
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let (status, shown, stderr) = finish(&mut child, reader, Duration::from_secs(20));
+    drop((listener, kept));
+    // Each socket's last shown state (a freed address taken by a new
+    // socket shows the new one's: a loss before that is a chain break).
+    let mut last = std::collections::HashMap::<String, (u8, bool)>::new();
+    for line in shown.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let state = TcpState::parse(v["newstate"].as_str().unwrap()).unwrap() as u8;
+        let port = |k: &str| v[k].as_u64().unwrap();
+        let is_kept = kept_ports.contains(&port("lport")) || kept_ports.contains(&port("rport"));
+        last.insert(v["skaddr"].as_str().unwrap().to_owned(), (state, is_kept));
+    }
+    let open_kept = last.values().filter(|&&(s, k)| k && censused(s)).count();
+    let unclosed = last.values().filter(|&&(s, k)| !k && censused(s)).count() as u64;
+    let a = accounting(&stderr);
+    eprintln!(
+        "{} lines, {unclosed} sockets left open by what was shown, {open_kept} kept open; {a:?}",
+        shown.lines().count()
+    );
+    // Every delivered line was written: the output is the follower's view.
+    assert_eq!(a["output_dropped"], 0, "{stderr}");
+    assert!(unclosed > 0, "no close was lost: {stderr}");
+    assert_eq!(a["sockets_vanished"], unclosed, "{stderr}");
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("sockets vanished from two censuses in a row"),
+        "{stderr}"
+    );
+}

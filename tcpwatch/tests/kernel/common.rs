@@ -196,18 +196,45 @@ pub fn thread_netns() -> u32 {
     std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino() as u32
 }
 
-/// `n` connections to `listener`, each (client, server), all held open.
+/// `n` connections to `listener` at `to`, each (client, server), all held
+/// open.
 pub fn held_connections(
     listener: &std::net::TcpListener,
+    to: std::net::SocketAddr,
     n: usize,
 ) -> Vec<(std::net::TcpStream, std::net::TcpStream)> {
-    let addr = listener.local_addr().unwrap();
+    fd_limit_raised();
     (0..n)
         .map(|_| {
-            let client = std::net::TcpStream::connect(addr).unwrap();
+            let client = std::net::TcpStream::connect(to).unwrap();
             (client, listener.accept().unwrap().0)
         })
         .collect()
+}
+
+/// Raises this process's soft limit on open files to its hard limit, once:
+/// tests hold a thousand sockets or more, and a fresh machine's soft limit
+/// (the kernel's default of 1024 in the matrix's guests) is below that.
+pub fn fd_limit_raised() {
+    static RAISED: std::sync::Once = std::sync::Once::new();
+    RAISED.call_once(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid rlimit for the call to fill, then read.
+        let ok = unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+            }
+        };
+        assert!(
+            ok,
+            "raising RLIMIT_NOFILE: {}",
+            std::io::Error::last_os_error()
+        );
+    });
 }
 
 /// A thread that enters a fresh netns, reports its inode, then runs `f`.

@@ -315,13 +315,31 @@ fn classic_tracepoint_fallback_sees_the_same_connection() {
         return;
     }
     let _classic = crate::common::classic_tracepoint_in_use();
-    let opts = LoadOptions {
-        hook: tcpwatch::probe::loader::HookChoice::Classic,
-        ..LoadOptions::default()
+    // A classic program shares the CPU's `bpf_prog_active` with every
+    // kprobe and classic-tracepoint program on the host (other tests'
+    // `sys_exit_connect` ones): a transition in a softirq that lands in
+    // one of those runs is skipped, and counted. That loss is the classic
+    // hook's, said as such; the run is tried again, at most twice.
+    let mut attempt = 1;
+    let cap = loop {
+        let opts = LoadOptions {
+            hook: tcpwatch::probe::loader::HookChoice::Classic,
+            ..LoadOptions::default()
+        };
+        let cap = capture_during(opts, Duration::from_millis(300), || {
+            one_connection("127.0.0.1:0", "127.0.0.1".parse().unwrap(), false)
+        });
+        let acct = cap.counters.summary();
+        eprintln!("classic fallback, run {attempt}: {acct:?}");
+        if acct.unrecovered == 0 || attempt == 3 {
+            break cap;
+        }
+        eprintln!(
+            "classic fallback: NOTE the kernel skipped {} runs (counted): again",
+            acct.unrecovered
+        );
+        attempt += 1;
     };
-    let cap = capture_during(opts, Duration::from_millis(300), || {
-        one_connection("127.0.0.1:0", "127.0.0.1".parse().unwrap(), false)
-    });
     assert_connection(
         &cap.events,
         cap.result,
