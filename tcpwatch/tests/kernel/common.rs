@@ -171,6 +171,24 @@ pub fn on_port(events: &[Transition], port: u16) -> Vec<Transition> {
         .collect()
 }
 
+/// Gives the calling thread a file table of its own: a child another test
+/// forks copies only its own thread's table, so it cannot hold this
+/// thread's sockets and run their close in its exec (seen: another test's
+/// child ran ESTABLISHED -> FIN-WAIT-1 of this one's). Threads this one
+/// spawns share the new table. Only for threads that end with the test:
+/// an fd made here means nothing to the others.
+pub fn private_fd_table() {
+    // SAFETY: unshare(CLONE_FILES) gives the calling thread a copy of its
+    // table; every fd it held stays valid in the copy.
+    let rc = unsafe { libc::unshare(libc::CLONE_FILES) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_FILES): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 /// Moves the calling thread into a new network namespace with `lo` up and
 /// returns its inode. The namespace disappears when the thread ends.
 pub fn enter_new_netns() -> u32 {

@@ -40,6 +40,8 @@ fn expect(
 /// Listens on `bind`, connects to `connect_ip`, accepts on another thread,
 /// closes the client first, then the server side. Returns the listener port.
 fn one_connection(bind: &str, connect_ip: IpAddr, linger_rst: bool) -> u16 {
+    // Owners are checked exactly: no other test's child may run a close.
+    crate::common::private_fd_table();
     let listener = TcpListener::bind(bind).unwrap();
     let port = listener.local_addr().unwrap().port();
     let acceptor = std::thread::spawn(move || {
@@ -287,6 +289,7 @@ fn connect_to_closed_port_is_syn_sent_then_close() {
         return;
     }
     let cap = capture_during(LoadOptions::default(), Duration::from_millis(300), || {
+        crate::common::private_fd_table();
         // A port that was free a moment ago and has no listener now.
         let port = crate::common::free_port();
         let err = TcpStream::connect(("127.0.0.1", port)).unwrap_err();
