@@ -1,6 +1,6 @@
 //! What `tcpwatch trace` shows: the filter, the text columns a `tcpstates`
 //! user reads, and the JSON-lines object. Pure functions of a transition.
-use std::fmt::Write as _;
+use std::{fmt::Write as _, time::Duration};
 
 use serde::Serialize;
 use tcpwatch_common::TcpState;
@@ -153,9 +153,11 @@ fn push_rfc3339(s: &mut String, unix_ns: i128) {
         }
         s.push_str(prefix);
     });
-    let mut buf = *b"000000Z";
-    put_digits(&mut buf[0..6], micros);
-    s.push_str(ascii(&buf));
+    let mut n = itoa::Buffer::new();
+    let digits = n.format(micros);
+    s.push_str(&"000000"[digits.len()..]);
+    s.push_str(digits);
+    s.push('Z');
 }
 
 thread_local! {
@@ -310,9 +312,9 @@ pub fn push_json_line(s: &mut String, t: &Transition, clock: &Clock) {
     push_hex(s, t.skaddr);
     s.push('"');
     let owner = t.owner.as_ref();
-    push_field(s, "netns", t.netns);
-    push_field(s, "pid", owner.map(|o| o.pid));
-    push_field(s, "tid", owner.map(|o| o.tid));
+    push_field(s, ",\"netns\":", t.netns);
+    push_field(s, ",\"pid\":", owner.map(|o| o.pid));
+    push_field(s, ",\"tid\":", owner.map(|o| o.tid));
     s.push_str(",\"comm\":");
     match owner {
         Some(o) => push_json_str(s, &o.comm.to_str()),
@@ -336,8 +338,8 @@ pub fn push_json_line(s: &mut String, t: &Transition, clock: &Clock) {
     s.push_str("\",\"newstate\":\"");
     push_state(s, t.new);
     s.push_str("\",\"ms\":");
-    match in_old_ms(t) {
-        Some(ms) => push_f64(s, ms),
+    match t.in_old {
+        Some(d) => push_ms(s, d),
         None => s.push_str("null"),
     }
     s.push_str(if t.caught {
@@ -374,25 +376,13 @@ fn ascii(b: &[u8]) -> &str {
 fn push_ip(s: &mut String, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
-            let mut buf = [0u8; 15];
-            let mut len = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[len] = b'.';
-                    len += 1;
-                }
-                if octet >= 100 {
-                    buf[len] = b'0' + octet / 100;
-                    len += 1;
-                }
-                if octet >= 10 {
-                    buf[len] = b'0' + octet / 10 % 10;
-                    len += 1;
-                }
-                buf[len] = b'0' + octet % 10;
-                len += 1;
+            let mut n = itoa::Buffer::new();
+            let [a, b, c, d] = v4.octets();
+            s.push_str(n.format(a));
+            for octet in [b, c, d] {
+                s.push('.');
+                s.push_str(n.format(octet));
             }
-            s.push_str(ascii(&buf[..len]));
         }
         std::net::IpAddr::V6(v6) => {
             let _ = write!(s, "{v6}");
@@ -426,16 +416,43 @@ fn push_f64(s: &mut String, v: f64) {
     s.push_str(std::str::from_utf8(&buf[..used]).unwrap_or("null"));
 }
 
+/// [`in_old_ms`]'s text as serde writes the float, from integers below
+/// 2^40 ns (18 minutes), where the float's rounding to the microsecond is
+/// exact and the shortest text of `micros / 1e3` is its three decimals
+/// without trailing zeros (float formatting was ~7 % of `trace --json`'s
+/// CPU at full churn); the float itself beyond.
+fn push_ms(s: &mut String, d: Duration) {
+    let ns = d.as_nanos();
+    if ns >= 1 << 40 {
+        push_f64(s, (ns as f64 / 1e3).round() / 1e3);
+        return;
+    }
+    let micros = (ns as u64 + 500) / 1000;
+    s.push_str(itoa::Buffer::new().format(micros / 1000));
+    s.push('.');
+    let frac = micros % 1000;
+    let digits = [frac / 100, frac / 10 % 10, frac % 10];
+    let len = match frac {
+        0 => 1,
+        f if f % 100 == 0 => 1,
+        f if f % 10 == 0 => 2,
+        _ => 3,
+    };
+    for d in &digits[..len] {
+        s.push(char::from(b'0' + *d as u8));
+    }
+}
+
 /// To the microsecond: the nanoseconds' float noise (0.055142000000000004)
 /// helps nobody.
 fn in_old_ms(t: &Transition) -> Option<f64> {
     t.in_old.map(|d| (d.as_nanos() as f64 / 1e3).round() / 1e3)
 }
 
-fn push_field(s: &mut String, name: &str, v: Option<u32>) {
-    s.push_str(",\"");
-    s.push_str(name);
-    s.push_str("\":");
+/// `key` is the whole `,"name":` text: one copy of a known length.
+#[inline(always)]
+fn push_field(s: &mut String, key: &str, v: Option<u32>) {
+    s.push_str(key);
     match v {
         Some(v) => s.push_str(itoa::Buffer::new().format(v)),
         None => s.push_str("null"),
@@ -651,6 +668,33 @@ mod tests {
                 "at {}",
                 again + 1
             );
+        }
+    }
+
+    /// `ms` from integers against the float serde writes, at every
+    /// rounding edge near the microsecond and across the 2^40 ns switch.
+    #[test]
+    fn ms_text_is_the_floats_text() {
+        let float = |ns: u64| {
+            let mut t = sample();
+            t.in_old = Some(Duration::from_nanos(ns));
+            serde_json::to_string(&in_old_ms(&t)).unwrap()
+        };
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut cases: Vec<u64> = (0..5_000).collect();
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Around a microsecond's half (…499, …500, …501) at any scale.
+            let base = (x >> (x % 44)) / 1000 * 1000;
+            cases.extend([base + 499, base + 500, base + 501, base, base + 999]);
+        }
+        cases.extend([(1 << 40) - 1, 1 << 40, (1 << 40) + 500, u64::MAX]);
+        for ns in cases {
+            let mut s = String::new();
+            push_ms(&mut s, Duration::from_nanos(ns));
+            assert_eq!(s, float(ns), "at {ns} ns");
         }
     }
 
