@@ -384,15 +384,19 @@ pub async fn last_censuses(
         let stopped = stopped.clone();
         move || !stopped.load(Ordering::Relaxed) && monotonic_ns() < until_ns
     };
+    let asked = open.len();
     let task = tokio::task::spawn_blocking(move || match sampler() {
-        Some(s) if !open.is_empty() => (0..2).map(|_| s.open_pairs(&open, &go_on)).collect(),
-        _ => Vec::new(),
+        _ if open.is_empty() => Vec::new(),
+        Some(s) => (0..2).map(|_| s.open_pairs(&open, &go_on)).collect(),
+        // No sampler (the census thread panicked): none taken, all missed.
+        None => vec![(Vec::new(), open.len()); 2],
     });
     tokio::pin!(task);
     tokio::pin!(cut);
     let rounds: Vec<(Vec<OpenPairs>, usize)> = loop {
         tokio::select! {
-            r = &mut task => break r.unwrap_or_default(),
+            // A census that panicked: none taken, all missed.
+            r = &mut task => break r.unwrap_or_else(|_| vec![(Vec::new(), asked); 2]),
             _ = &mut cut, if !stopped.load(Ordering::Relaxed) => stopped.store(true, Ordering::Relaxed),
             r = capture.ready() => {
                 r.context("reading the ring buffer")?;

@@ -382,11 +382,12 @@ impl Sampler {
     /// most `FINAL_ROUND`), and nothing else of its census: for the check
     /// of vanished sockets at a stop (the daemon's, `trace`'s). A census
     /// begins only while `go_on` says so (one begun runs to its end); also
-    /// returned: how many were not taken, for that or because they failed.
+    /// returned: how many of `inodes` (distinct) were not taken, for that,
+    /// because they failed, or because they are no longer in scope (gone,
+    /// past the caps).
     pub fn open_pairs(&self, inodes: &[u32], go_on: &dyn Fn() -> bool) -> (Vec<OpenPairs>, usize) {
         // The scope's own namespaces, ranked and capped as for a round.
         let (targets, _) = self.targets();
-        let mut missed = 0;
         let mut pairs = Vec::new();
         for (path, inode) in targets
             .into_iter()
@@ -394,18 +395,15 @@ impl Sampler {
             .take(FINAL_ROUND)
         {
             if !go_on() {
-                missed += 1;
                 continue;
             }
             let taken_ns = monotonic_ns();
             match full_census(path.as_deref(), Some(inode), None) {
                 Ok(c) => pairs.push(OpenPairs::of(inode, taken_ns, monotonic_ns(), &c.entries)),
-                Err(e) => {
-                    missed += 1;
-                    tracing::debug!(inode, error = ?e, "last census failed");
-                }
+                Err(e) => tracing::debug!(inode, error = ?e, "last census failed"),
             }
         }
+        let missed = inodes.len().saturating_sub(pairs.len());
         (pairs, missed)
     }
 }
@@ -461,9 +459,10 @@ mod tests {
         assert_eq!((pairs.len(), missed), (1, 0));
         let (pairs, missed) = s.open_pairs(&[own], &|| false);
         assert_eq!((pairs.len(), missed), (0, 1));
-        // Namespaces without followed sockets are neither censused nor
-        // counted as missed.
-        assert_eq!(s.open_pairs(&[own.wrapping_add(1)], &|| false).1, 0);
+        // A namespace out of scope (gone, past the caps) is counted as
+        // missed, never dropped silently.
+        let (pairs, missed) = s.open_pairs(&[own, own.wrapping_add(1)], &|| true);
+        assert_eq!((pairs.len(), missed), (1, 1));
     }
 
     #[test]

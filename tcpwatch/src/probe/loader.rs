@@ -578,14 +578,10 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
     debug_assert!(hook != Hook::Btf || config.hook == HOOK_BTF);
     // The rings and lanes are mapped once the kernel's parsed BTF (~17 MB)
     // is freed, not beside it: that sum was the daemon's peak RSS. The
-    // programs do nothing until armed, after this, so none finds no ring.
+    // programs read no ring or lane and count no drop until armed, after
+    // this.
     drop(btf);
-    let rings = make_rings(&mut ebpf, cpus, ring_bytes)?;
-    let lanes = if config.lane_slots != 0 {
-        Some(map_lanes(&mut ebpf, cpus, config.lane_slots)?)
-    } else {
-        None
-    };
+    // Its own BTF read, also before the mappings.
     if links.iter().any(|(name, _)| *name == "tcpwatch_rst_out")
         && !layout::traces_every_reset_sent(Path::new(BTF_PATH))
     {
@@ -593,6 +589,12 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
             "this kernel (before 6.10) traces no reset sent without a full socket: resets sent for closed ports and by TIME-WAIT sockets are not counted (received ones are)"
         );
     }
+    let rings = make_rings(&mut ebpf, cpus, ring_bytes)?;
+    let lanes = if config.lane_slots != 0 {
+        Some(map_lanes(&mut ebpf, cpus, config.lane_slots)?)
+    } else {
+        None
+    };
     Ok(Loaded {
         ebpf,
         hook,
