@@ -171,20 +171,31 @@ pub fn on_port(events: &[Transition], port: u16) -> Vec<Transition> {
         .collect()
 }
 
-/// Gives the calling thread a file table of its own: a child another test
-/// forks copies only its own thread's table, so it cannot hold this
-/// thread's sockets and run their close in its exec (seen: another test's
-/// child ran ESTABLISHED -> FIN-WAIT-1 of this one's). Threads this one
-/// spawns share the new table. Only for threads that end with the test:
-/// an fd made here means nothing to the others.
+/// Gives the calling thread a file table of its own, holding only stdin,
+/// stdout and stderr: a child another test forks copies only its own
+/// thread's table, so it cannot hold this thread's sockets and run their
+/// close in its exec (seen: another test's child ran ESTABLISHED ->
+/// FIN-WAIT-1 of this one's); nor does this thread hold other tests' fds
+/// and delay their closes. Threads this one spawns share the new table.
+/// Call it first, before the thread makes or is given any fd, and only in
+/// a thread that ends with its work: an fd made here means nothing to the
+/// others.
 pub fn private_fd_table() {
-    // SAFETY: unshare(CLONE_FILES) gives the calling thread a copy of its
-    // table; every fd it held stays valid in the copy.
-    let rc = unsafe { libc::unshare(libc::CLONE_FILES) };
+    // SAFETY: close_range(CLOSE_RANGE_UNSHARE) gives the calling thread a
+    // copy of its table and closes fds 3 and up in that copy only; the
+    // callers own no fd yet, so nothing here refers to a closed number.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        )
+    };
     assert_eq!(
         rc,
         0,
-        "unshare(CLONE_FILES): {}",
+        "close_range(3, ~0, CLOSE_RANGE_UNSHARE): {}",
         std::io::Error::last_os_error()
     );
 }
