@@ -378,18 +378,23 @@ pub async fn last_censuses(
     tokio::time::sleep(Duration::from_millis(2)).await;
     follow_until(capture, &mut drain, stop_ns).await?;
     let open = capture.open_netns();
-    let until_ns = monotonic_ns() + LAST_CENSUSES.as_nanos() as u64;
     let stopped = Arc::new(AtomicBool::new(false));
-    let go_on = {
-        let stopped = stopped.clone();
-        move || !stopped.load(Ordering::Relaxed) && monotonic_ns() < until_ns
-    };
     let asked = open.len();
-    let task = tokio::task::spawn_blocking(move || match sampler() {
-        _ if open.is_empty() => Vec::new(),
-        Some(s) => (0..2).map(|_| s.open_pairs(&open, &go_on)).collect(),
-        // No sampler (the census thread panicked): none taken, all missed.
-        None => vec![(Vec::new(), open.len()); 2],
+    let task = tokio::task::spawn_blocking({
+        let stopped = stopped.clone();
+        move || {
+            // The daemon's census thread ends the census it is in first:
+            // the limit counts from then, so that census cannot use it up.
+            let sampler = sampler();
+            let until_ns = monotonic_ns() + LAST_CENSUSES.as_nanos() as u64;
+            let go_on = || !stopped.load(Ordering::Relaxed) && monotonic_ns() < until_ns;
+            match sampler {
+                _ if open.is_empty() => Vec::new(),
+                Some(s) => (0..2).map(|_| s.open_pairs(&open, &go_on)).collect(),
+                // No sampler (the census thread panicked): all missed.
+                None => vec![(Vec::new(), open.len()); 2],
+            }
+        }
     });
     tokio::pin!(task);
     tokio::pin!(cut);
@@ -469,9 +474,10 @@ fn drain(
 /// How long the stop waits for the transitions before it to be followed.
 const LAST_CATCH_UP: Duration = Duration::from_secs(1);
 
-/// How long after the catch-up the stop's last censuses may still begin:
-/// with the catch-up, well within the systemd unit's 30 s TimeoutStopSec,
-/// past which the account and the recording's end would be lost.
+/// How long after the catch-up (and the census in progress, the daemon's)
+/// the stop's last censuses may still begin: with those, well within the
+/// systemd unit's 30 s TimeoutStopSec, past which the account and the
+/// recording's end would be lost.
 const LAST_CENSUSES: Duration = Duration::from_secs(5);
 
 /// Listener data older than this is stale to the detectors: a few
