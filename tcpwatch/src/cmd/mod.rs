@@ -66,11 +66,34 @@ pub enum Why {
 /// (`record`: its terminal went away), or `-d` seconds passing. Installed
 /// before the loop so a signal during start-up is not lost.
 pub struct Stop {
-    sigint: tokio::signal::unix::Signal,
-    sigterm: tokio::signal::unix::Signal,
-    sigquit: tokio::signal::unix::Signal,
-    sighup: Option<tokio::signal::unix::Signal>,
+    signals: Signals,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// The signals that stop a run.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// The next of them. Cancel-safe.
+    async fn next(&mut self) {
+        let hangup = async {
+            match &mut self.hup {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.quit.recv() => {}
+            _ = hangup => {}
+        }
+    }
 }
 
 impl Stop {
@@ -82,17 +105,19 @@ impl Stop {
             Duration::try_from_secs_f64(d).unwrap_or(Duration::MAX)
         });
         Ok(Stop {
-            sigint: signal(SignalKind::interrupt())?,
-            sigterm: signal(SignalKind::terminate())?,
-            sigquit: signal(SignalKind::quit())?,
-            sighup: None,
+            signals: Signals {
+                int: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate())?,
+                quit: signal(SignalKind::quit())?,
+                hup: None,
+            },
             deadline: Box::pin(tokio::time::sleep(after)),
         })
     }
 
     /// Also stops on SIGHUP.
     pub fn on_hangup(mut self) -> std::io::Result<Stop> {
-        self.sighup = Some(tokio::signal::unix::signal(
+        self.signals.hup = Some(tokio::signal::unix::signal(
             tokio::signal::unix::SignalKind::hangup(),
         )?);
         Ok(self)
@@ -101,34 +126,14 @@ impl Stop {
     /// Resolves on the next stopping signal only (not the duration, which
     /// stays passed): a second Ctrl-C cuts what a stop still does.
     pub async fn signal(&mut self) {
-        let hangup = async {
-            match &mut self.sighup {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = self.sigint.recv() => {}
-            _ = self.sigterm.recv() => {}
-            _ = self.sigquit.recv() => {}
-            _ = hangup => {}
-        }
+        self.signals.next().await
     }
 
     /// Resolves when it is time to stop, saying why. Cancel-safe: a
     /// `select!` may drop it and call it again.
     pub async fn wait(&mut self) -> Why {
-        let hangup = async {
-            match &mut self.sighup {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            _ = self.sigint.recv() => Why::Signal,
-            _ = self.sigterm.recv() => Why::Signal,
-            _ = self.sigquit.recv() => Why::Signal,
-            _ = hangup => Why::Signal,
+            _ = self.signals.next() => Why::Signal,
             _ = &mut self.deadline => Why::Duration,
         }
     }
