@@ -297,7 +297,7 @@ pub async fn run(
     if last.missed > 0 {
         tracing::warn!(
             missed = last.missed,
-            "stopping: {} of the last censuses were not taken (past their {} s limit, or failed): a socket there whose last transitions were lost may go unnamed",
+            "stopping: {} of the last censuses were not taken (past their {} s limit or the namespace cap, the namespace gone, or failed): a socket there whose last transitions were lost may go unnamed",
             last.missed,
             LAST_CENSUSES.as_secs()
         );
@@ -385,23 +385,22 @@ pub async fn last_censuses(
         move || {
             // The daemon's census thread ends the census it is in first:
             // the limit counts from then, so that census cannot use it up.
-            let sampler = sampler();
+            let s = sampler()?;
+            if open.is_empty() {
+                return Some(Vec::new());
+            }
             let until_ns = monotonic_ns() + LAST_CENSUSES.as_nanos() as u64;
             let go_on = || !stopped.load(Ordering::Relaxed) && monotonic_ns() < until_ns;
-            match sampler {
-                _ if open.is_empty() => Vec::new(),
-                Some(s) => (0..2).map(|_| s.open_pairs(&open, &go_on)).collect(),
-                // No sampler (the census thread panicked): all missed.
-                None => vec![(Vec::new(), open.len()); 2],
-            }
+            Some((0..2).map(|_| s.open_pairs(&open, &go_on)).collect())
         }
     });
     tokio::pin!(task);
     tokio::pin!(cut);
     let rounds: Vec<(Vec<OpenPairs>, usize)> = loop {
         tokio::select! {
-            // A census that panicked: none taken, all missed.
-            r = &mut task => break r.unwrap_or_else(|_| vec![(Vec::new(), asked); 2]),
+            // The census thread, or these censuses, panicked: none taken,
+            // all missed.
+            r = &mut task => break r.ok().flatten().unwrap_or_else(|| vec![(Vec::new(), asked); 2]),
             _ = &mut cut, if !stopped.load(Ordering::Relaxed) => stopped.store(true, Ordering::Relaxed),
             r = capture.ready() => {
                 r.context("reading the ring buffer")?;
