@@ -432,8 +432,8 @@ fn push_ms(s: &mut String, d: Duration) {
     s.push('.');
     let frac = micros % 1000;
     let digits = [frac / 100, frac / 10 % 10, frac % 10];
+    // "X.0" for a whole millisecond, as for any whole float.
     let len = match frac {
-        0 => 1,
         f if f % 100 == 0 => 1,
         f if f % 10 == 0 => 2,
         _ => 3,
