@@ -61,6 +61,60 @@ pub fn socket_owners(inodes: &HashSet<u64>) -> anyhow::Result<HashMap<u64, Owner
     Ok(found)
 }
 
+/// Owners of sockets held only in a thread's own fd table (after
+/// `unshare(CLONE_FILES)`), which `/proc/PID/fd` (the leader's table) does
+/// not list: each such thread's `/proc/PID/task/TID/fd`, with the thread as
+/// the owner. Threads sharing their leader's table (`kcmp`) are skipped, so
+/// the pass costs a syscall per thread where no thread has its own table.
+fn thread_table_owners(inodes: &HashSet<u64>, found: &mut HashMap<u64, Owner>) {
+    let Ok(processes) = all_processes() else {
+        return;
+    };
+    let wanted = found.len() + inodes.len();
+    for process in processes.flatten() {
+        let Ok(tasks) = process.tasks() else { continue };
+        for task in tasks.flatten() {
+            if task.tid == process.pid || same_fd_table(process.pid, task.tid) {
+                continue;
+            }
+            let root = format!("/proc/{}/task/{}", process.pid, task.tid).into();
+            let Ok(fds) = procfs::process::Process::new_with_root(root).and_then(|t| t.fd()) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                let FDTarget::Socket(inode) = fd.target else {
+                    continue;
+                };
+                if !inodes.contains(&inode) || found.contains_key(&inode) {
+                    continue;
+                }
+                let Ok(stat) = task.stat() else { break };
+                found.insert(
+                    inode,
+                    Owner {
+                        pid: process.pid as u32,
+                        tid: task.tid as u32,
+                        comm: Comm::from(stat.comm.as_str()),
+                    },
+                );
+            }
+            if found.len() == wanted {
+                return;
+            }
+        }
+    }
+}
+
+/// Whether thread `tid` shares process `pid`'s fd table; false when the
+/// kernel cannot say (no `kcmp`), so that the thread's table is read.
+fn same_fd_table(pid: i32, tid: i32) -> bool {
+    const KCMP_FILES: libc::c_long = 2;
+    // SAFETY: kcmp only compares two tasks' kernel objects; no memory of
+    // ours is passed.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, tid, KCMP_FILES, 0, 0) };
+    r == 0
+}
+
 /// Whether this process may list (CAP_DAC_READ_SEARCH) and read
 /// (CAP_SYS_PTRACE) the fds of processes of other users: both effective.
 fn can_read_others_fds() -> bool {
@@ -99,7 +153,11 @@ pub fn listeners() -> anyhow::Result<Vec<(u16, u64, Option<Owner>)>> {
         }
     }
     let inodes: HashSet<u64> = by_inode.keys().copied().collect();
-    let owners = socket_owners(&inodes)?;
+    let mut owners = socket_owners(&inodes)?;
+    if owners.len() < inodes.len() {
+        let left = inodes.iter().filter(|i| !owners.contains_key(i)).copied();
+        thread_table_owners(&left.collect(), &mut owners);
+    }
     Ok(tcpwatch_core::census::listening_ports(
         by_inode
             .iter()
@@ -128,6 +186,56 @@ mod tests {
             ls.iter().any(|(p, n, o)| *p == port
                 && *n == 1
                 && o.is_some_and(|o| o.pid == std::process::id())),
+            "{ls:?}"
+        );
+    }
+
+    #[test]
+    fn finds_a_listener_held_only_in_a_threads_own_fd_table() {
+        let (found_tx, found) = std::sync::mpsc::channel();
+        let (done, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("tcpw-own-fds".into())
+            .spawn(move || {
+                // SAFETY: close_range(CLOSE_RANGE_UNSHARE) gives this
+                // thread a copy of the table and closes fds 3 and up in
+                // the copy only; this thread owns no fd yet.
+                let rc = unsafe {
+                    libc::syscall(
+                        libc::SYS_close_range,
+                        3u32,
+                        u32::MAX,
+                        libc::CLOSE_RANGE_UNSHARE,
+                    )
+                };
+                assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                use std::os::fd::AsRawFd;
+                let fd = format!("/proc/thread-self/fd/{}", l.as_raw_fd());
+                let inode = std::fs::metadata(fd).unwrap().ino();
+                // SAFETY: gettid has no arguments and cannot fail.
+                let tid = unsafe { libc::gettid() } as u32;
+                found_tx
+                    .send((l.local_addr().unwrap().port(), inode, tid))
+                    .unwrap();
+                // Held until the test has looked.
+                let _ = done_rx.recv();
+            })
+            .unwrap();
+        let (port, inode, tid) = found.recv().unwrap();
+        // The setup: the process's own table does not list it.
+        assert!(socket_owners(&HashSet::from([inode])).unwrap().is_empty());
+        let ls = listeners().unwrap();
+        done.send(()).unwrap();
+        thread.join().unwrap();
+        let want = Owner {
+            pid: std::process::id(),
+            tid,
+            comm: Comm::from("tcpw-own-fds"),
+        };
+        assert!(
+            ls.iter()
+                .any(|(p, n, o)| *p == port && *n == 1 && *o == Some(want)),
             "{ls:?}"
         );
     }
