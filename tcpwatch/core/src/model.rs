@@ -142,6 +142,11 @@ impl Comm {
         String::from_utf8_lossy(self.as_bytes())
     }
 
+    /// The name's bytes, zero-padded to the 15 the kernel keeps.
+    pub fn padded(&self) -> &[u8; Comm::MAX] {
+        &self.bytes
+    }
+
     /// The kernel's NUL-padded form.
     pub fn raw(&self) -> [u8; 16] {
         let mut raw = [0; 16];

@@ -74,7 +74,7 @@ impl<T: Send + 'static> Output<T> {
     pub fn stdout(
         header: Option<String>,
         line_buffered: bool,
-        format: impl FnMut(&T, &mut String) + Send + 'static,
+        format: impl FnMut(&T, &mut Vec<u8>) + Send + 'static,
     ) -> Self {
         let stdout = io::stdout();
         let line_buffered = line_buffered || stdout.is_terminal();
@@ -94,7 +94,7 @@ impl<T: Send + 'static> Output<T> {
     pub fn new(
         sink: Sink,
         header: Option<String>,
-        mut format: impl FnMut(&T, &mut String) + Send + 'static,
+        mut format: impl FnMut(&T, &mut Vec<u8>) + Send + 'static,
     ) -> Self {
         let (tx, rx) = mpsc::sync_channel::<Vec<T>>(QUEUE_BATCHES);
         let written = Arc::new(AtomicU64::new(0));
@@ -212,7 +212,7 @@ fn write_all<T>(
     rx: &mpsc::Receiver<Vec<T>>,
     written: &AtomicU64,
     queued: &AtomicU64,
-    format: &mut impl FnMut(&T, &mut String),
+    format: &mut impl FnMut(&T, &mut Vec<u8>),
 ) -> io::Result<()> {
     let mut unflushed = 0u64;
     let mut last_flush = Instant::now();
@@ -221,10 +221,10 @@ fn write_all<T>(
     // writes of `WRITE_AT` or more, which `BufWriter` passes through
     // uncopied (the second copy of every byte cost ~25 ns a line of
     // `trace --json`, ~7 % of its CPU).
-    let mut text = String::new();
+    let mut text = Vec::new();
     let flush =
-        |out: &mut Box<dyn Write + Send>, text: &mut String, n: &mut u64, at: &mut Instant| {
-            out.write_all(text.as_bytes())?;
+        |out: &mut Box<dyn Write + Send>, text: &mut Vec<u8>, n: &mut u64, at: &mut Instant| {
+            out.write_all(text)?;
             text.clear();
             out.flush()?;
             written.fetch_add(std::mem::take(n), Ordering::Relaxed);
@@ -232,8 +232,8 @@ fn write_all<T>(
             io::Result::Ok(())
         };
     if let Some(h) = header {
-        text.push_str(&h);
-        text.push('\n');
+        text.extend_from_slice(h.as_bytes());
+        text.push(b'\n');
         if sink.line_buffered {
             flush(&mut sink.out, &mut text, &mut unflushed, &mut last_flush)?;
         }
@@ -243,14 +243,14 @@ fn write_all<T>(
             Ok(batch) => {
                 for item in &batch {
                     format(item, &mut text);
-                    text.push('\n');
+                    text.push(b'\n');
                 }
                 queued.fetch_sub(batch.len() as u64, Ordering::Relaxed);
                 unflushed += batch.len() as u64;
                 if sink.line_buffered || last_flush.elapsed() >= FLUSH_EVERY {
                     flush(&mut sink.out, &mut text, &mut unflushed, &mut last_flush)?;
                 } else if text.len() >= WRITE_AT {
-                    sink.out.write_all(text.as_bytes())?;
+                    sink.out.write_all(&text)?;
                     text.clear();
                 }
             }
@@ -317,7 +317,7 @@ mod tests {
         let mut out = Output::new(
             sink(Stalled(gate.clone(), data.clone())),
             None,
-            |n: &u32, s: &mut String| s.push_str(&n.to_string()),
+            |n: &u32, s: &mut Vec<u8>| s.extend_from_slice(n.to_string().as_bytes()),
         );
         // More items than the queue holds, in small batches (the bound is
         // on items, not batches).
@@ -367,8 +367,8 @@ mod tests {
             line_buffered: false,
             fd: None,
         };
-        let mut out = Output::new(sink, Some("H".into()), |n: &u32, s: &mut String| {
-            s.push_str(&n.to_string())
+        let mut out = Output::new(sink, Some("H".into()), |n: &u32, s: &mut Vec<u8>| {
+            s.extend_from_slice(n.to_string().as_bytes())
         });
         let sent = 100_000u32;
         for i in (0..sent).step_by(100) {
@@ -410,8 +410,8 @@ mod tests {
             line_buffered: false,
             fd: None,
         };
-        let mut out = Output::new(sink, None, |n: &u32, s: &mut String| {
-            s.push_str(&n.to_string())
+        let mut out = Output::new(sink, None, |n: &u32, s: &mut Vec<u8>| {
+            s.extend_from_slice(n.to_string().as_bytes())
         });
         assert!(out.send(vec![7]));
         // Nothing more comes: the flush timer alone must hand the line on.
@@ -430,7 +430,7 @@ mod tests {
         let mut out = Output::new(
             sink(Stalled(gate, data)),
             None,
-            |n: &u32, s: &mut String| s.push_str(&n.to_string()),
+            |n: &u32, s: &mut Vec<u8>| s.extend_from_slice(n.to_string().as_bytes()),
         );
         out.send(vec![1]);
         let start = Instant::now();
@@ -453,7 +453,7 @@ mod tests {
         let mut out = Output::new(
             sink(Closed),
             Some("HEADER".into()),
-            |n: &u32, s: &mut String| s.push_str(&n.to_string()),
+            |n: &u32, s: &mut Vec<u8>| s.extend_from_slice(n.to_string().as_bytes()),
         );
         std::thread::sleep(Duration::from_millis(50));
         let mut accepted = true;

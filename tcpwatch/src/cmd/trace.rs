@@ -127,7 +127,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     } else {
         let mut cols = TextColumns::new(args.ipv6);
         Output::stdout(Some(cols.header()), args.line_buffered, move |t, s| {
-            s.push_str(&cols.line(t, &clock))
+            s.extend_from_slice(cols.line(t, &clock).as_bytes())
         })
     };
 

@@ -7,7 +7,7 @@ use tcpwatch_common::TcpState;
 
 use crate::{
     model::{Comm, Protocol, Transition, errno_name},
-    view::top::fmt,
+    view::{line, top::fmt},
 };
 
 /// Which transitions to show. Every set field must match.
@@ -90,9 +90,9 @@ fn time_of_day(unix_ns: i128) -> String {
 /// RFC 3339 UTC with microseconds, from days-since-epoch arithmetic (no tz
 /// database needed for UTC).
 pub fn rfc3339(unix_ns: i128) -> String {
-    let mut s = String::with_capacity(27);
+    let mut s = Vec::with_capacity(27);
     push_rfc3339(&mut s, unix_ns);
-    s
+    String::from_utf8(s).expect("ASCII")
 }
 
 /// A UTC instant's fields: (year, month, day, second of day, microsecond).
@@ -124,9 +124,9 @@ fn formatted((y, m, d, sod, micros): (i64, i64, i64, i64, i64)) -> String {
     )
 }
 
-fn push_rfc3339(s: &mut String, unix_ns: i128) {
+fn push_rfc3339(s: &mut Vec<u8>, unix_ns: i128) {
     let secs = unix_ns.div_euclid(1_000_000_000);
-    let micros = (unix_ns.rem_euclid(1_000_000_000) / 1000) as i64;
+    let micros = (unix_ns.rem_euclid(1_000_000_000) / 1000) as u64;
     // Lines come in bursts within one second: its date and time text
     // (`YYYY-MM-DDTHH:MM:SS.`) is kept from the last line, and only the
     // microseconds are written again (the civil date was ~10 % of
@@ -144,27 +144,27 @@ fn push_rfc3339(s: &mut String, unix_ns: i128) {
                 put_digits(&mut buf[11..13], sod / 3600);
                 put_digits(&mut buf[14..16], sod / 60 % 60);
                 put_digits(&mut buf[17..19], sod % 60);
-                prefix.push_str(ascii(&buf));
+                prefix.extend_from_slice(&buf);
             } else {
                 let text = formatted((y, m, d, sod, 0));
-                prefix.push_str(&text[..text.len() - "000000Z".len()]);
+                prefix.extend_from_slice(&text.as_bytes()[..text.len() - "000000Z".len()]);
             }
             *second = Some(secs);
         }
-        s.push_str(prefix);
+        match <&[u8; 20]>::try_from(prefix.as_slice()) {
+            Ok(usual) => line::put(s, usual, 20),
+            Err(_) => s.extend_from_slice(prefix),
+        }
     });
-    let mut n = itoa::Buffer::new();
-    let digits = n.format(micros);
-    s.push_str(&"000000"[digits.len()..]);
-    s.push_str(digits);
-    s.push('Z');
+    line::put_padded::<6>(s, micros);
+    s.push(b'Z');
 }
 
 thread_local! {
     /// The second [`push_rfc3339`] last wrote, and its text up to the
     /// microseconds.
-    static SECOND: std::cell::RefCell<(Option<i128>, String)> =
-        const { std::cell::RefCell::new((None, String::new())) };
+    static SECOND: std::cell::RefCell<(Option<i128>, Vec<u8>)> =
+        const { std::cell::RefCell::new((None, Vec::new())) };
 }
 
 /// The low decimal digits of `v` (0 <= v) into `out`, zero-padded.
@@ -295,105 +295,108 @@ pub struct JsonEvent {
 /// or `core::fmt` (formatting was 87 % of `trace --json`'s CPU at full
 /// churn, most of it `fmt::write` and padding of integers and addresses).
 pub fn json_line(t: &Transition, clock: &Clock) -> String {
-    let mut s = String::with_capacity(320);
+    let mut s = Vec::with_capacity(320);
     push_json_line(&mut s, t, clock);
-    s
+    String::from_utf8(s).expect("JSON text is UTF-8")
 }
+
+/// Room reserved for a line before writing it: more than the longest
+/// (two IPv6 addresses, a comm of 15 escaped bytes, an errno's name).
+const LINE_ROOM: usize = 1024;
 
 /// [`json_line`], appended to `s` (the writer formats a batch into one
 /// reused buffer).
-pub fn push_json_line(s: &mut String, t: &Transition, clock: &Clock) {
-    let mut n = itoa::Buffer::new();
-    s.push_str("{\"time\":\"");
+pub fn push_json_line(s: &mut Vec<u8>, t: &Transition, clock: &Clock) {
+    s.reserve(LINE_ROOM);
+    s.extend_from_slice(b"{\"time\":\"");
     push_rfc3339(s, clock.unix_ns(t.ts_ns));
-    s.push_str("\",\"ts_ns\":");
-    s.push_str(n.format(t.ts_ns));
-    s.push_str(",\"skaddr\":\"");
-    push_hex(s, t.skaddr);
-    s.push('"');
+    s.extend_from_slice(b"\",\"ts_ns\":");
+    line::put_u64(s, t.ts_ns);
+    s.extend_from_slice(b",\"skaddr\":\"");
+    line::put_hex(s, t.skaddr);
+    s.push(b'"');
     let owner = t.owner.as_ref();
-    push_field(s, ",\"netns\":", t.netns);
-    push_field(s, ",\"pid\":", owner.map(|o| o.pid));
-    push_field(s, ",\"tid\":", owner.map(|o| o.tid));
-    s.push_str(",\"comm\":");
+    push_field(s, b",\"netns\":", t.netns);
+    push_field(s, b",\"pid\":", owner.map(|o| o.pid));
+    push_field(s, b",\"tid\":", owner.map(|o| o.tid));
+    s.extend_from_slice(b",\"comm\":");
     match owner {
-        Some(o) => push_json_str(s, &o.comm.to_str()),
-        None => s.push_str("null"),
+        Some(o) => push_comm(s, &o.comm),
+        None => s.extend_from_slice(b"null"),
     }
-    s.push_str(",\"family\":");
-    s.push_str(n.format(t.ip_version()));
-    s.push_str(match t.protocol {
-        Protocol::Tcp => ",\"protocol\":\"tcp\",\"laddr\":\"",
-        Protocol::Mptcp => ",\"protocol\":\"mptcp\",\"laddr\":\"",
-    });
+    s.extend_from_slice(b",\"family\":");
+    s.push(if t.ip_version() == 6 { b'6' } else { b'4' });
+    match t.protocol {
+        Protocol::Tcp => s.extend_from_slice(b",\"protocol\":\"tcp\",\"laddr\":\""),
+        Protocol::Mptcp => s.extend_from_slice(b",\"protocol\":\"mptcp\",\"laddr\":\""),
+    }
     push_ip(s, t.local.ip());
-    s.push_str("\",\"lport\":");
-    s.push_str(n.format(t.local.port()));
-    s.push_str(",\"raddr\":\"");
+    s.extend_from_slice(b"\",\"lport\":");
+    line::put_u64(s, u64::from(t.local.port()));
+    s.extend_from_slice(b",\"raddr\":\"");
     push_ip(s, t.remote.ip());
-    s.push_str("\",\"rport\":");
-    s.push_str(n.format(t.remote.port()));
-    s.push_str(",\"oldstate\":\"");
+    s.extend_from_slice(b"\",\"rport\":");
+    line::put_u64(s, u64::from(t.remote.port()));
+    s.extend_from_slice(b",\"oldstate\":\"");
     push_state(s, t.old);
-    s.push_str("\",\"newstate\":\"");
+    s.extend_from_slice(b"\",\"newstate\":\"");
     push_state(s, t.new);
-    s.push_str("\",\"ms\":");
+    s.extend_from_slice(b"\",\"ms\":");
     match t.in_old {
         Some(d) => push_ms(s, d),
-        None => s.push_str("null"),
+        None => s.extend_from_slice(b"null"),
     }
-    s.push_str(if t.caught {
-        ",\"caught\":true"
+    if t.caught {
+        s.extend_from_slice(b",\"caught\":true");
     } else {
-        ",\"caught\":false"
-    });
+        s.extend_from_slice(b",\"caught\":false");
+    }
     if let Some(e) = t.error {
-        s.push_str(",\"error\":");
+        s.extend_from_slice(b",\"error\":");
         push_json_str(s, &errno_name(e));
-        s.push_str(",\"errno\":");
-        s.push_str(n.format(e));
+        s.extend_from_slice(b",\"errno\":");
+        line::put_u64(s, u64::from(e));
     }
-    s.push('}');
-}
-
-/// `{:#x}`: `0x` and lowercase digits without leading zeros.
-fn push_hex(s: &mut String, v: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = *b"0x0000000000000000";
-    let digits = (64 - v.leading_zeros()).div_ceil(4).max(1) as usize;
-    for i in 0..digits {
-        buf[2 + digits - 1 - i] = DIGITS[(v >> (4 * i) & 0xf) as usize];
-    }
-    s.push_str(ascii(&buf[..2 + digits]));
-}
-
-/// Text made of ASCII bytes written here.
-fn ascii(b: &[u8]) -> &str {
-    std::str::from_utf8(b).expect("ASCII")
+    s.push(b'}');
 }
 
 /// An address as `Display` writes it; IPv4 without `core::fmt`.
-fn push_ip(s: &mut String, ip: std::net::IpAddr) {
+fn push_ip(s: &mut Vec<u8>, ip: std::net::IpAddr) {
     match ip {
-        std::net::IpAddr::V4(v4) => {
-            let mut n = itoa::Buffer::new();
-            let [a, b, c, d] = v4.octets();
-            s.push_str(n.format(a));
-            for octet in [b, c, d] {
-                s.push('.');
-                s.push_str(n.format(octet));
-            }
-        }
+        std::net::IpAddr::V4(v4) => line::put_ipv4(s, v4.octets()),
         std::net::IpAddr::V6(v6) => {
+            use std::io::Write as _;
             let _ = write!(s, "{v6}");
         }
     }
 }
 
-fn push_state(s: &mut String, state: crate::model::State) {
+/// The states' names, each in a piece of one size (see [`line`]).
+const STATE_NAMES: [([u8; 16], usize); 13] = {
+    let mut names = [([0u8; 16], 0); 13];
+    let mut i = 0;
+    while i < TcpState::ALL.len() {
+        let name = TcpState::ALL[i].name().as_bytes();
+        let mut j = 0;
+        while j < name.len() {
+            names[i].0[j] = name[j];
+            j += 1;
+        }
+        names[i].1 = name.len();
+        i += 1;
+    }
+    names
+};
+
+fn push_state(s: &mut Vec<u8>, state: crate::model::State) {
     match state {
-        crate::model::State::Known(k) => s.push_str(k.name()),
+        crate::model::State::Known(k) => {
+            // ALL lists the states in the order of their values, from 1.
+            let (piece, len) = &STATE_NAMES[k as usize - 1];
+            line::put(s, piece, *len);
+        }
         unknown => {
+            use std::io::Write as _;
             let _ = write!(s, "{unknown}");
         }
     }
@@ -401,19 +404,19 @@ fn push_state(s: &mut String, state: crate::model::State) {
 
 /// serde_json's own float text (what the struct form writes), through its
 /// formatter into a stack buffer.
-fn push_f64(s: &mut String, v: f64) {
+fn push_f64(s: &mut Vec<u8>, v: f64) {
     use serde_json::ser::Formatter as _;
     let mut buf = [0u8; 40];
     let mut w: &mut [u8] = &mut buf;
     let left = match serde_json::ser::CompactFormatter.write_f64(&mut w, v) {
         Ok(()) => w.len(),
         Err(_) => {
-            s.push_str(&serde_json::Value::from(v).to_string());
+            s.extend_from_slice(serde_json::Value::from(v).to_string().as_bytes());
             return;
         }
     };
     let used = buf.len() - left;
-    s.push_str(std::str::from_utf8(&buf[..used]).unwrap_or("null"));
+    s.extend_from_slice(&buf[..used]);
 }
 
 /// [`in_old_ms`]'s text as serde writes the float, from integers below
@@ -421,26 +424,25 @@ fn push_f64(s: &mut String, v: f64) {
 /// exact and the shortest text of `micros / 1e3` is its three decimals
 /// without trailing zeros (float formatting was ~7 % of `trace --json`'s
 /// CPU at full churn); the float itself beyond.
-fn push_ms(s: &mut String, d: Duration) {
+fn push_ms(s: &mut Vec<u8>, d: Duration) {
     let ns = d.as_nanos();
     if ns >= 1 << 40 {
         push_f64(s, (ns as f64 / 1e3).round() / 1e3);
         return;
     }
     let micros = (ns as u64 + 500) / 1000;
-    s.push_str(itoa::Buffer::new().format(micros / 1000));
-    s.push('.');
+    line::put_u64(s, micros / 1000);
     let frac = micros % 1000;
-    let digits = [frac / 100, frac / 10 % 10, frac % 10];
+    s.push(b'.');
+    let at = s.len();
+    line::put_padded::<3>(s, frac);
     // "X.0" for a whole millisecond, as for any whole float.
     let len = match frac {
         f if f % 100 == 0 => 1,
         f if f % 10 == 0 => 2,
         _ => 3,
     };
-    for d in &digits[..len] {
-        s.push(char::from(b'0' + *d as u8));
-    }
+    s.truncate(at + len);
 }
 
 /// To the microsecond: the nanoseconds' float noise (0.055142000000000004)
@@ -451,34 +453,50 @@ fn in_old_ms(t: &Transition) -> Option<f64> {
 
 /// `key` is the whole `,"name":` text: one copy of a known length.
 #[inline(always)]
-fn push_field(s: &mut String, key: &str, v: Option<u32>) {
-    s.push_str(key);
+fn push_field<const N: usize>(s: &mut Vec<u8>, key: &[u8; N], v: Option<u32>) {
+    s.extend_from_slice(key);
     match v {
-        Some(v) => s.push_str(itoa::Buffer::new().format(v)),
-        None => s.push_str("null"),
+        Some(v) => line::put_u64(s, u64::from(v)),
+        None => s.extend_from_slice(b"null"),
+    }
+}
+
+/// A comm as a JSON string: in one piece when it needs no escaping (the
+/// usual printable ASCII name), else as serde escapes its lossy text.
+fn push_comm(s: &mut Vec<u8>, comm: &Comm) {
+    let bytes = comm.as_bytes();
+    if bytes
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        s.push(b'"');
+        line::put(s, comm.padded(), bytes.len());
+        s.push(b'"');
+    } else {
+        push_json_str(s, &comm.to_str());
     }
 }
 
 /// A JSON string, escaped as serde_json escapes it.
-fn push_json_str(s: &mut String, v: &str) {
-    use std::fmt::Write as _;
-    s.push('"');
+fn push_json_str(s: &mut Vec<u8>, v: &str) {
+    use std::io::Write as _;
+    s.push(b'"');
     for c in v.chars() {
         match c {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
-            '\t' => s.push_str("\\t"),
-            '\u{8}' => s.push_str("\\b"),
-            '\u{c}' => s.push_str("\\f"),
+            '"' => s.extend_from_slice(b"\\\""),
+            '\\' => s.extend_from_slice(b"\\\\"),
+            '\n' => s.extend_from_slice(b"\\n"),
+            '\r' => s.extend_from_slice(b"\\r"),
+            '\t' => s.extend_from_slice(b"\\t"),
+            '\u{8}' => s.extend_from_slice(b"\\b"),
+            '\u{c}' => s.extend_from_slice(b"\\f"),
             c if (c as u32) < 0x20 => {
                 let _ = write!(s, "\\u{:04x}", c as u32);
             }
-            c => s.push(c),
+            c => s.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
         }
     }
-    s.push('"');
+    s.push(b'"');
 }
 
 /// The line as a struct, serialized by serde: the reference `json_line`
@@ -692,9 +710,9 @@ mod tests {
         }
         cases.extend([(1 << 40) - 1, 1 << 40, (1 << 40) + 500, u64::MAX]);
         for ns in cases {
-            let mut s = String::new();
+            let mut s = Vec::new();
             push_ms(&mut s, Duration::from_nanos(ns));
-            assert_eq!(s, float(ns), "at {ns} ns");
+            assert_eq!(String::from_utf8(s).unwrap(), float(ns), "at {ns} ns");
         }
     }
 
