@@ -12,7 +12,6 @@ const ALLOWED: &[&str] = &[
     "tcpwatch-common",
     "serde",
     "serde_json",
-    "itoa",
     "thiserror",
     "foldhash",
     "prometheus-client",

@@ -4,7 +4,7 @@
 //! kernel nothing. It names at least one loss per break, not every loss: a
 //! socket's first transition, or its last one with nothing after it, can
 //! go missing without a break.
-use std::collections::HashMap;
+use std::collections::{HashMap, hash_map::Entry};
 
 use tcpwatch_common::state::TCP_CLOSE;
 
@@ -30,16 +30,31 @@ impl Chains {
     /// filter); true if it breaks its socket's chain.
     pub fn follow(&mut self, t: &Transition) -> bool {
         let (old, new) = (t.old.raw(), t.new.raw());
-        let broke = self.last.get(&t.skaddr).is_some_and(|&prev| prev != old);
+        let full = self.last.len() >= MAX_SOCKETS;
+        // One lookup per transition (this runs for every one).
+        let broke = match self.last.entry(t.skaddr) {
+            Entry::Occupied(mut e) => {
+                let broke = *e.get() != old;
+                if new == TCP_CLOSE {
+                    // Closed: a later socket at the same address starts a
+                    // new chain.
+                    e.remove();
+                } else {
+                    e.insert(new);
+                }
+                broke
+            }
+            Entry::Vacant(_) if new == TCP_CLOSE => false,
+            Entry::Vacant(_) if full => {
+                self.untracked += 1;
+                false
+            }
+            Entry::Vacant(v) => {
+                v.insert(new);
+                false
+            }
+        };
         self.breaks += u64::from(broke);
-        if new == TCP_CLOSE {
-            // Closed: a later socket at the same address starts a new chain.
-            self.last.remove(&t.skaddr);
-        } else if self.last.len() < MAX_SOCKETS || self.last.contains_key(&t.skaddr) {
-            self.last.insert(t.skaddr, new);
-        } else {
-            self.untracked += 1;
-        }
         broke
     }
 

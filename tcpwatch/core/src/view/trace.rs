@@ -125,8 +125,16 @@ fn formatted((y, m, d, sod, micros): (i64, i64, i64, i64, i64)) -> String {
 }
 
 fn push_rfc3339(s: &mut Vec<u8>, unix_ns: i128) {
-    let secs = unix_ns.div_euclid(1_000_000_000);
-    let micros = (unix_ns.rem_euclid(1_000_000_000) / 1000) as u64;
+    const NS: u64 = 1_000_000_000;
+    // In 64 bits for any time after 1970 (128-bit division is a call).
+    let (secs, sub) = match u64::try_from(unix_ns) {
+        Ok(ns) => (i128::from(ns / NS), ns % NS),
+        Err(_) => (
+            unix_ns.div_euclid(i128::from(NS)),
+            unix_ns.rem_euclid(i128::from(NS)) as u64,
+        ),
+    };
+    let micros = sub / 1000;
     // Lines come in bursts within one second: its date and time text
     // (`YYYY-MM-DDTHH:MM:SS.`) is kept from the last line, and only the
     // microseconds are written again (the civil date was ~10 % of
@@ -300,8 +308,9 @@ pub fn json_line(t: &Transition, clock: &Clock) -> String {
     String::from_utf8(s).expect("JSON text is UTF-8")
 }
 
-/// Room reserved for a line before writing it: more than the longest
-/// (two IPv6 addresses, a comm of 15 escaped bytes, an errno's name).
+/// Room reserved at once for a line, so that its pieces do not grow the
+/// buffer: more than the longest (two IPv6 addresses, a comm of 15
+/// escaped bytes, an errno's name), though a longer one would only grow.
 const LINE_ROOM: usize = 1024;
 
 /// [`json_line`], appended to `s` (the writer formats a batch into one
