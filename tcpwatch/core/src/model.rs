@@ -110,8 +110,16 @@ impl Comm {
 
     /// From the kernel's NUL-padded buffer.
     pub fn from_raw(raw: &[u8; 16]) -> Comm {
-        let end = raw.iter().position(|&b| b == 0).unwrap_or(Comm::MAX);
-        Comm::from_bytes(&raw[..end])
+        let len = raw.iter().position(|&b| b == 0).unwrap_or(Comm::MAX);
+        // The bytes from the NUL on are zeroed by a mask, not a copy of
+        // `len` bytes (a `memcpy` call per owned event).
+        let kept = u128::from_le_bytes(*raw) & ((1u128 << (8 * len)) - 1);
+        let mut bytes = [0; Comm::MAX];
+        bytes.copy_from_slice(&kept.to_le_bytes()[..Comm::MAX]);
+        Comm {
+            bytes,
+            len: len as u8,
+        }
     }
 
     /// The first 15 bytes of `name`, as the kernel would keep them.
@@ -612,6 +620,12 @@ mod tests {
     #[test]
     fn comm_is_the_kernels_15_bytes_and_travels_as_a_string() {
         assert_eq!(Comm::from_raw(b"curl\0\0\0\0\0\0\0\0\0\0\0\0"), "curl");
+        // What follows the NUL is not the name (and not part of equality).
+        assert_eq!(
+            Comm::from_raw(b"curl\0garbage\0\0\0\0"),
+            Comm::from_bytes(b"curl")
+        );
+        assert_eq!(Comm::from_raw(&[0; 16]), Comm::from_bytes(b""));
         // A full buffer without NUL (the kernel always has one; be safe).
         assert_eq!(Comm::from_raw(&[b'a'; 16]).as_bytes(), &[b'a'; 15]);
         // Cut at a character boundary: 7 two-byte characters fit in 15.

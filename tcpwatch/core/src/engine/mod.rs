@@ -584,7 +584,7 @@ impl Engine {
         if first && key != NETNS_OTHER && key != 0 && self.first_seen.len() < FIRST_SEEN_MAX {
             self.first_seen.push(key);
         }
-        self.namespaces.get_mut(&key).expect("just made")
+        ns
     }
 
     /// Namespaces first seen since the last call (at most a few dozen): the
