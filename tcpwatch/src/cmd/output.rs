@@ -70,7 +70,7 @@ impl<T: Send + 'static> Output<T> {
     /// Starts a writer on stdout: flushed per batch on a terminal or with
     /// `line_buffered`, else block-buffered and flushed every `FLUSH_EVERY`.
     /// `header` is written first; `format` appends one line of an item
-    /// (without its newline) to a batch's text.
+    /// (without its newline) to the text not yet written.
     pub fn stdout(
         header: Option<String>,
         line_buffered: bool,

@@ -1,7 +1,10 @@
 //! Which process owns a socket, from procfs the way `ss -p` does: every
 //! process's fd table, socket inode -> process. Used for listeners that
 //! predate the probe and for the census.
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use procfs::{
     net::TcpState,
@@ -61,27 +64,49 @@ pub fn socket_owners(inodes: &HashSet<u64>) -> anyhow::Result<HashMap<u64, Owner
     Ok(found)
 }
 
+/// How long the pass over threads' own fd tables may take. It runs once,
+/// at the start, before the probe is armed; a host with many private
+/// tables (or a user making them on purpose) gets it cut short, said,
+/// rather than a start delayed without bound.
+const THREAD_PASS_LIMIT: Duration = Duration::from_millis(250);
+
 /// Owners of sockets held only in a thread's own fd table (after
 /// `unshare(CLONE_FILES)`), which `/proc/PID/fd` (the leader's table) does
-/// not list: each such thread's `/proc/PID/task/TID/fd`, with the thread as
-/// the owner. Threads sharing their leader's table (`kcmp`) are skipped, so
-/// the pass costs a syscall per thread where no thread has its own table.
+/// not list: each such table's `/proc/PID/task/TID/fd`, with its first
+/// thread as the owner. A table is read once: threads sharing their
+/// leader's table, or one read already in their process, are skipped
+/// (`kcmp`), so where no thread has its own table the pass costs a
+/// listing of each process's threads and a syscall per thread.
 fn thread_table_owners(inodes: &HashSet<u64>, found: &mut HashMap<u64, Owner>) {
     let Ok(processes) = all_processes() else {
         return;
     };
+    let deadline = Instant::now() + THREAD_PASS_LIMIT;
     let wanted = found.len() + inodes.len();
     for process in processes.flatten() {
         let Ok(tasks) = process.tasks() else { continue };
+        // Threads of this process whose own tables were read.
+        let mut read: Vec<i32> = Vec::new();
         for task in tasks.flatten() {
-            if task.tid == process.pid || same_fd_table(process.pid, task.tid) {
+            if Instant::now() > deadline {
+                return cut_short();
+            }
+            if task.tid == process.pid
+                || !fd_tables_differ(process.pid, task.tid)
+                || read.iter().any(|&r| !fd_tables_differ(r, task.tid))
+            {
                 continue;
             }
+            read.push(task.tid);
             let root = format!("/proc/{}/task/{}", process.pid, task.tid).into();
             let Ok(fds) = procfs::process::Process::new_with_root(root).and_then(|t| t.fd()) else {
                 continue;
             };
             for fd in fds.flatten() {
+                // A table can hold a million fds (a readlink each).
+                if Instant::now() > deadline {
+                    return cut_short();
+                }
                 let FDTarget::Socket(inode) = fd.target else {
                     continue;
                 };
@@ -105,14 +130,21 @@ fn thread_table_owners(inodes: &HashSet<u64>, found: &mut HashMap<u64, Owner>) {
     }
 }
 
-/// Whether thread `tid` shares process `pid`'s fd table; false when the
-/// kernel cannot say (no `kcmp`), so that the thread's table is read.
-fn same_fd_table(pid: i32, tid: i32) -> bool {
+fn cut_short() {
+    tracing::warn!(
+        "owners of existing listeners: the pass over threads' own fd tables stopped after {THREAD_PASS_LIMIT:?}; listeners it did not reach show no owner"
+    );
+}
+
+/// Whether tasks `a` and `b` have different fd tables, as `kcmp` says;
+/// false when it cannot say (no `kcmp`, a task gone), so that no table is
+/// read on a guess.
+fn fd_tables_differ(a: i32, b: i32) -> bool {
     const KCMP_FILES: libc::c_long = 2;
     // SAFETY: kcmp only compares two tasks' kernel objects; no memory of
     // ours is passed.
-    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, tid, KCMP_FILES, 0, 0) };
-    r == 0
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILES, 0, 0) };
+    r == 1 || r == 2
 }
 
 /// Whether this process may list (CAP_DAC_READ_SEARCH) and read

@@ -126,7 +126,8 @@ fn formatted((y, m, d, sod, micros): (i64, i64, i64, i64, i64)) -> String {
 
 fn push_rfc3339(s: &mut Vec<u8>, unix_ns: i128) {
     const NS: u64 = 1_000_000_000;
-    // In 64 bits for any time after 1970 (128-bit division is a call).
+    // In 64 bits from 1970 to 2554, the u64 ns range (128-bit division is
+    // a call); other times in 128.
     let (secs, sub) = match u64::try_from(unix_ns) {
         Ok(ns) => (i128::from(ns / NS), ns % NS),
         Err(_) => (
@@ -381,10 +382,12 @@ fn push_ip(s: &mut Vec<u8>, ip: std::net::IpAddr) {
 }
 
 /// The states' names, each in a piece of one size (see [`line`]).
-const STATE_NAMES: [([u8; 16], usize); 13] = {
-    let mut names = [([0u8; 16], 0); 13];
+const STATE_NAMES: [([u8; 16], usize); TcpState::ALL.len()] = {
+    let mut names = [([0u8; 16], 0); TcpState::ALL.len()];
     let mut i = 0;
     while i < TcpState::ALL.len() {
+        // `push_state` indexes by the state's value less one.
+        assert!(TcpState::ALL[i] as usize == i + 1);
         let name = TcpState::ALL[i].name().as_bytes();
         let mut j = 0;
         while j < name.len() {
@@ -763,6 +766,16 @@ mod tests {
             t.error = (i % 13 == 0).then_some(b);
             if i % 17 == 0 {
                 t.owner = None;
+            } else if let Some(o) = &mut t.owner {
+                // Every length, the fast path's edges (space, `~`) and
+                // what it leaves to the escaping (DEL, quote, backslash,
+                // control and non-UTF-8 bytes).
+                const BYTES: &[u8] = b" ~azAZ09-_.\x7f\"\\\n\x01\xff\xc3\xa9";
+                let len = (r >> 48) as usize % 16;
+                let name: Vec<u8> = (0..len)
+                    .map(|k| BYTES[((r >> (k % 8 * 4)) as usize ^ k) % BYTES.len()])
+                    .collect();
+                o.comm = Comm::from_bytes(&name);
             }
             let offset = (r as i64 >> (r % 64)) as i128;
             let clock = Clock {
