@@ -145,14 +145,19 @@ fn push_rfc3339(s: &mut Vec<u8>, unix_ns: i128) {
             prefix.clear();
             let (y, m, d, sod, _) = civil(unix_ns);
             if (0..10_000).contains(&y) {
-                // Digits by hand (a test holds them to `formatted`).
+                // Digits by hand (a test holds them to `formatted`); every
+                // field is non-negative here.
                 let mut buf = *b"0000-00-00T00:00:00.";
-                put_digits(&mut buf[0..4], y);
-                put_digits(&mut buf[5..7], m);
-                put_digits(&mut buf[8..10], d);
-                put_digits(&mut buf[11..13], sod / 3600);
-                put_digits(&mut buf[14..16], sod / 60 % 60);
-                put_digits(&mut buf[17..19], sod % 60);
+                for (at, v) in [
+                    (0..4, y),
+                    (5..7, m),
+                    (8..10, d),
+                    (11..13, sod / 3600),
+                    (14..16, sod / 60 % 60),
+                    (17..19, sod % 60),
+                ] {
+                    line::write_decimal(&mut buf[at], v as u64);
+                }
                 prefix.extend_from_slice(&buf);
             } else {
                 let text = formatted((y, m, d, sod, 0));
@@ -174,14 +179,6 @@ thread_local! {
     /// microseconds.
     static SECOND: std::cell::RefCell<(Option<i128>, Vec<u8>)> =
         const { std::cell::RefCell::new((None, Vec::new())) };
-}
-
-/// The low decimal digits of `v` (0 <= v) into `out`, zero-padded.
-fn put_digits(out: &mut [u8], mut v: i64) {
-    for b in out.iter_mut().rev() {
-        *b = b'0' + (v % 10) as u8;
-        v /= 10;
-    }
 }
 
 /// Column header of the text output with address columns `width` wide.
