@@ -359,14 +359,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn block_buffered_lines_go_out_whole_in_order_and_in_big_writes() {
-        let kept = Kept::default();
-        let sink = Sink {
+    /// A block-buffered sink into `kept`, as `Output::stdout` makes one
+    /// for a file or a pipe.
+    fn block_buffered(kept: &Kept) -> Sink {
+        Sink {
             out: Box::new(io::BufWriter::with_capacity(WRITE_AT, kept.clone())),
             line_buffered: false,
             fd: None,
-        };
+        }
+    }
+
+    #[test]
+    fn block_buffered_lines_go_out_whole_in_order_and_in_big_writes() {
+        let kept = Kept::default();
+        let sink = block_buffered(&kept);
         let mut out = Output::new(sink, Some("H".into()), |n: &u32, s: &mut Vec<u8>| {
             s.extend_from_slice(n.to_string().as_bytes())
         });
@@ -405,11 +411,7 @@ mod tests {
     #[test]
     fn block_buffered_lines_reach_the_sink_on_a_quiet_host() {
         let kept = Kept::default();
-        let sink = Sink {
-            out: Box::new(io::BufWriter::with_capacity(WRITE_AT, kept.clone())),
-            line_buffered: false,
-            fd: None,
-        };
+        let sink = block_buffered(&kept);
         let mut out = Output::new(sink, None, |n: &u32, s: &mut Vec<u8>| {
             s.extend_from_slice(n.to_string().as_bytes())
         });
