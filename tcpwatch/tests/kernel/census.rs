@@ -355,3 +355,49 @@ fn states_json_equals_ss_and_the_population_with_spoofed_half_open() {
         started.elapsed()
     );
 }
+
+/// A listener held only in a thread's own fd table (which procfs's
+/// process table does not list) is found there at the start, owned by that
+/// thread: its port's connections get their owner. No root needed.
+#[test]
+fn finds_a_listener_held_only_in_a_threads_own_fd_table() {
+    use std::{collections::HashSet, os::fd::AsRawFd, os::unix::fs::MetadataExt, sync::mpsc};
+    use tcpwatch::{
+        core::model::{Comm, Owner},
+        host::owners::{listeners, socket_owners},
+    };
+    let (found_tx, found) = mpsc::channel();
+    let (done, done_rx) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("tcpw-own-fds".into())
+        .spawn(move || {
+            crate::common::private_fd_table();
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let fd = format!("/proc/thread-self/fd/{}", l.as_raw_fd());
+            let inode = std::fs::metadata(fd).unwrap().ino();
+            // SAFETY: gettid has no arguments and cannot fail.
+            let tid = unsafe { libc::gettid() } as u32;
+            found_tx
+                .send((l.local_addr().unwrap().port(), inode, tid))
+                .unwrap();
+            // Held until the test has looked.
+            let _ = done_rx.recv();
+        })
+        .unwrap();
+    let (port, inode, tid) = found.recv().unwrap();
+    // The setup: the process's own table does not list it.
+    assert!(socket_owners(&HashSet::from([inode])).unwrap().is_empty());
+    let ls = listeners().unwrap();
+    done.send(()).unwrap();
+    thread.join().unwrap();
+    let want = Owner {
+        pid: std::process::id(),
+        tid,
+        comm: Comm::from("tcpw-own-fds"),
+    };
+    assert!(
+        ls.iter()
+            .any(|(p, n, o)| *p == port && *n == 1 && *o == Some(want)),
+        "{ls:?}"
+    );
+}
