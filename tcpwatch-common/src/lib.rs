@@ -129,6 +129,12 @@ pub struct TransitionEvent {
 const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 104);
 const _: () = assert!(core::mem::align_of::<TransitionEvent>() == 8);
 
+/// Key of the bench's keyed floor (`tcpwatch floor --keyed`): network
+/// namespace and state pair.
+pub const fn floor_key(netns: u32, old: u8, new: u8) -> u64 {
+    ((netns as u64) << 16) | ((old as u64) << 8) | new as u64
+}
+
 /// Key of the listening-port map: network namespace and local port.
 pub const fn listener_key(netns: u32, port: u16) -> u64 {
     ((netns as u64) << 16) | port as u64

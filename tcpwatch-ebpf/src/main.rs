@@ -33,8 +33,8 @@ use tcpwatch_common::{
     AF_INET6, DIR_IN, DIR_OUT, EventHeader, FLAG_CAUGHT, FLAG_OWNER_KNOWN, HOOK_BTF, HOOK_CLASSIC,
     IPPROTO_MPTCP, IPPROTO_TCP, LanePos, NetSeen, PF_KTHREAD, PROG_CATCHER, PROG_MAIN, ProbeConfig,
     RECENT_SLOTS, Recent, STATS_LEN, SignalKey, SignalStats, Stats, TP_RECORD_READ, TaskComm,
-    TransitionEvent, kind, listener_key, owner_runs_transition, signal, stat, stat_index, state::*,
-    transition_id, transition_index,
+    TransitionEvent, floor_key, kind, listener_key, owner_runs_transition, signal, stat,
+    stat_index, state::*, transition_id, transition_index,
 };
 
 /// Filled in by user space before load (read-only data).
@@ -894,6 +894,46 @@ pub fn tcpwatch_floor(_ctx: BtfTracePointContext) -> i32 {
         // SAFETY: this CPU's value; the program never nests in itself on
         // one CPU (the kernel skips it instead).
         unsafe { *n += 1 };
+    }
+    0
+}
+
+/// The bench's keyed floor (`tcpwatch floor --keyed`, never loaded
+/// otherwise): the least any in-kernel aggregation costs. It reads what a
+/// count per namespace needs (protocol, namespace, the two states) and
+/// bumps that key's count in a per-CPU hash, nothing else: no port, no
+/// owner, no catcher.
+#[map]
+static FLOOR_KEYED: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// The keyed floor's last namespace seen on each CPU (see `sk_netns_seen`).
+#[map]
+static FLOOR_NET: PerCpuArray<NetSeen> = PerCpuArray::with_max_entries(1, 0);
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tcpwatch_floor_keyed(ctx: BtfTracePointContext) -> i32 {
+    let cfg = config();
+    let sk: *const u8 = ctx.arg(0);
+    // SAFETY: the BTF offset of `sk_protocol`, checked by user space and
+    // by the verifier.
+    let protocol: u16 = unsafe { field(sk, off32(&CONFIG.sk_protocol)) };
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_MPTCP {
+        return 0;
+    }
+    let Some(seen) = FLOOR_NET.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: `sk` is the hook's socket argument; `seen` is this CPU's
+    // value, this program's alone (it never nests in itself on one CPU).
+    let netns = unsafe { sk_netns_seen(sk, cfg, &mut *seen) };
+    let key = floor_key(netns, ctx.arg::<i32>(1) as u8, ctx.arg::<i32>(2) as u8);
+    match FLOOR_KEYED.get_ptr_mut(&key) {
+        // SAFETY: this CPU's value for the key, valid for the run, and no
+        // other run of this program touches it meanwhile (as above).
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = FLOOR_KEYED.insert(&key, &1, 0);
+        }
     }
     0
 }

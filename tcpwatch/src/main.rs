@@ -68,7 +68,7 @@ enum Command {
     Config(cmd::config::ConfigArgs),
     /// The bench's floor: a program on the same hook that only counts.
     #[command(hide = true)]
-    Floor,
+    Floor(cmd::floor::FloorArgs),
     /// Write man pages and shell completions into a directory (packaging).
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -282,7 +282,7 @@ fn main() -> ExitCode {
             Command::Snapshot(args) => cmd::snapshot::run(args).await,
             Command::Top(args) => cmd::top::run(args).await,
             Command::Alerts(args) => cmd::alerts::run(args).await,
-            Command::Floor => cmd::floor::run().await,
+            Command::Floor(args) => cmd::floor::run(args).await,
             Command::Generate(args) => generate(args),
         }
     });

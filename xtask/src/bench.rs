@@ -752,6 +752,16 @@ pub fn run(args: BenchArgs, root: &Path) -> anyhow::Result<()> {
             ready_wait: 0.0,
             kind: Kind::Counter,
         },
+        // The least any in-kernel aggregation costs: a count per
+        // namespace and state pair in a per-CPU hash, the socket read for
+        // its namespace, no port, owner or catcher.
+        Config {
+            name: "tcpwatch floor --keyed: count per netns and pair",
+            argv: vec![tw.clone(), "floor".into(), "--keyed".into()],
+            ready: Some("floor: attached"),
+            ready_wait: 0.0,
+            kind: Kind::Counter,
+        },
     ];
     if args.peers
         && (which("tcpstates").is_none()

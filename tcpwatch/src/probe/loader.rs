@@ -2,6 +2,7 @@
 //! into one sentence a user can act on. The only module that chooses a hook;
 //! [`crate::probe::capture`] takes the loaded object from here.
 use std::{
+    collections::BTreeMap,
     fmt, fs, io,
     path::{Path, PathBuf},
 };
@@ -691,38 +692,80 @@ fn connect_formats() -> Result<(), String> {
     layout::connect_format_matches(&read("sys_exit_connect")?).map_err(|e| e.to_string())
 }
 
-/// The bench's floor: the object's count-only program alone, attached to
-/// the hook the main program uses. Dropping it detaches it.
+/// The bench's floors: one of the object's count-only programs alone,
+/// attached to the hook the main program uses. Dropping it detaches it.
 pub struct Floor {
     ebpf: Ebpf,
+    keyed: bool,
 }
 
 impl Floor {
-    pub fn attach() -> Result<Floor, LoadError> {
-        let mut ebpf = EbpfLoader::new()
+    /// `keyed`: the count per namespace and state pair (`tcpwatch_floor_keyed`,
+    /// which reads the socket at offsets from the kernel's BTF), else the
+    /// one count of every transition (`tcpwatch_floor`).
+    pub fn attach(keyed: bool) -> Result<Floor, LoadError> {
+        let mut loader = EbpfLoader::new();
+        let config;
+        if keyed {
+            config = layout::btf_config(Path::new(BTF_PATH)).map_err(LoadError::Btf)?;
+            loader.override_global("CONFIG", &config, true);
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| LoadError::other("loading the eBPF object", e))?;
         let btf = Btf::from_sys_fs().map_err(|e| LoadError::other("reading kernel BTF", e))?;
-        let prog: &mut BtfTracePoint = program(&mut ebpf, "tcpwatch_floor")?;
+        let name = if keyed {
+            "tcpwatch_floor_keyed"
+        } else {
+            "tcpwatch_floor"
+        };
+        let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
         prog.load("inet_sock_set_state", &btf)
-            .map_err(|e| rejected("tcpwatch_floor", e, false))?;
+            .map_err(|e| rejected(name, e, false))?;
         prog.attach()
-            .map_err(|e| LoadError::other("attaching tcpwatch_floor", e))?;
-        Ok(Floor { ebpf })
+            .map_err(|e| LoadError::other(format!("attaching {name}"), e))?;
+        Ok(Floor { ebpf, keyed })
     }
 
-    /// Transitions counted so far, all CPUs.
+    /// Transitions counted so far, all CPUs (and all keys).
     pub fn counted(&self) -> Result<u64, LoadError> {
-        let map = self
-            .ebpf
-            .map("FLOOR")
-            .ok_or_else(|| LoadError::other("the eBPF object", io::Error::other("no map FLOOR")))?;
-        let counts: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map)
-            .map_err(|e| LoadError::other("the FLOOR map", e))?;
+        if self.keyed {
+            return Ok(self.keyed_counts()?.values().sum());
+        }
+        let counts: aya::maps::PerCpuArray<_, u64> =
+            aya::maps::PerCpuArray::try_from(self.map("FLOOR")?)
+                .map_err(|e| LoadError::other("the FLOOR map", e))?;
         let per_cpu = counts
             .get(&0, 0)
             .map_err(|e| LoadError::other("reading FLOOR", e))?;
         Ok(per_cpu.iter().sum())
+    }
+
+    /// The keyed floor's counts by key (`tcpwatch_common::floor_key`), all
+    /// CPUs; empty for the plain floor.
+    pub fn keyed_counts(&self) -> Result<BTreeMap<u64, u64>, LoadError> {
+        if !self.keyed {
+            return Ok(BTreeMap::new());
+        }
+        let counts: aya::maps::PerCpuHashMap<_, u64, u64> =
+            aya::maps::PerCpuHashMap::try_from(self.map("FLOOR_KEYED")?)
+                .map_err(|e| LoadError::other("the FLOOR_KEYED map", e))?;
+        counts
+            .iter()
+            .map(|kv| {
+                let (key, per_cpu) = kv.map_err(|e| LoadError::other("reading FLOOR_KEYED", e))?;
+                Ok((key, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map, LoadError> {
+        self.ebpf.map(name).ok_or_else(|| {
+            LoadError::other(
+                "the eBPF object",
+                io::Error::other(format!("no map {name}")),
+            )
+        })
     }
 }
 

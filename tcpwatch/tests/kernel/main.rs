@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod daemon;
 mod failures;
+mod floor;
 mod grafana;
 mod netns;
 mod service;
