@@ -705,7 +705,7 @@ fn issue16_targets(summary: &[Value]) -> String {
         (
             match floor {
                 Some(f) => format!(
-                    "daemon: ratio ≥ the floor's less 5 % ({f:.2} × 0.95 = {:.2})",
+                    "daemon: ratio ≥ the floor's less 5 % ({f:.3} × 0.95 = {:.3})",
                     f * 0.95
                 ),
                 None => "daemon: ratio ≥ the floor's less 5 % (no floor row)".into(),
@@ -721,9 +721,11 @@ fn issue16_targets(summary: &[Value]) -> String {
     ];
     let mut md = String::from("\n| target (issue 16) | measured | met |\n|---|---|---|\n");
     for (what, v, bound) in rows {
+        // Unrounded values are compared; three decimals shown, so a miss
+        // by less than a thousandth reads as a tie, not as a met bound.
         let (shown, met) = match (v, bound) {
-            (Some(v), Some(b)) => (format!("{v:.2}"), if v >= b { "yes" } else { "no" }),
-            (Some(v), None) => (format!("{v:.2}"), "–"),
+            (Some(v), Some(b)) => (format!("{v:.3}"), if v >= b { "yes" } else { "no" }),
+            (Some(v), None) => (format!("{v:.3}"), "–"),
             _ => ("–".into(), "–"),
         };
         md.push_str(&format!("| {what} | {shown} | {met} |\n"));
@@ -1241,18 +1243,36 @@ mod tests {
         let md = issue16_targets(&summary);
         assert!(
             md.contains(
-                "| daemon: ratio ≥ the floor's less 5 % (0.94 × 0.95 = 0.89) | 0.90 | yes |"
+                "| daemon: ratio ≥ the floor's less 5 % (0.940 × 0.95 = 0.893) | 0.900 | yes |"
             ),
             "{md}"
         );
         assert!(
-            md.contains("| trace --json: ratio to no tracer ≥ 0.80 | 0.71 | no |"),
+            md.contains("| trace --json: ratio to no tracer ≥ 0.80 | 0.710 | no |"),
+            "{md}"
+        );
+        // Just under the bound (0.93 × 0.95 = 0.8835): not met.
+        let under = [
+            json!({"config": FLOOR, "ratio": 0.93}),
+            json!({"config": "tcpwatch daemon", "ratio": 0.883}),
+        ];
+        let md = issue16_targets(&under);
+        assert!(
+            md.contains(
+                "| daemon: ratio ≥ the floor's less 5 % (0.930 × 0.95 = 0.883) | 0.883 | no |"
+            ),
+            "{md}"
+        );
+        // No daemon row: nothing measured, nothing met.
+        let md = issue16_targets(&summary[..1]);
+        assert!(
+            md.contains("| daemon: ratio ≥ the floor's less 5 % (0.940 × 0.95 = 0.893) | – | – |"),
             "{md}"
         );
         // Without a floor row the target cannot be judged: never "yes".
         let md = issue16_targets(&summary[1..]);
         assert!(
-            md.contains("| daemon: ratio ≥ the floor's less 5 % (no floor row) | 0.90 | – |"),
+            md.contains("| daemon: ratio ≥ the floor's less 5 % (no floor row) | 0.900 | – |"),
             "{md}"
         );
     }

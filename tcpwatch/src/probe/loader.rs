@@ -544,6 +544,9 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
         .map_max_entries("EVENTS", cpus)
         .map_max_entries("LANES", lane_events.max(1))
         .map_max_entries("LANE_POS", cpus)
+        // The bench's keyed floor is never loaded here: its preallocated
+        // per-CPU hash would hold 4,096 slots on every CPU for nothing.
+        .map_max_entries("FLOOR_KEYED", 1)
         .load(object)
         .map_err(|e| match e {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
@@ -742,10 +745,13 @@ impl Floor {
     }
 
     /// The keyed floor's counts by key (`tcpwatch_common::floor_key`), all
-    /// CPUs; empty for the plain floor.
+    /// CPUs.
     pub fn keyed_counts(&self) -> Result<BTreeMap<u64, u64>, LoadError> {
         if !self.keyed {
-            return Ok(BTreeMap::new());
+            return Err(LoadError::other(
+                "the plain floor",
+                io::Error::other("it counts no keys (attach it keyed)"),
+            ));
         }
         let counts: aya::maps::PerCpuHashMap<_, u64, u64> =
             aya::maps::PerCpuHashMap::try_from(self.map("FLOOR_KEYED")?)
