@@ -129,6 +129,27 @@ pub struct TransitionEvent {
 const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 104);
 const _: () = assert!(core::mem::align_of::<TransitionEvent>() == 8);
 
+/// Keys the counts-only mode's map holds (`daemon --counts-only`): about
+/// 30 per namespace (state pairs, and errors at close) for 256 namespaces.
+/// User space deletes a namespace's keys once it is gone.
+pub const COUNT_KEYS: u32 = 8192;
+
+/// Key of the counts-only mode's map: network namespace, the error a
+/// socket closed with (`sk_err` at `-> CLOSE`, else 0), and state pair.
+pub const fn count_key(netns: u32, error: u16, old: u8, new: u8) -> u64 {
+    ((netns as u64) << 32) | ((error as u64) << 16) | ((old as u64) << 8) | new as u64
+}
+
+/// The parts of a [`count_key`]: (netns, error, old, new).
+pub const fn count_key_parts(key: u64) -> (u32, u16, u8, u8) {
+    (
+        (key >> 32) as u32,
+        (key >> 16) as u16,
+        (key >> 8) as u8,
+        key as u8,
+    )
+}
+
 /// Key of the bench's keyed floor (`tcpwatch floor --keyed`): network
 /// namespace and state pair.
 pub const fn floor_key(netns: u32, old: u8, new: u8) -> u64 {
@@ -551,6 +572,20 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::offset_of;
+
+    #[test]
+    fn a_count_key_gives_back_its_parts() {
+        for (netns, error, old, new) in [
+            (0, 0, 0, 0),
+            (u32::MAX, u16::MAX, 12, 7),
+            (4026531833, 111, 2, 7),
+        ] {
+            assert_eq!(
+                count_key_parts(count_key(netns, error, old, new)),
+                (netns, error, old, new)
+            );
+        }
+    }
 
     #[test]
     fn event_layout_is_stable() {

@@ -33,7 +33,7 @@ use tcpwatch_common::{
     AF_INET6, DIR_IN, DIR_OUT, EventHeader, FLAG_CAUGHT, FLAG_OWNER_KNOWN, HOOK_BTF, HOOK_CLASSIC,
     IPPROTO_MPTCP, IPPROTO_TCP, LanePos, NetSeen, PF_KTHREAD, PROG_CATCHER, PROG_MAIN, ProbeConfig,
     RECENT_SLOTS, Recent, STATS_LEN, SignalKey, SignalStats, Stats, TP_RECORD_READ, TaskComm,
-    TransitionEvent, floor_key, kind, listener_key, owner_runs_transition, signal, stat,
+    TransitionEvent, count_key, floor_key, kind, listener_key, owner_runs_transition, signal, stat,
     stat_index, state::*, transition_id, transition_index,
 };
 
@@ -712,12 +712,19 @@ fn emit_to_ring(prog: u32, cpu: u32, cfg: &ProbeConfig, event: impl FnOnce() -> 
 /// this is a plain read-modify-write, the price of no atomics on old BPF.
 #[inline(always)]
 fn note_listener(prog: u32, t: &Transition) {
-    let key = listener_key(t.netns, t.sport);
+    note_listener_at(prog, t.netns, t.sport, t.newstate == TCP_LISTEN);
+}
+
+/// [`note_listener`] for a listen (`listen`) or a listener's close of
+/// `port` in `netns`.
+#[inline(always)]
+fn note_listener_at(prog: u32, netns: u32, port: u16, listen: bool) {
+    let key = listener_key(netns, port);
     match LISTENERS.get_ptr_mut(&key) {
         Some(n) => {
             // SAFETY: this map value, valid for the program run.
             let left = unsafe {
-                if t.newstate == TCP_LISTEN {
+                if listen {
                     *n += 1;
                 } else {
                     *n = (*n).saturating_sub(1);
@@ -728,7 +735,7 @@ fn note_listener(prog: u32, t: &Transition) {
                 let _ = LISTENERS.remove(&key);
             }
         }
-        None if t.newstate == TCP_LISTEN => {
+        None if listen => {
             if LISTENERS.insert(&key, &1, 0).is_err() {
                 bump(stat_index(prog, stat::MAP_UPDATE_FAILED));
             }
@@ -879,6 +886,93 @@ pub fn tcpwatch_catch(ctx: BtfTracePointContext) -> i32 {
     // own catcher runs were skipped (the catcher never nests in itself).
     r.top = keep;
     r.catcher_depth -= 1;
+    0
+}
+
+/// Counts-only mode (`daemon --counts-only`): per (namespace, error at
+/// close, state pair), summed per CPU. User space reads it every tick.
+/// Sized by user space: `COUNT_KEYS` in that mode, one slot otherwise.
+#[map]
+static COUNTS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(1, 0);
+
+/// The counts program's last namespace seen on each CPU (see `sk_netns_seen`).
+#[map]
+static COUNT_NET: PerCpuArray<NetSeen> = PerCpuArray::with_max_entries(1, 0);
+
+/// The counts-only mode's one program, in the main program's place and
+/// with its statistics slots: it counts each transition per namespace and
+/// pair (and per error at close) in the kernel and sends nothing. No
+/// catcher backs it: a run the kernel skips is counted by the kernel in
+/// this program's `recursion_misses`, as lost. What the daemon then lacks
+/// (owners, ports, durations, chains) is what per-event records give.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tcpwatch_count(ctx: BtfTracePointContext) -> i32 {
+    let cfg = config();
+    if cfg.hook != HOOK_BTF || !armed() {
+        return 0;
+    }
+    bump(stat_index(PROG_MAIN, stat::RUNS));
+    let sk: *const u8 = ctx.arg(0);
+    let (old, new) = (ctx.arg::<i32>(1) as u8, ctx.arg::<i32>(2) as u8);
+    // SAFETY: the BTF offset of `sk_protocol`, checked by user space and
+    // by the verifier.
+    let protocol: u16 = unsafe { field(sk, off32(&CONFIG.sk_protocol)) };
+    let Some(seen) = COUNT_NET.get_ptr_mut(0) else {
+        bump(stat_index(PROG_MAIN, stat::READ_FAILED));
+        return 0;
+    };
+    // SAFETY: `sk` is the hook's socket argument; `seen` is this CPU's
+    // value, this program's alone (it never nests in itself on one CPU).
+    let netns = unsafe { sk_netns_seen(sk, cfg, &mut *seen) };
+    if !admit(PROG_MAIN, protocol, netns, cfg) {
+        return 0;
+    }
+    match transition_index(PROG_MAIN, old, new) {
+        Some(i) => bump(i),
+        None => bump(stat_index(PROG_MAIN, stat::BAD_STATE)),
+    }
+    let mut error = 0;
+    if new == TCP_CLOSE && cfg.sk_err != 0 {
+        // SAFETY: `sk_err` is an int at this BTF offset of struct sock.
+        error = unsafe { field::<i32>(sk, off32(&CONFIG.sk_err)) } as u16;
+    }
+    if (new == TCP_LISTEN || old == TCP_LISTEN && new == TCP_CLOSE) && cfg.sk_num != 0 {
+        // The signal programs tell a server's side by its listener. A
+        // listener holds its port, so `skc_num` has it.
+        // SAFETY: `skc_num` is a u16 at this BTF offset of struct sock.
+        let port: u16 = unsafe { field(sk, off(&CONFIG.sk_num)) };
+        note_listener_at(PROG_MAIN, netns, port, new == TCP_LISTEN);
+    }
+    if old == TCP_SYN_SENT && new == TCP_CLOSE && cfg.socket_sk != 0 {
+        // For the connect() that may be returning this failure, as the
+        // main program does (`handle`).
+        let end = ConnectEnd {
+            // SAFETY: as in `read_btf`.
+            cookie: unsafe { generated::bpf_get_socket_cookie(sk as *mut c_void) },
+            had_error: u64::from(error != 0),
+        };
+        // The socket's address as a number, the connect() program's key,
+        // through the main program's slot (see `btf_args`), which is this
+        // program's alone in this mode.
+        if let Some(r) = RECENT.get_ptr_mut(0) {
+            // SAFETY: this CPU's value of a per-CPU array, valid for the run.
+            let (skaddr, _, _) = btf_args(&ctx, unsafe { &mut (*r).sk_slot[PROG_MAIN as usize] });
+            let _ = CONNECT_ENDS.insert(&skaddr, &end, 0);
+        }
+    }
+    let key = count_key(netns, error, old, new);
+    match COUNTS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's value for the key, valid for the run; no other
+        // run of this program touches it meanwhile (as above).
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            if COUNTS.insert(&key, &1, 0).is_err() {
+                // Counted per pair above, in no namespace: user space
+                // reports it as unattributed.
+                bump(stat_index(PROG_MAIN, stat::MAP_UPDATE_FAILED));
+            }
+        }
+    }
     0
 }
 

@@ -207,6 +207,7 @@ impl ProbeArgs {
             ring_bytes: probe.ring_kib.map(|k| k.saturating_mul(1024)),
             verbose: self.verbose,
             witness: probe.witness,
+            counts_only: probe.counts_only,
             #[cfg(feature = "fault-injection")]
             simulate_not_run_every: self.simulate_not_run_every.unwrap_or(0),
             ..LoadOptions::default()

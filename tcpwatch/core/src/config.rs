@@ -230,6 +230,10 @@ pub struct Probe {
     #[serde(deserialize_with = "ring_kib", skip_serializing_if = "Option::is_none")]
     pub ring_kib: Option<u32>,
     pub witness: bool,
+    /// Count transitions per namespace and pair in the kernel, and follow
+    /// no socket (the daemon only): the cost of a bare counter, without
+    /// per-port or per-process transitions, durations or chains.
+    pub counts_only: bool,
 }
 
 impl Default for Probe {
@@ -238,6 +242,7 @@ impl Default for Probe {
             hook: Hook::Auto,
             ring_kib: None,
             witness: false,
+            counts_only: false,
         }
     }
 }
@@ -465,6 +470,11 @@ hook = "auto"
 # Count tracepoint firings the kernel ran no program for (a perf counter,
 # host-wide: an audit that costs ~370 ns per transition; off by default).
 witness = false
+# Count transitions per namespace and state pair in the kernel and follow
+# no socket: about the cost of a bare counter, but no per-port or
+# per-process transitions, durations, CLOSE-WAIT ages or chain checks
+# (daemon only; needs the BTF hook; see README, "Counts-only mode").
+counts_only = false
 
 [metrics]
 enabled = true

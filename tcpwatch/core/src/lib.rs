@@ -5,7 +5,8 @@
 //!
 //! [`model`] (transitions, accounting), [`chains`] (losses named by
 //! sockets' broken chains of transitions), [`census`] (sockets and their
-//! summary), [`counters`] (the kernel's TCP MIB counters by name),
+//! summary), [`counters`] (the kernel's TCP MIB counters by name), [`counts`] (the
+//! counts-only mode's per-namespace pair counts),
 //! [`engine`] (rates, per-port and per-process activity), [`detect`]
 //! (alerts from the engine's view), [`snapshot`]
 //! (what the daemon publishes each tick), [`view`] (trace
@@ -15,6 +16,7 @@ pub mod census;
 pub mod chains;
 pub mod config;
 pub mod counters;
+pub mod counts;
 pub mod detect;
 pub mod engine;
 pub mod metrics;

@@ -20,6 +20,10 @@ use crate::{
     view::trace::Clock,
 };
 
+/// The hook label (`build_info`, recordings' headers) of the counts-only
+/// mode, from which a replay knows the mode too.
+pub const COUNTS_ONLY_HOOK: &str = "tp_btf counts-only";
+
 /// What the exposition says about the daemon itself.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Info {
@@ -38,6 +42,11 @@ pub struct Info {
     /// The Alertmanager sink's counters, where it runs.
     #[serde(default)]
     pub alertmanager: Option<SinkCounters>,
+    /// The counts-only mode: no socket is followed, so what only following
+    /// sockets gives (durations, CLOSE-WAIT ages, owners, chain breaks,
+    /// vanished sockets) is left out, never shown as zero.
+    #[serde(default)]
+    pub counts_only: bool,
 }
 
 /// What the Alertmanager sink did since the daemon started.
@@ -529,7 +538,7 @@ impl Collector for ViewCollector {
             );
         }
         port_tr.encode(&mut enc)?;
-        port_signals(&mut enc, v)?;
+        port_signals(&mut enc, v, about.counts_only)?;
         let mut proc_tr = Family::new(
             "tcpwatch_process_transitions",
             "Transitions per owning process (netns, pid, comm), busiest processes; counted since the process entered the table; an evicted process's counts move to comm=\"other\"",
@@ -563,6 +572,8 @@ impl Collector for ViewCollector {
         }
         proc_tr.encode(&mut enc)?;
 
+        // What only following sockets gives; absent in the counts-only mode.
+        let per_socket = !about.counts_only;
         for (name, help, h) in [
             (
                 "tcpwatch_connect_duration_seconds",
@@ -589,7 +600,10 @@ impl Collector for ViewCollector {
                 "Time in FIN-WAIT-2 before the peer's FIN",
                 &v.durations.fin_wait2,
             ),
-        ] {
+        ]
+        .into_iter()
+        .filter(|_| per_socket)
+        {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
             m.encode_histogram::<NoLabelSet>(h.sum_seconds(), h.count, &h.buckets(), None)?;
         }
@@ -599,24 +613,26 @@ impl Collector for ViewCollector {
             f.add(vec![], val);
             f.encode(&mut enc)
         };
-        g1(
-            "tcpwatch_close_wait_open_sockets",
-            "Sockets seen entering CLOSE-WAIT and not leaving it",
-            g,
-            Val::from(v.close_wait_open.sockets),
-        )?;
-        g1(
-            "tcpwatch_close_wait_oldest_seconds",
-            "Age of the oldest socket still in CLOSE-WAIT",
-            g,
-            Val::from(v.close_wait_open.oldest_s.unwrap_or(0.0)),
-        )?;
-        g1(
-            "tcpwatch_transitions_unattributed",
-            "Transitions whose owning process the kernel could not tell",
-            c,
-            Val::from(v.stats.unattributed),
-        )?;
+        if per_socket {
+            g1(
+                "tcpwatch_close_wait_open_sockets",
+                "Sockets seen entering CLOSE-WAIT and not leaving it",
+                g,
+                Val::from(v.close_wait_open.sockets),
+            )?;
+            g1(
+                "tcpwatch_close_wait_oldest_seconds",
+                "Age of the oldest socket still in CLOSE-WAIT",
+                g,
+                Val::from(v.close_wait_open.oldest_s.unwrap_or(0.0)),
+            )?;
+            g1(
+                "tcpwatch_transitions_unattributed",
+                "Transitions whose owning process the kernel could not tell",
+                c,
+                Val::from(v.stats.unattributed),
+            )?;
+        }
         g1(
             "tcpwatch_engine_late_transitions",
             "Transitions older than the rate windows on arrival",
@@ -665,19 +681,21 @@ impl Collector for ViewCollector {
             c,
             Val::from(v.stats.signals_unreadable),
         )?;
-        g1(
-            "tcpwatch_chain_breaks",
-            "Transitions whose old state was not the state their socket last went to: each names at least one lost transition of that socket, in the daemon's scope (ring buffer drops show here too)",
-            c,
-            Val::from(v.stats.chain_breaks),
-        )?;
-        g1(
-            "tcpwatch_sockets_vanished",
-            "Sockets followed in an open state that a census of their namespace no longer showed, with none of their later transitions seen: each names at least one lost transition (its last), in the daemon's scope",
-            c,
-            Val::from(v.stats.sockets_vanished),
-        )?;
-        if v.stats.vanish_checked_ns != 0 {
+        if per_socket {
+            g1(
+                "tcpwatch_chain_breaks",
+                "Transitions whose old state was not the state their socket last went to: each names at least one lost transition of that socket, in the daemon's scope (ring buffer drops show here too)",
+                c,
+                Val::from(v.stats.chain_breaks),
+            )?;
+            g1(
+                "tcpwatch_sockets_vanished",
+                "Sockets followed in an open state that a census of their namespace no longer showed, with none of their later transitions seen: each names at least one lost transition (its last), in the daemon's scope",
+                c,
+                Val::from(v.stats.sockets_vanished),
+            )?;
+        }
+        if per_socket && v.stats.vanish_checked_ns != 0 {
             g1(
                 "tcpwatch_vanish_checked_timestamp_seconds",
                 "Unix time before which every census has been checked for vanished sockets: a check that stops (the event loop behind) shows here",
@@ -858,7 +876,11 @@ fn split_acronyms(run: &str) -> Vec<String> {
 /// The exposition of a snapshot, in the Prometheus text format 0.0.4.
 /// Per port: resets sent and received, SYN-ACK retransmits and connect
 /// errors, for the ports of the engine's table that have any.
-fn port_signals(enc: &mut DescriptorEncoder, v: &View) -> fmt::Result {
+/// In the counts-only mode the per-port and per-process connect errors are
+/// left out: there they would hold only the connects that failed before a
+/// SYN (counted in the kernel per port and process), not those a
+/// transition carried, so their sum would fall short.
+fn port_signals(enc: &mut DescriptorEncoder, v: &View, counts_only: bool) -> fmt::Result {
     let c = MetricType::Counter;
     let mut resets = Family::new(
         "tcpwatch_port_resets",
@@ -922,6 +944,9 @@ fn port_signals(enc: &mut DescriptorEncoder, v: &View) -> fmt::Result {
     }
     resets.encode(enc)?;
     synacks.encode(enc)?;
+    if counts_only {
+        return Ok(());
+    }
     errors.encode(enc)?;
     let mut by_process = Family::new(
         "tcpwatch_process_connect_errors",

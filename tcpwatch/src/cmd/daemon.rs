@@ -57,6 +57,11 @@ pub struct DaemonArgs {
     /// Every network namespace (processes' and /run/netns), not only the daemon's.
     #[arg(long, conflicts_with = "netns")]
     all_netns: bool,
+    /// Count transitions per namespace and state pair in the kernel and
+    /// follow no socket: the cost of a bare counter, but no per-port or
+    /// per-process transitions, durations or chain checks (BTF hook only).
+    #[arg(long)]
+    counts_only: bool,
     /// One network namespace: inode, /run/netns/NAME, NAME or /proc/PID/ns/net.
     #[arg(long)]
     netns: Option<String>,
@@ -121,6 +126,9 @@ impl DaemonArgs {
         }
         if self.all_netns {
             c.daemon.netns = "all".into();
+        }
+        if self.counts_only {
+            c.probe.counts_only = true;
         }
         if let Some(n) = &self.netns {
             c.daemon.netns = n.clone();
@@ -286,28 +294,43 @@ async fn run(args: DaemonArgs, record_to: Option<PathBuf>) -> anyhow::Result<Exi
         say!("tcpwatch: wrote {lines} lines to {}", path.display());
     }
     let a = &out.accounting;
+    let witness = if a.has_witness {
+        format!(
+            "{} firings the kernel ran no program for (all namespaces)",
+            a.not_run
+        )
+    } else {
+        "no witness: firings the kernel runs no program for went uncounted".into()
+    };
     // The account in words, as trace gives it, then the machine line.
-    say!(
-        "tcpwatch: {} transitions counted in the kernel: {} delivered, {} dropped (ring buffer full), {} taken in by the engine",
-        a.counted,
-        out.delivered,
-        a.ringbuf_full,
-        out.engine_transitions
-    );
-    say!(
-        "tcpwatch: the kernel skipped the main program {} times (nested runs); the catcher handled {}; {} lost; {}",
-        a.kernel_skipped,
-        a.caught,
-        a.unrecovered,
-        if a.has_witness {
-            format!(
-                "{} firings the kernel ran no program for (all namespaces)",
-                a.not_run
-            )
-        } else {
-            "no witness: firings the kernel runs no program for went uncounted".into()
-        }
-    );
+    if out.counts_only {
+        say!(
+            "tcpwatch: {} transitions counted in the kernel: {} by namespace and pair, {} in no namespace (the count table full, or counted as their namespace's counts were deleted), {} taken in by the engine",
+            a.counted,
+            out.delivered,
+            a.counted.saturating_sub(out.delivered),
+            out.engine_transitions
+        );
+        say!(
+            "tcpwatch: the kernel skipped the counting program {} times (nested runs): {} lost (no catcher in the counts-only mode); {witness}",
+            a.kernel_skipped,
+            a.unrecovered,
+        );
+    } else {
+        say!(
+            "tcpwatch: {} transitions counted in the kernel: {} delivered, {} dropped (ring buffer full), {} taken in by the engine",
+            a.counted,
+            out.delivered,
+            a.ringbuf_full,
+            out.engine_transitions
+        );
+        say!(
+            "tcpwatch: the kernel skipped the main program {} times (nested runs); the catcher handled {}; {} lost; {witness}",
+            a.kernel_skipped,
+            a.caught,
+            a.unrecovered,
+        );
+    }
     // Breaks and vanished sockets the ring buffer's counted drops do not
     // explain (a dropped close leaves its socket to vanish): transitions
     // lost before any program counted them, in scope.

@@ -62,6 +62,7 @@ fn input_ts(i: &Input) -> u64 {
         Input::Counters(c) => c.ts_ns,
         Input::Kernel(k) => k.ts_ns,
         Input::Signals(s) => s.ts_ns,
+        Input::Counts(c) => c.ts_ns,
         Input::Tick { ts_ns } => *ts_ns,
         Input::Namespaces { ts_ns, .. } | Input::Vanished { ts_ns, .. } => *ts_ns,
     }
@@ -94,6 +95,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut engine = Engine::new(cfg);
     let info = metrics::Info {
         hook: header.hook.clone(),
+        counts_only: header.hook.as_deref() == Some(metrics::COUNTS_ONLY_HOOK),
         max_listeners: cfg.max_ports,
         ..Default::default()
     };

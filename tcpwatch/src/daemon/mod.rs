@@ -101,6 +101,8 @@ pub struct Outcome {
     pub sockets_vanished: u64,
     /// Lines written to the recording, if any.
     pub recorded: Option<(PathBuf, u64)>,
+    /// The counts-only mode: `delivered` is what the counts added up to.
+    pub counts_only: bool,
 }
 
 /// A running daemon's publishing side, handed to whoever serves snapshots.
@@ -178,14 +180,14 @@ pub async fn run(
     // cannot load leaves no empty file behind.
     let mut capture = Capture::start(&opts.probe).context("cannot start the probe")?;
     let clock = wall_clock();
-    let hook = capture.hook();
     let mut recorder = match &opts.record_to {
-        Some(path) => Some(Recorder::create(path, clock, hook.short())?),
+        Some(path) => Some(Recorder::create(path, clock, capture.short())?),
         None => None,
     };
     let mut running = opts.config.clone();
     let mut info = Info {
-        hook: Some(hook.short().into()),
+        hook: Some(capture.short().into()),
+        counts_only: capture.counts_only(),
         max_listeners: running.limits.max_ports,
         control: None,
         usage: usage::myself(),
@@ -205,7 +207,7 @@ pub async fn run(
     let control = Arc::new(ControlStats::default());
     let sink = Arc::new(crate::serve::alertmanager::SinkStats::default());
     started(Started {
-        hook: hook.to_string(),
+        hook: capture.describe(),
         snapshots: snap_rx,
         control: control.clone(),
         sink: sink.clone(),
@@ -257,6 +259,7 @@ pub async fn run(
             }
             Some((inputs, open)) = samples.recv() => {
                 seed_listeners(&mut capture, &mut seeded, &inputs);
+                let inputs = with_forgotten_counts(&mut capture, inputs)?;
                 apply(&mut engine, &mut recorder, inputs)?;
                 queue_open(&mut unchecked, open);
             }
@@ -264,6 +267,7 @@ pub async fn run(
                 // Once per interval at most: each check is a pass over
                 // every followed socket, whatever the number of censuses.
                 check_vanished(&mut capture, &mut unchecked, &mut engine, &mut recorder)?;
+                read_counts(&mut capture, &mut engine, &mut recorder)?;
                 let k = kernel_sample(&capture)?;
                 apply(&mut engine, &mut recorder, [k, Input::Tick { ts_ns: monotonic_ns() }])?;
                 if let Some(r) = &mut recorder {
@@ -284,6 +288,7 @@ pub async fn run(
     // What the census thread had sent is taken in, so the last censuses
     // follow the ones before them.
     while let Ok((inputs, open)) = samples.try_recv() {
+        let inputs = with_forgotten_counts(&mut capture, inputs)?;
         apply(&mut engine, &mut recorder, inputs)?;
         queue_open(&mut unchecked, open);
     }
@@ -307,6 +312,8 @@ pub async fn run(
     for t in &batch {
         apply_transition(&mut engine, &mut recorder, t)?;
     }
+    // Detached: the counts are final.
+    read_counts(&mut capture, &mut engine, &mut recorder)?;
     // Everything is followed now: the censuses still waiting, then the
     // two last ones, in the order they were taken.
     check_vanished(&mut capture, &mut unchecked, &mut engine, &mut recorder)?;
@@ -346,6 +353,7 @@ pub async fn run(
         chain_breaks: engine.view().stats.chain_breaks,
         sockets_vanished: engine.view().stats.sockets_vanished,
         recorded,
+        counts_only: capture.counts_only(),
     })
 }
 
@@ -695,6 +703,43 @@ fn apply(
         engine.apply(input);
     }
     Ok(())
+}
+
+/// The counts-only mode: what the kernel counted per namespace and pair
+/// since the last reading, into the engine (nothing in the per-event mode).
+fn read_counts(
+    capture: &mut Capture,
+    engine: &mut Engine,
+    recorder: &mut Option<Recorder>,
+) -> anyhow::Result<()> {
+    if let Some(c) = capture
+        .read_counts(monotonic_ns())
+        .context("reading the counts")?
+    {
+        apply(engine, recorder, [Input::Counts(c)])?;
+    }
+    Ok(())
+}
+
+/// The counts-only mode: before the engine drops the namespaces a round
+/// no longer found, their counts are read a last time and deleted from the
+/// kernel's map, so namespaces that come and go cannot fill it.
+fn with_forgotten_counts(capture: &mut Capture, inputs: Vec<Input>) -> anyhow::Result<Vec<Input>> {
+    if !capture.counts_only() {
+        return Ok(inputs);
+    }
+    let mut out = Vec::with_capacity(inputs.len() + 1);
+    for input in inputs {
+        if let Input::Namespaces { ts_ns, alive } = &input
+            && let Some(c) = capture
+                .forget_counts(*ts_ns, alive)
+                .context("deleting the counts of namespaces gone")?
+        {
+            out.push(Input::Counts(c));
+        }
+        out.push(input);
+    }
+    Ok(out)
 }
 
 fn kernel_sample(capture: &Capture) -> anyhow::Result<Input> {

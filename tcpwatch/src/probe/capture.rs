@@ -18,6 +18,7 @@ use tcpwatch_common::{
 };
 
 use tcpwatch_core::{
+    counts::CountsSample,
     model::{KernelCounters, Owner, ProgCounters, Slot, Transition, stats_slot},
     reorder::Reorder,
     sockets::{Follower, OpenPairs, Vanished},
@@ -26,6 +27,7 @@ use tcpwatch_core::{
 use crate::{
     host::owners,
     probe::{
+        counts::CountReader,
         lane::Lanes,
         loader::{self, Hook, LoadError, LoadOptions, Loaded},
         signals::SignalReader,
@@ -110,6 +112,8 @@ pub struct Capture {
     /// every delivered transition (the kernel sends the owner only where
     /// it ran the transition).
     sockets: Follower,
+    /// The counts-only mode's reader of per-namespace pair counts.
+    counts: Option<CountReader>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +175,12 @@ impl Capture {
             }
             Err(e) => tracing::warn!("owners of existing listeners unknown: {e}"),
         }
-        let main = loader::program_names(loaded.hook)[0];
+        let main = loaded.transition_programs()[0];
+        let counts = if loaded.counts_only {
+            Some(CountReader::new(&mut loaded.ebpf)?)
+        } else {
+            None
+        };
         let witness = if opts.witness {
             open_witness(&loaded, &stats)
         } else {
@@ -216,6 +225,7 @@ impl Capture {
             followed_to: 0,
             signals: Some(signals),
             sockets,
+            counts,
         })
     }
 
@@ -312,6 +322,48 @@ impl Capture {
 
     pub fn hook(&self) -> Hook {
         self.loaded.hook
+    }
+
+    /// The hook and mode in words (see `Loaded::describe`).
+    pub fn describe(&self) -> String {
+        self.loaded.describe()
+    }
+
+    /// The hook and mode as a label (see `Loaded::short`).
+    pub fn short(&self) -> &'static str {
+        self.loaded.short()
+    }
+
+    /// Whether this is the counts-only mode: no transition events, counts
+    /// per namespace and pair instead ([`read_counts`](Self::read_counts)).
+    pub fn counts_only(&self) -> bool {
+        self.counts.is_some()
+    }
+
+    /// The counts-only mode's counts since the last reading (`None` in the
+    /// per-event mode); what they add up to is counted as delivered.
+    pub fn read_counts(&mut self, ts_ns: u64) -> Result<Option<CountsSample>, CaptureError> {
+        let Some(c) = &mut self.counts else {
+            return Ok(None);
+        };
+        let sample = c.read(ts_ns)?;
+        self.delivered += sample.total();
+        Ok(Some(sample))
+    }
+
+    /// The counts-only mode: deletes the counts of namespaces not in
+    /// `alive` (sorted), giving what they counted since the last reading.
+    pub fn forget_counts(
+        &mut self,
+        ts_ns: u64,
+        alive: &[u32],
+    ) -> Result<Option<CountsSample>, CaptureError> {
+        let Some(c) = &mut self.counts else {
+            return Ok(None);
+        };
+        let sample = c.forget_outside(ts_ns, alive)?;
+        self.delivered += sample.total();
+        Ok(Some(sample))
     }
 
     /// Appends up to `max` events, waiting until there are some.
@@ -488,7 +540,8 @@ impl Capture {
         n
     }
 
-    /// Events read from the ring buffer so far.
+    /// Events read from the ring buffer so far; in the counts-only mode,
+    /// the transitions its readings of the counts added up to.
     pub fn delivered(&self) -> u64 {
         self.delivered
     }
@@ -518,7 +571,7 @@ impl Capture {
         // never handles transitions merely because the main program is
         // already gone.
         self.loaded.set_armed(false)?;
-        let main = loader::program_names(self.loaded.hook)[0];
+        let main = self.loaded.transition_programs()[0];
         self.misses_at_disarm = Some(prog_info(&self.loaded, main)?.recursion_misses);
         // The witness's last word while the programs are still attached:
         // after detaching, every firing would look like one not run.
@@ -592,7 +645,7 @@ impl Capture {
                 Slot::Stat(which) => p.stats[which as usize] = sum,
             }
         }
-        let names = loader::program_names(self.loaded.hook);
+        let names = self.loaded.transition_programs();
         let fill = |name: &'static str, p: &mut ProgCounters| -> Result<(), CaptureError> {
             let info = prog_info(&self.loaded, name)?;
             p.recursion_misses = info.recursion_misses;
@@ -663,7 +716,7 @@ fn main_runs_and_misses(
         .iter()
         .map(|s| s.slots[runs_at])
         .sum();
-    let main = loader::program_names(loaded.hook)[0];
+    let main = loaded.transition_programs()[0];
     let misses = prog_info(loaded, main)
         .map_err(io::Error::other)?
         .recursion_misses;

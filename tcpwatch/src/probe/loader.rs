@@ -75,6 +75,9 @@ pub struct LoadOptions {
     /// Count the tracepoint's firings with a perf counter beside the
     /// programs (see `crate::probe::witness`).
     pub witness: bool,
+    /// The counts-only mode: one program counts transitions per namespace
+    /// and pair in the kernel and sends no event (BTF hook only).
+    pub counts_only: bool,
 }
 
 impl Default for LoadOptions {
@@ -89,6 +92,7 @@ impl Default for LoadOptions {
             #[cfg(feature = "fault-injection")]
             simulate_not_run_every: 0,
             witness: false,
+            counts_only: false,
         }
     }
 }
@@ -215,6 +219,8 @@ pub struct ProgramSpec {
 pub enum Role {
     /// Transition events and their accounting (main program first).
     Transitions,
+    /// The counts-only mode's program, in the transition programs' place.
+    Counts,
     /// The in-kernel signal counters (resets, SYN-ACKs, early connect
     /// failures): optional, each left out where its hook is missing.
     Signals,
@@ -237,6 +243,15 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         name: "tcpwatch_catch",
         hook: Hook::Btf,
         role: Role::Transitions,
+        attach: Attach::Btf {
+            tracepoint: "inet_sock_set_state",
+        },
+        if_missing: IfMissing::Fail,
+    },
+    ProgramSpec {
+        name: "tcpwatch_count",
+        hook: Hook::Btf,
+        role: Role::Counts,
         attach: Attach::Btf {
             tracepoint: "inet_sock_set_state",
         },
@@ -306,6 +321,8 @@ pub struct Loaded {
     pub rings: Vec<RingBuf<MapData>>,
     /// The main program's lanes, if it writes to lanes (taken by the capture).
     pub lanes: Option<Lanes>,
+    /// The counts-only mode's program in place of the transition programs.
+    pub counts_only: bool,
 }
 
 enum Link {
@@ -313,16 +330,47 @@ enum Link {
     Tracepoint(TracePointLinkId),
 }
 
-/// Names of the transition programs of a hook mode, main program first.
-pub fn program_names(hook: Hook) -> Vec<&'static str> {
+/// Names of the programs that count transitions, main program first (then
+/// the catcher), or the counts-only mode's one.
+pub fn program_names(hook: Hook, counts_only: bool) -> Vec<&'static str> {
+    let role = if counts_only {
+        Role::Counts
+    } else {
+        Role::Transitions
+    };
     PROGRAMS
         .iter()
-        .filter(|p| p.hook == hook && p.role == Role::Transitions)
+        .filter(|p| p.hook == hook && p.role == role)
         .map(|p| p.name)
         .collect()
 }
 
 impl Loaded {
+    /// [`program_names`] of what is loaded.
+    pub fn transition_programs(&self) -> Vec<&'static str> {
+        program_names(self.hook, self.counts_only)
+    }
+
+    /// The hook and mode, as said at start and shown by `top` and in the
+    /// metrics' `build_info`.
+    pub fn describe(&self) -> String {
+        if self.counts_only {
+            "tp_btf/inet_sock_set_state (counts only)".into()
+        } else {
+            self.hook.to_string()
+        }
+    }
+
+    /// A short label of the hook and mode ("tp_btf", "tracepoint",
+    /// "tp_btf counts-only").
+    pub fn short(&self) -> &'static str {
+        if self.counts_only {
+            tcpwatch_core::metrics::COUNTS_ONLY_HOOK
+        } else {
+            self.hook.short()
+        }
+    }
+
     /// Lets the programs act, or stops them. Until armed they return at
     /// once, so no transition is seen by the main program before the
     /// catcher that backs it up is attached; disarmed at stop, neither acts
@@ -414,6 +462,16 @@ fn classic_config() -> Result<ProbeConfig, LoadError> {
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     if !permitted() {
         return Err(LoadError::NotPermitted);
+    }
+    if opts.counts_only {
+        // Its program reads the socket in place: the BTF hook or nothing.
+        if opts.hook == HookChoice::Classic {
+            return Err(LoadError::Usage(
+                "the counts-only mode needs the BTF hook (--hook btf or auto)".into(),
+            ));
+        }
+        let cfg = layout::btf_config(Path::new(BTF_PATH)).map_err(LoadError::Btf)?;
+        return load_hook(Hook::Btf, cfg, opts);
     }
     match opts.hook {
         HookChoice::Btf => load_hook(
@@ -522,7 +580,13 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
         .max(4096)
         .checked_next_power_of_two()
         .ok_or_else(|| LoadError::Usage(format!("ring buffer of {asked} bytes is too large")))?;
-    config.lane_slots = lane_slots(config.hook, ring_bytes);
+    // The counts-only mode sends no event: no lanes, the smallest rings.
+    config.lane_slots = if opts.counts_only {
+        0
+    } else {
+        lane_slots(config.hook, ring_bytes)
+    };
+    let ring_bytes = if opts.counts_only { 4096 } else { ring_bytes };
     let lane_events = cpus
         .checked_mul(config.lane_slots)
         .ok_or_else(|| LoadError::Usage(format!("lanes of {ring_bytes} bytes are too large")))?;
@@ -547,6 +611,14 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
         // The bench's keyed floor is never loaded here: its preallocated
         // per-CPU hash would hold 4,096 slots on every CPU for nothing.
         .map_max_entries("FLOOR_KEYED", 1)
+        .map_max_entries(
+            "COUNTS",
+            if opts.counts_only {
+                tcpwatch_common::COUNT_KEYS
+            } else {
+                1
+            },
+        )
         .load(object)
         .map_err(|e| match e {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
@@ -560,7 +632,15 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
     let mut links = Vec::new();
     let mut skipped = Vec::new();
     let mut btf = None;
-    for spec in PROGRAMS.iter().filter(|p| p.hook == hook) {
+    let wanted = |p: &&ProgramSpec| {
+        p.hook == hook
+            && match p.role {
+                Role::Transitions => !opts.counts_only,
+                Role::Counts => opts.counts_only,
+                Role::Signals => true,
+            }
+    };
+    for spec in PROGRAMS.iter().filter(wanted) {
         match attach(&mut ebpf, spec, &mut btf, opts.verbose) {
             Ok(link) => links.push((spec.name, link)),
             Err(Missing::Hook(why)) if spec.if_missing == IfMissing::Skip => {
@@ -607,6 +687,7 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
         links,
         rings,
         lanes,
+        counts_only: opts.counts_only,
     })
 }
 
@@ -882,10 +963,11 @@ mod tests {
             assert!(names.contains(&p.name), "{} not in the object", p.name);
         }
         assert_eq!(
-            program_names(Hook::Btf),
+            program_names(Hook::Btf, false),
             ["tcpwatch_main", "tcpwatch_catch"]
         );
-        assert_eq!(program_names(Hook::Classic), ["tcpwatch_classic"]);
+        assert_eq!(program_names(Hook::Classic, false), ["tcpwatch_classic"]);
+        assert_eq!(program_names(Hook::Btf, true), ["tcpwatch_count"]);
     }
 
     /// A program whose hook this kernel lacks reads as a missing hook, with

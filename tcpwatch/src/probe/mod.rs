@@ -2,6 +2,7 @@
 //! BTF layout), drains their ring buffer, reads their counters and signal
 //! counters, and counts the firings no program ran for (the witness).
 pub mod capture;
+pub mod counts;
 pub mod lane;
 pub mod layout;
 pub mod loader;

@@ -414,7 +414,13 @@ fn draw_processes(f: &mut Frame, top: &Top, area: Rect) {
                 Cell::from(cw).style(cw_style),
                 Cell::from(st("TIME-WAIT")),
                 Cell::from(rate(p.connects_per_s)),
-                Cell::from(count(p.failed)).style(if p.failed > 0 { WARN } else { Style::new() }),
+                Cell::from(p.failed.map_or("-".into(), count)).style(
+                    if p.failed.is_some_and(|n| n > 0) {
+                        WARN
+                    } else {
+                        Style::new()
+                    },
+                ),
                 Cell::from(rate(p.transitions_per_s)),
             ]);
             Row::new(cells)

@@ -6,6 +6,7 @@ mod census;
 mod churn;
 mod cli;
 mod common;
+mod counts;
 mod daemon;
 mod failures;
 mod floor;

@@ -31,6 +31,8 @@ use crate::{
     signals::{SignalDelta, SignalKind, SignalsSample},
 };
 
+pub use crate::counts::CountsSample;
+
 const NS_PER_S: u64 = 1_000_000_000;
 
 /// One census of one namespace, as the engine and recordings see it.
@@ -83,6 +85,9 @@ pub enum Input {
     Listeners(CensusSample),
     /// A reading of the probe's reset and SYN-ACK counters.
     Signals(SignalsSample),
+    /// The counts-only mode's reading of transitions per namespace and
+    /// pair (instead of `Transition`s).
+    Counts(CountsSample),
     /// The namespaces that exist now (the sampler's enumeration): every
     /// other one the engine keeps is gone and is dropped.
     Namespaces {
@@ -220,21 +225,27 @@ impl topk::Merge for Activity {
 
 impl Activity {
     fn count(&mut self, t: &Transition) {
-        self.transitions += 1;
-        *self.pairs.entry((t.old, t.new)) += 1;
-        match kind(t) {
-            Kind::Established => self.established += 1,
-            Kind::FailedConnect => self.failed_connects += 1,
-            Kind::Aborted => self.aborted += 1,
+        self.count_n(t.old, t.new, t.error, 1);
+    }
+
+    /// `n` transitions `old -> new` that closed with `error` (if any).
+    #[inline]
+    fn count_n(&mut self, old: State, new: State, error: Option<u16>, n: u64) {
+        self.transitions += n;
+        *self.pairs.entry((old, new)) += n;
+        match kind(old, new) {
+            Kind::Established => self.established += n,
+            Kind::FailedConnect => self.failed_connects += n,
+            Kind::Aborted => self.aborted += n,
             Kind::Other => {}
         }
-        if let Some(e) = t.error {
-            let errors = if t.old.raw() == TCP_SYN_SENT {
+        if let Some(e) = error {
+            let errors = if old.raw() == TCP_SYN_SENT {
                 &mut self.connect_errors
             } else {
                 &mut self.close_errors
             };
-            *errors.entry(e).or_default() += 1;
+            *errors.entry(e).or_default() += n;
         }
     }
 
@@ -271,8 +282,8 @@ enum Kind {
     Other,
 }
 
-fn kind(t: &Transition) -> Kind {
-    let (State::Known(old), State::Known(new)) = (t.old, t.new) else {
+fn kind(old: State, new: State) -> Kind {
+    let (State::Known(old), State::Known(new)) = (old, new) else {
         return Kind::Other;
     };
     match (old as u8, new as u8) {
@@ -528,6 +539,7 @@ impl Engine {
             Input::Counters(c) => self.counters(c),
             Input::Kernel(k) => self.kernel(k),
             Input::Signals(s) => self.signals(s),
+            Input::Counts(c) => self.counts(&c),
             Input::Tick { ts_ns } => self.tick(ts_ns),
             Input::Namespaces { ts_ns, alive } => self.namespaces_alive(ts_ns, &alive),
             Input::Vanished {
@@ -717,6 +729,29 @@ impl Engine {
         }
         self.durations.observe(t);
         self.follow_close_wait(t, key.port);
+    }
+
+    /// Transitions counted in the kernel per namespace and pair (the
+    /// counts-only mode): what `transition` keeps per namespace, nothing per
+    /// port, process or socket. A reading's counts fall in its second.
+    pub fn counts(&mut self, c: &CountsSample) {
+        self.tick(c.ts_ns);
+        let sec = c.ts_ns / NS_PER_S;
+        for pc in &c.counts {
+            self.stats.transitions += pc.n;
+            let ns = self.namespace(pc.netns, true);
+            ns.last_seen_ns = ns.last_seen_ns.max(c.ts_ns);
+            let pair = ns.pairs.entry((pc.old, pc.new));
+            pair.total += pc.n;
+            // A second holds far fewer than 2^32 transitions.
+            let in_window = pair
+                .window
+                .add(sec, u32::try_from(pc.n).unwrap_or(u32::MAX));
+            ns.activity.count_n(pc.old, pc.new, pc.error, pc.n);
+            if !in_window {
+                self.stats.late += pc.n;
+            }
+        }
     }
 
     fn follow_close_wait(&mut self, t: &Transition, port: u16) {

@@ -429,7 +429,7 @@ impl Top {
                         ),
                     ),
                     ("connects/s", fmt::rate(p.connects_per_s)),
-                    ("failed connects", fmt::count(p.failed)),
+                    ("failed connects", p.failed.map_or("-".into(), fmt::count)),
                     ("transitions/s", fmt::rate(p.transitions_per_s)),
                 ];
                 let listening: Vec<String> = self

@@ -74,7 +74,9 @@ pub struct ProcessRow {
     /// Its oldest CLOSE-WAIT socket seen entering that state.
     pub close_wait_oldest_s: Option<f64>,
     pub connects_per_s: Option<f64>,
-    pub failed: u64,
+    /// Failed connects since start; unknown (None) in the counts-only
+    /// mode, which follows no socket to its owner.
+    pub failed: Option<u64>,
     pub failed_per_s: Option<f64>,
     pub transitions_per_s: Option<f64>,
 }
@@ -301,7 +303,7 @@ pub fn processes(
         close_wait: 0,
         close_wait_oldest_s: None,
         connects_per_s: None,
-        failed: 0,
+        failed: (!snap.info.counts_only).then_some(0),
         failed_per_s: None,
         transitions_per_s: None,
     };
@@ -327,7 +329,11 @@ pub fn processes(
         let r = rows
             .entry((netns, Some(pid)))
             .or_insert_with(|| blank(netns, Some(pid), Some(p.key.comm.to_string())));
-        r.failed += p.activity.failed_connects;
+        // Counts-only: a process's activity holds only connects that failed
+        // before a SYN; its failures as a whole stay unknown.
+        if !snap.info.counts_only {
+            r.failed = Some(r.failed.unwrap_or(0) + p.activity.failed_connects);
+        }
         r.connects_per_s = h.rate(&Series::ProcConnects { netns, pid }, window_s);
         r.failed_per_s = h.rate(&Series::ProcFailed { netns, pid }, window_s);
         r.transitions_per_s = h.rate(&Series::ProcTransitions { netns, pid }, window_s);

@@ -409,3 +409,80 @@ fn an_ipv6_listener_is_found_as_it_is_written() {
     }
     assert_eq!(top.listeners().len(), 1, "typed as the screen shows it");
 }
+
+/// The counts-only mode: the namespace's pairs and rates come from the
+/// counts; a process's failed connects are unknown, never 0.
+#[test]
+fn counts_only_shows_pairs_and_no_per_process_zero() {
+    use crate::counts::{CountsSample, PairCount};
+    let mut e = Engine::new(EngineConfig::default());
+    let mut top = Top::new("test");
+    for sec in 1..=3u64 {
+        e.apply(census(sec * S, NS, 0, 0));
+        e.apply(Input::Counts(CountsSample {
+            ts_ns: sec * S + 1,
+            counts: vec![
+                PairCount {
+                    netns: NS,
+                    old: State::Known(Close),
+                    new: State::Known(SynSent),
+                    error: None,
+                    n: 50,
+                },
+                PairCount {
+                    netns: NS,
+                    old: State::Known(SynSent),
+                    new: State::Known(Close),
+                    error: Some(111),
+                    n: 10,
+                },
+            ],
+        }));
+        e.apply(Input::Tick { ts_ns: sec * S + 2 });
+        let info = Info {
+            counts_only: true,
+            ..Default::default()
+        };
+        top.update(
+            Arc::new(Snapshot::new(sec, Clock { offset_ns: 0 }, info, e.view())),
+            0,
+        );
+    }
+    let pairs = top.pairs();
+    let opens = pairs
+        .iter()
+        .find(|p| p.from == State::Known(Close) && p.to == State::Known(SynSent))
+        .unwrap();
+    assert_eq!(opens.total, 150);
+    let nginx = top
+        .processes()
+        .into_iter()
+        .find(|p| p.pid == Some(100))
+        .unwrap();
+    assert_eq!((nginx.sockets, nginx.failed), (4, None));
+    let v = e.view();
+    let ns = v.namespaces.iter().find(|n| n.netns == NS).unwrap();
+    assert_eq!(ns.activity.failed_connects, 30);
+    assert_eq!(ns.activity.connect_errors.get(&111), Some(&30));
+    assert!(v.processes.is_empty() && v.ports.is_empty());
+    // The exposition leaves out what only following sockets tells.
+    let text = crate::metrics::render(
+        v,
+        Clock { offset_ns: 0 },
+        &Info {
+            counts_only: true,
+            ..Default::default()
+        },
+    );
+    assert!(text.contains(&format!(
+        "tcpwatch_failed_connects_total{{netns=\"{NS}\"}} 30"
+    )));
+    for absent in [
+        "tcpwatch_connect_duration_seconds",
+        "tcpwatch_close_wait_open_sockets",
+        "tcpwatch_chain_breaks_total",
+        "tcpwatch_sockets_vanished_total",
+    ] {
+        assert!(!text.contains(absent), "{absent} in\n{text}");
+    }
+}
