@@ -961,19 +961,28 @@ pub fn tcpwatch_count(ctx: BtfTracePointContext) -> i32 {
         }
     }
     let key = count_key(netns, error, old, new);
-    match COUNTS.get_ptr_mut(&key) {
-        // SAFETY: this CPU's value for the key, valid for the run; no other
-        // run of this program touches it meanwhile (as above).
-        Some(n) => unsafe { *n += 1 },
-        None => {
-            if COUNTS.insert(&key, &1, 0).is_err() {
-                // Counted per pair above, in no namespace: user space
-                // reports it as unattributed.
-                bump(stat_index(PROG_MAIN, stat::MAP_UPDATE_FAILED));
-            }
-        }
+    if !count_in(&COUNTS, key) {
+        // Counted per pair above, in no namespace: user space reports it
+        // as unattributed.
+        bump(stat_index(PROG_MAIN, stat::MAP_UPDATE_FAILED));
     }
     0
+}
+
+/// One more for `key` in this CPU's value of a per-CPU hash; false when
+/// the key is new and the map full. The caller is the map's one program,
+/// which never nests in itself on one CPU.
+#[inline(always)]
+fn count_in(map: &PerCpuHashMap<u64, u64>, key: u64) -> bool {
+    match map.get_ptr_mut(&key) {
+        Some(n) => {
+            // SAFETY: this CPU's value for the key, valid for the run; no
+            // other run of the calling program touches it meanwhile.
+            unsafe { *n += 1 };
+            true
+        }
+        None => map.insert(&key, &1, 0).is_ok(),
+    }
 }
 
 /// The bench's floor (`tcpwatch floor`, never loaded otherwise): what any
@@ -1021,14 +1030,8 @@ pub fn tcpwatch_floor_keyed(ctx: BtfTracePointContext) -> i32 {
     // value, this program's alone (it never nests in itself on one CPU).
     let netns = unsafe { sk_netns_seen(sk, cfg, &mut *seen) };
     let key = floor_key(netns, ctx.arg::<i32>(1) as u8, ctx.arg::<i32>(2) as u8);
-    match FLOOR_KEYED.get_ptr_mut(&key) {
-        // SAFETY: this CPU's value for the key, valid for the run, and no
-        // other run of this program touches it meanwhile (as above).
-        Some(n) => unsafe { *n += 1 },
-        None => {
-            let _ = FLOOR_KEYED.insert(&key, &1, 0);
-        }
-    }
+    // A full map shows as transitions the bench finds uncounted.
+    let _ = count_in(&FLOOR_KEYED, key);
     0
 }
 
