@@ -908,10 +908,15 @@ static COUNT_NET: PerCpuArray<NetSeen> = PerCpuArray::with_max_entries(1, 0);
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcpwatch_count(ctx: BtfTracePointContext) -> i32 {
     let cfg = config();
-    if cfg.hook != HOOK_BTF || !armed() {
+    if cfg.hook != HOOK_BTF {
         return 0;
     }
+    // Every run, armed or not, as the main program counts them: the
+    // witness compares this with the tracepoint's firings.
     bump(stat_index(PROG_MAIN, stat::RUNS));
+    if !armed() {
+        return 0;
+    }
     let sk: *const u8 = ctx.arg(0);
     let (old, new) = (ctx.arg::<i32>(1) as u8, ctx.arg::<i32>(2) as u8);
     // SAFETY: the BTF offset of `sk_protocol`, checked by user space and
@@ -936,11 +941,24 @@ pub fn tcpwatch_count(ctx: BtfTracePointContext) -> i32 {
         // SAFETY: `sk_err` is an int at this BTF offset of struct sock.
         error = unsafe { field::<i32>(sk, off32(&CONFIG.sk_err)) } as u16;
     }
-    if (new == TCP_LISTEN || old == TCP_LISTEN && new == TCP_CLOSE) && cfg.sk_num != 0 {
+    if new == TCP_LISTEN || old == TCP_LISTEN && new == TCP_CLOSE {
         // The signal programs tell a server's side by its listener. A
-        // listener holds its port, so `skc_num` has it.
-        // SAFETY: `skc_num` is a u16 at this BTF offset of struct sock.
-        let port: u16 = unsafe { field(sk, off(&CONFIG.sk_num)) };
+        // listener bound to port 0 has released it by its close, so the
+        // port is read as `read_btf` reads it.
+        let num: u16 = if cfg.sk_num != 0 {
+            // SAFETY: `skc_num` is a u16 at this BTF offset of struct sock.
+            unsafe { field(sk, off(&CONFIG.sk_num)) }
+        } else {
+            0
+        };
+        // SAFETY (`tcp_local_port`): `sk` is the hook's socket argument.
+        let port = match (num, unsafe { tcp_local_port(sk) }) {
+            (0, Some(port)) => port,
+            (0, None) => count_skaddr(&ctx)
+                .and_then(|a| read_kernel::<u16>(PROG_MAIN, a + cfg.inet_sport as u64))
+                .map_or(0, u16::from_be),
+            (num, _) => num,
+        };
         note_listener_at(PROG_MAIN, netns, port, new == TCP_LISTEN);
     }
     if old == TCP_SYN_SENT && new == TCP_CLOSE && cfg.socket_sk != 0 {
@@ -951,12 +969,8 @@ pub fn tcpwatch_count(ctx: BtfTracePointContext) -> i32 {
             cookie: unsafe { generated::bpf_get_socket_cookie(sk as *mut c_void) },
             had_error: u64::from(error != 0),
         };
-        // The socket's address as a number, the connect() program's key,
-        // through the main program's slot (see `btf_args`), which is this
-        // program's alone in this mode.
-        if let Some(r) = RECENT.get_ptr_mut(0) {
-            // SAFETY: this CPU's value of a per-CPU array, valid for the run.
-            let (skaddr, _, _) = btf_args(&ctx, unsafe { &mut (*r).sk_slot[PROG_MAIN as usize] });
+        // The connect() program's key: the socket's address.
+        if let Some(skaddr) = count_skaddr(&ctx) {
             let _ = CONNECT_ENDS.insert(&skaddr, &end, 0);
         }
     }
@@ -967,6 +981,15 @@ pub fn tcpwatch_count(ctx: BtfTracePointContext) -> i32 {
         bump(stat_index(PROG_MAIN, stat::MAP_UPDATE_FAILED));
     }
     0
+}
+
+/// The socket's address as a number (see `btf_args`), through the main
+/// program's slot, which is the counts program's alone in its mode.
+#[inline(always)]
+fn count_skaddr(ctx: &BtfTracePointContext) -> Option<u64> {
+    let r = RECENT.get_ptr_mut(0)?;
+    // SAFETY: this CPU's value of a per-CPU array, valid for the run.
+    Some(btf_args(ctx, unsafe { &mut (*r).sk_slot[PROG_MAIN as usize] }).0)
 }
 
 /// One more for `key` in this CPU's value of a per-CPU hash; false when

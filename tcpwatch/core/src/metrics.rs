@@ -713,7 +713,7 @@ impl Collector for ViewCollector {
             )?;
             g1(
                 "tcpwatch_events_delivered",
-                "Transition events read from the ring buffer",
+                "Transition events read from the ring buffer (counts-only mode: transitions read from the kernel's counts per namespace and pair)",
                 c,
                 Val::from(k.delivered),
             )?;

@@ -731,8 +731,10 @@ fn with_forgotten_counts(capture: &mut Capture, inputs: Vec<Input>) -> anyhow::R
     let mut out = Vec::with_capacity(inputs.len() + 1);
     for input in inputs {
         if let Input::Namespaces { ts_ns, alive } = &input
+            // Stamped just before the round, or the engine would take the
+            // reading for a sign of life and keep the namespace a round more.
             && let Some(c) = capture
-                .forget_counts(*ts_ns, alive)
+                .forget_counts(ts_ns.saturating_sub(1), alive)
                 .context("deleting the counts of namespaces gone")?
         {
             out.push(Input::Counts(c));

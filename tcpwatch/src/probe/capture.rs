@@ -351,6 +351,11 @@ impl Capture {
         Ok(Some(sample))
     }
 
+    /// The counts-only mode: keys the kernel's count table holds now.
+    pub fn count_keys(&self) -> Result<Option<usize>, CaptureError> {
+        self.counts.as_ref().map(CountReader::keys).transpose()
+    }
+
     /// The counts-only mode: deletes the counts of namespaces not in
     /// `alive` (sorted), giving what they counted since the last reading.
     pub fn forget_counts(

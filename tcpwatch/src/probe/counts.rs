@@ -35,6 +35,14 @@ impl CountReader {
         Ok(self.deltas.update(ts_ns, totals))
     }
 
+    /// Keys the kernel's map holds now.
+    pub fn keys(&self) -> Result<usize, CaptureError> {
+        self.counts
+            .keys()
+            .try_fold(0, |n, k| k.map(|_| n + 1))
+            .map_err(|e| CaptureError::Map("COUNTS", e))
+    }
+
     /// Deletes the keys of namespaces not in `alive` (sorted), each read a
     /// last time just before: what they counted since the last reading. A
     /// transition that lands between that read and the delete is not

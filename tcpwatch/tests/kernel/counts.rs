@@ -66,10 +66,12 @@ fn counts_of_a_namespace_gone_are_deleted_and_count_again_from_zero() {
         );
 
         // Gone from the enumeration: read a last time (nothing new), and
-        // deleted in the kernel, so the next connects count from zero. Had
-        // the keys stayed, this reading would say 7 + 3, not 3.
+        // deleted in the kernel (the probe counts only this namespace), so
+        // the next connects count from zero.
+        assert_eq!(cap.count_keys().unwrap(), Some(2));
         let s = cap.forget_counts(4, &[]).unwrap().unwrap();
         assert!(s.counts.is_empty(), "{s:?}");
+        assert_eq!(cap.count_keys().unwrap(), Some(0), "deleted in the kernel");
         ns.run(|| refused(3));
         assert_eq!(
             by_pair(&cap.read_counts(5).unwrap().unwrap(), ino),

@@ -271,13 +271,17 @@ pub fn listeners(
                 syn_recv: l.syn_recv,
                 backlog: l.backlog,
                 accept_queue: l.accept_queue,
-                accepted_per_s: h.rate(
-                    &Series::Accepted {
-                        netns: ns.netns,
-                        port: l.port,
-                    },
-                    window_s,
-                ),
+                // Counts-only: a port's entry holds only its resets and
+                // SYN-ACKs, so its accepts are unknown, not 0.
+                accepted_per_s: h
+                    .rate(
+                        &Series::Accepted {
+                            netns: ns.netns,
+                            port: l.port,
+                        },
+                        window_s,
+                    )
+                    .filter(|_| !snap.info.counts_only),
                 states: l.states.clone(),
             });
         }
@@ -330,10 +334,11 @@ pub fn processes(
             .entry((netns, Some(pid)))
             .or_insert_with(|| blank(netns, Some(pid), Some(p.key.comm.to_string())));
         // Counts-only: a process's activity holds only connects that failed
-        // before a SYN; its failures as a whole stay unknown.
-        if !snap.info.counts_only {
-            r.failed = Some(r.failed.unwrap_or(0) + p.activity.failed_connects);
+        // before a SYN; its connects and transitions stay unknown.
+        if snap.info.counts_only {
+            continue;
         }
+        r.failed = Some(r.failed.unwrap_or(0) + p.activity.failed_connects);
         r.connects_per_s = h.rate(&Series::ProcConnects { netns, pid }, window_s);
         r.failed_per_s = h.rate(&Series::ProcFailed { netns, pid }, window_s);
         r.transitions_per_s = h.rate(&Series::ProcTransitions { netns, pid }, window_s);
