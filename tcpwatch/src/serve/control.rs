@@ -165,22 +165,14 @@ type Users = Arc<Mutex<HashMap<u32, usize>>>;
 /// The JSON of the latest snapshot, by its seq: encoded once per tick
 /// whatever the number of clients.
 #[derive(Clone, Default)]
-struct Encoded(Arc<Mutex<Option<(u64, Bytes)>>>);
+struct Encoded(super::Rendered);
 
 impl Encoded {
     /// The frame of a snapshot reply (as `Reply::Snapshot` serializes).
     fn frame(&self, snapshot: &Snapshot, missed: u64) -> anyhow::Result<Bytes> {
-        let json = {
-            let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            match &*cache {
-                Some((seq, json)) if *seq == snapshot.seq => json.clone(),
-                _ => {
-                    let json = Bytes::from(serde_json::to_vec(snapshot)?);
-                    *cache = Some((snapshot.seq, json.clone()));
-                    json
-                }
-            }
-        };
+        let json = self.0.get(snapshot.seq, || {
+            serde_json::to_vec(snapshot).map(Bytes::from)
+        })?;
         let head = format!(r#"{{"type":"snapshot","body":{{"missed":{missed},"snapshot":"#);
         let mut frame = Vec::with_capacity(head.len() + json.len() + 2);
         frame.extend_from_slice(head.as_bytes());

@@ -1,6 +1,7 @@
 //! The metrics HTTP endpoint, on a thread and runtime of its own: the
-//! exposition is rendered once per published snapshot, off the thread that
-//! drains the ring buffer, and every scrape is served that cached text. It
+//! exposition of the latest snapshot is rendered by the first scrape that
+//! asks for it, off the thread that drains the ring buffer, and every
+//! scrape until the next snapshot is served that cached text. It
 //! listens on a socket of a root daemon, so no client can hold it: a
 //! bounded number of connections, of requests per connection and of time
 //! to send headers, and when the slots are full an idle connection (no
@@ -69,31 +70,22 @@ pub fn spawn(
     })
 }
 
-/// One rendering per snapshot, shared by every scrape until the next.
-async fn render_each(mut snapshots: watch::Receiver<Arc<Snapshot>>, cache: watch::Sender<Bytes>) {
-    loop {
-        let snap = snapshots.borrow_and_update().clone();
-        cache.send_replace(Bytes::from(render_snapshot(snap)));
-        if snapshots.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 async fn serve(listener: tokio::net::TcpListener, snapshots: watch::Receiver<Arc<Snapshot>>) {
-    let (cache_tx, cache) = watch::channel(Bytes::new());
     let slots = Slots::default();
+    let mut closed = snapshots.clone();
     tokio::select! {
-        _ = render_each(snapshots, cache_tx) => {}
-        _ = accept_loop(&listener, &slots, cache) => {}
+        _ = accept_loop(&listener, &slots, snapshots) => {}
+        // The daemon is stopping.
+        _ = async { while closed.changed().await.is_ok() {} } => {}
     }
 }
 
 async fn accept_loop(
     listener: &tokio::net::TcpListener,
     slots: &Slots,
-    cache: watch::Receiver<Bytes>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
 ) {
+    let rendered = super::Rendered::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -109,16 +101,15 @@ async fn accept_loop(
             tracing::debug!(%peer, ?key, "metrics: no slot this peer may take, refusing it");
             continue;
         };
-        tokio::spawn(connection(stream, peer, slot, cache.clone()));
+        let latest = Latest {
+            snapshots: snapshots.clone(),
+            rendered: rendered.clone(),
+        };
+        tokio::spawn(connection(stream, peer, slot, latest));
     }
 }
 
-async fn connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    slot: Slot,
-    cache: watch::Receiver<Bytes>,
-) {
+async fn connection(stream: tokio::net::TcpStream, peer: SocketAddr, slot: Slot, latest: Latest) {
     use http_body_util::Full;
     use hyper::{Method, Request, Response, StatusCode, service::service_fn};
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -135,7 +126,7 @@ async fn connection(
                     "content-type",
                     prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
                 );
-                (ok, cache.borrow().clone())
+                (ok, latest.exposition())
             } else {
                 let not_found = Response::builder().status(StatusCode::NOT_FOUND);
                 (not_found, Bytes::from_static(b"tcpwatch: try /metrics\n"))
@@ -163,6 +154,26 @@ async fn connection(
             }
         }
         _ = slot.evicted() => tracing::debug!(%peer, "metrics: idle connection evicted for a new one"),
+    }
+}
+
+/// The exposition of the latest snapshot, rendered by the first scrape
+/// that asks for it: a rendering slower than the tick then delays scrapes
+/// by one rendering, never starves them (rendering each snapshot as it was
+/// published did, in an emulated guest).
+struct Latest {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    rendered: super::Rendered,
+}
+
+impl Latest {
+    fn exposition(&self) -> Bytes {
+        let snap = self.snapshots.borrow().clone();
+        self.rendered
+            .get(snap.seq, || {
+                Ok::<_, std::convert::Infallible>(Bytes::from(render_snapshot(snap)))
+            })
+            .unwrap_or_else(|never| match never {})
     }
 }
 
@@ -374,6 +385,49 @@ fn held(slots: &Slots) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One `GET /metrics` over a real socket: the whole response.
+    fn get(addr: SocketAddr) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    #[test]
+    fn scrapes_read_the_latest_snapshot_and_serving_ends_with_the_daemon() {
+        use tcpwatch_core::{
+            engine::{Engine, EngineConfig},
+            metrics::Info,
+            view::trace::Clock,
+        };
+        let snap = |seq, hook: &str| {
+            let info = Info {
+                hook: Some(hook.into()),
+                ..Info::default()
+            };
+            let view = Engine::new(EngineConfig::default()).view();
+            Arc::new(Snapshot::new(seq, Clock { offset_ns: 0 }, info, view))
+        };
+        let (tx, rx) = watch::channel(snap(0, "first"));
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let thread = spawn(listener, rx).unwrap();
+        let first = get(addr);
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        assert!(first.contains(r#"hook="first""#), "{first}");
+        tx.send_replace(snap(1, "second"));
+        let second = get(addr);
+        assert!(second.contains(r#"hook="second""#), "{second}");
+        assert!(!second.contains(r#"hook="first""#), "{second}");
+        // The daemon stopping (its sender dropped) ends the thread.
+        drop(tx);
+        thread.join().unwrap();
+    }
 
     #[test]
     fn remote_ipv6_peers_share_per_64_and_v4_stays_whole() {

@@ -196,8 +196,40 @@ impl Daemon {
             .arg(format!("http://{}/metrics", self.addr))
             .output()
             .unwrap();
-        assert!(out.status.success(), "curl: {out:?}\n{}", self.stderr);
+        assert!(
+            out.status.success(),
+            "curl: {out:?}\n{}\nthe daemon's threads:\n{}",
+            self.all_stderr(),
+            self.threads()
+        );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Each of its threads: name, state, user and system CPU (ticks) and
+    /// where it waits, for a failure's message (which one was busy?).
+    fn threads(&self) -> String {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id()));
+        let mut out = String::new();
+        for task in tasks.into_iter().flatten().flatten() {
+            let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+            let stat = read("stat");
+            // After the ")" closing the name: state is field 3, utime 14, stime 15.
+            let f: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace()
+                .collect();
+            let field = |n: usize| f.get(n - 3).copied().unwrap_or("?");
+            out += &format!(
+                "{} {} utime={} stime={} wchan={}\n",
+                read("comm").trim(),
+                field(3),
+                field(14),
+                field(15),
+                read("wchan")
+            );
+        }
+        out
     }
 
     fn rss_kib(&self) -> u64 {
