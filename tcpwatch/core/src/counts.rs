@@ -2,12 +2,10 @@
 //! kernel counted per namespace, state pair and error at close, read as
 //! what changed since the previous reading of the probe's cumulative
 //! per-key totals. Nothing per socket: no owner, port or time in state.
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 use tcpwatch_common::count_key_parts;
 
-use crate::model::State;
+use crate::{model::State, totals::Totals};
 
 /// Transitions of one (namespace, pair, error) since the previous reading.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,13 +37,12 @@ impl CountsSample {
 /// The previous reading of every key (as many as the probe's map holds).
 #[derive(Debug, Default)]
 pub struct Deltas {
-    last: HashMap<u64, u64>,
+    last: Totals<u64>,
 }
 
 impl Deltas {
     /// What changed since the previous call, from the probe's cumulative
-    /// per-key totals (`tcpwatch_common::count_key`), in key order. A key
-    /// seen for the first time counts from zero.
+    /// per-key totals (`tcpwatch_common::count_key`), in key order.
     pub fn update(
         &mut self,
         ts_ns: u64,
@@ -54,9 +51,7 @@ impl Deltas {
         let mut changed: Vec<(u64, u64)> = totals
             .into_iter()
             .filter_map(|(key, total)| {
-                let before = self.last.insert(key, total).unwrap_or(0);
-                // The probe's totals only grow while their key lives.
-                let n = total.saturating_sub(before);
+                let n = self.last.change(key, total);
                 (n > 0).then_some((key, n))
             })
             .collect();
@@ -82,7 +77,7 @@ impl Deltas {
     /// The key was deleted from the probe's map: should it come back, it
     /// counts from zero.
     pub fn forget(&mut self, key: u64) {
-        self.last.remove(&key);
+        self.last.forget(&key);
     }
 
     /// Keys whose namespace is not in `alive` (sorted), nor 0 (unreadable).

@@ -27,4 +27,5 @@ pub mod reorder;
 pub mod signals;
 pub mod snapshot;
 pub mod sockets;
+pub mod totals;
 pub mod view;

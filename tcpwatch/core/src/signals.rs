@@ -2,12 +2,10 @@
 //! retransmits) as the engine takes them: the probe keeps a cumulative
 //! count per key, the daemon reads them every interval, and [`Deltas`]
 //! turns each reading into what changed since the last.
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 use tcpwatch_common::{DIR_OUT, SignalKey, signal};
 
-use crate::{engine::Direction, model::Comm};
+use crate::{engine::Direction, model::Comm, totals::Totals};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -73,13 +71,12 @@ pub struct SignalsSample {
 /// The previous reading of every key (as many as the probe's map holds).
 #[derive(Debug, Default)]
 pub struct Deltas {
-    last: HashMap<SignalKey, u64>,
+    last: Totals<SignalKey>,
 }
 
 impl Deltas {
     /// What changed since the previous call, from the probe's cumulative
-    /// totals. Keys of unknown kinds are skipped; a total that went down
-    /// (never, as the probe never deletes) counts from zero.
+    /// totals. Keys of unknown kinds are skipped.
     pub fn update(
         &mut self,
         totals: impl IntoIterator<Item = (SignalKey, u64)>,
@@ -89,12 +86,7 @@ impl Deltas {
             let Some(kind) = SignalKind::from_raw(key.kind) else {
                 continue;
             };
-            let before = self.last.insert(key, total).unwrap_or(0);
-            let count = if total >= before {
-                total - before
-            } else {
-                total
-            };
+            let count = self.last.change(key, total);
             if count == 0 {
                 continue;
             }

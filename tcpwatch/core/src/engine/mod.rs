@@ -387,6 +387,16 @@ impl Default for Namespace {
 }
 
 impl Namespace {
+    /// `n` transitions of `pair` at `ts_ns`, in second `sec`; false when
+    /// that second is no longer in the window (the caller counts them late).
+    fn count_pair(&mut self, pair: (State, State), n: u64, ts_ns: u64, sec: u64) -> bool {
+        self.last_seen_ns = self.last_seen_ns.max(ts_ns);
+        let p = self.pairs.entry(pair);
+        p.total += n;
+        // A second holds far fewer than 2^32 transitions.
+        p.window.add(sec, u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
     /// Takes in an evicted namespace's transitions (as `other` does), so
     /// the totals over all namespaces never go down.
     fn absorb(&mut self, gone: &Namespace) {
@@ -672,10 +682,7 @@ impl Engine {
         let (old, new) = (t.old.raw(), t.new.raw());
 
         let ns = self.namespace(netns, true);
-        ns.last_seen_ns = ns.last_seen_ns.max(t.ts_ns);
-        let pair = ns.pairs.entry((t.old, t.new));
-        pair.total += 1;
-        let in_window = pair.window.add(sec, 1);
+        let in_window = ns.count_pair((t.old, t.new), 1, t.ts_ns, sec);
         ns.activity.count(t);
         if new == TCP_LISTEN {
             ns.set_listening(t.local.port(), true);
@@ -740,13 +747,7 @@ impl Engine {
         for pc in &c.counts {
             self.stats.transitions += pc.n;
             let ns = self.namespace(pc.netns, true);
-            ns.last_seen_ns = ns.last_seen_ns.max(c.ts_ns);
-            let pair = ns.pairs.entry((pc.old, pc.new));
-            pair.total += pc.n;
-            // A second holds far fewer than 2^32 transitions.
-            let in_window = pair
-                .window
-                .add(sec, u32::try_from(pc.n).unwrap_or(u32::MAX));
+            let in_window = ns.count_pair((pc.old, pc.new), pc.n, c.ts_ns, sec);
             ns.activity.count_n(pc.old, pc.new, pc.error, pc.n);
             if !in_window {
                 self.stats.late += pc.n;
