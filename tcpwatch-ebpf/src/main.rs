@@ -283,26 +283,8 @@ fn read_btf(
     }
     let ts_ns = now_ns();
     let family: u16 = unsafe { field(sk, off(&CONFIG.sk_family)) };
-    // The local port: `skc_num` in place while the socket holds its port
-    // (it is then `inet_sport`, which the classic tracepoint reads). When
-    // 0 (no port yet, or released just before `-> CLOSE`, where
-    // `inet_sport` keeps it), `inet_sport` through the socket seen as a
-    // `struct tcp_sock` (a helper call, the cast), or a helper read for
-    // MPTCP's own socket, which is no tcp_sock (NULL there).
-    let num: u16 = if cfg.sk_num != 0 {
-        unsafe { field(sk, off(&CONFIG.sk_num)) }
-    } else {
-        0
-    };
-    let sport = if num != 0 {
-        num
-    } else {
-        // SAFETY: `sk` is the hook's socket argument.
-        match unsafe { tcp_local_port(sk) } {
-            Some(port) => port,
-            None => u16::from_be(read_kernel(prog, skaddr + cfg.inet_sport as u64).unwrap_or(0)),
-        }
-    };
+    // SAFETY: `sk` is the hook's socket argument, at `skaddr`.
+    let sport = unsafe { local_port(prog, sk, cfg, || Some(skaddr)) };
     let dport: u16 = unsafe { field(sk, off(&CONFIG.sk_dport)) };
     let mut t = Transition {
         skaddr,
@@ -945,20 +927,8 @@ pub fn tcpwatch_count(ctx: BtfTracePointContext) -> i32 {
         // The signal programs tell a server's side by its listener. A
         // listener bound to port 0 has released it by its close, so the
         // port is read as `read_btf` reads it.
-        let num: u16 = if cfg.sk_num != 0 {
-            // SAFETY: `skc_num` is a u16 at this BTF offset of struct sock.
-            unsafe { field(sk, off(&CONFIG.sk_num)) }
-        } else {
-            0
-        };
-        // SAFETY (`tcp_local_port`): `sk` is the hook's socket argument.
-        let port = match (num, unsafe { tcp_local_port(sk) }) {
-            (0, Some(port)) => port,
-            (0, None) => count_skaddr(&ctx)
-                .and_then(|a| read_kernel::<u16>(PROG_MAIN, a + cfg.inet_sport as u64))
-                .map_or(0, u16::from_be),
-            (num, _) => num,
-        };
+        // SAFETY: `sk` is the hook's socket argument, at `count_skaddr`.
+        let port = unsafe { local_port(PROG_MAIN, sk, cfg, || count_skaddr(&ctx)) };
         note_listener_at(PROG_MAIN, netns, port, new == TCP_LISTEN);
     }
     if old == TCP_SYN_SENT && new == TCP_CLOSE && cfg.socket_sk != 0 {
@@ -1208,6 +1178,41 @@ unsafe fn sk_netns_seen(sk: *const u8, cfg: &ProbeConfig, seen: &mut NetSeen) ->
             seen.inum = u64::from(net_inum(net));
         }
         seen.inum as u32
+    }
+}
+
+/// The local port of a socket in a transition: `skc_num` in place while
+/// the socket holds its port (it is then `inet_sport`, which the classic
+/// tracepoint reads). When 0 (no port yet, or released just before
+/// `-> CLOSE`, where `inet_sport` keeps it), `inet_sport` through the
+/// socket seen as a `struct tcp_sock` (a helper call, the cast), or a
+/// helper read at its address (`skaddr`, asked only then) for MPTCP's own
+/// socket, which is no tcp_sock.
+///
+/// # Safety
+/// As `sk_netns`; `skaddr` gives `sk`'s address.
+#[inline(always)]
+unsafe fn local_port(
+    prog: u32,
+    sk: *const u8,
+    cfg: &ProbeConfig,
+    skaddr: impl FnOnce() -> Option<u64>,
+) -> u16 {
+    let num: u16 = if cfg.sk_num != 0 {
+        // SAFETY: `skc_num` is a u16 at this BTF offset of struct sock.
+        unsafe { field(sk, off(&CONFIG.sk_num)) }
+    } else {
+        0
+    };
+    if num != 0 {
+        return num;
+    }
+    // SAFETY: as this function's.
+    match unsafe { tcp_local_port(sk) } {
+        Some(port) => port,
+        None => skaddr()
+            .and_then(|a| read_kernel::<u16>(prog, a + cfg.inet_sport as u64))
+            .map_or(0, u16::from_be),
     }
 }
 
