@@ -25,9 +25,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_buf, generated,
     },
-    macros::{btf_map, btf_tracepoint, map, tracepoint},
+    macros::{btf_map, btf_tracepoint, fexit, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, FExitContext, TracePointContext},
 };
 use tcpwatch_common::{
     AF_INET6, DIR_IN, DIR_OUT, EventHeader, FLAG_CAUGHT, FLAG_OWNER_KNOWN, HOOK_BTF, HOOK_CLASSIC,
@@ -1414,11 +1414,17 @@ fn socket_of_fd(cfg: &ProbeConfig, fd: u64) -> Option<u64> {
     (sk != 0).then_some(sk)
 }
 
+/// Not failures of a connect(): in progress (non-blocking, or interrupted
+/// and going on in the background), already connected; and not TCP's at
+/// all: a bad fd or one that is no socket.
+const CONNECT_NOT_FAILED: [i64; 6] = [-115, -114, -4, -106, -9, -88];
+
 /// `syscalls:sys_exit_connect(ret)`: a TCP connect() that failed, when no
 /// transition carried its error. Only the return value is read on the way
 /// out of every connect(); a failure reads the call's arguments back from
 /// the task's saved registers (a program at the syscall's entry too cost
-/// ~1 us per connect() here, most of it a hash update).
+/// ~1 us per connect() here, most of it a hash update). Where the kernel
+/// allows fexit, `tcpwatch_connect_fexit` is attached instead.
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn tcpwatch_connect_exit(ctx: TracePointContext) -> u32 {
     let cfg = config();
@@ -1431,11 +1437,7 @@ pub fn tcpwatch_connect_exit(ctx: TracePointContext) -> u32 {
     // bounds); no helper call on the way out of every connect().
     let ret: i64 =
         unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(SYS_RET).cast()) };
-    // Not failures: in progress (non-blocking, or interrupted and going on
-    // in the background), already connected; and not TCP's at all: a bad
-    // fd or one that is no socket.
-    const NOT_FAILED: [i64; 6] = [-115, -114, -4, -106, -9, -88];
-    if ret >= 0 || NOT_FAILED.contains(&ret) || !armed() {
+    if ret >= 0 || CONNECT_NOT_FAILED.contains(&ret) || !armed() {
         return 0;
     }
     // SAFETY: helpers without preconditions; the task is the current one.
@@ -1451,9 +1453,52 @@ pub fn tcpwatch_connect_exit(ctx: TracePointContext) -> u32 {
         signal_stat(true, signal::CONNECT_FAILED);
         return 0;
     };
+    connect_failed(cfg, sk, ret, || {
+        // The destination's port: byte 2 of sockaddr_in and sockaddr_in6.
+        // SAFETY: a checked read of the caller's own memory.
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user((uaddr + 2) as *const u16) }.unwrap_or(0)
+    });
+    0
+}
+
+/// fexit on `inet_stream_connect(sock, uaddr, addr_len, flags)`, the TCP
+/// (and MPTCP) connect of every caller: what `tcpwatch_connect_exit` does,
+/// run per connect() only (a program on a syscall tracepoint sends every
+/// system call of every task through the kernel's tracing path), with the
+/// socket and the kernel's copy of the address as arguments.
+#[fexit(function = "inet_stream_connect")]
+pub fn tcpwatch_connect_fexit(ctx: FExitContext) -> u32 {
+    let cfg = config();
+    if cfg.hook != HOOK_BTF || cfg.socket_sk == 0 {
+        return 0;
+    }
+    // The return value follows the four arguments; an int, so its low 32
+    // bits (read from the context, not with bpf_get_func_ret: 5.17+).
+    let ret = i64::from(ctx.arg::<u64>(4) as u32 as i32);
+    if ret >= 0 || CONNECT_NOT_FAILED.contains(&ret) || !armed() {
+        return 0;
+    }
+    let (sock, uaddr): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    let Some(sk) = read_kernel_quiet::<u64>(sock + cfg.socket_sk as u64).filter(|&sk| sk != 0)
+    else {
+        signal_stat(true, signal::CONNECT_FAILED);
+        return 0;
+    };
+    // The destination's port: byte 2 of sockaddr_in and sockaddr_in6.
+    connect_failed(cfg, sk, ret, || {
+        read_kernel_quiet::<u16>(uaddr + 2).unwrap_or(0)
+    });
+    0
+}
+
+/// Counts a failed connect() of socket `sk` (errno `-ret`) unless its
+/// SYN-SENT -> CLOSE carried the error; `port_be` reads the destination
+/// port (network order) when it is counted.
+#[inline(always)]
+fn connect_failed(cfg: &ProbeConfig, sk: u64, ret: i64, port_be: impl FnOnce() -> u16) {
     let protocol = read_kernel_quiet::<u16>(sk + cfg.sk_protocol as u64).unwrap_or(0);
     if protocol != IPPROTO_TCP && protocol != IPPROTO_MPTCP {
-        return 0;
+        return;
     }
     let cookie = read_kernel_quiet::<u64>(sk + cfg.sk_cookie as u64).unwrap_or(0);
     // SAFETY: the value is copied out at once.
@@ -1461,15 +1506,11 @@ pub fn tcpwatch_connect_exit(ctx: TracePointContext) -> u32 {
     let _ = CONNECT_ENDS.remove(&sk);
     let kind = match end {
         // This socket's SYN-SENT -> CLOSE carried the error: counted there.
-        Some(e) if cookie != 0 && e.cookie == cookie && e.had_error != 0 => return 0,
+        Some(e) if cookie != 0 && e.cookie == cookie && e.had_error != 0 => return,
         // It counted the failure, without an errno.
         Some(e) if cookie != 0 && e.cookie == cookie => signal::CONNECT_ERRNO,
         _ => signal::CONNECT_FAILED,
     };
-    // The destination's port: byte 2 of sockaddr_in and sockaddr_in6.
-    // SAFETY: a checked read of the caller's own memory.
-    let port_be: u16 =
-        unsafe { aya_ebpf::helpers::bpf_probe_read_user((uaddr + 2) as *const u16) }.unwrap_or(0);
     let netns = match read_kernel_quiet::<u64>(sk + cfg.sk_net as u64) {
         Some(net) if net != 0 && cfg.netns_readable != 0 => {
             read_kernel_quiet::<u32>(net + cfg.net_ns_inum as u64).unwrap_or(0)
@@ -1481,12 +1522,11 @@ pub fn tcpwatch_connect_exit(ctx: TracePointContext) -> u32 {
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         kind,
         errno: ret.unsigned_abs() as u16,
-        port: u16::from_be(port_be),
+        port: u16::from_be(port_be()),
         direction: DIR_OUT,
         comm: current_comm(),
     };
     count_signal(&key);
-    0
 }
 
 #[cfg(not(test))]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tcpwatch::{
     core::config,
-    probe::loader::{HookChoice, LoadOptions},
+    probe::loader::{ConnectChoice, HookChoice, LoadOptions},
 };
 
 #[macro_use]
@@ -121,6 +121,7 @@ pub struct ProbeArgs {
     /// No witness, even if the configuration file asks for one.
     #[arg(long)]
     no_witness: bool,
+
     /// Fault injection (test builds only): the programs act as if the
     /// kernel never ran them for every N-th armed firing on each CPU.
     #[cfg(feature = "fault-injection")]
@@ -208,6 +209,11 @@ impl ProbeArgs {
             verbose: self.verbose,
             witness: probe.witness,
             counts_only: probe.counts_only,
+            connect: match probe.connect_hook {
+                config::ConnectHook::Auto => ConnectChoice::Auto,
+                config::ConnectHook::Syscall => ConnectChoice::Syscall,
+                config::ConnectHook::Off => ConnectChoice::Off,
+            },
             #[cfg(feature = "fault-injection")]
             simulate_not_run_every: self.simulate_not_run_every.unwrap_or(0),
             ..LoadOptions::default()

@@ -220,6 +220,21 @@ pub enum Hook {
     Classic,
 }
 
+/// Where connect() calls that fail before a SYN leaves are caught.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectHook {
+    /// fexit on the TCP connect where the kernel allows it, else the
+    /// syscall tracepoint.
+    Auto,
+    /// The `sys_exit_connect` tracepoint: it also sees connects an LSM
+    /// refuses, and sends every system call of every task through the
+    /// kernel's tracing path.
+    Syscall,
+    /// Not caught: no per-system-call cost, no count of those failures.
+    Off,
+}
+
 /// The kernel side; needs a restart.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -234,6 +249,7 @@ pub struct Probe {
     /// no socket (the daemon only): the cost of a bare counter, without
     /// per-port or per-process transitions, durations or chains.
     pub counts_only: bool,
+    pub connect_hook: ConnectHook,
 }
 
 impl Default for Probe {
@@ -243,6 +259,7 @@ impl Default for Probe {
             ring_kib: None,
             witness: false,
             counts_only: false,
+            connect_hook: ConnectHook::Auto,
         }
     }
 }
@@ -475,6 +492,13 @@ witness = false
 # per-process transitions, durations, CLOSE-WAIT ages or chain checks
 # (daemon only; needs the BTF hook; see README, "Counts-only mode").
 counts_only = false
+# Where connect() calls that fail before any SYN (ENETUNREACH, EADDRNOTAVAIL,
+# EINVAL) are caught: "auto" (fexit on the TCP connect where the kernel
+# allows it, else the syscall tracepoint), "syscall" (the sys_exit_connect
+# tracepoint: it also sees connects an LSM refuses, but every system call of
+# every task then takes the kernel's tracing path), or "off" (not counted;
+# refusals, resets and timeouts still are).
+connect_hook = "auto"
 
 [metrics]
 enabled = true

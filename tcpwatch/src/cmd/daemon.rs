@@ -6,13 +6,14 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 use anyhow::Context as _;
 use clap::Args;
 use tcpwatch::{
-    core::config::{Config, range},
+    core::config::{Config, ConnectHook, range},
     daemon::{
         self, Options,
         config::{Reload, load},
         sampler::Scope,
     },
     host::netns,
+    probe::loader::ConnectChoice,
     serve,
 };
 
@@ -62,6 +63,12 @@ pub struct DaemonArgs {
     /// per-process transitions, durations or chain checks (BTF hook only).
     #[arg(long)]
     counts_only: bool,
+    /// Where connect() calls that fail before a SYN are caught: fexit where
+    /// the kernel allows it, else the syscall tracepoint (auto); the
+    /// syscall tracepoint, which taxes every system call of every task
+    /// (syscall); or not at all (off) [default: auto].
+    #[arg(long, value_enum)]
+    connect_hook: Option<ConnectChoice>,
     /// One network namespace: inode, /run/netns/NAME, NAME or /proc/PID/ns/net.
     #[arg(long)]
     netns: Option<String>,
@@ -129,6 +136,13 @@ impl DaemonArgs {
         }
         if self.counts_only {
             c.probe.counts_only = true;
+        }
+        if let Some(h) = self.connect_hook {
+            c.probe.connect_hook = match h {
+                ConnectChoice::Auto => ConnectHook::Auto,
+                ConnectChoice::Syscall => ConnectHook::Syscall,
+                ConnectChoice::Off => ConnectHook::Off,
+            };
         }
         if let Some(n) = &self.netns {
             c.daemon.netns = n.clone();

@@ -16,7 +16,7 @@ use tcpwatch::{
         sampler::{Sampler, Scope},
     },
     host::clock::wall_clock,
-    probe::capture::Capture,
+    probe::{capture::Capture, loader::LoadOptions},
 };
 
 use crate::cmd::output::{Output, OutputStats};
@@ -109,11 +109,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let mut capture = Capture::start(
-        &args
+    let mut capture = Capture::start(&LoadOptions {
+        // trace prints transitions only: no signal program (the syscall
+        // tracepoint's alone would tax every system call of every task).
+        signals: false,
+        ..args
             .probe
-            .load_options(&Default::default(), target.kernel_filter()),
-    )
+            .load_options(&Default::default(), target.kernel_filter())
+    })
     .context("cannot start tracing")?;
     let clock = wall_clock();
     say!(

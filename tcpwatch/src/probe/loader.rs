@@ -11,8 +11,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{ArrayOfMaps, MapData, RingBuf},
     programs::{
-        BtfTracePoint, ProgramError, TracePoint, tp_btf::BtfTracePointLinkId,
-        trace_point::TracePointLinkId,
+        BtfTracePoint, FExit, ProgramError, TracePoint, fexit::FExitLinkId,
+        tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId,
     },
 };
 use tcpwatch_common::{HOOK_BTF, LAYOUT_VERSION, ProbeConfig};
@@ -52,6 +52,20 @@ pub enum HookChoice {
     Classic,
 }
 
+/// Where connect() calls that fail before a SYN are caught.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConnectChoice {
+    /// fexit on `inet_stream_connect` where the kernel allows it, else the
+    /// `sys_exit_connect` tracepoint.
+    #[default]
+    Auto,
+    /// The `sys_exit_connect` tracepoint (every system call of every task
+    /// then takes the kernel's tracing path).
+    Syscall,
+    /// Not caught.
+    Off,
+}
+
 /// What the loader was asked for.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -78,6 +92,10 @@ pub struct LoadOptions {
     /// The counts-only mode: one program counts transitions per namespace
     /// and pair in the kernel and sends no event (BTF hook only).
     pub counts_only: bool,
+    /// The signal programs (resets, SYN-ACK retransmits, connect()
+    /// failures), for a run that reads their counters (not `trace`).
+    pub signals: bool,
+    pub connect: ConnectChoice,
 }
 
 impl Default for LoadOptions {
@@ -93,6 +111,8 @@ impl Default for LoadOptions {
             simulate_not_run_every: 0,
             witness: false,
             counts_only: false,
+            signals: true,
+            connect: ConnectChoice::Auto,
         }
     }
 }
@@ -190,7 +210,23 @@ pub enum Attach {
         category: &'static str,
         name: &'static str,
     },
+    /// fexit on this kernel function (some kernels refuse any fexit
+    /// program: then it is missing, whatever the reason).
+    Fexit { function: &'static str },
 }
+
+impl fmt::Display for Attach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Attach::Btf { tracepoint } => write!(f, "tp_btf/{tracepoint}"),
+            Attach::Tracepoint { category, name } => write!(f, "tracepoint/{category}/{name}"),
+            Attach::Fexit { function } => write!(f, "fexit/{function}"),
+        }
+    }
+}
+
+/// The programs that catch failed connect() calls, the preferred first.
+const CONNECT_PROGRAMS: [&str; 2] = ["tcpwatch_connect_fexit", "tcpwatch_connect_exit"];
 
 /// What a kernel without a program's hook means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,6 +248,12 @@ pub struct ProgramSpec {
     pub role: Role,
     pub attach: Attach,
     pub if_missing: IfMissing,
+    /// Left out when this program attached: it does the same job at a
+    /// cheaper hook, and this one is its fallback.
+    pub unless: Option<&'static str>,
+    /// Checked before attaching (the layout of what it reads in place): an
+    /// error leaves it out as if its hook were missing.
+    pub check: Option<fn() -> Result<(), String>>,
 }
 
 /// What a program feeds.
@@ -238,6 +280,8 @@ pub const PROGRAMS: &[ProgramSpec] = &[
             tracepoint: "inet_sock_set_state",
         },
         if_missing: IfMissing::Fail,
+        unless: None,
+        check: None,
     },
     ProgramSpec {
         name: "tcpwatch_catch",
@@ -247,6 +291,8 @@ pub const PROGRAMS: &[ProgramSpec] = &[
             tracepoint: "inet_sock_set_state",
         },
         if_missing: IfMissing::Fail,
+        unless: None,
+        check: None,
     },
     ProgramSpec {
         name: "tcpwatch_count",
@@ -256,6 +302,8 @@ pub const PROGRAMS: &[ProgramSpec] = &[
             tracepoint: "inet_sock_set_state",
         },
         if_missing: IfMissing::Fail,
+        unless: None,
+        check: None,
     },
     ProgramSpec {
         name: "tcpwatch_classic",
@@ -266,6 +314,8 @@ pub const PROGRAMS: &[ProgramSpec] = &[
             name: "inet_sock_set_state",
         },
         if_missing: IfMissing::Fail,
+        unless: None,
+        check: None,
     },
     signal(
         "tcpwatch_rst_out",
@@ -285,16 +335,29 @@ pub const PROGRAMS: &[ProgramSpec] = &[
             tracepoint: "tcp_retransmit_synack",
         },
     ),
-    // connect() failures no transition carries (see the probe): a classic
-    // tracepoint, run once per connect() call, of the BTF hook because it
-    // reads the fd table at offsets from BTF.
+    // connect() failures no transition carries (see the probe): fexit on
+    // the TCP connect where the kernel allows it, else a classic syscall
+    // tracepoint (of the BTF hook: it reads the fd table at offsets from
+    // BTF), which sends every system call of every task through the
+    // kernel's tracing path.
     signal(
-        "tcpwatch_connect_exit",
-        Attach::Tracepoint {
-            category: "syscalls",
-            name: "sys_exit_connect",
+        CONNECT_PROGRAMS[0],
+        Attach::Fexit {
+            function: "inet_stream_connect",
         },
     ),
+    ProgramSpec {
+        unless: Some(CONNECT_PROGRAMS[0]),
+        // It reads the syscall record's `ret` at a fixed offset.
+        check: Some(connect_formats),
+        ..signal(
+            CONNECT_PROGRAMS[1],
+            Attach::Tracepoint {
+                category: "syscalls",
+                name: "sys_exit_connect",
+            },
+        )
+    },
 ];
 
 /// A signal program: BTF hook only (it reads the socket in place), and
@@ -306,6 +369,8 @@ const fn signal(name: &'static str, attach: Attach) -> ProgramSpec {
         role: Role::Signals,
         attach,
         if_missing: IfMissing::Skip,
+        unless: None,
+        check: None,
     }
 }
 
@@ -328,6 +393,7 @@ pub struct Loaded {
 enum Link {
     Btf(BtfTracePointLinkId),
     Tracepoint(TracePointLinkId),
+    Fexit(FExitLinkId),
 }
 
 /// Names of the programs that count transitions, main program first (then
@@ -354,11 +420,25 @@ impl Loaded {
     /// The hook and mode, as said at start and shown by `top` and in the
     /// metrics' `build_info`.
     pub fn describe(&self) -> String {
-        if self.counts_only {
+        let transitions = if self.counts_only {
             "tp_btf/inet_sock_set_state (counts only)".into()
         } else {
             self.hook.to_string()
+        };
+        match self.connect_hook() {
+            Some(connect) => format!("{transitions}, connect() failures via {connect}"),
+            None => format!("{transitions}, connect() failures before a SYN not caught"),
         }
+    }
+
+    /// Where failed connect() calls are caught, if they are.
+    pub fn connect_hook(&self) -> Option<String> {
+        self.links.iter().find_map(|(name, _)| {
+            let spec = PROGRAMS.iter().find(|p| p.name == *name)?;
+            CONNECT_PROGRAMS
+                .contains(name)
+                .then(|| spec.attach.to_string())
+        })
     }
 
     /// A short label of the hook and mode ("tp_btf", "tracepoint",
@@ -395,6 +475,7 @@ impl Loaded {
             let detached = match link {
                 Link::Btf(id) => program::<BtfTracePoint>(&mut self.ebpf, name)?.detach(id),
                 Link::Tracepoint(id) => program::<TracePoint>(&mut self.ebpf, name)?.detach(id),
+                Link::Fexit(id) => program::<FExit>(&mut self.ebpf, name)?.detach(id),
             };
             detached.map_err(|e| LoadError::other(format!("detaching {name}"), e))?;
         }
@@ -559,14 +640,6 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
         }
     }
     config.filter_netns = opts.netns.unwrap_or(0);
-    if config.hook == HOOK_BTF && config.socket_sk != 0 {
-        // The connect() program reads the syscall record at a fixed
-        // offset: anything else leaves it inert, said once.
-        if let Err(why) = connect_formats() {
-            tracing::warn!("connect() failures before a SYN left go uncounted: {why}");
-            config.socket_sk = 0;
-        }
-    }
     #[cfg(feature = "fault-injection")]
     {
         config.simulate_skip_every = opts.simulate_skip_every;
@@ -637,12 +710,34 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
             && match p.role {
                 Role::Transitions => !opts.counts_only,
                 Role::Counts => opts.counts_only,
-                Role::Signals => true,
+                Role::Signals if !opts.signals => false,
+                Role::Signals => match opts.connect {
+                    ConnectChoice::Auto => true,
+                    ConnectChoice::Syscall => p.name != CONNECT_PROGRAMS[0],
+                    ConnectChoice::Off => !CONNECT_PROGRAMS.contains(&p.name),
+                },
             }
     };
     for spec in PROGRAMS.iter().filter(wanted) {
-        match attach(&mut ebpf, spec, &mut btf, opts.verbose) {
+        if let Some(better) = spec.unless
+            && links.iter().any(|(name, _)| *name == better)
+        {
+            continue;
+        }
+        let attached = match spec.check.map_or(Ok(()), |check| check()) {
+            Ok(()) => attach(&mut ebpf, spec, &mut btf, opts.verbose),
+            Err(why) => Err(Missing::Hook(why)),
+        };
+        match attached {
             Ok(link) => links.push((spec.name, link)),
+            Err(Missing::Hook(why)) if PROGRAMS.iter().any(|p| p.unless == Some(spec.name)) => {
+                // A fallback follows: a choice of hook, not a loss.
+                tracing::info!(
+                    program = spec.name,
+                    "not attached, a fallback instead: {why}"
+                );
+                skipped.push((spec.name, why));
+            }
             Err(Missing::Hook(why)) if spec.if_missing == IfMissing::Skip => {
                 tracing::warn!(
                     program = spec.name,
@@ -876,6 +971,25 @@ fn attach(
                 Missing::Error(LoadError::other(format!("attaching {}", spec.name), e))
             })
         }
+        Attach::Fexit { function } => {
+            let btf = kernel_btf(btf)?;
+            let prog: &mut FExit = program(ebpf, spec.name).map_err(Missing::Error)?;
+            prog.load(function, btf).map_err(|e| {
+                Missing::Hook(match e {
+                    // Some kernels refuse every fexit program (these
+                    // machines' 6.18 does, even an empty one).
+                    ProgramError::LoadError { io_error, .. }
+                        if io_error.raw_os_error() == Some(libc::EPERM) =>
+                    {
+                        format!("the kernel refuses fexit on {function} ({io_error})")
+                    }
+                    e => format!("fexit on {function}: {}", rejected(spec.name, e, verbose)),
+                })
+            })?;
+            prog.attach()
+                .map(Link::Fexit)
+                .map_err(|e| Missing::Hook(format!("attaching fexit on {function}: {e}")))
+        }
         Attach::Tracepoint { category, name } => {
             let tracefs = ensure_tracefs().map_err(Missing::Error)?;
             let prog: &mut TracePoint = program(ebpf, spec.name).map_err(Missing::Error)?;
@@ -997,6 +1111,8 @@ mod tests {
                 tracepoint: "tcpwatch_no_such_tracepoint",
             },
             if_missing,
+            unless: None,
+            check: None,
         };
         match attach(&mut ebpf, &spec(IfMissing::Skip), &mut btf, false) {
             Err(Missing::Hook(why)) => {
@@ -1014,11 +1130,29 @@ mod tests {
                 name: "tcpwatch_no_such_tracepoint",
             },
             if_missing: IfMissing::Skip,
+            unless: None,
+            check: None,
         };
         assert!(matches!(
             attach(&mut ebpf, &spec, &mut btf, false),
             Err(Missing::Hook(_))
         ));
+        // fexit: a function the kernel lacks, or a kernel that refuses
+        // fexit (these machines' 6.18), is a missing hook with its reason.
+        let spec = ProgramSpec {
+            attach: Attach::Fexit {
+                function: "tcpwatch_no_such_function",
+            },
+            ..*PROGRAMS
+                .iter()
+                .find(|p| p.name == CONNECT_PROGRAMS[0])
+                .unwrap()
+        };
+        match attach(&mut ebpf, &spec, &mut btf, false) {
+            Err(Missing::Hook(why)) => assert!(why.contains("tcpwatch_no_such_function"), "{why}"),
+            Ok(_) => panic!("fexit attached to a function that does not exist"),
+            Err(Missing::Error(e)) => panic!("a missing fexit hook read as an error: {e}"),
+        }
     }
 
     /// The production object's main program has no fault-injection code:

@@ -221,6 +221,24 @@ fn trace_without_witness_says_so_and_claims_no_count() {
     assert_eq!(a["not_run"], 0, "{stderr}");
 }
 
+/// trace prints transitions only: it holds the transition programs and no
+/// signal program (resets, SYN-ACKs, connect() failures), whose cost would
+/// buy it nothing (the syscall tracepoint's taxes every system call).
+#[test]
+fn trace_holds_no_signal_program() {
+    if !root_available("trace_holds_no_signal_program") {
+        return;
+    }
+    let (mut child, _) = start_attached(&["trace", "--port", "9"], Stdio::null());
+    let held: Vec<String> = crate::failures::programs_held(child.id())
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(held, ["tcpwatch_catch", "tcpwatch_main"], "{held:?}");
+}
+
 /// `bin` run as user nobody, without groups or capabilities (root only).
 fn as_nobody(bin: &std::path::Path) -> Command {
     let mut c = Command::new("setpriv");

@@ -157,6 +157,10 @@ impl Daemon {
         }
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything it wrote to stderr so far.
     pub(crate) fn all_stderr(&self) -> String {
         self.stderr.clone() + &self.log.lock().unwrap()

@@ -487,6 +487,9 @@ fn a_connect_that_fails_before_any_syn_is_counted_once_with_its_errno() {
     const SHORT: usize = 2;
     let ns = NsWorker::new();
     let d = Daemon::start(&["--netns", &ns.path]);
+    // Caught wherever the kernel allows (`the_connect_hook_is_the_one_
+    // asked_for_and_said` checks which); counted alike.
+    assert!(connect_hook_said(&d).is_some());
     let port = ns.run(|| {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         // Then two ephemeral ports: two connections in TIME-WAIT hold them.
@@ -594,6 +597,104 @@ fn a_connect_that_fails_before_any_syn_is_counted_once_with_its_errno() {
         .collect();
     assert_eq!(mine, [NO_ROUTE as f64], "\n{text}");
     assert!(d.stop().success());
+}
+
+/// Where a daemon's start line says it catches failed connect() calls
+/// ("fexit/inet_stream_connect", "tracepoint/syscalls/sys_exit_connect"),
+/// None when it says it does not.
+fn connect_hook_said(d: &Daemon) -> Option<String> {
+    let log = d.all_stderr();
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("tcpwatch: daemon up via"))
+        .unwrap_or_else(|| panic!("no start line:\n{log}"));
+    if line.contains("connect() failures before a SYN not caught") {
+        return None;
+    }
+    let hook = line
+        .split("connect() failures via ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no connect() hook in the start line: {line}"));
+    Some(hook.to_string())
+}
+
+/// The BPF programs process `pid` holds, as (name cut at 15 bytes, BPF
+/// program type), read from its descriptors' fdinfo and the kernel's
+/// program table, not from anything tcpwatch says.
+pub(crate) fn programs_held(pid: u32) -> Vec<(String, u32)> {
+    let mut ids = std::collections::BTreeSet::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        ids.extend(
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse::<u32>().ok()),
+        );
+    }
+    let mut held: Vec<(String, u32)> = aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| ids.contains(&p.id()))
+        .map(|p| {
+            let name = p.name_as_str().unwrap_or("?").to_string();
+            (name, p.program_type() as u32)
+        })
+        .collect();
+    held.sort_unstable();
+    held
+}
+
+/// The connect() programs (both named "tcpwatch_connec" there) `pid`
+/// holds, by BPF program type (26 tracing, as fexit is; 5 tracepoint).
+fn connect_programs_held(pid: u32) -> Vec<u32> {
+    programs_held(pid)
+        .into_iter()
+        .filter(|(name, _)| name == "tcpwatch_connec")
+        .map(|(_, kind)| kind)
+        .collect()
+}
+
+/// `--connect-hook`: auto takes fexit where the kernel allows it (the
+/// kernel matrix requires it on its kernels) and the syscall tracepoint
+/// elsewhere, syscall the tracepoint, off none; the start line says which,
+/// and the programs the daemon holds agree.
+#[test]
+fn the_connect_hook_is_the_one_asked_for_and_said() {
+    if !root_available("the_connect_hook_is_the_one_asked_for_and_said") {
+        return;
+    }
+    const TRACING: u32 = 26;
+    const TRACEPOINT: u32 = 5;
+    let expect_auto = std::env::var("TCPWATCH_EXPECT_CONNECT_HOOK").ok();
+    for asked in ["auto", "syscall", "off"] {
+        let d = Daemon::start(&["--connect-hook", asked]);
+        let said = connect_hook_said(&d);
+        let held = connect_programs_held(d.pid());
+        let want: Vec<u32> = match said.as_deref() {
+            Some("fexit/inet_stream_connect") => vec![TRACING],
+            Some("tracepoint/syscalls/sys_exit_connect") => vec![TRACEPOINT],
+            None => vec![],
+            Some(other) => panic!("{asked}: an unknown connect() hook {other}"),
+        };
+        assert_eq!(held, want, "{asked}: said {said:?}, holds {held:?}");
+        match asked {
+            "syscall" => assert_eq!(
+                said.as_deref(),
+                Some("tracepoint/syscalls/sys_exit_connect")
+            ),
+            "off" => assert_eq!(said, None),
+            _ => {
+                assert!(said.is_some(), "auto caught nothing");
+                if let Some(want) = &expect_auto {
+                    assert_eq!(said.as_ref(), Some(want));
+                }
+            }
+        }
+        assert!(d.stop().success());
+    }
 }
 
 /// Whether this kernel traces resets sent without a full socket (6.10+),
