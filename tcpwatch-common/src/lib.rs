@@ -13,7 +13,7 @@ pub use state::TcpState;
 /// Bumped whenever the layout of [`TransitionEvent`], [`ProbeConfig`]
 /// or the statistics array changes. The eBPF object carries it in
 /// its configuration; user space refuses to run an object of another version.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// `sk_protocol` values the programs report (everything else is ignored).
 pub const IPPROTO_TCP: u16 = 6;
@@ -269,7 +269,10 @@ pub struct ProbeConfig {
     /// `struct task_struct` (0: unknown, read by helpers instead).
     pub task_pid: u32,
     pub task_comm: u32,
-    pub _pad4: u32,
+    /// Offset of `file` in `struct socket` (0: unknown): the fexit connect
+    /// program counts only sockets with a file (not kernel sockets, nor
+    /// MPTCP's subflows, whose MPTCP socket is counted).
+    pub socket_file: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 152);
@@ -325,7 +328,7 @@ impl ProbeConfig {
         net_cookie: 0,
         task_pid: 0,
         task_comm: 0,
-        _pad4: 0,
+        socket_file: 0,
     };
 }
 
@@ -590,7 +593,7 @@ mod tests {
     #[test]
     fn event_layout_is_stable() {
         assert_eq!(
-            LAYOUT_VERSION, 7,
+            LAYOUT_VERSION, 8,
             "layout changed: bump LAYOUT_VERSION and these offsets"
         );
         assert_eq!(core::mem::size_of::<EventHeader>(), 8);

@@ -1415,9 +1415,10 @@ fn socket_of_fd(cfg: &ProbeConfig, fd: u64) -> Option<u64> {
 }
 
 /// Not failures of a connect(): in progress (non-blocking, or interrupted
-/// and going on in the background), already connected; and not TCP's at
-/// all: a bad fd or one that is no socket.
-const CONNECT_NOT_FAILED: [i64; 6] = [-115, -114, -4, -106, -9, -88];
+/// and going on in the background: EINTR, or ERESTARTSYS as the syscall's
+/// exit still sees it), already connected; and not TCP's at all: a bad fd
+/// or one that is no socket.
+const CONNECT_NOT_FAILED: [i64; 7] = [-115, -114, -4, -512, -106, -9, -88];
 
 /// `syscalls:sys_exit_connect(ret)`: a TCP connect() that failed, when no
 /// transition carried its error. Only the return value is read on the way
@@ -1428,7 +1429,7 @@ const CONNECT_NOT_FAILED: [i64; 6] = [-115, -114, -4, -106, -9, -88];
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn tcpwatch_connect_exit(ctx: TracePointContext) -> u32 {
     let cfg = config();
-    if cfg.hook != HOOK_BTF || cfg.socket_sk == 0 {
+    if cfg.hook != HOOK_BTF || cfg.socket_sk == 0 || cfg.task_files == 0 {
         return 0;
     }
     // SAFETY: `ret` is an aligned 8-byte word at this offset of the
@@ -1462,14 +1463,18 @@ pub fn tcpwatch_connect_exit(ctx: TracePointContext) -> u32 {
 }
 
 /// fexit on `inet_stream_connect(sock, uaddr, addr_len, flags)`, the TCP
-/// (and MPTCP) connect of every caller: what `tcpwatch_connect_exit` does,
-/// run per connect() only (a program on a syscall tracepoint sends every
-/// system call of every task through the kernel's tracing path), with the
-/// socket and the kernel's copy of the address as arguments.
+/// connect of every caller (and MPTCP's from 6.3): what
+/// `tcpwatch_connect_exit` does, run per connect() only (a program on a
+/// syscall tracepoint sends every system call of every task through the
+/// kernel's tracing path), with the socket and the kernel's copy of the
+/// address as arguments. Only sockets with a file: a kernel socket's
+/// connect is no process's, and before 6.3 MPTCP connects its subflow's
+/// socket (no file) through here, where the MPTCP socket's own
+/// SYN-SENT -> CLOSE already counts the failure.
 #[fexit(function = "inet_stream_connect")]
 pub fn tcpwatch_connect_fexit(ctx: FExitContext) -> u32 {
     let cfg = config();
-    if cfg.hook != HOOK_BTF || cfg.socket_sk == 0 {
+    if cfg.hook != HOOK_BTF || cfg.socket_sk == 0 || cfg.socket_file == 0 {
         return 0;
     }
     // The return value follows the four arguments; an int, so its low 32
@@ -1479,6 +1484,9 @@ pub fn tcpwatch_connect_fexit(ctx: FExitContext) -> u32 {
         return 0;
     }
     let (sock, uaddr): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    if read_kernel_quiet::<u64>(sock + cfg.socket_file as u64).unwrap_or(0) == 0 {
+        return 0;
+    }
     let Some(sk) = read_kernel_quiet::<u64>(sock + cfg.socket_sk as u64).filter(|&sk| sk != 0)
     else {
         signal_stat(true, signal::CONNECT_FAILED);

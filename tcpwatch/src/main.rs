@@ -194,10 +194,6 @@ impl ProbeArgs {
     pub fn load_options(&self, probe: &config::Probe, netns: Option<u32>) -> LoadOptions {
         let mut probe = probe.clone();
         self.apply(&mut probe);
-        #[cfg_attr(
-            not(feature = "fault-injection"),
-            expect(clippy::needless_update, reason = "fault injection adds fields")
-        )]
         LoadOptions {
             hook: match probe.hook {
                 config::Hook::Auto => HookChoice::Auto,

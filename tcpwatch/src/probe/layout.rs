@@ -198,19 +198,37 @@ fn config_from_btf(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
     Ok(cfg)
 }
 
-/// From a task to the socket of one of its file descriptors, and the
-/// system call's arguments in its saved registers, for the connect()
-/// failures no transition carries. All or nothing; only where `struct
-/// pt_regs` names x86-64's argument registers.
+/// For the connect() failures no transition carries: the socket's own
+/// fields (both connect() programs and the transitions' marks), then the
+/// way from a task to the socket of one of its file descriptors and the
+/// system call's arguments in its saved registers (the syscall program
+/// only; only where `struct pt_regs` names x86-64's argument registers).
+/// Each group all or nothing.
 fn fd_fields(btf: &Btf, cfg: &mut ProbeConfig) {
-    let found = (|| {
+    let socket = (|| {
         Some([
-            member(btf, "pt_regs", &["di"]).ok().filter(|m| m.1 == 8)?.0,
-            member(btf, "pt_regs", &["si"]).ok().filter(|m| m.1 == 8)?.0,
             member(btf, "sock", &["__sk_common", "skc_cookie"])
                 .ok()
                 .filter(|m| m.1 == 8)?
                 .0,
+            member(btf, "socket", &["sk"]).ok().filter(|m| m.1 == 8)?.0,
+            member(btf, "socket", &["file"])
+                .ok()
+                .filter(|m| m.1 == 8)?
+                .0,
+        ])
+    })();
+    let Some([cookie, sk, file]) = socket else {
+        return;
+    };
+    cfg.sk_cookie = cookie as u32;
+    // Non-zero marks the group known (neither is first in struct socket).
+    cfg.socket_sk = sk as u32;
+    cfg.socket_file = file as u32;
+    let fd_path = (|| {
+        Some([
+            member(btf, "pt_regs", &["di"]).ok().filter(|m| m.1 == 8)?.0,
+            member(btf, "pt_regs", &["si"]).ok().filter(|m| m.1 == 8)?.0,
             member(btf, "task_struct", &["files"])
                 .ok()
                 .filter(|m| m.1 == 8)?
@@ -228,21 +246,18 @@ fn fd_fields(btf: &Btf, cfg: &mut ProbeConfig) {
                 .ok()
                 .filter(|m| m.1 == 8)?
                 .0,
-            member(btf, "socket", &["sk"]).ok().filter(|m| m.1 == 8)?.0,
         ])
     })();
-    if let Some([di, si, cookie, files, fdt, fd, max_fds, private_data, sk]) = found {
+    if let Some([di, si, files, fdt, fd, max_fds, private_data]) = fd_path {
         cfg.regs_arg0 = di as u32;
         cfg.regs_arg1 = si as u32;
-        cfg.sk_cookie = cookie as u32;
+        // Non-zero marks the group known (`files` is not first in
+        // struct task_struct).
         cfg.task_files = files as u32;
         cfg.files_fdt = fdt as u32;
         cfg.fdt_fd = fd as u32;
         cfg.fdt_max_fds = max_fds as u32;
         cfg.file_private_data = private_data as u32;
-        // Non-zero marks the whole chain known (`sk` is never first in
-        // struct socket).
-        cfg.socket_sk = sk as u32;
     }
 }
 

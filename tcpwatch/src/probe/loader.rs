@@ -238,6 +238,9 @@ pub enum IfMissing {
     Skip,
 }
 
+/// A program's check before attaching: why it could do nothing here.
+pub type Check = fn(&ProbeConfig) -> Result<(), String>;
+
 /// One program of the object.
 #[derive(Clone, Copy, Debug)]
 pub struct ProgramSpec {
@@ -251,9 +254,11 @@ pub struct ProgramSpec {
     /// Left out when this program attached: it does the same job at a
     /// cheaper hook, and this one is its fallback.
     pub unless: Option<&'static str>,
-    /// Checked before attaching (the layout of what it reads in place): an
-    /// error leaves it out as if its hook were missing.
-    pub check: Option<fn() -> Result<(), String>>,
+    /// Checked before attaching (the layout of what it reads in place, in
+    /// the configuration or the hook's record): an error leaves it out as
+    /// if its hook were missing, so a program that could do nothing is
+    /// neither attached nor announced.
+    pub check: Option<Check>,
 }
 
 /// What a program feeds.
@@ -340,16 +345,18 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     // tracepoint (of the BTF hook: it reads the fd table at offsets from
     // BTF), which sends every system call of every task through the
     // kernel's tracing path.
-    signal(
-        CONNECT_PROGRAMS[0],
-        Attach::Fexit {
-            function: "inet_stream_connect",
-        },
-    ),
+    ProgramSpec {
+        check: Some(fexit_connect_fields),
+        ..signal(
+            CONNECT_PROGRAMS[0],
+            Attach::Fexit {
+                function: "inet_stream_connect",
+            },
+        )
+    },
     ProgramSpec {
         unless: Some(CONNECT_PROGRAMS[0]),
-        // It reads the syscall record's `ret` at a fixed offset.
-        check: Some(connect_formats),
+        check: Some(syscall_connect_fields),
         ..signal(
             CONNECT_PROGRAMS[1],
             Attach::Tracepoint {
@@ -640,6 +647,11 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
         }
     }
     config.filter_netns = opts.netns.unwrap_or(0);
+    if !opts.signals || opts.connect == ConnectChoice::Off {
+        // No connect() program: the transitions need not mark the sockets
+        // whose SYN-SENT -> CLOSE one would look up.
+        config.socket_sk = 0;
+    }
     #[cfg(feature = "fault-injection")]
     {
         config.simulate_skip_every = opts.simulate_skip_every;
@@ -724,19 +736,26 @@ fn load_hook(hook: Hook, mut config: ProbeConfig, opts: &LoadOptions) -> Result<
         {
             continue;
         }
-        let attached = match spec.check.map_or(Ok(()), |check| check()) {
+        let attached = match spec.check.map_or(Ok(()), |check| check(&config)) {
             Ok(()) => attach(&mut ebpf, spec, &mut btf, opts.verbose),
             Err(why) => Err(Missing::Hook(why)),
         };
+        // A fallback follows (it does the same at a costlier hook): not
+        // attaching is a choice of hook, not a loss.
+        let has_fallback = PROGRAMS
+            .iter()
+            .any(|p| p.unless == Some(spec.name) && wanted(&p));
         match attached {
             Ok(link) => links.push((spec.name, link)),
-            Err(Missing::Hook(why)) if PROGRAMS.iter().any(|p| p.unless == Some(spec.name)) => {
-                // A fallback follows: a choice of hook, not a loss.
+            Err(Missing::Hook(why)) if has_fallback => {
                 tracing::info!(
                     program = spec.name,
                     "not attached, a fallback instead: {why}"
                 );
-                skipped.push((spec.name, why));
+            }
+            Err(Missing::Error(e)) if has_fallback => {
+                // Our own program rejected: a bug to see, not to hide.
+                tracing::warn!(program = spec.name, "rejected, a fallback instead: {e}");
             }
             Err(Missing::Hook(why)) if spec.if_missing == IfMissing::Skip => {
                 tracing::warn!(
@@ -862,6 +881,26 @@ enum Missing {
 }
 
 /// Checks the connect() syscall tracepoints' record layouts.
+/// The fexit connect() program's fields: the socket's `sk` and `file`
+/// and the cookie.
+fn fexit_connect_fields(config: &ProbeConfig) -> Result<(), String> {
+    if config.socket_sk == 0 || config.socket_file == 0 {
+        return Err("no struct socket layout in this kernel's BTF".into());
+    }
+    Ok(())
+}
+
+/// The syscall connect() program's: the socket's fields, the way from an
+/// fd to its socket and the saved registers (x86-64), and the record.
+fn syscall_connect_fields(config: &ProbeConfig) -> Result<(), String> {
+    if config.socket_sk == 0 || config.task_files == 0 {
+        return Err(
+            "no fd table or saved-register layout in this kernel's BTF (x86-64 only)".into(),
+        );
+    }
+    connect_formats()
+}
+
 fn connect_formats() -> Result<(), String> {
     let tracefs = ensure_tracefs().map_err(|e| e.to_string())?;
     let read = |name: &str| {
@@ -974,21 +1013,28 @@ fn attach(
         Attach::Fexit { function } => {
             let btf = kernel_btf(btf)?;
             let prog: &mut FExit = program(ebpf, spec.name).map_err(Missing::Error)?;
-            prog.load(function, btf).map_err(|e| {
-                Missing::Hook(match e {
-                    // Some kernels refuse every fexit program (these
-                    // machines' 6.18 does, even an empty one).
-                    ProgramError::LoadError { io_error, .. }
-                        if io_error.raw_os_error() == Some(libc::EPERM) =>
-                    {
-                        format!("the kernel refuses fexit on {function} ({io_error})")
-                    }
-                    e => format!("fexit on {function}: {}", rejected(spec.name, e, verbose)),
-                })
+            prog.load(function, btf).map_err(|e| match e {
+                // Some kernels refuse every fexit program (these machines'
+                // 6.18 does, even an empty one).
+                ProgramError::LoadError { io_error, .. }
+                    if io_error.raw_os_error() == Some(libc::EPERM) =>
+                {
+                    Missing::Hook(format!(
+                        "the kernel refuses fexit on {function} ({io_error})"
+                    ))
+                }
+                // The function is not in this kernel's BTF.
+                ProgramError::Btf(b) => Missing::Hook(format!("no BTF for {function}: {b}")),
+                e => Missing::Error(rejected(spec.name, e, verbose)),
             })?;
-            prog.attach()
-                .map(Link::Fexit)
-                .map_err(|e| Missing::Hook(format!("attaching fexit on {function}: {e}")))
+            match prog.attach() {
+                Ok(link) => Ok(Link::Fexit(link)),
+                Err(e) => {
+                    // Not left loaded: what is held is what runs.
+                    let _ = prog.unload();
+                    Err(Missing::Hook(format!("attaching fexit on {function}: {e}")))
+                }
+            }
         }
         Attach::Tracepoint { category, name } => {
             let tracefs = ensure_tracefs().map_err(Missing::Error)?;
@@ -1082,6 +1128,18 @@ mod tests {
         );
         assert_eq!(program_names(Hook::Classic, false), ["tcpwatch_classic"]);
         assert_eq!(program_names(Hook::Btf, true), ["tcpwatch_count"]);
+    }
+
+    /// A fallback comes after the program it stands in for: the loop
+    /// attaches in table order and skips it only if that one attached.
+    #[test]
+    fn every_fallback_follows_what_it_stands_in_for() {
+        for (i, spec) in PROGRAMS.iter().enumerate() {
+            if let Some(better) = spec.unless {
+                let at = PROGRAMS.iter().position(|p| p.name == better);
+                assert!(at.is_some_and(|at| at < i), "{} before {better}", spec.name);
+            }
+        }
     }
 
     /// A program whose hook this kernel lacks reads as a missing hook, with

@@ -229,7 +229,7 @@ fn trace_holds_no_signal_program() {
     if !root_available("trace_holds_no_signal_program") {
         return;
     }
-    let (mut child, _) = start_attached(&["trace", "--port", "9"], Stdio::null());
+    let (mut child, _) = start_attached(&["trace", "--hook", "btf", "--port", "9"], Stdio::null());
     let held: Vec<String> = crate::failures::programs_held(child.id())
         .into_iter()
         .map(|(name, _)| name)
