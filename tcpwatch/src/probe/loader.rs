@@ -880,7 +880,6 @@ enum Missing {
     Error(LoadError),
 }
 
-/// Checks the connect() syscall tracepoints' record layouts.
 /// The fexit connect() program's fields: the socket's `sk` and `file`
 /// and the cookie.
 fn fexit_connect_fields(config: &ProbeConfig) -> Result<(), String> {
@@ -901,6 +900,7 @@ fn syscall_connect_fields(config: &ProbeConfig) -> Result<(), String> {
     connect_formats()
 }
 
+/// Checks the connect() syscall tracepoints' record layouts.
 fn connect_formats() -> Result<(), String> {
     let tracefs = ensure_tracefs().map_err(|e| e.to_string())?;
     let read = |name: &str| {
