@@ -121,7 +121,6 @@ pub struct ProbeArgs {
     /// No witness, even if the configuration file asks for one.
     #[arg(long)]
     no_witness: bool,
-
     /// Fault injection (test builds only): the programs act as if the
     /// kernel never ran them for every N-th armed firing on each CPU.
     #[cfg(feature = "fault-injection")]

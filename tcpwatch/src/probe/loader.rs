@@ -440,12 +440,13 @@ impl Loaded {
 
     /// Where failed connect() calls are caught, if they are.
     pub fn connect_hook(&self) -> Option<String> {
-        self.links.iter().find_map(|(name, _)| {
-            let spec = PROGRAMS.iter().find(|p| p.name == *name)?;
-            CONNECT_PROGRAMS
-                .contains(name)
-                .then(|| spec.attach.to_string())
-        })
+        let name = self
+            .links
+            .iter()
+            .map(|(name, _)| *name)
+            .find(|name| CONNECT_PROGRAMS.contains(name))?;
+        let spec = PROGRAMS.iter().find(|p| p.name == name)?;
+        Some(spec.attach.to_string())
     }
 
     /// A short label of the hook and mode ("tp_btf", "tracepoint",

@@ -151,11 +151,11 @@ pub fn spawn(
             Ok(l) => l,
             Err(e) => return tracing::error!("control socket: cannot serve: {e}"),
         };
-        let mut closed = snapshots.clone();
+        let stopped = snapshots.clone();
         tokio::select! {
             _ = accept_loop(&listener, snapshots, counters) => {}
             // The daemon is stopping.
-            _ = async { while closed.changed().await.is_ok() {} } => {}
+            _ = super::daemon_stopped(stopped) => {}
         }
     })
 }

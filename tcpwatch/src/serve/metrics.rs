@@ -72,11 +72,11 @@ pub fn spawn(
 
 async fn serve(listener: tokio::net::TcpListener, snapshots: watch::Receiver<Arc<Snapshot>>) {
     let slots = Slots::default();
-    let mut closed = snapshots.clone();
+    let stopped = snapshots.clone();
     tokio::select! {
         _ = accept_loop(&listener, &slots, snapshots) => {}
         // The daemon is stopping.
-        _ = async { while closed.changed().await.is_ok() {} } => {}
+        _ = super::daemon_stopped(stopped) => {}
     }
 }
 

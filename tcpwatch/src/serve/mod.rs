@@ -9,6 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+/// Returns once the daemon stops: when the sender of `snapshots` (a clone
+/// of the server's own receiver) is dropped.
+pub(crate) async fn daemon_stopped<T>(mut snapshots: tokio::sync::watch::Receiver<T>) {
+    while snapshots.changed().await.is_ok() {}
+}
+
 /// What the latest snapshot renders to, keyed by its seq: made when a
 /// client first asks for it and shared by every client until a newer one.
 /// Nothing is rendered for a tick nobody reads, and no rendering runs
